@@ -1,0 +1,132 @@
+"""Configuration of the SAFFU (self-attentive feed-forward unit) causal language model."""
+
+from transformers import PreTrainedConfig
+
+
+class SaffuConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SaffuForCausalLM`]: a stack of SAFFU layers on bit-cipher embeddings.
+
+    Every layer reads a sequence of non-negative vectors and, for each *context* (one per window size
+    in `windows`, plus the running document mean when `use_document_context`), computes
+
+        s_t = X_t v_t,   a_t = softmax(s_t W + c),   z_t = a_t X_t,   h_t = softmax(z_t U + b)
+
+    and concatenates the hidden distributions, H_t = [h_t^1 ... h_t^C]. The next layer reads H_t / C;
+    the last one predicts the next token with logits = H_t O + b_O.
+
+    Args:
+        vocab_size (`int`): number of tokens.
+        embed_bits (`int`): width of the bit-cipher token embeddings; needs 2^embed_bits - 1 >= vocab_size.
+        hidden_bits (`int`): width of every context's hidden distribution (the bit-cipher label
+            embeddings used as hidden targets in the explicit warm start); needs 2^hidden_bits - 1 >= vocab_size.
+        windows (`list[int]`): sizes K of the window contexts (the last K positions, pivot included).
+        use_document_context (`bool`): add the running mean of the document's inputs as a context.
+        num_layers (`int`): number of stacked SAFFU layers.
+        explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
+        freeze_embeddings (`bool`): keep the bit-cipher embeddings fixed during backprop.
+        contextual_embeddings (`bool`): the warm start replaces the bit-cipher vectors by contextual ones
+            (the normalised sum of the neighbours' codes within `contextual_radius`).
+        contextual_radius (`int`): neighbourhood radius of the contextual embeddings.
+        initializer_range (`float`): standard deviation of the random initialisation of the dense layers.
+        warm_started (`bool`): set by the explicit warm start, so it is not redone after reloading.
+    """
+
+    model_type = "saffu"
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        embed_bits: int = 64,
+        hidden_bits: int = 128,
+        windows: list[int] | tuple[int, ...] = (2, 8, 32),
+        use_document_context: bool = True,
+        num_layers: int = 1,
+        explicit_smoothing: float = 1e-2,
+        freeze_embeddings: bool = True,
+        contextual_embeddings: bool = False,
+        contextual_radius: int = 2,
+        initializer_range: float = 0.02,
+        warm_started: bool = False,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.embed_bits = embed_bits
+        self.hidden_bits = hidden_bits
+        self.windows = [int(k) for k in windows] if isinstance(windows, (list, tuple)) else windows
+        self.use_document_context = use_document_context
+        self.num_layers = num_layers
+        self.explicit_smoothing = explicit_smoothing
+        self.freeze_embeddings = freeze_embeddings
+        self.contextual_embeddings = contextual_embeddings
+        self.contextual_radius = contextual_radius
+        self.initializer_range = initializer_range
+        self.warm_started = warm_started
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_saffu()
+
+    @property
+    def num_contexts(self) -> int:
+        """C: the number of contexts whose hidden distributions every layer concatenates."""
+        return len(self.windows) + int(self.use_document_context)
+
+    @property
+    def max_window(self) -> int:
+        """The longest window; the decoding state keeps max_window - 1 past inputs per layer."""
+        return max(self.windows, default=1)
+
+    def validate_saffu(self) -> None:
+        """Raise a `ValueError` naming the first invalid field and its allowed range."""
+
+        def positive_int(name: str, value) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SaffuConfig.{name} must be an integer >= 1, got {value!r}")
+
+        positive_int("vocab_size", self.vocab_size)
+        positive_int("num_layers", self.num_layers)
+        positive_int("contextual_radius", self.contextual_radius)
+        for name in ("embed_bits", "hidden_bits"):
+            bits = getattr(self, name)
+            positive_int(name, bits)
+            if 2**bits - 1 < self.vocab_size:
+                needed = self.vocab_size.bit_length()
+                raise ValueError(
+                    f"SaffuConfig.{name}={bits} gives only 2^{bits} - 1 = {2**bits - 1} bit-cipher codes for "
+                    f"vocab_size={self.vocab_size}; it must be >= {needed}"
+                )
+        if not isinstance(self.windows, list):
+            raise ValueError(f"SaffuConfig.windows must be a list of integers >= 1, got {self.windows!r}")
+        for k in self.windows:
+            positive_int("windows[...]", k)
+        if len(set(self.windows)) != len(self.windows):
+            raise ValueError(f"SaffuConfig.windows must not repeat a size, got {self.windows}")
+        if self.num_contexts == 0:
+            raise ValueError(
+                "SaffuConfig needs at least one context: give windows (e.g. [4, 16]) or use_document_context=True"
+            )
+        if not (isinstance(self.explicit_smoothing, (int, float)) and self.explicit_smoothing > 0):
+            raise ValueError(
+                f"SaffuConfig.explicit_smoothing must be a number > 0 (ln(F + alpha) needs alpha > 0), "
+                f"got {self.explicit_smoothing!r}"
+            )
+        if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
+            raise ValueError(f"SaffuConfig.initializer_range must be > 0, got {self.initializer_range!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            token_id = getattr(self, name, None)
+            if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
+                raise ValueError(
+                    f"SaffuConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
+                )
+
+
+__all__ = ["SaffuConfig"]

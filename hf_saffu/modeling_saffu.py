@@ -1,0 +1,416 @@
+"""SAFFU causal language model: self-attentive feed-forward units on bit-cipher embeddings.
+
+Williams & Zhao, "Explicit Foundation Model Optimization with Self-Attentive Feed-Forward Neural
+Units" (arXiv 2311.07510). Every signal stays non-negative (no residuals, no layer norms), so every
+sub-layer is a softmax layer on non-negative inputs and has an explicit (closed-form) warm start;
+see `hf_saffu.warm_start`.
+
+For one layer reading non-negative vectors v_1 ... v_T, and one window context of size K, position t
+(the pivot) sees the offsets j = 0 ... K-1 (position t - j; j = 0 is the pivot itself):
+
+    s_{t,j} = v_{t-j} . v_t                      similarities to the pivot (>= 0)
+    a_t     = softmax(s_t W + c)                 attention over the offsets (W: K x K, c: K)
+    z_t     = sum_j a_{t,j} v_{t-j}              attended vector (>= 0)
+    h_t     = softmax(z_t U + b)                 hidden distribution
+
+The document context uses z_t = mean of the inputs since the document began (reset after EOS).
+The layer output is H_t = [h_t^1 ... h_t^C]; the next layer reads H_t / C and the language-model
+head gives logits = H_t O + b_O.
+
+Decoding keeps, per layer, the last max(windows) - 1 inputs and the running document sum and count:
+a state whose size does not grow with the text.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .bit_cipher import bit_cipher_vectors
+from .configuration_saffu import SaffuConfig
+
+
+def banded_dot(extended: torch.Tensor, queries: torch.Tensor, num_offsets: int) -> torch.Tensor:
+    """out[b, t, j] = extended[b, start + t - j] . queries[b, t], for j < num_offsets.
+
+    `extended` holds `start` = extended.shape[1] - T earlier positions followed by the T query positions.
+    """
+    length = queries.shape[1]
+    start = extended.shape[1] - length
+    return torch.stack(
+        [
+            torch.einsum("btd,btd->bt", extended[:, start - j : start - j + length], queries)
+            for j in range(num_offsets)
+        ],
+        dim=-1,
+    )
+
+
+def banded_mix(extended: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[b, t] = sum_j weights[b, t, j] * extended[b, start + t - j]."""
+    length = weights.shape[1]
+    start = extended.shape[1] - length
+    mixed = weights[..., :1] * extended[:, start : start + length]
+    for j in range(1, weights.shape[-1]):
+        mixed = mixed + weights[..., j : j + 1] * extended[:, start - j : start - j + length]
+    return mixed
+
+
+def banded_valid(extended_valid: torch.Tensor, length: int, num_offsets: int) -> torch.Tensor:
+    """valid[b, t, j]: position t - j holds a real input. The pivot (j = 0) always counts as valid, so a
+    padding position still gets a finite (ignored) output."""
+    start = extended_valid.shape[1] - length
+    offsets = [extended_valid[:, start - j : start - j + length] for j in range(num_offsets)]
+    valid = torch.stack(offsets, dim=-1)
+    valid[..., 0] = True
+    return valid
+
+
+@dataclass
+class SaffuLayerState:
+    """Decoding state of one layer: the last max(windows) - 1 inputs and the running document sum."""
+
+    history: torch.Tensor  # (batch, max_window - 1, input_dim)
+    history_valid: torch.Tensor  # (batch, max_window - 1) bool
+    document_sum: torch.Tensor  # (batch, input_dim) float64
+    document_count: torch.Tensor  # (batch,) float64
+
+    def select(self, index: torch.Tensor) -> "SaffuLayerState":
+        return SaffuLayerState(
+            *(tensor.index_select(0, index.to(tensor.device)) for tensor in self.tensors())
+        )
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.history, self.history_valid, self.document_sum, self.document_count
+
+
+class SaffuDecodingState:
+    """Constant-size generation state of a SAFFU model (what `past_key_values` holds).
+
+    Memory per sequence: sum over layers of (max_window - 1 + 1) * input_dim floats, whatever the length.
+    """
+
+    def __init__(self, layers: list[SaffuLayerState], seen_tokens: int):
+        self.layers = layers
+        self.seen_tokens = seen_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the states of the selected beams (used by beam search)."""
+        self.layers = [layer.select(beam_idx) for layer in self.layers]
+
+    def nbytes(self) -> int:
+        return sum(
+            tensor.numel() * tensor.element_size() for layer in self.layers for tensor in layer.tensors()
+        )
+
+
+def document_means(
+    inputs: torch.Tensor,
+    valid: torch.Tensor,
+    ends_document: torch.Tensor,
+    prior_sum: torch.Tensor,
+    prior_count: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running mean of the valid inputs since the document began; a document ends after an EOS.
+
+        z_t = (sum_{tau in doc(t), tau <= t} v_tau) / |{tau in doc(t), tau <= t}|
+
+    Sums are kept in float64. Returns the means (dtype of `inputs`) and the sum and count carried to
+    the next chunk (zero after a final EOS).
+    """
+    batch, length, _ = inputs.shape
+    sums = torch.cumsum(inputs.to(torch.float64), dim=1)
+    counts = torch.cumsum(valid.to(torch.float64), dim=1)
+    positions = torch.arange(length, device=inputs.device).expand(batch, length)
+    last_end = torch.cummax(torch.where(ends_document, positions, -1), dim=1).values
+    previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
+    first_segment = previous_end < 0
+    gather_at = previous_end.clamp_min(0)
+    base_sum = sums.gather(1, gather_at[..., None].expand_as(sums))
+    base_sum = torch.where(first_segment[..., None], -prior_sum[:, None], base_sum)
+    base_count = torch.where(first_segment, -prior_count[:, None], counts.gather(1, gather_at))
+    document_sum = sums - base_sum
+    document_count = counts - base_count
+    means = (document_sum / document_count.clamp_min(1.0)[..., None]).to(inputs.dtype)
+    ended = ends_document[:, -1]
+    carried_sum = torch.where(ended[:, None], 0.0, document_sum[:, -1])
+    carried_count = torch.where(ended, 0.0, document_count[:, -1])
+    return means, carried_sum, carried_count
+
+
+class SaffuWindowContext(nn.Module):
+    """Pivot attention over the last K positions, then a softmax hidden layer."""
+
+    def __init__(self, window: int, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.window = window
+        self.attention = nn.Linear(window, window)  # a = softmax(s W + c): weight = W^T, bias = c
+        self.hidden = nn.Linear(input_dim, hidden_dim)  # h = softmax(z U + b): weight = U^T
+
+    def attention_weights(self, similarities: torch.Tensor, offset_valid: torch.Tensor) -> torch.Tensor:
+        """a_t = softmax over the valid offsets of s_t W + c."""
+        scores = self.attention(similarities[..., : self.window])
+        return torch.softmax(scores.masked_fill(~offset_valid[..., : self.window], float("-inf")), dim=-1)
+
+    def attend(
+        self, extended: torch.Tensor, similarities: torch.Tensor, offset_valid: torch.Tensor
+    ) -> torch.Tensor:
+        """z_t = sum_j a_{t,j} v_{t-j}."""
+        return banded_mix(extended, self.attention_weights(similarities, offset_valid))
+
+
+class SaffuDocumentContext(nn.Module):
+    """The running document mean fed to a softmax hidden layer (no attention)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden = nn.Linear(input_dim, hidden_dim)
+
+
+@dataclass
+class SaffuContextInputs:
+    """What one layer computes before its hidden softmaxes (the explicit warm start reads it too)."""
+
+    extended: torch.Tensor  # (batch, max_window - 1 + T, input_dim): state history, then the inputs
+    offset_valid: torch.Tensor  # (batch, T, max_window) bool
+    similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
+    context_vectors: list[torch.Tensor]  # per context, (batch, T, input_dim): z_t
+    state: SaffuLayerState  # the state after these T positions
+
+
+class SaffuLayer(nn.Module):
+    """One SAFFU layer: C contexts (windows, then the document), their hidden distributions concatenated."""
+
+    def __init__(self, config: SaffuConfig, input_dim: int):
+        super().__init__()
+        self.input_dim = input_dim
+        self.max_window = config.max_window
+        self.windows = nn.ModuleList(
+            SaffuWindowContext(window, input_dim, config.hidden_bits) for window in config.windows
+        )
+        self.document = (
+            SaffuDocumentContext(input_dim, config.hidden_bits) if config.use_document_context else None
+        )
+
+    @property
+    def contexts(self) -> list[nn.Module]:
+        return [*self.windows, *([self.document] if self.document is not None else [])]
+
+    def empty_state(self, batch_size: int, reference: torch.Tensor) -> SaffuLayerState:
+        history = self.max_window - 1
+        return SaffuLayerState(
+            history=reference.new_zeros(batch_size, history, self.input_dim),
+            history_valid=torch.zeros(batch_size, history, dtype=torch.bool, device=reference.device),
+            document_sum=torch.zeros(
+                batch_size, self.input_dim, dtype=torch.float64, device=reference.device
+            ),
+            document_count=torch.zeros(batch_size, dtype=torch.float64, device=reference.device),
+        )
+
+    def context_inputs(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        ends_document: torch.Tensor,
+        state: SaffuLayerState | None,
+    ) -> SaffuContextInputs:
+        """z_t of every context for the T new positions, continuing from `state` (None: a fresh start)."""
+        if state is None:
+            state = self.empty_state(inputs.shape[0], inputs)
+        inputs = inputs * valid[..., None].to(inputs.dtype)
+        extended = torch.cat([state.history.to(inputs.dtype), inputs], dim=1)
+        extended_valid = torch.cat([state.history_valid, valid], dim=1)
+        length = inputs.shape[1]
+        offset_valid = banded_valid(extended_valid, length, self.max_window)
+        similarities = banded_dot(extended, inputs, self.max_window)
+        context_vectors = [window.attend(extended, similarities, offset_valid) for window in self.windows]
+        document_sum, document_count = state.document_sum, state.document_count
+        if self.document is not None:
+            means, document_sum, document_count = document_means(
+                inputs, valid, ends_document, state.document_sum, state.document_count
+            )
+            context_vectors.append(means)
+        keep = extended.shape[1] - (self.max_window - 1)
+        new_state = SaffuLayerState(
+            history=extended[:, keep:].detach(),
+            history_valid=extended_valid[:, keep:],
+            document_sum=document_sum.detach(),
+            document_count=document_count,
+        )
+        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, new_state)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        ends_document: torch.Tensor,
+        state: SaffuLayerState | None = None,
+    ) -> tuple[torch.Tensor, SaffuLayerState]:
+        """H_t = [softmax(z_t^c U^c + b^c)]_c, shape (batch, T, C * hidden_bits)."""
+        computed = self.context_inputs(inputs, valid, ends_document, state)
+        hidden = [
+            torch.softmax(context.hidden(vectors), dim=-1)
+            for context, vectors in zip(self.contexts, computed.context_vectors, strict=True)
+        ]
+        return torch.cat(hidden, dim=-1), computed.state
+
+
+class SaffuPreTrainedModel(PreTrainedModel):
+    config_class = SaffuConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["SaffuLayer"]
+    _supports_sdpa = False
+    _supports_flash_attn = False
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """SAFFU keeps its own constant-size `SaffuDecodingState`, not a key/value cache."""
+        return False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Bit-cipher embeddings (frequency rank = token id until the warm start counts tokens);
+        normal(0, initializer_range) dense weights and zero biases."""
+        if isinstance(module, nn.Embedding):
+            ranks = torch.arange(module.num_embeddings)
+            init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.bias)
+
+
+class SaffuModel(SaffuPreTrainedModel):
+    """Bit-cipher embeddings and the stack of SAFFU layers; returns the last layer's H_t."""
+
+    def __init__(self, config: SaffuConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.embed_bits)
+        layer_output_dim = config.num_contexts * config.hidden_bits
+        input_dims = [config.embed_bits] + [layer_output_dim] * (config.num_layers - 1)
+        self.layers = nn.ModuleList(SaffuLayer(config, dim) for dim in input_dims)
+        self.post_init()
+        self.embeddings.weight.requires_grad_(not config.freeze_embeddings)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def check_input_ids(self, input_ids: torch.Tensor | None) -> None:
+        if input_ids is None:
+            raise ValueError("SaffuModel needs input_ids (token ids drive the document resets at EOS)")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids hold token ids in [{int(input_ids.min())}, {int(input_ids.max())}] but the model's "
+                f"vocab_size is {self.config.vocab_size}: the tokenizer and the model config do not match"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: SaffuDecodingState | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Args:
+        input_ids: (batch, T) token ids; with `past_key_values`, only the tokens after the state.
+        attention_mask: (batch, T) or (batch, T_past + T) with 0 at padding (left padding supported).
+        past_key_values: a `SaffuDecodingState` to continue from.
+        """
+        self.check_input_ids(input_ids)
+        use_cache = use_cache if use_cache is not None else not self.training
+        length = input_ids.shape[1]
+        if attention_mask is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            valid = attention_mask[:, -length:].to(torch.bool)
+        eos = self.config.eos_token_id
+        ends_document = input_ids == eos if eos is not None else torch.zeros_like(valid)
+        layer_states = past_key_values.layers if past_key_values is not None else [None] * len(self.layers)
+
+        hidden = self.embeddings(input_ids)
+        all_hidden = [hidden] if output_hidden_states else None
+        new_states = []
+        for index, (layer, state) in enumerate(zip(self.layers, layer_states, strict=True)):
+            inputs = hidden if index == 0 else hidden / self.config.num_contexts
+            hidden, new_state = layer(inputs, valid, ends_document, state)
+            new_states.append(new_state)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+
+        cache = None
+        if use_cache:
+            seen = past_key_values.seen_tokens if past_key_values is not None else 0
+            cache = SaffuDecodingState(new_states, seen + length)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=cache,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+
+
+class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
+    """SAFFU layers and the output layer logits = H_t O + b_O."""
+
+    def __init__(self, config: SaffuConfig):
+        super().__init__(config)
+        self.model = SaffuModel(config)
+        self.lm_head = nn.Linear(config.num_contexts * config.hidden_bits, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: SaffuDecodingState | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Next-token logits (batch, T, vocab_size); `loss` is the mean token cross-entropy when `labels`
+        are given (labels are shifted inside; -100 is ignored)."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+__all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState"]
