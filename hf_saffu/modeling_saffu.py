@@ -41,10 +41,7 @@ def banded_dot(extended: torch.Tensor, queries: torch.Tensor, num_offsets: int) 
     length = queries.shape[1]
     start = extended.shape[1] - length
     return torch.stack(
-        [
-            torch.einsum("btd,btd->bt", extended[:, start - j : start - j + length], queries)
-            for j in range(num_offsets)
-        ],
+        [torch.einsum("btd,btd->bt", extended[:, start - j : start - j + length], queries) for j in range(num_offsets)],
         dim=-1,
     )
 
@@ -79,9 +76,7 @@ class SaffuLayerState:
     document_count: torch.Tensor  # (batch,) float64
 
     def select(self, index: torch.Tensor) -> "SaffuLayerState":
-        return SaffuLayerState(
-            *(tensor.index_select(0, index.to(tensor.device)) for tensor in self.tensors())
-        )
+        return SaffuLayerState(*(tensor.index_select(0, index.to(tensor.device)) for tensor in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.history, self.history_valid, self.document_sum, self.document_count
@@ -105,9 +100,7 @@ class SaffuDecodingState:
         self.layers = [layer.select(beam_idx) for layer in self.layers]
 
     def nbytes(self) -> int:
-        return sum(
-            tensor.numel() * tensor.element_size() for layer in self.layers for tensor in layer.tensors()
-        )
+        return sum(tensor.numel() * tensor.element_size() for layer in self.layers for tensor in layer.tensors())
 
 
 def document_means(
@@ -158,9 +151,7 @@ class SaffuWindowContext(nn.Module):
         scores = self.attention(similarities[..., : self.window])
         return torch.softmax(scores.masked_fill(~offset_valid[..., : self.window], float("-inf")), dim=-1)
 
-    def attend(
-        self, extended: torch.Tensor, similarities: torch.Tensor, offset_valid: torch.Tensor
-    ) -> torch.Tensor:
+    def attend(self, extended: torch.Tensor, similarities: torch.Tensor, offset_valid: torch.Tensor) -> torch.Tensor:
         """z_t = sum_j a_{t,j} v_{t-j}."""
         return banded_mix(extended, self.attention_weights(similarities, offset_valid))
 
@@ -194,9 +185,7 @@ class SaffuLayer(nn.Module):
         self.windows = nn.ModuleList(
             SaffuWindowContext(window, input_dim, config.hidden_bits) for window in config.windows
         )
-        self.document = (
-            SaffuDocumentContext(input_dim, config.hidden_bits) if config.use_document_context else None
-        )
+        self.document = SaffuDocumentContext(input_dim, config.hidden_bits) if config.use_document_context else None
 
     @property
     def contexts(self) -> list[nn.Module]:
@@ -207,9 +196,7 @@ class SaffuLayer(nn.Module):
         return SaffuLayerState(
             history=reference.new_zeros(batch_size, history, self.input_dim),
             history_valid=torch.zeros(batch_size, history, dtype=torch.bool, device=reference.device),
-            document_sum=torch.zeros(
-                batch_size, self.input_dim, dtype=torch.float64, device=reference.device
-            ),
+            document_sum=torch.zeros(batch_size, self.input_dim, dtype=torch.float64, device=reference.device),
             document_count=torch.zeros(batch_size, dtype=torch.float64, device=reference.device),
         )
 
@@ -402,9 +389,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
-            )
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
