@@ -40,9 +40,8 @@ def bit_cipher_codes(num_codes: int, bits: int) -> list[int]:
 
 def codes_to_vectors(codes: list[int], bits: int) -> torch.Tensor:
     """Rows of unit L1 norm: code / popcount(code), shape (len(codes), bits), float32."""
-    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int64)
-    binary = (torch.tensor(codes, dtype=torch.int64)[:, None] >> shifts) & 1
-    binary = binary.to(torch.float32)
+    digits = "".join(format(code, f"0{bits}b") for code in codes).encode("ascii")
+    binary = (torch.frombuffer(bytearray(digits), dtype=torch.uint8).view(len(codes), bits) - ord("0")).float()
     return binary / binary.sum(dim=1, keepdim=True)
 
 
@@ -73,9 +72,7 @@ def contextual_vectors(neighbour_sums: torch.Tensor, fallback: torch.Tensor) -> 
     return torch.where(seen, normalised, fallback.to(neighbour_sums.dtype))
 
 
-def accumulate_neighbour_sums(
-    input_ids: torch.Tensor, vectors: torch.Tensor, radius: int, out: torch.Tensor
-) -> None:
+def accumulate_neighbour_sums(input_ids: torch.Tensor, vectors: torch.Tensor, radius: int, out: torch.Tensor) -> None:
     """Add, for every token of the 1-d `input_ids`, the vectors of its neighbours within `radius` to `out`.
 
     out[x_t] += sum_{0 < |j| <= radius} vectors[x_{t+j}]  (positions outside the sequence are skipped).

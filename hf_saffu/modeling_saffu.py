@@ -33,27 +33,48 @@ from .bit_cipher import bit_cipher_vectors
 from .configuration_saffu import SaffuConfig
 
 
+BAND_CHUNK = 256
+
+
+def band_index(length: int, num_offsets: int, device: torch.device) -> torch.Tensor:
+    """index[t, j] = t + num_offsets - 1 - j: where position t - j sits in a chunk that starts
+    num_offsets - 1 positions before the chunk's first query."""
+    positions = torch.arange(length, device=device)[:, None]
+    return positions + (num_offsets - 1) - torch.arange(num_offsets, device=device)[None, :]
+
+
+def band_chunks(extended: torch.Tensor, length: int, num_offsets: int):
+    """(first, last, extended slice) per chunk of at most BAND_CHUNK query positions."""
+    start = extended.shape[1] - length
+    for first in range(0, length, BAND_CHUNK):
+        last = min(length, first + BAND_CHUNK)
+        yield first, last, extended[:, start + first - (num_offsets - 1) : start + last]
+
+
 def banded_dot(extended: torch.Tensor, queries: torch.Tensor, num_offsets: int) -> torch.Tensor:
     """out[b, t, j] = extended[b, start + t - j] . queries[b, t], for j < num_offsets.
 
-    `extended` holds `start` = extended.shape[1] - T earlier positions followed by the T query positions.
+    `extended` holds `start` >= num_offsets - 1 earlier positions followed by the T query positions.
+    Computed as a Gram matrix of each chunk of queries with its band of positions, then gathered.
     """
-    length = queries.shape[1]
-    start = extended.shape[1] - length
-    return torch.stack(
-        [torch.einsum("btd,btd->bt", extended[:, start - j : start - j + length], queries) for j in range(num_offsets)],
-        dim=-1,
-    )
+    batch, length, _ = queries.shape
+    chunks = []
+    for first, last, window in band_chunks(extended, length, num_offsets):
+        gram = torch.bmm(queries[:, first:last], window.transpose(1, 2))
+        index = band_index(last - first, num_offsets, queries.device).expand(batch, -1, -1)
+        chunks.append(gram.gather(2, index))
+    return torch.cat(chunks, dim=1)
 
 
 def banded_mix(extended: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """out[b, t] = sum_j weights[b, t, j] * extended[b, start + t - j]."""
-    length = weights.shape[1]
-    start = extended.shape[1] - length
-    mixed = weights[..., :1] * extended[:, start : start + length]
-    for j in range(1, weights.shape[-1]):
-        mixed = mixed + weights[..., j : j + 1] * extended[:, start - j : start - j + length]
-    return mixed
+    batch, length, num_offsets = weights.shape
+    chunks = []
+    for first, last, window in band_chunks(extended, length, num_offsets):
+        index = band_index(last - first, num_offsets, weights.device).expand(batch, -1, -1)
+        band = weights.new_zeros(batch, last - first, window.shape[1]).scatter(2, index, weights[:, first:last])
+        chunks.append(torch.bmm(band, window))
+    return torch.cat(chunks, dim=1)
 
 
 def banded_valid(extended_valid: torch.Tensor, length: int, num_offsets: int) -> torch.Tensor:

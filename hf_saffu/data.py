@@ -1,0 +1,160 @@
+"""Data for training: raw text datasets, a ByteLevel BPE tokenizer, packing into fixed-size blocks.
+
+Every row of a text dataset is one document. Tokenised documents are concatenated with an EOS after
+each (so the model's document context resets there) and cut into blocks of `block_size` tokens; the
+last block of each packing batch is padded (attention_mask 0, label -100), never dropped, so
+evaluation covers every token.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import DatasetDict, load_dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .corpus import load_shakespeare
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+BUILTIN_CORPUS = "shakespeare"
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is tokenised and packed."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"a `datasets` dataset name, or '{BUILTIN_CORPUS}' for the built-in corpus"},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
+    train_files: list[str] | None = field(default=None, metadata={"help": "local text files: one document a line"})
+    validation_files: list[str] | None = field(default=None, metadata={"help": "local validation text files"})
+    test_files: list[str] | None = field(default=None, metadata={"help": "local test text files"})
+    text_column: str = field(default="text", metadata={"help": "the column holding the documents"})
+    validation_percentage: int = field(
+        default=5, metadata={"help": "share of train held out when the data has no validation split"}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "an existing tokenizer; by default a ByteLevel BPE is trained on train"}
+    )
+    tokenizer_vocab_size: int = field(default=8192, metadata={"help": "vocabulary size of the trained tokenizer"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
+    max_train_documents: int | None = field(default=None, metadata={"help": "use only the first N train documents"})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for datasets.map"})
+
+    def __post_init__(self):
+        if self.dataset_name is None and not self.train_files:
+            raise ValueError(f"DataArguments: give dataset_name (e.g. '{BUILTIN_CORPUS}') or train_files")
+        if self.block_size < 2:
+            raise ValueError(f"DataArguments.block_size must be >= 2, got {self.block_size}")
+        if self.tokenizer_vocab_size < 260:
+            raise ValueError(
+                f"DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), got {self.tokenizer_vocab_size}"
+            )
+
+
+def load_text_datasets(data_args: DataArguments) -> DatasetDict:
+    """train / validation (/ test) splits with one document per row in `text_column`."""
+    if data_args.dataset_name == BUILTIN_CORPUS:
+        raw = load_shakespeare()
+    elif data_args.dataset_name is not None:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config)
+    else:
+        files = {"train": data_args.train_files}
+        if data_args.validation_files:
+            files["validation"] = data_args.validation_files
+        if data_args.test_files:
+            files["test"] = data_args.test_files
+        for split, paths in files.items():
+            for path in paths:
+                if not Path(path).is_file():
+                    raise FileNotFoundError(f"{split} file {path} does not exist")
+        raw = load_dataset("text", data_files=files)
+    if "train" not in raw:
+        raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
+    if data_args.text_column not in raw["train"].column_names:
+        raise ValueError(
+            f"the dataset has no column '{data_args.text_column}' (columns: {raw['train'].column_names}); "
+            "set text_column"
+        )
+    raw = DatasetDict(
+        {split: ds.filter(lambda row: bool(row[data_args.text_column].strip())) for split, ds in raw.items()}
+    )
+    if data_args.max_train_documents is not None:
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_documents, len(raw["train"]))))
+    if len(raw["train"]) == 0:
+        raise ValueError("the training data is empty (no non-blank documents)")
+    if "validation" not in raw:
+        held_out = raw["train"].train_test_split(test_size=data_args.validation_percentage / 100, seed=0)
+        raw["train"], raw["validation"] = held_out["train"], held_out["test"]
+    return raw
+
+
+def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
+    """A ByteLevel BPE tokenizer trained on an iterable of texts; EOS doubles as BOS, plus a pad token."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
+
+
+def text_batches(dataset, column: str, batch_size: int = 1000):
+    for start in range(0, len(dataset), batch_size):
+        yield dataset[start : start + batch_size][column]
+
+
+def pack_documents(batch: dict, block_size: int, eos_id: int, pad_id: int) -> dict:
+    """Concatenate the documents' token ids, EOS after each, and cut into blocks of `block_size`."""
+    stream = [token for ids in batch["input_ids"] for token in (*ids, eos_id)]
+    blocks, masks, labels = [], [], []
+    for start in range(0, len(stream), block_size):
+        block = stream[start : start + block_size]
+        padding = block_size - len(block)
+        blocks.append(block + [pad_id] * padding)
+        masks.append([1] * len(block) + [0] * padding)
+        labels.append(block + [-100] * padding)
+    return {"input_ids": blocks, "attention_mask": masks, "labels": labels}
+
+
+def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> DatasetDict:
+    """Every split as packed blocks: input_ids, attention_mask, labels (-100 at padding)."""
+    column = data_args.text_column
+    workers = data_args.preprocessing_num_workers
+    tokenized = raw.map(
+        lambda batch: {"input_ids": tokenizer(batch[column], add_special_tokens=False)["input_ids"]},
+        batched=True,
+        remove_columns=raw["train"].column_names,
+        num_proc=workers,
+        desc="tokenizing",
+    )
+    packed = tokenized.map(
+        pack_documents,
+        batched=True,
+        batch_size=10_000,
+        fn_kwargs={
+            "block_size": data_args.block_size,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id,
+        },
+        num_proc=workers,
+        desc=f"packing into blocks of {data_args.block_size}",
+    )
+    if len(packed["train"]) == 0:
+        raise ValueError("the training data holds no tokens after tokenization")
+    return packed
+
+
+def count_tokens(dataset) -> int:
+    """Real (unpadded) tokens of a packed split."""
+    return sum(sum(mask) for mask in dataset["attention_mask"])

@@ -1,0 +1,127 @@
+"""Explicit (closed-form) solutions of single softmax layers on non-negative inputs.
+
+Williams & Zhao, "Reducing the Need for Backpropagation and Discovering Better Optima With Explicit
+Optimizations of Neural Networks" (arXiv 2311.07498). A layer p = softmax(x U + b), x >= 0 of
+dimension D, N outputs, trained with cross-entropy against targets y (one-hot or distributions), has
+the loss gradient X^T (P - Y). Everything its optimum needs is the generalised co-occurrence matrix
+
+    F = sum_m x_m^T y_m                              (D x N, float64, one pass; a plain sum)
+
+and the priming number K = mean_m ||x_m||_1. The explicit solution is
+
+    U_ij = ln(F_ij + alpha),    b_j = -(K - 1) ln phi_j,    phi_j = sum_i (F_ij + alpha)
+
+exact (stationary) for one-hot inputs (K = 1: each row's softmax is the empirical P(j | i)) and
+near-optimal for K > 1 (naive Bayes: P(j | x) ~ P(j)^(1-K) prod_k P(x_k, j)). alpha > 0 keeps every
+logarithm finite.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+class ExplicitStatisticsError(ValueError):
+    """Co-occurrence statistics that cannot give a finite explicit solution."""
+
+
+def check_statistics(name: str, values: torch.Tensor) -> None:
+    """Raise an `ExplicitStatisticsError` if `values` hold NaN, inf or negative entries."""
+    if values.numel() == 0:
+        return
+    if not torch.isfinite(values.sum()):
+        raise ExplicitStatisticsError(f"{name} holds non-finite values (NaN or inf): the inputs were not finite")
+    smallest = values.min().item()
+    if smallest < 0:
+        raise ExplicitStatisticsError(
+            f"{name} holds negative values (min {smallest:.4g}): explicit solutions need non-negative inputs and targets"
+        )
+
+
+@dataclass
+class Cooccurrence:
+    """Streaming accumulator of F = sum_m x_m^T y_m and of the priming number K = mean ||x_m||_1.
+
+    `add` takes a batch of inputs (M, D) and targets, either class ids (M,) or distributions (M, N);
+    rows with weight 0 (padding) are skipped. Sums are float64 so shards can be added up across
+    processes (`all_reduce`) before every process solves identically.
+    """
+
+    transposed_counts: torch.Tensor  # F^T, (N, D) float64 (rows indexed by the target: fast index_add)
+    input_mass: torch.Tensor  # sum_m ||x_m||_1, () float64
+    num_rows: torch.Tensor  # M, () float64
+
+    @classmethod
+    def zeros(cls, input_dim: int, output_dim: int, device: torch.device | str = "cpu") -> "Cooccurrence":
+        zeros = torch.zeros((), dtype=torch.float64, device=device)
+        return cls(torch.zeros(output_dim, input_dim, dtype=torch.float64, device=device), zeros.clone(), zeros.clone())
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """F, (D, N)."""
+        return self.transposed_counts.T
+
+    def add(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """F += X^T Y (rows scaled by `weights`, e.g. a 0/1 mask), ||x||_1 and M accumulated likewise."""
+        inputs = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
+        check_statistics("explicit-solution inputs", inputs)
+        if weights is not None:
+            weights = weights.reshape(-1).to(torch.float64)
+            inputs = inputs * weights[:, None]
+        if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            self.transposed_counts.index_add_(0, targets.reshape(-1), inputs)
+        else:
+            targets = targets.reshape(-1, targets.shape[-1]).to(torch.float64)
+            check_statistics("explicit-solution targets", targets)
+            self.transposed_counts.addmm_(targets.T, inputs)
+        self.input_mass += inputs.sum()
+        self.num_rows += weights.sum() if weights is not None else inputs.shape[0]
+
+    def all_reduce(self, accelerator=None) -> None:
+        """Sum the statistics over all processes (no-op in a single process)."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return
+        for tensor in (self.transposed_counts, self.input_mass, self.num_rows):
+            tensor.copy_(accelerator.reduce(tensor, reduction="sum"))
+
+    @property
+    def priming_number(self) -> float:
+        """K = mean_m ||x_m||_1 (1.0 for one-hot or unit-L1 inputs)."""
+        if self.num_rows.item() == 0:
+            raise ExplicitStatisticsError("no data was accumulated: the explicit solution needs at least one row")
+        return (self.input_mass / self.num_rows).item()
+
+    def solve(self, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The explicit solution (weight (D, N), bias (N,)) of these statistics; see `solve_softmax`."""
+        return solve_softmax(self.counts, self.priming_number, smoothing)
+
+
+def solve_softmax(counts: torch.Tensor, priming: float, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit softmax layer from co-occurrences F (D x N) and the priming number K.
+
+        U = ln(F + alpha),   b_j = -(K - 1) ln phi_j,   phi_j = sum_i (F_ij + alpha)
+
+    Returns float64 (U, b). Raises `ExplicitStatisticsError` on non-finite or negative statistics, a
+    non-positive smoothing or priming number, or statistics with no mass.
+    """
+    check_statistics("co-occurrence matrix F", counts)
+    if not smoothing > 0:
+        raise ExplicitStatisticsError(f"smoothing must be > 0 so that ln(F + alpha) is finite, got {smoothing}")
+    if not (priming > 0 and priming < float("inf")):
+        raise ExplicitStatisticsError(f"the priming number must be finite and > 0, got {priming}")
+    if counts.sum() == 0:
+        raise ExplicitStatisticsError("the co-occurrence matrix F is all zeros: no data reached this layer")
+    smoothed = counts.to(torch.float64) + smoothing
+    weight = torch.log(smoothed)
+    bias = -(priming - 1.0) * torch.log(smoothed.sum(dim=0))
+    return weight, bias
+
+
+def softmax_cross_entropy(
+    inputs: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of softmax(x U + b) against class ids (M,) or target distributions (M, N)."""
+    log_probs = torch.log_softmax(inputs.to(weight.dtype) @ weight + bias, dim=-1)
+    if targets.dtype == torch.int64:
+        return -log_probs.gather(1, targets[:, None]).mean()
+    return -(targets.to(weight.dtype) * log_probs).sum(dim=-1).mean()

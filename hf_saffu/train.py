@@ -1,0 +1,217 @@
+"""The training job: data -> tokenizer -> SAFFU model -> explicit warm start + backprop -> evaluation.
+
+Arguments are three dataclasses parsed by `HfArgumentParser` from a YAML file, overridden by
+command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArguments`.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
+
+from .configuration_saffu import SaffuConfig
+from .data import DataArguments, count_tokens, load_text_datasets, text_batches, tokenize_and_pack, train_tokenizer
+from .modeling_saffu import SaffuForCausalLM
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    """The SAFFU architecture (see `SaffuConfig`), or a saved model to continue from."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "continue from this saved model"})
+    embed_bits: int = field(default=64, metadata={"help": "bit-cipher embedding width"})
+    hidden_bits: int = field(default=128, metadata={"help": "hidden distribution width per context"})
+    windows: list[int] = field(default_factory=lambda: [2, 8, 32], metadata={"help": "window context sizes"})
+    use_document_context: bool = field(default=True, metadata={"help": "add the running document mean context"})
+    num_layers: int = field(default=1, metadata={"help": "stacked SAFFU layers"})
+    explicit_smoothing: float = field(default=1e-2, metadata={"help": "additive floor alpha in ln(F + alpha)"})
+    freeze_embeddings: bool = field(default=True, metadata={"help": "keep the bit-cipher embeddings fixed"})
+    contextual_embeddings: bool = field(default=False, metadata={"help": "contextual bit-cipher embeddings"})
+    contextual_radius: int = field(default=2, metadata={"help": "radius of the contextual embeddings"})
+
+    def config_kwargs(self) -> dict:
+        names = (
+            "embed_bits",
+            "hidden_bits",
+            "windows",
+            "use_document_context",
+            "num_layers",
+            "explicit_smoothing",
+            "freeze_embeddings",
+            "contextual_embeddings",
+            "contextual_radius",
+        )
+        return {name: getattr(self, name) for name in names}
+
+
+def yaml_to_flags(config: dict) -> list[str]:
+    """{"windows": [2, 8], "warm_start": true} -> ["--windows", "2", "8", "--warm_start", "true"]."""
+    flags = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return flags
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ExplicitTrainingArguments]:
+    """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, ExplicitTrainingArguments))
+    flags = argv
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a mapping of argument names to values")
+        flags = yaml_to_flags(config) + argv[1:]
+    return parser.parse_args_into_dataclasses(args=flags)
+
+
+def build_tokenizer(data_args: DataArguments, raw):
+    if data_args.tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(data_args.tokenizer_name_or_path)
+    return train_tokenizer(text_batches(raw["train"], data_args.text_column), data_args.tokenizer_vocab_size)
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
+    if model_args.model_name_or_path:
+        model = SaffuForCausalLM.from_pretrained(model_args.model_name_or_path)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"{model_args.model_name_or_path} has vocab_size={model.config.vocab_size} but the tokenizer has "
+                f"{len(tokenizer)} tokens"
+            )
+        return model
+    config = SaffuConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **model_args.config_kwargs(),
+    )
+    return SaffuForCausalLM(config)
+
+
+def load_model_and_tokenizer(model_dir: str):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = SaffuForCausalLM.from_pretrained(model_dir).eval()
+    return model, tokenizer
+
+
+def sample_text(
+    model, tokenizer, prompt: str, max_new_tokens=60, greedy=False, temperature=0.8, top_k=50, seed=0
+) -> str:
+    """Generate a continuation of `prompt` (an empty prompt starts a new document)."""
+    torch.manual_seed(seed)
+    ids = [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    output = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_k=top_k if not greedy else None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(output[0, 1:], skip_special_tokens=True)
+
+
+def train_from_command_line(argv: list[str]) -> dict:
+    model_args, data_args, training_args = parse_arguments(argv)
+    return run_training(model_args, data_args, training_args)
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: ExplicitTrainingArguments
+) -> dict:
+    """Train, evaluate (validation and test), save model + tokenizer + results + model card, sample."""
+    set_seed(training_args.seed)
+    raw = load_text_datasets(data_args)
+    tokenizer = build_tokenizer(data_args, raw)
+    packed = tokenize_and_pack(raw, tokenizer, data_args)
+    model = build_model(model_args, tokenizer)
+    largest_window = model.config.max_window
+    train_tokens = count_tokens(packed["train"])
+    if train_tokens <= largest_window:
+        raise ValueError(
+            f"the training data has {train_tokens} tokens, not more than the largest window ({largest_window})"
+        )
+    trainer = ExplicitTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=packed["train"],
+        eval_dataset=packed["validation"],
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
+    start = time.perf_counter()
+    resume = training_args.resume_from_checkpoint
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    total_seconds = time.perf_counter() - start
+    report = trainer.warm_start_report
+    results = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": train_tokens,
+        "warm_start_seconds": report.total_seconds if report else None,
+        "warm_start_tokens": report.tokens if report else None,
+        "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),
+        "backprop_steps": train_output.global_step,
+    }
+    warm_history = [log for log in trainer.state.log_history if "warm_start_eval_perplexity" in log]
+    if warm_history:
+        results["warm_start_validation_perplexity"] = warm_history[-1]["warm_start_eval_perplexity"]
+    for split in ("validation", "test"):
+        if split in packed:
+            metrics = trainer.evaluate(eval_dataset=packed[split], metric_key_prefix=split)
+            results[f"{split}_perplexity"] = metrics[f"{split}_perplexity"]
+            results[f"{split}_loss"] = metrics[f"{split}_loss"]
+    if trainer.is_world_process_zero():
+        save_run(trainer, tokenizer, results, data_args, training_args)
+        sample = sample_text(model.eval(), tokenizer, "", max_new_tokens=60)
+        results["sample"] = sample
+        print(json.dumps({k: v for k, v in results.items() if k != "sample"}, indent=2))
+        print(f"\nsample:\n{sample}\n")
+    return results
+
+
+def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, training_args) -> None:
+    """Model, tokenizer, results and model card into output_dir."""
+    from .model_card import write_model_card
+
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+    dataset_name = data_args.dataset_name or ", ".join(data_args.train_files or [])
+    write_model_card(output_dir, run_info_from_results(results, dataset_name, trainer.model))
+
+
+def run_info_from_results(results: dict, dataset_name: str, model) -> dict:
+    config = model.config
+    return {
+        "dataset_name": dataset_name,
+        "parameters": results["parameters"],
+        "train_tokens": results["train_tokens"],
+        "architecture": (
+            f"{config.num_layers} SAFFU layer(s), windows {config.windows}, document context "
+            f"{'on' if config.use_document_context else 'off'}, embed_bits {config.embed_bits}, "
+            f"hidden_bits {config.hidden_bits}, vocabulary {config.vocab_size}"
+        ),
+        "warm_start_perplexity": results.get("warm_start_validation_perplexity"),
+        "validation_perplexity": results.get("validation_perplexity"),
+        "test_perplexity": results.get("test_perplexity"),
+        "warm_start_seconds": results.get("warm_start_seconds"),
+        "backprop_seconds": results.get("backprop_seconds"),
+        "perplexity_is_finite": all(
+            math.isfinite(v) for k, v in results.items() if k.endswith("perplexity") and v is not None
+        ),
+    }

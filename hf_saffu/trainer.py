@@ -1,0 +1,189 @@
+"""`ExplicitTrainer`: the explicit warm start, then ordinary backprop through `transformers.Trainer`.
+
+`train()` warm-starts the (unwrapped) model before `Trainer.train` prepares it for data
+parallelism. Each process reads a disjoint, contiguous shard of the training blocks (not Trainer's
+dataloader, which repeats samples to even out the ranks); the float64 statistics are summed over
+processes before every process solves, so every rank ends with the weights one process would get.
+The warm start is skipped when resuming from a checkpoint or when the model is already warm-started
+(`config.warm_started`, saved with the model).
+
+Evaluation reports the exact token-level loss and perplexity, exp(sum of token NLL / number of
+predicted tokens), with every eval sample counted exactly once across processes.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
+
+from .modeling_saffu import SaffuForCausalLM
+from .warm_start import explicit_warm_start
+
+
+@dataclass
+class ExplicitTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the explicit warm start."""
+
+    warm_start: bool = field(default=True, metadata={"help": "run the explicit warm start before backprop"})
+    warm_start_max_tokens: int | None = field(
+        default=None, metadata={"help": "read at most this many training tokens for the warm start"}
+    )
+    warm_start_batch_size: int = field(default=64, metadata={"help": "blocks per warm-start forward batch"})
+    explicit_attention_iters: int = field(
+        default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
+    )
+    freeze_embeddings_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "train the embeddings after this many optimizer steps (0: from the start); "
+            "None: follow the model config's freeze_embeddings for the whole run"
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.warm_start_max_tokens is not None and self.warm_start_max_tokens < 1:
+            raise ValueError(f"warm_start_max_tokens must be >= 1 or None, got {self.warm_start_max_tokens}")
+        if self.warm_start_batch_size < 1:
+            raise ValueError(f"warm_start_batch_size must be >= 1, got {self.warm_start_batch_size}")
+        if self.explicit_attention_iters < 0:
+            raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
+        if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
+            raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
+
+
+class EmbeddingFreezer(TrainerCallback):
+    """Zeroes the embedding gradient for the first `steps` optimizer steps, then lets it through.
+
+    The embeddings keep requires_grad=True, so DDP registers them from the start and the optimizer
+    holds them; a zero gradient leaves Adam's moments and the weights untouched.
+    """
+
+    def __init__(self, weight: torch.nn.Parameter, steps: int):
+        self.steps = steps
+        self.frozen = steps > 0
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad: torch.zeros_like(grad) if self.frozen else grad)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.frozen = state.global_step < self.steps
+
+
+class ExplicitTrainer(Trainer):
+    """A `Trainer` that warm-starts SAFFU models explicitly before backprop."""
+
+    args: ExplicitTrainingArguments
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, ExplicitTrainingArguments):
+            raise TypeError("ExplicitTrainer needs ExplicitTrainingArguments")
+        self.check_vocabulary()
+        self.warm_start_report = None
+        steps = self.args.freeze_embeddings_steps
+        if steps is not None:
+            self.add_callback(EmbeddingFreezer(self.saffu_model.model.embeddings.weight, steps))
+
+    @property
+    def saffu_model(self) -> SaffuForCausalLM:
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, SaffuForCausalLM):
+            raise TypeError(f"ExplicitTrainer trains SaffuForCausalLM models, got {type(model).__name__}")
+        return model
+
+    def check_vocabulary(self) -> None:
+        """The tokenizer must not produce ids the model has no row for."""
+        tokenizer = self.processing_class
+        vocab_size = self.saffu_model.config.vocab_size
+        if tokenizer is not None and hasattr(tokenizer, "__len__") and len(tokenizer) != vocab_size:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model config has vocab_size={vocab_size}: "
+                "build the config with vocab_size=len(tokenizer)"
+            )
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        model = self.saffu_model
+        if not self.args.warm_start:
+            reason = "disabled (warm_start=False)"
+        elif resume_from_checkpoint:
+            reason = "skipped: resuming from a checkpoint"
+        elif model.config.warm_started:
+            reason = "skipped: the model is already warm-started"
+        else:
+            reason = None
+            self.run_warm_start()
+        if reason is not None:
+            self.log({"warm_start_skipped": 1.0})
+            print(f"explicit warm start {reason}")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def warm_start_shard(self):
+        """This process's contiguous, disjoint shard of the (capped) training blocks, in batches."""
+        dataset = self.train_dataset
+        if dataset is None or len(dataset) == 0:
+            raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
+        cap = self.args.warm_start_max_tokens
+        if cap is not None:
+            block_size = len(dataset[0]["input_ids"])
+            dataset = dataset.select(range(min(len(dataset), math.ceil(cap / block_size))))
+        shard = dataset.shard(num_shards=self.args.world_size, index=self.args.process_index, contiguous=True)
+        shard = shard.with_format(
+            "torch", columns=[c for c in ("input_ids", "attention_mask") if c in shard.column_names]
+        )
+        size = self.args.warm_start_batch_size
+        return [shard[start : start + size] for start in range(0, len(shard), size)]
+
+    def run_warm_start(self) -> None:
+        start = time.perf_counter()
+        report = explicit_warm_start(
+            self.saffu_model,
+            self.warm_start_shard(),
+            attention_iters=self.args.explicit_attention_iters,
+            accelerator=self.accelerator,
+            show_progress=self.is_local_process_zero() and not self.args.disable_tqdm,
+        )
+        self.warm_start_report = report
+        self.log({"warm_start_seconds": time.perf_counter() - start, "warm_start_tokens": float(report.tokens)})
+        if self.eval_dataset is not None:
+            self.evaluate(metric_key_prefix="warm_start_eval")
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ) -> EvalLoopOutput:
+        """Exact token-level loss and perplexity (only when no `compute_metrics` asks for predictions)."""
+        if self.compute_metrics is not None:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        nll = torch.zeros((), dtype=torch.float64)
+        tokens = torch.zeros((), dtype=torch.float64)
+        samples = 0
+        with torch.no_grad():
+            for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                labels = batch["labels"][:, 1:]
+                token_nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=-100, reduction="none"
+                )
+                per_sample = torch.stack([token_nll.double().sum(1), (labels != -100).double().sum(1)], dim=1)
+                per_sample = self.accelerator.gather_for_metrics(per_sample)
+                nll += per_sample[:, 0].sum().cpu()
+                tokens += per_sample[:, 1].sum().cpu()
+                samples += per_sample.shape[0]
+        model.train(was_training)
+        if tokens.item() == 0:
+            raise ValueError("the evaluation data holds no predicted tokens")
+        loss = (nll / tokens).item()
+        metrics = {
+            f"{metric_key_prefix}_loss": loss,
+            f"{metric_key_prefix}_perplexity": math.exp(loss),
+            f"{metric_key_prefix}_tokens": tokens.item(),
+        }
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)

@@ -1,0 +1,229 @@
+"""The explicit warm start of a SAFFU model, bottom-up (design note §4).
+
+Every step applies the explicit softmax solution (`hf_saffu.explicit`) to one sub-layer, with
+everything below it fixed, from float64 co-occurrence sums accumulated in one forward pass over this
+process's shard of the data and summed across processes before every process solves:
+
+1. token counts -> frequency ranks -> bit-cipher input embeddings and label embeddings l(y)
+   (optionally contextual input embeddings: normalised sums of the neighbours' codes);
+2. for each layer, for each context:
+   a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln(F_U + alpha);
+   b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over valid j;
+      F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1 (c is the bias);
+   c. U again with the solved attention; b-c repeat `attention_iters` times;
+3. the output layer: F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
+
+No autograd: every pass is forward computation only. Memory is that of one batch plus the
+fixed-size statistics, whatever the corpus size.
+"""
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .bit_cipher import accumulate_neighbour_sums, bit_cipher_vectors, contextual_vectors, frequency_ranks
+from .explicit import Cooccurrence, ExplicitStatisticsError
+from .modeling_saffu import SaffuForCausalLM, SaffuLayer, banded_dot
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class WarmStartReport:
+    """What the warm start did: tokens read per pass, seconds per step and the priming numbers."""
+
+    tokens: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    priming_numbers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+class ExplicitWarmStart:
+    """Runs the explicit warm start of `model` over `batches` (a re-iterable of {"input_ids",
+    optional "attention_mask"} dicts: this process's disjoint shard).
+
+    With an `accelerator` of several processes, every statistic is summed over the processes before
+    solving, so every process ends with the same weights as a single process reading all shards.
+    """
+
+    def __init__(
+        self,
+        model: SaffuForCausalLM,
+        batches: Iterable[Batch],
+        attention_iters: int = 1,
+        accelerator=None,
+        show_progress: bool = True,
+    ):
+        if attention_iters < 0:
+            raise ValueError(f"attention_iters must be >= 0, got {attention_iters}")
+        self.model = model
+        self.config = model.config
+        self.batches = batches
+        self.attention_iters = attention_iters
+        self.accelerator = accelerator
+        self.show_progress = show_progress
+        self.device = next(model.parameters()).device
+        self.report = WarmStartReport()
+        self.label_vectors: torch.Tensor | None = None
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def iterate(self, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(input_ids, valid, target_weight) per batch; target_weight[t] = 1 where t and t + 1 are real."""
+        for batch in tqdm(self.batches, desc=f"warm start: {description}", disable=not self.show_progress):
+            input_ids = batch["input_ids"].to(self.device)
+            mask = batch.get("attention_mask")
+            valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(self.device).bool()
+            target_weight = valid[:, :-1] & valid[:, 1:]
+            yield input_ids, valid, target_weight
+
+    def reduce(self, *statistics: Cooccurrence | torch.Tensor) -> None:
+        for statistic in statistics:
+            if isinstance(statistic, Cooccurrence):
+                statistic.all_reduce(self.accelerator)
+            elif self.accelerator is not None and self.accelerator.num_processes > 1:
+                statistic.copy_(self.accelerator.reduce(statistic, reduction="sum"))
+
+    def timed(self, step: str, start: float) -> None:
+        self.report.seconds[step] = self.report.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def count_tokens(self) -> torch.Tensor:
+        """Token counts of the (all-process) data, float64."""
+        counts = torch.zeros(self.config.vocab_size, dtype=torch.float64, device=self.device)
+        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        for input_ids, valid, _ in self.iterate("token counts"):
+            self.model.model.check_input_ids(input_ids)
+            counts.index_add_(0, input_ids[valid], torch.ones_like(input_ids[valid], dtype=torch.float64))
+            tokens += valid.sum()
+        self.reduce(counts, tokens)
+        if tokens.item() == 0:
+            raise ExplicitStatisticsError("the warm-start data holds no tokens (empty dataset or all padding)")
+        self.report.tokens = int(tokens.item())
+        return counts
+
+    def set_embeddings(self, counts: torch.Tensor) -> None:
+        """Bit-cipher input embeddings and label embeddings from frequency ranks (contextual if configured)."""
+        ranks = frequency_ranks(counts.cpu())
+        vectors = bit_cipher_vectors(ranks, self.config.embed_bits).to(self.device)
+        self.label_vectors = bit_cipher_vectors(ranks, self.config.hidden_bits).to(self.device)
+        if self.config.contextual_embeddings:
+            sums = torch.zeros(self.config.vocab_size, self.config.embed_bits, dtype=torch.float64, device=self.device)
+            for input_ids, valid, _ in self.iterate("contextual embeddings"):
+                for row, row_valid in zip(input_ids, valid, strict=True):
+                    accumulate_neighbour_sums(row[row_valid], vectors, self.config.contextual_radius, sums)
+            self.reduce(sums)
+            vectors = contextual_vectors(sums, vectors)
+        self.model.model.embeddings.weight.copy_(vectors.to(self.model.model.embeddings.weight.dtype))
+
+    def layer_inputs(self, layer_index: int, input_ids: torch.Tensor, valid: torch.Tensor, ends: torch.Tensor):
+        """Inputs of layer `layer_index`: the embeddings through the (already solved) layers below."""
+        hidden = self.model.model.embeddings(input_ids)
+        for index, layer in enumerate(self.model.model.layers[:layer_index]):
+            inputs = hidden if index == 0 else hidden / self.config.num_contexts
+            hidden, _ = layer(inputs, valid, ends, None)
+        return hidden if layer_index == 0 else hidden / self.config.num_contexts
+
+    def layer_batches(self, layer_index: int, description: str):
+        """Per batch: the layer's computed contexts, the next-token labels and their weights."""
+        eos = self.config.eos_token_id
+        layer = self.model.model.layers[layer_index]
+        for input_ids, valid, target_weight in self.iterate(description):
+            ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
+            inputs = self.layer_inputs(layer_index, input_ids, valid, ends)
+            computed = layer.context_inputs(inputs, valid, ends, None)
+            yield computed, input_ids[:, 1:], target_weight
+
+    def solve_hidden(self, layer_index: int, contexts: list[int], description: str) -> None:
+        """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t)."""
+        layer: SaffuLayer = self.model.model.layers[layer_index]
+        modules = [layer.contexts[c] for c in contexts]
+        statistics = [Cooccurrence.zeros(layer.input_dim, self.config.hidden_bits, self.device) for _ in contexts]
+        start = time.perf_counter()
+        for computed, labels, weight in self.layer_batches(layer_index, description):
+            targets = self.label_vectors[labels]
+            for context, statistic in zip(contexts, statistics, strict=True):
+                statistic.add(computed.context_vectors[context][:, :-1], targets, weight)
+        self.reduce(*statistics)
+        for context, module, statistic in zip(contexts, modules, statistics, strict=True):
+            self.set_linear(module.hidden, statistic, f"layer {layer_index} context {context} U")
+        self.timed(f"layer {layer_index} hidden", start)
+
+    def solve_attention(self, layer_index: int) -> None:
+        """W and c of every window context from the responsibilities a*_t of the context positions."""
+        layer: SaffuLayer = self.model.model.layers[layer_index]
+        statistics = [Cooccurrence.zeros(window.window, window.window, self.device) for window in layer.windows]
+        start = time.perf_counter()
+        for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention"):
+            targets = self.label_vectors[labels]
+            for window, statistic in zip(layer.windows, statistics, strict=True):
+                log_hidden = torch.log_softmax(window.hidden(computed.extended[:, :-1]), dim=-1)
+                scores = banded_dot(log_hidden, targets, window.window)
+                offset_valid = computed.offset_valid[:, :-1, : window.window]
+                responsibilities = torch.softmax(scores.masked_fill(~offset_valid, float("-inf")), dim=-1)
+                similarities = computed.similarities[:, :-1, : window.window]
+                statistic.add(similarities, responsibilities, weight)
+        self.reduce(*statistics)
+        for window, statistic in zip(layer.windows, statistics, strict=True):
+            self.set_linear(window.attention, statistic, f"layer {layer_index} window {window.window} W")
+        self.timed(f"layer {layer_index} attention", start)
+
+    def solve_output(self) -> None:
+        """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
+        last = len(self.model.model.layers) - 1
+        statistic = Cooccurrence.zeros(self.model.lm_head.in_features, self.config.vocab_size, self.device)
+        eos = self.config.eos_token_id
+        start = time.perf_counter()
+        for input_ids, valid, weight in self.iterate("output layer"):
+            ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
+            inputs = self.layer_inputs(last, input_ids, valid, ends)
+            hidden, _ = self.model.model.layers[last](inputs, valid, ends, None)
+            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
+        self.reduce(statistic)
+        self.set_linear(self.model.lm_head, statistic, "output O")
+        self.timed("output", start)
+
+    def set_linear(self, linear: torch.nn.Linear, statistic: Cooccurrence, name: str) -> None:
+        """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T)."""
+        weight, bias = statistic.solve(self.config.explicit_smoothing)
+        self.report.priming_numbers[name] = statistic.priming_number
+        linear.weight.copy_(weight.T.to(linear.weight.dtype))
+        linear.bias.copy_(bias.to(linear.bias.dtype))
+
+    @torch.no_grad()
+    def run(self) -> WarmStartReport:
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        self.set_embeddings(self.count_tokens())
+        self.timed("embeddings", start)
+        for index, layer in enumerate(self.model.model.layers):
+            for window in layer.windows:
+                window.attention.weight.zero_()
+                window.attention.bias.zero_()
+            self.solve_hidden(index, list(range(len(layer.contexts))), f"layer {index} hidden (uniform attention)")
+            for _ in range(self.attention_iters if layer.windows else 0):
+                self.solve_attention(index)
+                self.solve_hidden(index, list(range(len(layer.windows))), f"layer {index} hidden")
+        self.solve_output()
+        self.model.config.warm_started = True
+        self.model.train(was_training)
+        return self.report
+
+
+def explicit_warm_start(
+    model: SaffuForCausalLM,
+    batches: Iterable[Batch],
+    attention_iters: int = 1,
+    accelerator=None,
+    show_progress: bool = True,
+) -> WarmStartReport:
+    """Warm-start every sub-layer of `model` explicitly from `batches`; see `ExplicitWarmStart`."""
+    return ExplicitWarmStart(model, batches, attention_iters, accelerator, show_progress).run()
