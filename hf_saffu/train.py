@@ -5,7 +5,6 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 """
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,16 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
 from .configuration_saffu import SaffuConfig
-from .data import DataArguments, count_tokens, load_text_datasets, text_batches, tokenize_and_pack, train_tokenizer
+from .data import (
+    BUILTIN_CORPUS,
+    DataArguments,
+    count_tokens,
+    load_text_datasets,
+    text_batches,
+    tokenize_and_pack,
+    train_tokenizer,
+)
+from .model_card import describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments
 
@@ -185,33 +193,26 @@ def run_training(
 
 def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, training_args) -> None:
     """Model, tokenizer, results and model card into output_dir."""
-    from .model_card import write_model_card
-
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    dataset_name = data_args.dataset_name or ", ".join(data_args.train_files or [])
-    write_model_card(output_dir, run_info_from_results(results, dataset_name, trainer.model))
+    write_model_card(output_dir, run_info_from_results(results, data_args, training_args.output_dir, trainer.model))
 
 
-def run_info_from_results(results: dict, dataset_name: str, model) -> dict:
-    config = model.config
+def run_info_from_results(results: dict, data_args: DataArguments, output_dir: str, model) -> dict:
+    """The model card's `TrainingRunInfo` keys from this run's results."""
     return {
-        "dataset_name": dataset_name,
-        "parameters": results["parameters"],
+        "model_name": Path(output_dir).name,
+        "architecture": describe_architecture(model.config),
+        "num_parameters": results["parameters"],
+        "dataset_name": data_args.dataset_name or ", ".join(data_args.train_files or []),
+        "dataset_id": data_args.dataset_name if data_args.dataset_name not in (None, BUILTIN_CORPUS) else None,
+        "dataset_config": data_args.dataset_config,
         "train_tokens": results["train_tokens"],
-        "architecture": (
-            f"{config.num_layers} SAFFU layer(s), windows {config.windows}, document context "
-            f"{'on' if config.use_document_context else 'off'}, embed_bits {config.embed_bits}, "
-            f"hidden_bits {config.hidden_bits}, vocabulary {config.vocab_size}"
-        ),
         "warm_start_perplexity": results.get("warm_start_validation_perplexity"),
-        "validation_perplexity": results.get("validation_perplexity"),
+        "final_perplexity": results.get("validation_perplexity"),
         "test_perplexity": results.get("test_perplexity"),
         "warm_start_seconds": results.get("warm_start_seconds"),
         "backprop_seconds": results.get("backprop_seconds"),
-        "perplexity_is_finite": all(
-            math.isfinite(v) for k, v in results.items() if k.endswith("perplexity") and v is not None
-        ),
     }

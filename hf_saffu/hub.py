@@ -1,0 +1,164 @@
+"""Publish a saved SAFFU model directory to the Hugging Face Hub (``hf-saffu push``).
+
+The directory is checked before anything is sent: it must hold a SAFFU ``config.json`` whose
+``auto_map`` code files are present (so ``trust_remote_code`` loading works), safetensors
+weights and a tokenizer. Then the repo is created (or reused), the branch is created when a
+``revision`` is given, and the directory is uploaded in one commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+DEFAULT_COMMIT_MESSAGE = "Upload SAFFU model with hf-saffu push"
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
+# Training leftovers that do not belong in a published model repo.
+IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "runs/*",
+    "*__pycache__*",
+    "*.pyc",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "training_args.bin",
+]
+# Remote weight files not in the pushed directory are deleted, so a re-push never mixes shards.
+DELETE_PATTERNS = ["*.safetensors", "model.safetensors.index.json"]
+_COMMIT_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PushError(ValueError):
+    """The model directory or repo id cannot be pushed; nothing was uploaded."""
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """Return ``model_dir`` as a Path if it is a complete SAFFU model directory, else raise PushError."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise PushError(f"{path} is not a directory")
+    config = _read_config(path)
+    if config.get("model_type") != "saffu":
+        raise PushError(f"{path / 'config.json'} has model_type {config.get('model_type')!r}, expected 'saffu'")
+    _check_auto_map(path, config)
+    if not any((path / name).is_file() for name in WEIGHTS_FILES):
+        raise PushError(f"{path} has no weights: expected one of {', '.join(WEIGHTS_FILES)}")
+    if not (path / "tokenizer_config.json").is_file() or not any((path / n).is_file() for n in TOKENIZER_FILES):
+        raise PushError(
+            f"{path} has no tokenizer: expected tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)} "
+            "(save it with tokenizer.save_pretrained)"
+        )
+    if not (path / "README.md").is_file():
+        warnings.warn(f"{path} has no README.md model card (see hf_saffu.model_card.write_model_card)", stacklevel=2)
+    return path
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raise PushError if ``repo_id`` is not a valid Hub repo id (``name`` or ``namespace/name``)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"invalid repo id {repo_id!r}: {err}") from err
+
+
+def push_model_dir(
+    model_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+) -> CommitInfo:
+    """Upload a SAFFU model directory to ``repo_id`` (on branch ``revision``, default main).
+
+    Everything is validated first; on a PushError nothing was sent to the Hub. ``private``
+    only applies when the repo is created. The branch is created from main if missing.
+    """
+    path = check_model_dir(model_dir)
+    check_repo_id(repo_id)
+    if revision is not None and (not revision.strip() or _COMMIT_SHA_RE.match(revision)):
+        raise PushError(f"--revision must name a branch, got {revision!r}")
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=path,
+        revision=revision,
+        commit_message=commit_message,
+        ignore_patterns=IGNORE_PATTERNS,
+        delete_patterns=DELETE_PATTERNS,
+    )
+
+
+def add_push_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``push MODEL_DIR REPO_ID [--private] [--revision REV]``; its handler is ``args.handler``."""
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a saved SAFFU model directory to the Hugging Face Hub",
+        description="Validate a saved SAFFU model directory (config with auto_map and code, safetensors "
+        "weights, tokenizer, model card) and upload it to a Hub model repo in one commit.",
+    )
+    parser.add_argument("model_dir", help="directory written by save_pretrained / the training CLI")
+    parser.add_argument("repo_id", help="Hub repo id, e.g. your-name/saffu-wikitext2")
+    parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    parser.add_argument("--revision", default=None, help="branch to push to; created from main if missing")
+    parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit message")
+    parser.set_defaults(handler=run_push)
+    return parser
+
+
+def run_push(args: argparse.Namespace) -> None:
+    """Handler of ``hf-saffu push``; exits with status 2 for invalid input and 1 when the Hub refuses."""
+    try:
+        commit = push_model_dir(
+            args.model_dir, args.repo_id, args.private, args.revision, commit_message=args.commit_message
+        )
+    except PushError as err:
+        print(f"hf-saffu push: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    except HfHubHTTPError as err:
+        print(f"hf-saffu push: the Hub refused the upload: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    branch = args.revision or "main"
+    print(f"pushed {args.model_dir} to {commit.repo_url.repo_id} ({branch}) at {commit.oid}: {commit.commit_url}")
+
+
+def _read_config(path: Path) -> dict:
+    """Load ``config.json`` as a dict or raise PushError."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise PushError(f"{path} is not a SAFFU model directory: config.json is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PushError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise PushError(f"{config_path} must hold a JSON object")
+    return config
+
+
+def _check_auto_map(path: Path, config: dict) -> None:
+    """Require ``auto_map`` entries for the Auto classes and the code files they name."""
+    auto_map = config.get("auto_map") or {}
+    absent = [name for name in REQUIRED_AUTO_CLASSES if name not in auto_map]
+    if absent:
+        raise PushError(
+            f"{path / 'config.json'} has no auto_map entry for {', '.join(absent)}: save the model with "
+            "hf_saffu imported (model.save_pretrained) so the code is stored for trust_remote_code"
+        )
+    modules = {str(auto_map[name]).split("--")[-1].rsplit(".", 1)[0] for name in REQUIRED_AUTO_CLASSES}
+    missing = sorted(f"{module}.py" for module in modules if not (path / f"{module}.py").is_file())
+    if missing:
+        raise PushError(f"{path} lacks the code files named in auto_map: {', '.join(missing)}")

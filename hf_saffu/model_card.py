@@ -1,0 +1,194 @@
+"""Model cards for trained SAFFU models.
+
+The card is rendered with :class:`huggingface_hub.ModelCard` from the Jinja template shipped in
+``hf_saffu/templates/model_card.md``. Its YAML metadata (library_name, tags, datasets, license,
+pipeline_tag and a ``model-index`` with the validation/test perplexities) is built with
+:class:`huggingface_hub.ModelCardData`, so it validates on the Hub. The training CLI calls
+:func:`write_model_card` to write ``README.md`` into the output directory; ``hf-saffu push``
+uploads it with the rest of the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+BASE_TAGS = ("saffu", "explicit-optimization", "warm-start", "causal-lm", "text-generation")
+NOT_MEASURED = "not measured"
+DEFAULT_INTENDED_USE = (
+    "Research on explicitly optimised language models and fast warm starts, and as a small, cheap "
+    "baseline for text generation and perplexity comparisons on text like the training data."
+)
+DEFAULT_LIMITATIONS = (
+    "This is a small model trained on a limited corpus: its text is often ungrammatical or "
+    "repetitive and it has no notion of facts, so it must not be relied on for any decision. It "
+    "reproduces the style and biases of its training data and was not evaluated for safety or on "
+    "text from other domains or languages."
+)
+
+
+@dataclass
+class TrainingRunInfo:
+    """What the model card reports about one training run (the keys of ``run_info``).
+
+    Required:
+        model_name: name shown as the card title and in ``model-index``.
+        architecture: one-line architecture summary (see :func:`describe_architecture`).
+        num_parameters: number of parameters.
+        dataset_name: human-readable name of the training data, e.g. ``"WikiText-2 (raw)"``.
+        train_tokens: number of training tokens.
+
+    Optional (``None`` renders as "not measured" and is left out of ``model-index``):
+        dataset_id: Hub id of the dataset (``datasets:`` metadata and ``model-index`` dataset type).
+        dataset_config: dataset configuration name, e.g. ``"wikitext-2-raw-v1"``.
+        repo_id: Hub repo id used in the loading examples (a placeholder when unknown).
+        warm_start_perplexity: validation perplexity right after the explicit warm start.
+        final_perplexity: validation perplexity after backpropagation.
+        test_perplexity: test perplexity of the final model.
+        warm_start_seconds / backprop_seconds: wall-clock time of each stage.
+        license: SPDX-like license id for the metadata (default ``"mit"``).
+        tags: extra tags added to the standard SAFFU tags.
+        intended_use / limitations: text of those sections.
+    """
+
+    model_name: str
+    architecture: str
+    num_parameters: int
+    dataset_name: str
+    train_tokens: int
+    dataset_id: str | None = None
+    dataset_config: str | None = None
+    repo_id: str | None = None
+    warm_start_perplexity: float | None = None
+    final_perplexity: float | None = None
+    test_perplexity: float | None = None
+    warm_start_seconds: float | None = None
+    backprop_seconds: float | None = None
+    license: str = "mit"
+    tags: list[str] = field(default_factory=list)
+    intended_use: str = DEFAULT_INTENDED_USE
+    limitations: str = DEFAULT_LIMITATIONS
+
+    @classmethod
+    def from_dict(cls, run_info: dict[str, Any]) -> TrainingRunInfo:
+        """Build from a plain dict, naming unknown or missing keys and ill-typed counts."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(run_info) - known)
+        if unknown:
+            raise ValueError(f"unknown model card keys {unknown}; expected a subset of {sorted(known)}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is f.default_factory is dataclasses.MISSING and run_info.get(f.name) is None
+        ]
+        if missing:
+            raise ValueError(f"model card info is missing required keys {missing}")
+        info = cls(**run_info)
+        for name in ("num_parameters", "train_tokens"):
+            value = getattr(info, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"model card key {name!r} must be a non-negative integer, got {value!r}")
+        return info
+
+
+def describe_architecture(config: Any) -> str:
+    """One-line summary of a :class:`~hf_saffu.SaffuConfig` for the card."""
+    contexts = [f"window {k}" for k in config.windows]
+    if config.use_document_context:
+        contexts.append("document mean")
+    layers = "layer" if config.num_layers == 1 else "layers"
+    return (
+        f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
+        f"{config.embed_bits}-bit bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions, "
+        f"vocabulary {config.vocab_size:,}"
+    )
+
+
+def build_model_card(info: TrainingRunInfo) -> ModelCard:
+    """Render the card for ``info`` from the packaged template."""
+    eval_results = _eval_results(info)
+    card_data = ModelCardData(
+        model_name=info.model_name if eval_results else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=info.license,
+        tags=list(dict.fromkeys([*BASE_TAGS, *info.tags])),
+        datasets=[info.dataset_id] if info.dataset_id else None,
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=info.model_name,
+        architecture=info.architecture,
+        num_parameters=f"{info.num_parameters:,}",
+        license=info.license,
+        dataset_name=info.dataset_name,
+        train_tokens=f"{info.train_tokens:,}",
+        warm_start_seconds=_seconds(info.warm_start_seconds),
+        backprop_seconds=_seconds(info.backprop_seconds),
+        warm_start_perplexity=_perplexity(info.warm_start_perplexity),
+        final_perplexity=_perplexity(info.final_perplexity),
+        test_perplexity=_perplexity(info.test_perplexity),
+        repo_id=info.repo_id or f"<namespace>/{info.model_name}",
+        intended_use=info.intended_use,
+        limitations=info.limitations,
+    )
+
+
+def write_model_card(output_dir: str | Path, run_info: dict[str, Any] | TrainingRunInfo) -> ModelCard:
+    """Write ``README.md`` (the model card) into ``output_dir`` and return the card.
+
+    ``run_info`` holds the keys of :class:`TrainingRunInfo`; ``model_name`` defaults to the
+    directory name.
+    """
+    output_dir = Path(output_dir)
+    if not isinstance(run_info, TrainingRunInfo):
+        run_info = TrainingRunInfo.from_dict({"model_name": output_dir.resolve().name, **run_info})
+    card = build_model_card(run_info)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    card.save(output_dir / "README.md")
+    return card
+
+
+def _eval_results(info: TrainingRunInfo) -> list[EvalResult]:
+    """``model-index`` entries for the final validation and test perplexities that were measured."""
+    splits = {"validation": info.final_perplexity, "test": info.test_perplexity}
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Causal language modeling",
+            dataset_type=info.dataset_id or info.dataset_name,
+            dataset_name=info.dataset_name,
+            dataset_config=info.dataset_config,
+            dataset_split=split,
+            metric_type="perplexity",
+            metric_name=f"{split.capitalize()} perplexity",
+            metric_value=round(float(value), 4),
+        )
+        for split, value in splits.items()
+        if _is_finite(value)
+    ]
+
+
+def _is_finite(value: float | None) -> bool:
+    """True for a measured, finite number."""
+    return value is not None and math.isfinite(value)
+
+
+def _perplexity(value: float | None) -> str:
+    """Table text for a perplexity: 2 decimals, "not measured", or "diverged" when not finite."""
+    if value is None:
+        return NOT_MEASURED
+    return f"{value:,.2f}" if math.isfinite(value) else f"diverged ({value})"
+
+
+def _seconds(value: float | None) -> str:
+    """Table text for a duration in seconds."""
+    return NOT_MEASURED if value is None else f"{value:,.1f} s"

@@ -1,0 +1,19 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+from hub_server import HubServer
+
+# --- Hub fixtures -------------------------------------------------------------------
+# A local Hub-compatible server (tests/hub_server.py) for one test. Clients run in fresh
+# subprocesses with ``env=hub.env(tmp_path)`` because huggingface_hub reads HF_ENDPOINT when
+# it is imported; ``hub.files(repo_id, revision)``, ``hub.commits``, ``hub.branches`` and
+# ``hub.state.requests`` show what the server received and stored.
+
+
+@pytest.fixture
+def hub():
+    """A running :class:`hub_server.HubServer` on 127.0.0.1, stopped after the test."""
+    with HubServer() as server:
+        yield server

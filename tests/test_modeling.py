@@ -1,0 +1,300 @@
+"""SAFFU model: config validation, bit-cipher codes, causality, masking, decoding state, save/load."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
+from hf_saffu.bit_cipher import bit_cipher_codes, bit_cipher_vectors, codes_to_vectors, frequency_ranks
+from hf_saffu.modeling_saffu import document_means
+
+VOCAB = 50
+EOS = 1
+PAD = 0
+
+B5_CODES = (
+    "10000 01000 00100 00010 00001 "
+    "00011 00101 01001 10001 00110 01010 10010 01100 10100 11000 "
+    "11001 10101 01101 10011 01011 00111 11010 10110 01110 11100 "
+    "11101 01111 10111 11011 11110 11111"
+).split()
+
+
+def tiny_config(**overrides) -> SaffuConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        embed_bits=12,
+        hidden_bits=10,
+        windows=[2, 5],
+        use_document_context=True,
+        num_layers=2,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=EOS,
+        initializer_range=0.5,
+    )
+    values.update(overrides)
+    return SaffuConfig(**values)
+
+
+def tiny_model(seed: int = 0, **overrides) -> SaffuForCausalLM:
+    torch.manual_seed(seed)
+    return SaffuForCausalLM(tiny_config(**overrides)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(2, VOCAB, (batch, length), generator=generator)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (dict(vocab_size=100, embed_bits=6), "embed_bits"),
+        (dict(vocab_size=100, hidden_bits=6), "hidden_bits"),
+        (dict(windows=[], use_document_context=False), "context"),
+        (dict(windows=[0, 4]), "windows"),
+        (dict(windows=[4, 4]), "windows"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(explicit_smoothing=0.0), "explicit_smoothing"),
+        (dict(initializer_range=-1.0), "initializer_range"),
+        (dict(eos_token_id=VOCAB), "eos_token_id"),
+        (dict(vocab_size=0), "vocab_size"),
+    ],
+)
+def test_invalid_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_config_round_trip_and_auto_classes(tmp_path):
+    config = tiny_config(windows=[3, 7])
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, SaffuConfig)
+    assert loaded.windows == [3, 7] and loaded.num_contexts == 3 and loaded.max_window == 7
+    assert isinstance(AutoModel.from_config(config), SaffuModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), SaffuForCausalLM)
+
+
+# -- bit cipher -----------------------------------------------------------------------------------
+
+
+def test_bit_cipher_b5_test_vector():
+    codes = bit_cipher_codes(31, 5)
+    assert [format(code, "05b") for code in codes] == B5_CODES
+
+
+def test_bit_cipher_vectors_are_unit_l1_and_distinct():
+    vectors = codes_to_vectors(bit_cipher_codes(500, 70), 70)
+    assert torch.allclose(vectors.sum(dim=1), torch.ones(500))
+    assert (vectors >= 0).all()
+    assert len({tuple(row.tolist()) for row in vectors}) == 500
+
+
+def test_bit_cipher_too_few_bits_is_an_error():
+    with pytest.raises(ValueError, match="non-zero codes"):
+        bit_cipher_codes(32, 5)
+
+
+def test_frequency_ranks_break_ties_by_token_id():
+    ranks = frequency_ranks(torch.tensor([3.0, 5.0, 5.0, 0.0, 1.0]))
+    assert ranks.tolist() == [2, 0, 1, 4, 3]
+    vectors = bit_cipher_vectors(ranks, 5)
+    assert vectors[1].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]  # most frequent token gets the first code
+
+
+def test_fresh_model_embeddings_are_bit_cipher_codes():
+    model = tiny_model()
+    expected = bit_cipher_vectors(torch.arange(VOCAB), 12)
+    assert torch.equal(model.model.embeddings.weight.detach(), expected)
+    assert not model.model.embeddings.weight.requires_grad  # freeze_embeddings defaults to True
+
+
+# -- forward --------------------------------------------------------------------------------------
+
+
+def test_shapes_and_loss():
+    model = tiny_model()
+    ids = random_ids(3, 11)
+    output = model(ids, labels=ids, output_hidden_states=True)
+    assert output.logits.shape == (3, 11, VOCAB)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    assert len(output.hidden_states) == 3  # embeddings + 2 layers
+    assert output.hidden_states[-1].shape == (3, 11, 3 * 10)
+    # every layer output is a concatenation of C distributions
+    assert torch.allclose(output.hidden_states[-1].sum(-1), torch.full((3, 11), 3.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("position", [0, 4, 9])
+def test_causality(position):
+    model = tiny_model()
+    ids = random_ids(2, 12)
+    ids[:, 3] = EOS  # a document boundary inside the sequence
+    changed = ids.clone()
+    changed[:, position + 1] = (changed[:, position + 1] + 7) % (VOCAB - 2) + 2
+    before, after = model(ids).logits, model(changed).logits
+    assert torch.equal(before[:, : position + 1], after[:, : position + 1])
+    assert not torch.allclose(before[:, position + 1 :], after[:, position + 1 :])
+
+
+def test_left_padding_is_masked():
+    model = tiny_model()
+    ids = random_ids(1, 9)
+    padded = torch.cat([torch.full((1, 4), PAD), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], dim=1)
+    alone = model(ids).logits
+    with_padding = model(padded, attention_mask=mask).logits[:, 4:]
+    assert torch.allclose(alone, with_padding, atol=1e-5)
+    unmasked = model(padded).logits[:, 4:]
+    assert not torch.allclose(alone, unmasked, atol=1e-3)
+
+
+def test_document_mean_resets_after_eos():
+    inputs = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    ends = torch.tensor([[False, True, False, False]])
+    zeros = torch.zeros(1, 2, dtype=torch.float64)
+    means, carried_sum, carried_count = document_means(inputs, valid, ends, zeros, torch.zeros(1, dtype=torch.float64))
+    expected = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [1.0, 1.0], [2.0, 0.5]]])
+    assert torch.allclose(means, expected)
+    assert carried_sum.tolist() == [[4.0, 1.0]] and carried_count.tolist() == [2.0]
+
+
+def test_wrong_vocabulary_is_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[3, VOCAB + 5]]))
+
+
+# -- decoding state -------------------------------------------------------------------------------
+
+
+def test_incremental_state_equals_full_forward():
+    model = tiny_model()
+    ids = random_ids(2, 15)
+    ids[0, 6] = EOS
+    full = model(ids).logits
+    state, pieces = None, []
+    for chunk in (ids[:, :4], ids[:, 4:5], ids[:, 5:12], ids[:, 12:13], ids[:, 13:]):
+        output = model(chunk, past_key_values=state, use_cache=True)
+        state = output.past_key_values
+        pieces.append(output.logits)
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    assert state.get_seq_length() == 15
+
+
+def test_decoding_state_has_constant_size():
+    model = tiny_model()
+    short = model(random_ids(1, 10), use_cache=True).past_key_values
+    long = model(random_ids(1, 300), use_cache=True).past_key_values
+    assert short.nbytes() == long.nbytes()
+
+
+def test_greedy_generation_equals_recomputing_the_prefix():
+    model = tiny_model()
+    prompt = random_ids(1, 6)
+    generated = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=PAD)
+    sequence = prompt
+    for _ in range(12):
+        next_token = model(sequence).logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat([sequence, next_token], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+def test_sampling_with_state_equals_sampling_without():
+    model = tiny_model()
+    prompt = random_ids(2, 5)
+    kwargs = dict(max_new_tokens=15, do_sample=True, top_k=0, pad_token_id=PAD)
+    torch.manual_seed(123)
+    with_state = model.generate(prompt, use_cache=True, **kwargs)
+    torch.manual_seed(123)
+    recomputed = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(with_state, recomputed)
+
+
+def test_batched_left_padded_generation_equals_one_by_one():
+    model = tiny_model()
+    prompts = [random_ids(1, 3, seed=5)[0], random_ids(1, 8, seed=6)[0]]
+    longest = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.full((longest - len(p),), PAD), p]) for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in prompts]).long()
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=PAD)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=10, do_sample=False, pad_token_id=PAD)
+        assert torch.equal(batched[row, -10:], alone[0, -10:])
+
+
+def test_beam_search_runs_with_reordered_state():
+    model = tiny_model()
+    prompt = random_ids(1, 5)
+    kwargs = dict(max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=PAD)
+    with_state = model.generate(prompt, use_cache=True, **kwargs)
+    assert torch.equal(with_state, model.generate(prompt, use_cache=False, **kwargs))
+
+
+# -- save / load ----------------------------------------------------------------------------------
+
+
+def test_save_and_load_give_identical_logits(tmp_path):
+    model = tiny_model(windows=[3], num_layers=1)
+    ids = random_ids(2, 9)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "generation_config.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, SaffuForCausalLM)
+    assert torch.equal(model(ids).logits, reloaded(ids).logits)
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    model = tiny_model()
+    ids = random_ids(2, 9)
+    model.save_pretrained(tmp_path / "model")
+    torch.save({"ids": ids, "logits": model(ids).logits.detach()}, tmp_path / "reference.pt")
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class BlockHfSaffu(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "hf_saffu" or name.startswith("hf_saffu."):
+                    raise ImportError("hf_saffu is blocked in this process")
+        sys.meta_path.insert(0, BlockHfSaffu())
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "hf_saffu" not in sys.modules
+        reference = torch.load({str(tmp_path / "reference.pt")!r})
+        assert torch.equal(model(reference["ids"]).logits, reference["logits"]), "logits differ"
+        print("remote code ok", type(model).__module__)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=None
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok transformers_modules" in result.stdout
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def test_backprop_reduces_the_loss():
+    model = tiny_model(initializer_range=0.02)
+    model.train()
+    ids = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9] * 4] * 4)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    losses = []
+    for _ in range(30):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
