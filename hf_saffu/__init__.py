@@ -7,7 +7,9 @@ modeling code (loadable with `trust_remote_code=True` where hf_saffu is not inst
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .cogo import CoGOConfig, CoGOForModularAddition
 from .configuration_saffu import SaffuConfig
+from .explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 from .modeling_saffu import SaffuDecodingState, SaffuForCausalLM, SaffuModel, SaffuPreTrainedModel
 
 AutoConfig.register(SaffuConfig.model_type, SaffuConfig, exist_ok=True)
@@ -20,6 +22,10 @@ SaffuForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 __version__ = "0.1.0"
 
 __all__ = [
+    "CoGOConfig",
+    "CoGOForModularAddition",
+    "ExplicitSoftmaxClassifier",
+    "ExplicitTwoLayerClassifier",
     "SaffuConfig",
     "SaffuDecodingState",
     "SaffuForCausalLM",

@@ -39,7 +39,7 @@ class SaffuConfig(PreTrainedConfig):
         vocab_size: int = 8192,
         embed_bits: int = 64,
         hidden_bits: int = 128,
-        windows: list[int] | tuple[int, ...] = (2, 8, 32),
+        windows: list[int] | tuple[int, ...] = (1, 4, 16),
         use_document_context: bool = True,
         num_layers: int = 1,
         explicit_smoothing: float = 1e-2,

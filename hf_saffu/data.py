@@ -51,7 +51,8 @@ class DataArguments:
             raise ValueError(f"DataArguments.block_size must be >= 2, got {self.block_size}")
         if self.tokenizer_vocab_size < 260:
             raise ValueError(
-                f"DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), got {self.tokenizer_vocab_size}"
+                "DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), "
+                f"got {self.tokenizer_vocab_size}"
             )
 
 

@@ -29,12 +29,13 @@ def check_statistics(name: str, values: torch.Tensor) -> None:
     """Raise an `ExplicitStatisticsError` if `values` hold NaN, inf or negative entries."""
     if values.numel() == 0:
         return
-    if not torch.isfinite(values.sum()):
+    if not torch.isfinite(values).all():
         raise ExplicitStatisticsError(f"{name} holds non-finite values (NaN or inf): the inputs were not finite")
     smallest = values.min().item()
     if smallest < 0:
         raise ExplicitStatisticsError(
-            f"{name} holds negative values (min {smallest:.4g}): explicit solutions need non-negative inputs and targets"
+            f"{name} holds negative values (min {smallest:.4g}): "
+            "explicit solutions need non-negative inputs and targets"
         )
 
 
@@ -67,15 +68,26 @@ class Cooccurrence:
         check_statistics("explicit-solution inputs", inputs)
         if weights is not None:
             weights = weights.reshape(-1).to(torch.float64)
+            check_statistics("explicit-solution row weights", weights)
             inputs = inputs * weights[:, None]
-        if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            self.transposed_counts.index_add_(0, targets.reshape(-1), inputs)
+        if not targets.is_floating_point():
+            self.transposed_counts.index_add_(0, targets.reshape(-1).to(torch.int64), inputs)
         else:
             targets = targets.reshape(-1, targets.shape[-1]).to(torch.float64)
             check_statistics("explicit-solution targets", targets)
             self.transposed_counts.addmm_(targets.T, inputs)
         self.input_mass += inputs.sum()
         self.num_rows += weights.sum() if weights is not None else inputs.shape[0]
+
+    def map_targets(self, target_vectors: torch.Tensor) -> "Cooccurrence":
+        """Statistics for targets l(y) from statistics for class ids y, by linearity:
+
+            sum_m x_m^T l(y_m) = sum_y (sum_{m: y_m = y} x_m)^T l(y) = F_ids L    (L: N x N', rows l(y))
+
+        so a pass accumulates cheap per-class input sums and the product is taken once.
+        """
+        mapped = target_vectors.to(torch.float64).T @ self.transposed_counts
+        return Cooccurrence(mapped, self.input_mass.clone(), self.num_rows.clone())
 
     def all_reduce(self, accelerator=None) -> None:
         """Sum the statistics over all processes (no-op in a single process)."""
@@ -112,7 +124,7 @@ def solve_softmax(counts: torch.Tensor, priming: float, smoothing: float) -> tup
     if counts.sum() == 0:
         raise ExplicitStatisticsError("the co-occurrence matrix F is all zeros: no data reached this layer")
     smoothed = counts.to(torch.float64) + smoothing
-    weight = torch.log(smoothed)
+    weight = torch.log(smoothed).contiguous()
     bias = -(priming - 1.0) * torch.log(smoothed.sum(dim=0))
     return weight, bias
 
@@ -122,6 +134,6 @@ def softmax_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of softmax(x U + b) against class ids (M,) or target distributions (M, N)."""
     log_probs = torch.log_softmax(inputs.to(weight.dtype) @ weight + bias, dim=-1)
-    if targets.dtype == torch.int64:
-        return -log_probs.gather(1, targets[:, None]).mean()
+    if not targets.is_floating_point():
+        return -log_probs.gather(1, targets.long()[:, None]).mean()
     return -(targets.to(weight.dtype) * log_probs).sum(dim=-1).mean()

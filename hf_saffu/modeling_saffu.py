@@ -32,7 +32,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .bit_cipher import bit_cipher_vectors
 from .configuration_saffu import SaffuConfig
 
-
 BAND_CHUNK = 256
 
 

@@ -35,7 +35,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "continue from this saved model"})
     embed_bits: int = field(default=64, metadata={"help": "bit-cipher embedding width"})
     hidden_bits: int = field(default=128, metadata={"help": "hidden distribution width per context"})
-    windows: list[int] = field(default_factory=lambda: [2, 8, 32], metadata={"help": "window context sizes"})
+    windows: list[int] = field(default_factory=lambda: [1, 4, 16], metadata={"help": "window context sizes"})
     use_document_context: bool = field(default=True, metadata={"help": "add the running document mean context"})
     num_layers: int = field(default=1, metadata={"help": "stacked SAFFU layers"})
     explicit_smoothing: float = field(default=1e-2, metadata={"help": "additive floor alpha in ln(F + alpha)"})
@@ -174,9 +174,8 @@ def run_training(
         "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),
         "backprop_steps": train_output.global_step,
     }
-    warm_history = [log for log in trainer.state.log_history if "warm_start_eval_perplexity" in log]
-    if warm_history:
-        results["warm_start_validation_perplexity"] = warm_history[-1]["warm_start_eval_perplexity"]
+    if "warm_start_eval_perplexity" in trainer.warm_start_metrics:
+        results["warm_start_validation_perplexity"] = trainer.warm_start_metrics["warm_start_eval_perplexity"]
     for split in ("validation", "test"):
         if split in packed:
             metrics = trainer.evaluate(eval_dataset=packed[split], metric_key_prefix=split)

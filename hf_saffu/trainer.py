@@ -59,17 +59,35 @@ class EmbeddingFreezer(TrainerCallback):
     """Zeroes the embedding gradient for the first `steps` optimizer steps, then lets it through.
 
     The embeddings keep requires_grad=True, so DDP registers them from the start and the optimizer
-    holds them; a zero gradient leaves Adam's moments and the weights untouched.
+    holds them; a zero gradient leaves Adam's moments and the weights untouched. The gradient hook
+    lives only while this trainer trains.
     """
 
     def __init__(self, weight: torch.nn.Parameter, steps: int):
+        self.weight = weight
         self.steps = steps
         self.frozen = steps > 0
+        self.hook = None
         weight.requires_grad_(True)
-        weight.register_hook(lambda grad: torch.zeros_like(grad) if self.frozen else grad)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.hook = self.weight.register_hook(lambda grad: torch.zeros_like(grad) if self.frozen else grad)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.frozen = state.global_step < self.steps
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.hook.remove()
+
+
+class WarmStartLog(TrainerCallback):
+    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one)."""
+
+    def __init__(self):
+        self.entries: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.log_history[:0] = self.entries
 
 
 class ExplicitTrainer(Trainer):
@@ -83,6 +101,9 @@ class ExplicitTrainer(Trainer):
             raise TypeError("ExplicitTrainer needs ExplicitTrainingArguments")
         self.check_vocabulary()
         self.warm_start_report = None
+        self.warm_start_metrics: dict[str, float] = {}
+        self.warm_start_log = WarmStartLog()
+        self.add_callback(self.warm_start_log)
         steps = self.args.freeze_embeddings_steps
         if steps is not None:
             self.add_callback(EmbeddingFreezer(self.saffu_model.model.embeddings.weight, steps))
@@ -146,9 +167,12 @@ class ExplicitTrainer(Trainer):
             show_progress=self.is_local_process_zero() and not self.args.disable_tqdm,
         )
         self.warm_start_report = report
-        self.log({"warm_start_seconds": time.perf_counter() - start, "warm_start_tokens": float(report.tokens)})
+        metrics = {"warm_start_seconds": time.perf_counter() - start, "warm_start_tokens": float(report.tokens)}
         if self.eval_dataset is not None:
-            self.evaluate(metric_key_prefix="warm_start_eval")
+            metrics.update(self.evaluate(metric_key_prefix="warm_start_eval"))
+        self.warm_start_metrics = metrics
+        self.log(metrics)
+        self.warm_start_log.entries.append({**metrics, "step": 0})
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

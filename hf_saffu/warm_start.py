@@ -142,18 +142,20 @@ class ExplicitWarmStart:
             yield computed, input_ids[:, 1:], target_weight
 
     def solve_hidden(self, layer_index: int, contexts: list[int], description: str) -> None:
-        """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t)."""
+        """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next
+        token and mapped through the label embeddings once (`Cooccurrence.map_targets`)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
-        modules = [layer.contexts[c] for c in contexts]
-        statistics = [Cooccurrence.zeros(layer.input_dim, self.config.hidden_bits, self.device) for _ in contexts]
+        statistics = [Cooccurrence.zeros(layer.input_dim, self.config.vocab_size, self.device) for _ in contexts]
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, description):
-            targets = self.label_vectors[labels]
             for context, statistic in zip(contexts, statistics, strict=True):
-                statistic.add(computed.context_vectors[context][:, :-1], targets, weight)
+                statistic.add(computed.context_vectors[context][:, :-1], labels, weight)
         self.reduce(*statistics)
-        for context, module, statistic in zip(contexts, modules, statistics, strict=True):
-            self.set_linear(module.hidden, statistic, f"layer {layer_index} context {context} U")
+        for context, statistic in zip(contexts, statistics, strict=True):
+            hidden_statistic = statistic.map_targets(self.label_vectors)
+            self.set_linear(
+                layer.contexts[context].hidden, hidden_statistic, f"layer {layer_index} context {context} U"
+            )
         self.timed(f"layer {layer_index} hidden", start)
 
     def solve_attention(self, layer_index: int) -> None:

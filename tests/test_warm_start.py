@@ -1,0 +1,261 @@
+"""Explicit warm start and ExplicitTrainer: quality, exactness across processes, resume, bad data."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_saffu import SaffuConfig, SaffuForCausalLM
+from hf_saffu.data import DataArguments, load_text_datasets, pack_documents
+from hf_saffu.explicit import ExplicitStatisticsError
+from hf_saffu.train import ModelArguments, run_training
+from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
+from hf_saffu.warm_start import explicit_warm_start
+
+VOCAB = 40
+EOS = 1
+PAD = 0
+BLOCK = 24
+HERE = Path(__file__).parent
+
+
+def markov_documents(num_documents: int, seed: int = 0) -> list[list[int]]:
+    """Documents from one sparse random Markov chain over tokens 2..VOCAB-1 (a learnable structure);
+    `seed` draws different documents from the same chain."""
+    successors = torch.randint(2, VOCAB, (VOCAB, 3), generator=torch.Generator().manual_seed(1234))
+    generator = torch.Generator().manual_seed(seed)
+    documents = []
+    for _ in range(num_documents):
+        token = int(torch.randint(2, VOCAB, (1,), generator=generator))
+        document = [token]
+        for _ in range(int(torch.randint(5, 40, (1,), generator=generator))):
+            token = int(successors[token, torch.randint(0, 3, (1,), generator=generator)])
+            document.append(token)
+        documents.append(document)
+    return documents
+
+
+def packed_dataset(num_documents: int, seed: int = 0) -> Dataset:
+    packed = pack_documents({"input_ids": markov_documents(num_documents, seed)}, BLOCK, EOS, PAD)
+    return Dataset.from_dict(packed)
+
+
+def saffu_config(**overrides) -> SaffuConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        embed_bits=40,
+        hidden_bits=40,
+        windows=[1, 4],
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=EOS,
+    )
+    values.update(overrides)
+    return SaffuConfig(**values)
+
+
+def batches_of(dataset: Dataset, size: int) -> list[dict]:
+    torch_dataset = dataset.with_format("torch", columns=["input_ids", "attention_mask"])
+    return [torch_dataset[start : start + size] for start in range(0, len(dataset), size)]
+
+
+def mean_loss(model: SaffuForCausalLM, dataset: Dataset) -> float:
+    batch = dataset.with_format("torch")[:]
+    with torch.no_grad():
+        return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.item()
+
+
+def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-2,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        warm_start_batch_size=5,
+        seed=0,
+    )
+    values.update(overrides)
+    return ExplicitTrainingArguments(**values)
+
+
+# -- the warm start -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "max_ratio"),
+    # dense soft inputs (a second layer, contextual embeddings) get a much weaker explicit solution
+    [({}, 0.5), ({"num_layers": 2}, 0.9), ({"contextual_embeddings": True}, 0.95)],
+)
+def test_warm_start_is_far_better_than_untrained(overrides, max_ratio):
+    train, validation = packed_dataset(300), packed_dataset(60, seed=1)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config(**overrides)).eval()
+    untrained = mean_loss(model, validation)
+    report = explicit_warm_start(model, batches_of(train, 16), attention_iters=1, show_progress=False)
+    warm = mean_loss(model, validation)
+    assert model.config.warm_started
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    assert report.tokens == sum(sum(mask) for mask in train["attention_mask"])
+    # the chain has 3 successors per token: an ideal model reaches ln 3 ~ 1.1 nats, uniform ln 40 ~ 3.7
+    assert untrained > 3.3
+    assert warm < max_ratio * untrained, (untrained, warm)
+
+
+def test_warm_start_does_not_depend_on_batching():
+    train = packed_dataset(80)
+    models = []
+    for batch_size in (3, 80):
+        torch.manual_seed(0)
+        model = SaffuForCausalLM(saffu_config())
+        explicit_warm_start(model, batches_of(train, batch_size), show_progress=False)
+        models.append(model.state_dict())
+    for name, tensor in models[0].items():
+        assert torch.allclose(tensor, models[1][name], rtol=1e-5, atol=1e-6), name
+
+
+def test_empty_warm_start_data_is_a_clear_error():
+    model = SaffuForCausalLM(saffu_config())
+    empty = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.zeros(2, 5, dtype=torch.long)}
+    with pytest.raises(ExplicitStatisticsError, match="no tokens"):
+        explicit_warm_start(model, [empty], show_progress=False)
+
+
+def test_warm_start_rejects_ids_outside_the_vocabulary():
+    model = SaffuForCausalLM(saffu_config())
+    with pytest.raises(ValueError, match="vocab_size"):
+        explicit_warm_start(model, [{"input_ids": torch.tensor([[2, 3, VOCAB + 1]])}], show_progress=False)
+
+
+# -- ExplicitTrainer ------------------------------------------------------------------------------
+
+
+def test_trainer_warm_starts_then_trains_and_reports_exact_perplexity(tmp_path):
+    train, validation = packed_dataset(200), packed_dataset(40, seed=1)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config())
+    trainer = ExplicitTrainer(
+        model=model, args=training_arguments(tmp_path), train_dataset=train, eval_dataset=validation
+    )
+    trainer.train()
+    assert trainer.warm_start_report is not None and model.config.warm_started
+    assert trainer.state.log_history[0]["warm_start_eval_perplexity"] > 1.0
+    metrics = trainer.evaluate()
+    # exact perplexity: exp(sum of token NLL / number of predicted tokens), computed here by hand
+    batch = validation.with_format("torch")[:]
+    with torch.no_grad():
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+    tokens = (labels != -100).sum()
+    assert metrics["eval_tokens"] == tokens.item()
+    assert math.isclose(metrics["eval_perplexity"], math.exp(nll.item() / tokens.item()), rel_tol=1e-4)
+
+
+def test_resume_does_not_redo_the_warm_start(tmp_path):
+    train = packed_dataset(200)
+    torch.manual_seed(0)
+    trainer = ExplicitTrainer(
+        model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path), train_dataset=train
+    )
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    assert json.loads((checkpoint / "config.json").read_text())["warm_started"]
+
+    torch.manual_seed(1)
+    fresh = SaffuForCausalLM(saffu_config())
+    resumed = ExplicitTrainer(model=fresh, args=training_arguments(tmp_path), train_dataset=train)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.warm_start_report is None
+    assert resumed.state.global_step == 6
+
+    again = ExplicitTrainer(
+        model=SaffuForCausalLM.from_pretrained(checkpoint), args=training_arguments(tmp_path / "b"), train_dataset=train
+    )
+    again.train()
+    assert again.warm_start_report is None  # already warm-started (persisted in the config)
+
+
+def test_embeddings_thaw_after_the_configured_steps(tmp_path):
+    train = packed_dataset(200)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config())
+    arguments = training_arguments(tmp_path, freeze_embeddings_steps=3, max_steps=3, save_strategy="no")
+    trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=train)
+    trainer.train()
+    after_frozen_steps = model.model.embeddings.weight.detach().clone()
+    model.config.warm_started = True
+    arguments = training_arguments(tmp_path, freeze_embeddings_steps=0, max_steps=3, save_strategy="no")
+    ExplicitTrainer(model=model, args=arguments, train_dataset=train).train()
+    assert not torch.equal(after_frozen_steps, model.model.embeddings.weight.detach())
+    # the frozen phase left the warm-started embeddings exactly as the warm start set them
+    reference = SaffuForCausalLM(saffu_config())
+    explicit_warm_start(reference, batches_of(train, 5), show_progress=False)
+    assert torch.equal(after_frozen_steps, reference.model.embeddings.weight.detach())
+
+
+def test_tokenizer_and_config_vocabulary_mismatch_is_a_clear_error(tmp_path):
+    from hf_saffu.data import train_tokenizer
+
+    tokenizer = train_tokenizer(["to be or not to be"] * 20, 300)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ExplicitTrainer(
+            model=SaffuForCausalLM(saffu_config()),
+            args=training_arguments(tmp_path),
+            train_dataset=packed_dataset(10),
+            processing_class=tokenizer,
+        )
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path):
+    blank = write_lines(tmp_path / "blank.txt", ["", "   "])
+    with pytest.raises(ValueError, match="empty"):
+        load_text_datasets(DataArguments(train_files=[blank]))
+
+
+def test_text_shorter_than_a_window_is_a_clear_error(tmp_path):
+    short = write_lines(tmp_path / "short.txt", ["hi"])
+    data_args = DataArguments(train_files=[short], validation_files=[short], tokenizer_vocab_size=300, block_size=8)
+    with pytest.raises(ValueError, match="largest window"):
+        run_training(ModelArguments(windows=[16]), data_args, training_arguments(tmp_path))
+
+
+# -- data parallelism ------------------------------------------------------------------------------
+
+
+def test_two_process_warm_start_equals_one_process(tmp_path):
+    script = HERE / "distributed_warm_start.py"
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run(
+        [*command, str(script), str(tmp_path / "double.pt")], capture_output=True, text=True, timeout=240
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    rows = one["rows"]
+    # contiguous disjoint shards covering every block once: no padding by repeated samples
+    assert one["shard_rows"] == [rows] and two["shard_rows"] == [(rows + 1) // 2, rows // 2]
+    for name, tensor in one["state"].items():
+        other = two["state"][name]
+        relative = (tensor - other).abs().max() / tensor.abs().max().clamp_min(1e-12)
+        assert relative < 1e-6, (name, relative.item())
