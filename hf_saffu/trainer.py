@@ -14,11 +14,13 @@ predicted tokens), with every eval sample counted exactly once across processes.
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
+from .model_card import describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
 
@@ -173,6 +175,28 @@ class ExplicitTrainer(Trainer):
         self.warm_start_metrics = metrics
         self.log(metrics)
         self.warm_start_log.entries.append({**metrics, "step": 0})
+
+    def create_model_card(self, *args, dataset_name: str | None = None, **kwargs) -> None:
+        """The SAFFU model card instead of transformers' generic one (used by `push_to_hub`); a card
+        already in output_dir (written by `hf-saffu train`, with test results) is kept."""
+        if not self.is_world_process_zero() or (Path(self.args.output_dir) / "README.md").exists():
+            return
+        model = self.saffu_model
+        history = {key: value for log in self.state.log_history for key, value in log.items()}
+        train_tokens = sum(sum(mask) for mask in self.train_dataset["attention_mask"]) if self.train_dataset else 0
+        write_model_card(
+            self.args.output_dir,
+            {
+                "architecture": describe_architecture(model.config),
+                "num_parameters": sum(p.numel() for p in model.parameters()),
+                "dataset_name": dataset_name or "unspecified",
+                "train_tokens": train_tokens,
+                "warm_start_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
+                "final_perplexity": history.get("eval_perplexity"),
+                "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
+                "backprop_seconds": history.get("train_runtime"),
+            },
+        )
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

@@ -161,6 +161,9 @@ def test_trainer_warm_starts_then_trains_and_reports_exact_perplexity(tmp_path):
     tokens = (labels != -100).sum()
     assert metrics["eval_tokens"] == tokens.item()
     assert math.isclose(metrics["eval_perplexity"], math.exp(nll.item() / tokens.item()), rel_tol=1e-4)
+    trainer.create_model_card(dataset_name="markov chain")  # what Trainer.push_to_hub calls
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "saffu" in card and "markov chain" in card
 
 
 def test_resume_does_not_redo_the_warm_start(tmp_path):
