@@ -99,14 +99,18 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
                 f"{len(tokenizer)} tokens"
             )
         return model
-    config = SaffuConfig(
+    return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
+
+
+def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
+    """A `SaffuConfig` whose vocabulary size and special token ids are the tokenizer's."""
+    return SaffuConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **model_args.config_kwargs(),
+        **config_kwargs,
     )
-    return SaffuForCausalLM(config)
 
 
 def load_model_and_tokenizer(model_dir: str):

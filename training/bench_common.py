@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from datasets import DatasetDict
 
-from hf_saffu import SaffuConfig, SaffuForCausalLM
+from hf_saffu import SaffuForCausalLM
 from hf_saffu.data import DataArguments, load_text_datasets, text_batches, tokenize_and_pack, train_tokenizer
+from hf_saffu.train import config_for_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROWN_DIR = REPO_ROOT.parent / "shared" / "data" / "brown"
@@ -59,14 +60,7 @@ def brown_data(
 
 def saffu_model(tokenizer, **config_kwargs) -> SaffuForCausalLM:
     """A SAFFU for `tokenizer` (SaffuConfig defaults unless overridden)."""
-    config = SaffuConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **config_kwargs,
-    )
-    return SaffuForCausalLM(config)
+    return SaffuForCausalLM(config_for_tokenizer(tokenizer, **config_kwargs))
 
 
 def count_parameters(model: torch.nn.Module) -> int:
