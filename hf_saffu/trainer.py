@@ -19,10 +19,13 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
+from transformers.utils import logging
 
 from .model_card import describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -140,7 +143,7 @@ class ExplicitTrainer(Trainer):
             self.run_warm_start()
         if reason is not None:
             self.log({"warm_start_skipped": 1.0})
-            print(f"explicit warm start {reason}")
+            logger.info(f"explicit warm start {reason}")
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def warm_start_shard(self):
