@@ -60,6 +60,21 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
 
 
+class DatasetBatches:
+    """Re-iterable batches of a dataset, read one at a time (memory does not grow with the data)."""
+
+    def __init__(self, dataset, batch_size: int):
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            yield self.dataset[start : start + self.batch_size]
+
+
 class EmbeddingFreezer(TrainerCallback):
     """Zeroes the embedding gradient for the first `steps` optimizer steps, then lets it through.
 
@@ -146,8 +161,8 @@ class ExplicitTrainer(Trainer):
             logger.info(f"explicit warm start {reason}")
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def warm_start_shard(self):
-        """This process's contiguous, disjoint shard of the (capped) training blocks, in batches."""
+    def warm_start_shard(self) -> "DatasetBatches":
+        """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
         dataset = self.train_dataset
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
@@ -156,11 +171,8 @@ class ExplicitTrainer(Trainer):
             block_size = len(dataset[0]["input_ids"])
             dataset = dataset.select(range(min(len(dataset), math.ceil(cap / block_size))))
         shard = dataset.shard(num_shards=self.args.world_size, index=self.args.process_index, contiguous=True)
-        shard = shard.with_format(
-            "torch", columns=[c for c in ("input_ids", "attention_mask") if c in shard.column_names]
-        )
-        size = self.args.warm_start_batch_size
-        return [shard[start : start + size] for start in range(0, len(shard), size)]
+        columns = [c for c in ("input_ids", "attention_mask") if c in shard.column_names]
+        return DatasetBatches(shard.with_format("torch", columns=columns), self.args.warm_start_batch_size)
 
     def run_warm_start(self) -> None:
         start = time.perf_counter()
