@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_generate_command(args: argparse.Namespace) -> None:
-    from .train import load_model_and_tokenizer, sample_text
+    from .evaluation import load_model_and_tokenizer
+    from .train import sample_text
 
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    model.eval()
     print(
         sample_text(
             model,

@@ -113,12 +113,6 @@ def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
     )
 
 
-def load_model_and_tokenizer(model_dir: str):
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = SaffuForCausalLM.from_pretrained(model_dir).eval()
-    return model, tokenizer
-
-
 def sample_text(
     model, tokenizer, prompt: str, max_new_tokens=60, greedy=False, temperature=0.8, top_k=50, seed=0
 ) -> str:
