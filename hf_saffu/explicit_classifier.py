@@ -153,8 +153,7 @@ class ExplicitSoftmaxClassifier(ExplicitClassifierMixin):
 
     def fit_statistics(self, counts: torch.Tensor, priming_number: float) -> "ExplicitSoftmaxClassifier":
         """Solve from co-occurrences F (D, N) and the priming number K accumulated elsewhere (e.g. in shards)."""
-        weight, self.bias = solve_softmax(counts, priming_number, self.smoothing)
-        self.weight = weight.contiguous()  # F may be a transposed view; optimisers such as LBFGS need dense grads
+        self.weight, self.bias = solve_softmax(counts, priming_number, self.smoothing)
         self.priming_number = priming_number
         return self
 

@@ -185,10 +185,10 @@ class ExplicitTrainer(Trainer):
         )
         self.warm_start_report = report
         metrics = {"warm_start_seconds": time.perf_counter() - start, "warm_start_tokens": float(report.tokens)}
-        if self.eval_dataset is not None:
-            metrics.update(self.evaluate(metric_key_prefix="warm_start_eval"))
-        self.warm_start_metrics = metrics
         self.log(metrics)
+        if self.eval_dataset is not None:
+            metrics.update(self.evaluate(metric_key_prefix="warm_start_eval"))  # evaluate() logs its own metrics
+        self.warm_start_metrics = metrics
         self.warm_start_log.entries.append({**metrics, "step": 0})
 
     def create_model_card(self, *args, dataset_name: str | None = None, **kwargs) -> None:
