@@ -24,6 +24,10 @@ class SaffuConfig(PreTrainedConfig):
         use_document_context (`bool`): add the running mean of the document's inputs as a context.
         num_layers (`int`): number of stacked SAFFU layers.
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
+        explicit_hidden_priming (`float`, *optional*): priming number K of every hidden layer's explicit
+            solution. `None` (the paper's form): K = mean ||z_t||_1 = 1, so U = ln(F + alpha). A value K
+            treats each z_t as K observations (naive Bayes over the set bits of its bit-cipher code):
+            U = K ln(F + alpha), b = -(K - 1) ln phi, a sharper hidden distribution.
         freeze_embeddings (`bool`): keep the bit-cipher embeddings fixed during backprop.
         contextual_embeddings (`bool`): the warm start replaces the bit-cipher vectors by contextual ones
             (the normalised sum of the neighbours' codes within `contextual_radius`).
@@ -43,6 +47,7 @@ class SaffuConfig(PreTrainedConfig):
         use_document_context: bool = True,
         num_layers: int = 1,
         explicit_smoothing: float = 1e-2,
+        explicit_hidden_priming: float | None = None,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
         contextual_radius: int = 2,
@@ -61,6 +66,7 @@ class SaffuConfig(PreTrainedConfig):
         self.use_document_context = use_document_context
         self.num_layers = num_layers
         self.explicit_smoothing = explicit_smoothing
+        self.explicit_hidden_priming = explicit_hidden_priming
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
         self.contextual_radius = contextual_radius
@@ -118,6 +124,13 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.explicit_smoothing must be a number > 0 (ln(F + alpha) needs alpha > 0), "
                 f"got {self.explicit_smoothing!r}"
+            )
+        priming = self.explicit_hidden_priming
+        if priming is not None and not (
+            isinstance(priming, (int, float)) and not isinstance(priming, bool) and 0 < priming < float("inf")
+        ):
+            raise ValueError(
+                f"SaffuConfig.explicit_hidden_priming must be None (the paper's K = 1) or a number > 0, got {priming!r}"
             )
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
             raise ValueError(f"SaffuConfig.initializer_range must be > 0, got {self.initializer_range!r}")

@@ -16,6 +16,7 @@ near-optimal for K > 1 (naive Bayes: P(j | x) ~ P(j)^(1-K) prod_k P(x_k, j)). al
 logarithm finite.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,13 @@ class ExplicitStatisticsError(ValueError):
 
 
 def check_statistics(name: str, values: torch.Tensor) -> None:
-    """Raise an `ExplicitStatisticsError` if `values` hold NaN, inf or negative entries."""
+    """Raise an `ExplicitStatisticsError` if `values` hold NaN, inf or negative entries (one pass: the
+    extremes of a tensor are NaN if any entry is)."""
     if values.numel() == 0:
         return
-    if not torch.isfinite(values).all():
+    smallest, largest = (v.item() for v in torch.aminmax(values.detach()))
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
         raise ExplicitStatisticsError(f"{name} holds non-finite values (NaN or inf): the inputs were not finite")
-    smallest = values.min().item()
     if smallest < 0:
         raise ExplicitStatisticsError(
             f"{name} holds negative values (min {smallest:.4g}): "
@@ -64,17 +66,17 @@ class Cooccurrence:
 
     def add(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         """F += X^T Y (rows scaled by `weights`, e.g. a 0/1 mask), ||x||_1 and M accumulated likewise."""
-        inputs = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
         check_statistics("explicit-solution inputs", inputs)
+        inputs = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
         if weights is not None:
-            weights = weights.reshape(-1).to(torch.float64)
             check_statistics("explicit-solution row weights", weights)
+            weights = weights.reshape(-1).to(torch.float64)
             inputs = inputs * weights[:, None]
         if not targets.is_floating_point():
             self.transposed_counts.index_add_(0, targets.reshape(-1).to(torch.int64), inputs)
         else:
-            targets = targets.reshape(-1, targets.shape[-1]).to(torch.float64)
             check_statistics("explicit-solution targets", targets)
+            targets = targets.reshape(-1, targets.shape[-1]).to(torch.float64)
             self.transposed_counts.addmm_(targets.T, inputs)
         self.input_mass += inputs.sum()
         self.num_rows += weights.sum() if weights is not None else inputs.shape[0]
@@ -103,15 +105,30 @@ class Cooccurrence:
             raise ExplicitStatisticsError("no data was accumulated: the explicit solution needs at least one row")
         return (self.input_mass / self.num_rows).item()
 
-    def solve(self, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The explicit solution (weight (D, N), bias (N,)) of these statistics; see `solve_softmax`."""
-        return solve_softmax(self.counts, self.priming_number, smoothing)
+    def solve(self, smoothing: float, priming: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The explicit solution (weight (D, N), bias (N,)) of these statistics; see `solve_softmax`.
+
+        `priming` overrides the measured priming number K: the layer is solved as if its inputs had
+        L1 norm `priming`, i.e. were x' = (priming / K) x (each x counting as `priming` observations):
+
+            x' ln(F' + alpha) = (priming / K) x ln(F + alpha) + const    (F' = (priming / K) F)
+
+        so the weight is scaled by priming / K and the bias is -(priming - 1) ln phi.
+        """
+        measured = self.priming_number
+        if priming is None:
+            return solve_softmax(self.counts, measured, smoothing)
+        return solve_softmax(self.counts, priming, smoothing, weight_scale=priming / measured)
 
 
-def solve_softmax(counts: torch.Tensor, priming: float, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_softmax(
+    counts: torch.Tensor, priming: float, smoothing: float, weight_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit softmax layer from co-occurrences F (D x N) and the priming number K.
 
-        U = ln(F + alpha),   b_j = -(K - 1) ln phi_j,   phi_j = sum_i (F_ij + alpha)
+        U = s ln(F + alpha),   b_j = -(K - 1) ln phi_j,   phi_j = sum_i (F_ij + alpha)
+
+    with s = `weight_scale` (1 in the paper's form; see `Cooccurrence.solve`).
 
     Returns float64 (U, b). Raises `ExplicitStatisticsError` on non-finite or negative statistics, a
     non-positive smoothing or priming number, or statistics with no mass.
@@ -121,10 +138,12 @@ def solve_softmax(counts: torch.Tensor, priming: float, smoothing: float) -> tup
         raise ExplicitStatisticsError(f"smoothing must be > 0 so that ln(F + alpha) is finite, got {smoothing}")
     if not (priming > 0 and priming < float("inf")):
         raise ExplicitStatisticsError(f"the priming number must be finite and > 0, got {priming}")
+    if not (weight_scale > 0 and weight_scale < float("inf")):
+        raise ExplicitStatisticsError(f"the weight scale must be finite and > 0, got {weight_scale}")
     if counts.sum() == 0:
         raise ExplicitStatisticsError("the co-occurrence matrix F is all zeros: no data reached this layer")
     smoothed = counts.to(torch.float64) + smoothing
-    weight = torch.log(smoothed).contiguous()
+    weight = (weight_scale * torch.log(smoothed)).contiguous()
     bias = -(priming - 1.0) * torch.log(smoothed.sum(dim=0))
     return weight, bias
 

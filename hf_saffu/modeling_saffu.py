@@ -32,7 +32,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .bit_cipher import bit_cipher_vectors
 from .configuration_saffu import SaffuConfig
 
-BAND_CHUNK = 256
+BAND_CHUNK = 32
 
 
 def band_index(length: int, num_offsets: int, device: torch.device) -> torch.Tensor:

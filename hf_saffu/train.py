@@ -39,6 +39,10 @@ class ModelArguments:
     use_document_context: bool = field(default=True, metadata={"help": "add the running document mean context"})
     num_layers: int = field(default=1, metadata={"help": "stacked SAFFU layers"})
     explicit_smoothing: float = field(default=1e-2, metadata={"help": "additive floor alpha in ln(F + alpha)"})
+    explicit_hidden_priming: float | None = field(
+        default=None,
+        metadata={"help": "priming number K of the hidden layers' explicit solution (None: the paper's K = 1)"},
+    )
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the bit-cipher embeddings fixed"})
     contextual_embeddings: bool = field(default=False, metadata={"help": "contextual bit-cipher embeddings"})
     contextual_radius: int = field(default=2, metadata={"help": "radius of the contextual embeddings"})
@@ -51,6 +55,7 @@ class ModelArguments:
             "use_document_context",
             "num_layers",
             "explicit_smoothing",
+            "explicit_hidden_priming",
             "freeze_embeddings",
             "contextual_embeddings",
             "contextual_radius",

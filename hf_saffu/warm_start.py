@@ -7,7 +7,8 @@ process's shard of the data and summed across processes before every process sol
 1. token counts -> frequency ranks -> bit-cipher input embeddings and label embeddings l(y)
    (optionally contextual input embeddings: normalised sums of the neighbours' codes);
 2. for each layer, for each context:
-   a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln(F_U + alpha);
+   a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln(F_U + alpha) (with
+      `explicit_hidden_priming` K: U0 = K ln(F_U + alpha), b0 = -(K - 1) ln phi);
    b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over valid j;
       F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1 (c is the bias);
    c. U again with the solved attention; b-c repeat `attention_iters` times;
@@ -154,7 +155,10 @@ class ExplicitWarmStart:
         for context, statistic in zip(contexts, statistics, strict=True):
             hidden_statistic = statistic.map_targets(self.label_vectors)
             self.set_linear(
-                layer.contexts[context].hidden, hidden_statistic, f"layer {layer_index} context {context} U"
+                layer.contexts[context].hidden,
+                hidden_statistic,
+                f"layer {layer_index} context {context} U",
+                priming=self.config.explicit_hidden_priming,
             )
         self.timed(f"layer {layer_index} hidden", start)
 
@@ -192,10 +196,13 @@ class ExplicitWarmStart:
         self.set_linear(self.model.lm_head, statistic, "output O")
         self.timed("output", start)
 
-    def set_linear(self, linear: torch.nn.Linear, statistic: Cooccurrence, name: str) -> None:
-        """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T)."""
-        weight, bias = statistic.solve(self.config.explicit_smoothing)
-        self.report.priming_numbers[name] = statistic.priming_number
+    def set_linear(
+        self, linear: torch.nn.Linear, statistic: Cooccurrence, name: str, priming: float | None = None
+    ) -> None:
+        """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T); `priming`
+        overrides the measured priming number (`Cooccurrence.solve`)."""
+        weight, bias = statistic.solve(self.config.explicit_smoothing, priming)
+        self.report.priming_numbers[name] = statistic.priming_number if priming is None else priming
         linear.weight.copy_(weight.T.to(linear.weight.dtype))
         linear.bias.copy_(bias.to(linear.bias.dtype))
 

@@ -41,10 +41,17 @@ def few_threads():
 def test_benchmark_arms_and_report(tmp_path):
     payload = benchmark.run(TINY, tmp_path)
     arms = [r["arm"] for r in payload["results"]]
-    assert arms == ["bigram", "SAFFU warm start", "SAFFU backprop only", "SAFFU warm start + backprop", "GPT-2"]
+    assert arms == [
+        "bigram",
+        "SAFFU warm start",
+        "SAFFU warm start, hidden priming 8",
+        "SAFFU backprop only",
+        "SAFFU warm start + backprop",
+        "GPT-2",
+    ]
     for result in payload["results"]:
         assert result["validation_perplexity"] > 1 and result["test_perplexity"] > 1
-    gpt2, saffu = payload["results"][-1], payload["results"][2]
+    gpt2, saffu = payload["results"][-1], payload["results"][3]
     assert gpt2["parameters"] <= saffu["parameters"]
     assert len(gpt2["curve"]) >= 2 and gpt2["curve"][0]["step"] == 0
     report = (tmp_path / "RESULTS.md").read_text()

@@ -217,6 +217,28 @@ def test_solve_softmax_rejects_bad_statistics(counts, priming, smoothing, messag
         solve_softmax(counts, priming, smoothing)
 
 
+def test_priming_override_solves_as_if_inputs_had_that_mass():
+    """Solving with priming K' equals the paper's solution for the inputs rescaled to L1 norm K'."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.softmax(torch.randn(200, 6, generator=generator), dim=-1)  # unit L1: measured K = 1
+    labels = torch.randint(0, 4, (200,), generator=generator)
+    unit, rescaled = Cooccurrence.zeros(6, 4), Cooccurrence.zeros(6, 4)
+    unit.add(inputs, labels)
+    rescaled.add(3.0 * inputs, labels)
+    weight, bias = unit.solve(smoothing=1e-3, priming=3.0)
+    reference_weight, reference_bias = rescaled.solve(smoothing=3e-3)  # the smoothing scales with F
+    assert unit.priming_number == pytest.approx(1.0)
+    assert rescaled.priming_number == pytest.approx(3.0)
+    # same logits up to a constant per input row, hence the same softmax
+    torch.testing.assert_close(
+        torch.log_softmax(inputs.double() @ weight + bias, dim=-1),
+        torch.log_softmax(3.0 * inputs.double() @ reference_weight + reference_bias, dim=-1),
+    )
+    paper_weight, paper_bias = unit.solve(smoothing=1e-3)
+    torch.testing.assert_close(weight, 3.0 * paper_weight)
+    assert torch.all(bias < paper_bias)  # -(K - 1) ln phi with phi > 1
+
+
 # --- the classifiers ----------------------------------------------------------------------------------------------
 
 

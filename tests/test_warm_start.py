@@ -113,6 +113,23 @@ def test_warm_start_is_far_better_than_untrained(overrides, max_ratio):
     assert warm < max_ratio * untrained, (untrained, warm)
 
 
+def test_hidden_priming_scales_every_hidden_solution():
+    """explicit_hidden_priming K: U = K ln(F + alpha) and b = -(K - 1) ln phi for every context (uniform
+    attention, so both models see the same statistics); the output layer is then solved on sharper H."""
+    train = packed_dataset(80)
+    models = {}
+    for priming in (None, 4.0):
+        torch.manual_seed(0)
+        models[priming] = SaffuForCausalLM(saffu_config(explicit_hidden_priming=priming))
+        report = explicit_warm_start(models[priming], batches_of(train, 16), attention_iters=0, show_progress=False)
+        assert report.priming_numbers["layer 0 context 0 U"] == (priming or 1.0)
+    for paper, sharp in zip(models[None].model.layers[0].contexts, models[4.0].model.layers[0].contexts, strict=True):
+        torch.testing.assert_close(sharp.hidden.weight, 4.0 * paper.hidden.weight)
+        log_phi = torch.logsumexp(paper.hidden.weight.double(), dim=1).float()  # phi_j = sum_i exp(U_ij)
+        torch.testing.assert_close(sharp.hidden.bias, -3.0 * log_phi)
+    assert not torch.allclose(models[None].lm_head.weight, models[4.0].lm_head.weight)
+
+
 def test_warm_start_does_not_depend_on_batching():
     train = packed_dataset(80)
     models = []

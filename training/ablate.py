@@ -2,10 +2,10 @@
 
 Every configuration is built on the benchmark's 8192-token BPE, warm-started explicitly on the first
 `--warm-start-max-tokens` training tokens (default 1M, about all of Brown train), optionally trained by
-backprop for `--backprop-steps` AdamW steps, and scored (exact token-level perplexity) on the first
-`--eval-blocks` validation blocks. The grid (>= 50 configurations) is ordered so that a limited run
-(`--limit N`) covers the most informative ones first: one factor at a time around the default, then
-single-context diagnostics, then a factorial block.
+backprop for `--backprop-steps` AdamW steps (embeddings included, as in the benchmark), and scored
+(exact token-level perplexity) on the first `--eval-blocks` validation blocks. The grid (>= 50
+configurations) is ordered so that a limited run (`--limit N`) covers the most informative ones first:
+one factor at a time around the default, then single-context diagnostics, then a factorial block.
 
 Resumable: each finished configuration is appended to benchmarks/ablation.jsonl at once; a rerun
 skips configurations already there (same configuration and run settings).
@@ -54,6 +54,7 @@ BASE = {
     "num_layers": 1,
     "contextual_embeddings": False,
     "explicit_smoothing": 0.01,
+    "explicit_hidden_priming": None,
     "attention_iters": 1,
 }
 ONE_FACTOR = {
@@ -64,6 +65,7 @@ ONE_FACTOR = {
     "num_layers": [2, 3],
     "contextual_embeddings": [True],
     "explicit_smoothing": [1e-4, 1e-3, 0.1, 1.0],
+    "explicit_hidden_priming": [2.0, 4.0, 8.0, 16.0],
     "attention_iters": [0, 2],
 }
 FACTORIAL = {
@@ -126,7 +128,7 @@ def train_briefly(model, train, steps: int, learning_rate: float = 3e-3, batch_s
 
 def run_config(config: dict, tokenizer, data, eval_data, args) -> dict:
     """Warm start (+ short backprop) one configuration; its parameters, perplexities and CPU seconds."""
-    model_kwargs = {k: v for k, v in config.items() if k != "attention_iters"}
+    model_kwargs = {k: v for k, v in config.items() if k != "attention_iters"} | {"freeze_embeddings": False}
     torch.manual_seed(0)
     model = saffu_model(tokenizer, **model_kwargs)
     start = time.process_time()
@@ -144,7 +146,7 @@ def run_config(config: dict, tokenizer, data, eval_data, args) -> dict:
     }
     if args.backprop_steps:
         start = time.process_time()
-        train_briefly(model, data["train"], args.backprop_steps)
+        train_briefly(model, data["train"], args.backprop_steps, args.backprop_learning_rate)
         result["backprop_cpu_seconds"] = time.process_time() - start
         result["backprop_validation_perplexity"] = perplexity(model, eval_data)
     return result
@@ -177,6 +179,7 @@ def settings_key(args) -> dict:
     return {
         "warm_start_max_tokens": args.warm_start_max_tokens,
         "backprop_steps": args.backprop_steps,
+        "backprop_learning_rate": args.backprop_learning_rate,
         "eval_blocks": args.eval_blocks,
     }
 
@@ -214,7 +217,7 @@ def write_report(path: Path, rows: list[dict], references: dict, diagnosis: dict
     with_bp = bool(args.backprop_steps)
     lines = [
         "# SAFFU ablation on Brown (explicit warm start"
-        + (f" + {args.backprop_steps} AdamW steps)" if with_bp else ")"),
+        + (f" + {args.backprop_steps} AdamW steps, lr {args.backprop_learning_rate:g})" if with_bp else ")"),
         "",
         f"- command: `{command_line()}`",
         f"- commit: `{git_revision()}`",
@@ -297,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--match", help="run only configurations whose label (see ABLATION.md) contains this")
     parser.add_argument("--warm-start-max-tokens", type=int, default=1_000_000)
     parser.add_argument("--backprop-steps", type=int, default=0, help="AdamW steps after the warm start")
+    parser.add_argument("--backprop-learning-rate", type=float, default=3e-2)
     parser.add_argument("--eval-blocks", type=int, default=256, help="validation blocks scored")
     parser.add_argument("--train-documents", type=int, help="use only the first N train sentences (tests)")
     parser.add_argument("--vocab-size", type=int, default=8192)

@@ -3,7 +3,8 @@
 Arms, all on one 8192-token ByteLevel BPE and the same packed blocks of 128 tokens:
 
 1. bigram: explicit counts + log with additive smoothing alpha (chosen on validation);
-2. SAFFU warm start only (`explicit_warm_start`, no backprop);
+2. SAFFU warm start only (`explicit_warm_start`, no backprop), in the paper's form and, as a second row,
+   with the sharper hidden layers of `explicit_hidden_priming` (`Settings.sharpened_priming`);
 3. SAFFU backprop only, from the untrained initialisation (bit-cipher embeddings by token id, random dense);
 4. SAFFU warm start + backprop;
 5. GPT-2 (`GPT2LMHeadModel`, 2 layers x 128 dims, fewer parameters than the SAFFU) trained with the Trainer.
@@ -66,14 +67,17 @@ class Settings:
     budget_cpu_seconds: float = 300.0  # per backprop arm, warm start included
     curve_blocks: int = 128  # validation blocks scored at every curve point
     batch_size: int = 32
-    saffu_learning_rate: float = 3e-3
+    saffu_learning_rate: float = 3e-2  # best of 3e-3 / 1e-2 / 3e-2 / 1e-1 in 60-80-step probes on Brown
     gpt2_learning_rate: float = 1e-3
     gpt2_layers: int = 2
     gpt2_dims: int = 128
     gpt2_heads: int = 4
     warm_start_max_tokens: int | None = None
     attention_iters: int = 1
-    saffu: dict = field(default_factory=dict)  # SaffuConfig overrides
+    # SaffuConfig overrides of every SAFFU arm: backprop trains the embeddings too (frozen, the warm start +
+    # backprop arm stalls: 1068 -> 931 in 60 steps against 1068 -> 633 with them trained)
+    saffu: dict = field(default_factory=lambda: {"freeze_embeddings": False})
+    sharpened_priming: float | None = 8.0  # the extra warm-start-only row (None: no such row)
     fractions: tuple[float, ...] = (0.1, 0.3, 1.0)  # data-efficiency mode
     seed: int = 0
 
@@ -272,12 +276,12 @@ def run_backprop_arm(name: str, model, data, settings: Settings, learning_rate: 
     }
 
 
-def run_warm_start_arm(model, data, settings: Settings) -> dict:
+def run_warm_start_arm(model, data, settings: Settings, name: str = "SAFFU warm start") -> dict:
     """The explicit warm start alone: its CPU time, throughput and perplexities (no backprop)."""
     seconds, tokens = warm_start(model, data["train"], settings)
     curve_data = data["validation"].select(range(min(settings.curve_blocks, len(data["validation"]))))
     return {
-        "arm": "SAFFU warm start",
+        "arm": name,
         "parameters": count_parameters(model),
         "cpu_seconds": seconds,
         "warm_start_tokens": tokens,
@@ -288,14 +292,21 @@ def run_warm_start_arm(model, data, settings: Settings) -> dict:
     }
 
 
+def sharpened_arm_name(settings: Settings) -> str:
+    return f"SAFFU warm start, hidden priming {settings.sharpened_priming:g}"
+
+
 def run_arms(settings: Settings, tokenizer, data) -> list[dict]:
-    """The five arms of the benchmark, in order."""
+    """The five arms of the benchmark, in order (and the sharpened warm start after the paper's)."""
     results = [run_bigram(data, settings)]
     torch.manual_seed(settings.seed)
     initial = saffu_model(tokenizer, **settings.saffu)
     warm = copy.deepcopy(initial)
     results.append(run_warm_start_arm(warm, data, settings))
     ws_seconds = results[-1]["cpu_seconds"]
+    if settings.sharpened_priming is not None:
+        sharpened = saffu_model(tokenizer, **settings.saffu, explicit_hidden_priming=settings.sharpened_priming)
+        results.append(run_warm_start_arm(sharpened, data, settings, sharpened_arm_name(settings)))
     results.append(run_backprop_arm("SAFFU backprop only", initial, data, settings, settings.saffu_learning_rate))
     results.append(
         run_backprop_arm("SAFFU warm start + backprop", warm, data, settings, settings.saffu_learning_rate, ws_seconds)
@@ -321,30 +332,35 @@ def first_time_at_or_below(curve: list[dict], target: float) -> float | None:
 
 
 def check_targets(results: list[dict], train_tokens: int) -> list[dict]:
-    """Met / missed for the issue's targets on perplexity and CPU time, with the numbers."""
+    """Met / missed for the issue's targets on perplexity and CPU time, with the numbers (the warm-start
+    targets for every warm-start-only row)."""
     arms = {r["arm"]: r for r in results}
-    bigram, ws, wsbp, gpt2 = (arms[k] for k in ("bigram", "SAFFU warm start", "SAFFU warm start + backprop", "GPT-2"))
+    bigram, wsbp, gpt2 = (arms[k] for k in ("bigram", "SAFFU warm start + backprop", "GPT-2"))
     epoch_seconds = train_tokens / gpt2["train_tokens_per_cpu_second"]
     gpt2_final = gpt2["curve"][-1]["validation_perplexity"]
     reached = first_time_at_or_below(wsbp["curve"], gpt2_final)
-    return [
-        {
-            "target": "warm start alone: validation ppl below the bigram's",
-            "met": ws["validation_perplexity"] < bigram["validation_perplexity"],
-            "numbers": f"{ws['validation_perplexity']:.1f} vs bigram {bigram['validation_perplexity']:.1f}",
-        },
-        {
-            "target": "warm start alone: validation ppl below GPT-2's (after its budget)",
-            "met": ws["validation_perplexity"] < gpt2["validation_perplexity"],
-            "numbers": f"{ws['validation_perplexity']:.1f} vs GPT-2 {gpt2['validation_perplexity']:.1f}",
-        },
-        {
-            "target": "warm start alone: < 1/20 of the CPU time of one GPT-2 epoch",
-            "met": ws["cpu_seconds"] < epoch_seconds / 20,
-            "numbers": f"{ws['cpu_seconds']:.1f} CPU-s vs {epoch_seconds / 20:.1f} "
-            f"(GPT-2 epoch = {train_tokens} tokens / {gpt2['train_tokens_per_cpu_second']:.0f} tok/CPU-s "
-            f"= {epoch_seconds:.0f} CPU-s)",
-        },
+    targets = []
+    for ws in (r for r in results if r["arm"].startswith("SAFFU warm start") and "backprop" not in r["arm"]):
+        targets += [
+            {
+                "target": f"{ws['arm']} alone: validation ppl below the bigram's",
+                "met": ws["validation_perplexity"] < bigram["validation_perplexity"],
+                "numbers": f"{ws['validation_perplexity']:.1f} vs bigram {bigram['validation_perplexity']:.1f}",
+            },
+            {
+                "target": f"{ws['arm']} alone: validation ppl below GPT-2's (after its budget)",
+                "met": ws["validation_perplexity"] < gpt2["validation_perplexity"],
+                "numbers": f"{ws['validation_perplexity']:.1f} vs GPT-2 {gpt2['validation_perplexity']:.1f}",
+            },
+            {
+                "target": f"{ws['arm']} alone: < 1/20 of the CPU time of one GPT-2 epoch",
+                "met": ws["cpu_seconds"] < epoch_seconds / 20,
+                "numbers": f"{ws['cpu_seconds']:.1f} CPU-s vs {epoch_seconds / 20:.1f} "
+                f"(GPT-2 epoch = {train_tokens} tokens / {gpt2['train_tokens_per_cpu_second']:.0f} tok/CPU-s "
+                f"= {epoch_seconds:.0f} CPU-s)",
+            },
+        ]
+    return targets + [
         {
             "target": "warm start + backprop: <= 0.8x GPT-2's validation ppl at equal CPU time",
             "met": wsbp["validation_perplexity"] <= 0.8 * gpt2["validation_perplexity"],
