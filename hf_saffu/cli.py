@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     generate_parser.add_argument("--top-k", type=int, default=50)
     generate_parser.add_argument("--greedy", action="store_true")
     generate_parser.add_argument("--seed", type=int, default=0)
+    generate_parser.add_argument(
+        "--documents", type=int, default=1, help="keep sampling new documents after EOS, up to this many"
+    )
     generate_parser.set_defaults(handler=run_generate_command)
 
     from .hub import add_push_subcommand
@@ -75,6 +78,7 @@ def run_generate_command(args: argparse.Namespace) -> None:
             temperature=args.temperature,
             top_k=args.top_k,
             seed=args.seed,
+            documents=args.documents,
         )
     )
 

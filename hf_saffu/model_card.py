@@ -103,10 +103,12 @@ def describe_architecture(config: Any) -> str:
     if config.use_document_context:
         contexts.append("document mean")
     layers = "layer" if config.num_layers == 1 else "layers"
+    priming = getattr(config, "explicit_hidden_priming", None)
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions, "
         f"vocabulary {config.vocab_size:,}"
+        + (f"; hidden layers warm-started with priming number {priming:g}" if priming is not None else "")
     )
 
 

@@ -119,21 +119,48 @@ def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
 
 
 def sample_text(
-    model, tokenizer, prompt: str, max_new_tokens=60, greedy=False, temperature=0.8, top_k=50, seed=0
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens=60,
+    greedy=False,
+    temperature=0.8,
+    top_k=50,
+    seed=0,
+    documents: int = 1,
 ) -> str:
-    """Generate a continuation of `prompt` (an empty prompt starts a new document)."""
+    """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
+    tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
+    are separated by blank lines."""
     torch.manual_seed(seed)
-    ids = [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    output = model.generate(
-        torch.tensor([ids]),
-        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_k=top_k if not greedy else None,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return tokenizer.decode(output[0, 1:], skip_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    prefix_length = ids.shape[1]
+    for _ in range(documents):
+        remaining = max_new_tokens - (ids.shape[1] - prefix_length)
+        if remaining <= 0:
+            break
+        ids = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=remaining,
+            do_sample=not greedy,
+            temperature=temperature if not greedy else None,
+            top_k=top_k if not greedy else None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if ids[0, -1].item() != eos:
+            break
+    pieces, current = [], []
+    for token in ids[0, 1:].tolist():
+        if token == eos:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(token)
+    pieces.append(current)
+    texts = (tokenizer.decode(piece, skip_special_tokens=True).strip() for piece in pieces)
+    return "\n\n".join(text for text in texts if text)
 
 
 def train_from_command_line(argv: list[str]) -> dict:
@@ -186,7 +213,7 @@ def run_training(
             results[f"{split}_loss"] = metrics[f"{split}_loss"]
     if trainer.is_world_process_zero():
         save_run(trainer, tokenizer, results, data_args, training_args)
-        sample = sample_text(model.eval(), tokenizer, "", max_new_tokens=60)
+        sample = sample_text(model.eval(), tokenizer, "", max_new_tokens=80, documents=4)
         results["sample"] = sample
         print(json.dumps({k: v for k, v in results.items() if k != "sample"}, indent=2))
         print(f"\nsample:\n{sample}\n")
