@@ -562,6 +562,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-efficiency", action="store_true", help="10/30/100%% of train instead of the arms")
     parser.add_argument("--budget", type=float, help="CPU seconds per backprop arm (default: 300, quick: 40)")
     parser.add_argument("--warm-start-max-tokens", type=int, help="cap the tokens the warm start reads")
+    parser.add_argument("--saffu-learning-rate", type=float, help="peak AdamW learning rate of the SAFFU arms")
+    parser.add_argument("--gpt2-learning-rate", type=float, help="peak AdamW learning rate of the GPT-2 arm")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; CPU time sums over them and counts their spin-waits"
     )
@@ -576,8 +578,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings = QUICK if args.quick else FULL
     if args.budget is not None:
         settings = replace(settings, budget_cpu_seconds=args.budget)
-    if args.warm_start_max_tokens is not None:
-        settings = replace(settings, warm_start_max_tokens=args.warm_start_max_tokens)
+    for name in ("warm_start_max_tokens", "saffu_learning_rate", "gpt2_learning_rate"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
     payload = run(settings, args.output_dir, quick=args.quick, data_efficiency=args.data_efficiency)
     print(json.dumps(payload.get("targets", payload.get("rows")), indent=1, default=str))
     return payload
