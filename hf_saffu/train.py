@@ -4,6 +4,7 @@ Arguments are three dataclasses parsed by `HfArgumentParser` from a YAML file, o
 command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArguments`.
 """
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,8 @@ def sample_text(
     """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
     tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
     are separated by blank lines."""
+    if documents < 1:
+        raise ValueError(f"documents must be >= 1, got {documents}")
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
@@ -151,14 +154,7 @@ def sample_text(
         )
         if ids[0, -1].item() != eos:
             break
-    pieces, current = [], []
-    for token in ids[0, 1:].tolist():
-        if token == eos:
-            pieces.append(current)
-            current = []
-        else:
-            current.append(token)
-    pieces.append(current)
+    pieces = (list(run) for is_eos, run in itertools.groupby(ids[0, 1:].tolist(), lambda t: t == eos) if not is_eos)
     texts = (tokenizer.decode(piece, skip_special_tokens=True).strip() for piece in pieces)
     return "\n\n".join(text for text in texts if text)
 
