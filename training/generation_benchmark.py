@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lengths = [16, 64, 256] if args.quick else [16, 64, 256, 1024, 2048]
-    new_tokens, repeats = (16, 1) if args.quick else (64, 3)
+    new_tokens, repeats = (16, 1) if args.quick else (128, 7)
     model = saffu()
     gpt2 = matching_gpt2(count_parameters(model), max(lengths) + new_tokens)
     models = {"SAFFU": model, "GPT-2": gpt2}
