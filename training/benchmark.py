@@ -292,10 +292,6 @@ def run_warm_start_arm(model, data, settings: Settings, name: str = "SAFFU warm 
     }
 
 
-def sharpened_arm_name(settings: Settings) -> str:
-    return f"SAFFU warm start, hidden priming {settings.sharpened_priming:g}"
-
-
 def run_arms(settings: Settings, tokenizer, data) -> list[dict]:
     """The five arms of the benchmark, in order (and the sharpened warm start after the paper's)."""
     results = [run_bigram(data, settings)]
@@ -306,7 +302,8 @@ def run_arms(settings: Settings, tokenizer, data) -> list[dict]:
     ws_seconds = results[-1]["cpu_seconds"]
     if settings.sharpened_priming is not None:
         sharpened = saffu_model(tokenizer, **settings.saffu, explicit_hidden_priming=settings.sharpened_priming)
-        results.append(run_warm_start_arm(sharpened, data, settings, sharpened_arm_name(settings)))
+        name = f"SAFFU warm start, hidden priming {settings.sharpened_priming:g}"
+        results.append(run_warm_start_arm(sharpened, data, settings, name))
     results.append(run_backprop_arm("SAFFU backprop only", initial, data, settings, settings.saffu_learning_rate))
     results.append(
         run_backprop_arm("SAFFU warm start + backprop", warm, data, settings, settings.saffu_learning_rate, ws_seconds)
