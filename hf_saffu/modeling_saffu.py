@@ -33,6 +33,9 @@ from .bit_cipher import bit_cipher_vectors
 from .configuration_saffu import SaffuConfig
 
 BAND_CHUNK = 32
+# transformers 5.24 renamed the decoding-state argument and output field `past_key_values` to `cache`; the
+# forward accepts both names and the outputs use whichever field the installed transformers reads.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def band_index(length: int, num_offsets: int, device: torch.device) -> torch.Tensor:
@@ -103,7 +106,7 @@ class SaffuLayerState:
 
 
 class SaffuDecodingState:
-    """Constant-size generation state of a SAFFU model (what `past_key_values` holds).
+    """Constant-size generation state of a SAFFU model (what generate() passes as `cache`).
 
     Memory per sequence: sum over layers of (max_window - 1 + 1) * input_dim floats, whatever the length.
     """
@@ -121,6 +124,16 @@ class SaffuDecodingState:
 
     def nbytes(self) -> int:
         return sum(tensor.numel() * tensor.element_size() for layer in self.layers for tensor in layer.tensors())
+
+
+def decoding_state(cache, past_key_values) -> "SaffuDecodingState | None":
+    """The state passed under either name (`cache` from transformers 5.24, `past_key_values` before)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the decoding state once, as `cache` (or `past_key_values`), not as both")
+    state = cache if cache is not None else past_key_values
+    if state is not None and not isinstance(state, SaffuDecodingState):
+        raise TypeError(f"a SAFFU model continues from a SaffuDecodingState, got {type(state).__name__}")
+    return state
 
 
 def document_means(
@@ -314,6 +327,8 @@ class SaffuModel(SaffuPreTrainedModel):
     def check_input_ids(self, input_ids: torch.Tensor | None) -> None:
         if input_ids is None:
             raise ValueError("SaffuModel needs input_ids (token ids drive the document resets at EOS)")
+        if torch.compiler.is_compiling():  # the range check reads values back to the host: no graph break
+            return
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(
                 f"input_ids hold token ids in [{int(input_ids.min())}, {int(input_ids.max())}] but the model's "
@@ -324,17 +339,20 @@ class SaffuModel(SaffuPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: SaffuDecodingState | None = None,
+        cache: SaffuDecodingState | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: SaffuDecodingState | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Args:
-        input_ids: (batch, T) token ids; with `past_key_values`, only the tokens after the state.
+        input_ids: (batch, T) token ids; with a state, only the tokens after it.
         attention_mask: (batch, T) or (batch, T_past + T) with 0 at padding (left padding supported).
-        past_key_values: a `SaffuDecodingState` to continue from.
+        cache: a `SaffuDecodingState` to continue from (`past_key_values`, its name before transformers
+            5.24, is accepted too).
         """
+        state = decoding_state(cache, past_key_values)
         self.check_input_ids(input_ids)
         use_cache = use_cache if use_cache is not None else not self.training
         length = input_ids.shape[1]
@@ -344,26 +362,26 @@ class SaffuModel(SaffuPreTrainedModel):
             valid = attention_mask[:, -length:].to(torch.bool)
         eos = self.config.eos_token_id
         ends_document = input_ids == eos if eos is not None else torch.zeros_like(valid)
-        layer_states = past_key_values.layers if past_key_values is not None else [None] * len(self.layers)
+        layer_states = state.layers if state is not None else [None] * len(self.layers)
 
         hidden = self.embeddings(input_ids)
         all_hidden = [hidden] if output_hidden_states else None
         new_states = []
-        for index, (layer, state) in enumerate(zip(self.layers, layer_states, strict=True)):
+        for index, (layer, layer_state) in enumerate(zip(self.layers, layer_states, strict=True)):
             inputs = hidden if index == 0 else hidden / self.config.num_contexts
-            hidden, new_state = layer(inputs, valid, ends_document, state)
+            hidden, new_state = layer(inputs, valid, ends_document, layer_state)
             new_states.append(new_state)
             if output_hidden_states:
                 all_hidden.append(hidden)
 
-        cache = None
+        new_cache = None
         if use_cache:
-            seen = past_key_values.seen_tokens if past_key_values is not None else 0
-            cache = SaffuDecodingState(new_states, seen + length)
+            seen = state.seen_tokens if state is not None else 0
+            new_cache = SaffuDecodingState(new_states, seen + length)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=cache,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            **{CACHE_FIELD: new_cache},
         )
 
 
@@ -386,20 +404,22 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: SaffuDecodingState | None = None,
+        cache: SaffuDecodingState | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        past_key_values: SaffuDecodingState | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Next-token logits (batch, T, vocab_size); `loss` is the mean token cross-entropy when `labels`
-        are given (labels are shifted inside; -100 is ignored)."""
+        are given (labels are shifted inside; -100 is ignored). `cache` (or `past_key_values`): the
+        decoding state to continue from."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=decoding_state(cache, past_key_values),
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
@@ -413,8 +433,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 

@@ -201,46 +201,93 @@ def test_decoding_state_has_constant_size():
     assert short.nbytes() == long.nbytes()
 
 
-def test_greedy_generation_equals_recomputing_the_prefix():
-    model = tiny_model()
-    prompt = random_ids(1, 6)
-    generated = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=PAD)
-    sequence = prompt
-    for _ in range(12):
-        next_token = model(sequence).logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, next_token], dim=1)
-    assert torch.equal(generated, sequence)
+def sharp_model(**overrides) -> SaffuForCausalLM:
+    """Weights large enough that every logit matters: a stale or empty state changes them by O(1)."""
+    return tiny_model(initializer_range=3.0, **overrides)
 
 
-def test_sampling_with_state_equals_sampling_without():
-    model = tiny_model()
-    prompt = random_ids(2, 5)
-    kwargs = dict(max_new_tokens=15, do_sample=True, top_k=0, pad_token_id=PAD)
+def recomputed_logits(model, sequences: torch.Tensor, prompt_length: int, mask: torch.Tensor | None = None):
+    """Next-token logits of every generated position from a full forward of the prefix, no state."""
+    steps = []
+    for end in range(prompt_length, sequences.shape[1]):
+        prefix_mask = None if mask is None else torch.cat([mask, mask.new_ones(len(mask), end - prompt_length)], 1)
+        steps.append(model(sequences[:, :end], attention_mask=prefix_mask, use_cache=False).logits[:, -1])
+    return steps
+
+
+def assert_generation_matches_recompute(model, prompt, mask=None, **kwargs):
+    """Per-step logits of cached generate() equal a full recompute of each prefix."""
+    out = model.generate(
+        prompt, attention_mask=mask, output_logits=True, return_dict_in_generate=True, pad_token_id=PAD, **kwargs
+    )
+    expected = recomputed_logits(model, out.sequences, prompt.shape[1], mask)
+    assert len(out.logits) == len(expected) > 0
+    for step, (cached, full) in enumerate(zip(out.logits, expected, strict=True)):
+        assert torch.allclose(cached, full, atol=1e-5), f"step {step}: max diff {(cached - full).abs().max():.3g}"
+    return out
+
+
+def test_greedy_generation_logits_equal_a_full_recompute():
+    model = sharp_model()
+    assert_generation_matches_recompute(model, random_ids(1, 6), max_new_tokens=12, do_sample=False)
+
+
+def test_sampled_generation_logits_equal_a_full_recompute():
+    model = sharp_model()
     torch.manual_seed(123)
-    with_state = model.generate(prompt, use_cache=True, **kwargs)
+    out = assert_generation_matches_recompute(model, random_ids(2, 5), max_new_tokens=15, do_sample=True, top_k=0)
     torch.manual_seed(123)
-    recomputed = model.generate(prompt, use_cache=False, **kwargs)
-    assert torch.equal(with_state, recomputed)
+    recomputed = model.generate(
+        random_ids(2, 5), use_cache=False, max_new_tokens=15, do_sample=True, top_k=0, pad_token_id=PAD
+    )
+    assert torch.equal(out.sequences, recomputed)
 
 
-def test_batched_left_padded_generation_equals_one_by_one():
-    model = tiny_model()
+def test_left_padded_batch_logits_equal_a_full_recompute():
+    model = sharp_model()
     prompts = [random_ids(1, 3, seed=5)[0], random_ids(1, 8, seed=6)[0]]
     longest = max(len(p) for p in prompts)
     ids = torch.stack([torch.cat([torch.full((longest - len(p),), PAD), p]) for p in prompts])
     mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in prompts]).long()
-    batched = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=PAD)
+    out = assert_generation_matches_recompute(model, ids, mask, max_new_tokens=10, do_sample=False)
     for row, prompt in enumerate(prompts):
         alone = model.generate(prompt[None], max_new_tokens=10, do_sample=False, pad_token_id=PAD)
-        assert torch.equal(batched[row, -10:], alone[0, -10:])
+        assert torch.equal(out.sequences[row, -10:], alone[0, -10:])
 
 
-def test_beam_search_runs_with_reordered_state():
-    model = tiny_model()
+def test_beam_search_scores_equal_a_full_recompute():
+    model = sharp_model()
     prompt = random_ids(1, 5)
-    kwargs = dict(max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=PAD)
-    with_state = model.generate(prompt, use_cache=True, **kwargs)
-    assert torch.equal(with_state, model.generate(prompt, use_cache=False, **kwargs))
+    kwargs = dict(
+        max_new_tokens=8,
+        num_beams=3,
+        num_return_sequences=3,
+        do_sample=False,
+        pad_token_id=PAD,
+        output_scores=True,
+        return_dict_in_generate=True,
+        length_penalty=0.0,
+    )
+    cached = model.generate(prompt, use_cache=True, **kwargs)
+    full = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, full.sequences)
+    assert torch.allclose(cached.sequences_scores, full.sequences_scores, atol=1e-5)
+    # with length_penalty 0 a beam's score is the sum of its tokens' log-probabilities
+    log_probs = torch.log_softmax(model(cached.sequences, use_cache=False).logits[:, :-1], dim=-1)
+    token_log_probs = log_probs.gather(-1, cached.sequences[:, 1:, None])[:, prompt.shape[1] - 1 :, 0]
+    assert torch.allclose(token_log_probs.sum(-1), cached.sequences_scores, atol=1e-4)
+
+
+def test_decoding_state_is_accepted_under_both_names():
+    model = sharp_model()
+    ids = random_ids(2, 9)
+    full = model(ids).logits[:, -1]
+    first = model(ids[:, :-1], use_cache=True)
+    state = first.past_key_values
+    assert torch.allclose(model(ids[:, -1:], cache=state).logits[:, -1], full, atol=1e-5)
+    assert torch.allclose(model(ids[:, -1:], past_key_values=state).logits[:, -1], full, atol=1e-5)
+    with pytest.raises(ValueError, match="not as both"):
+        model(ids[:, -1:], cache=state, past_key_values=model(ids[:, :-1], use_cache=True).past_key_values)
 
 
 # -- save / load ----------------------------------------------------------------------------------
@@ -257,7 +304,7 @@ def test_save_and_load_give_identical_logits(tmp_path):
 
 
 def test_trust_remote_code_without_the_package(tmp_path):
-    model = tiny_model()
+    model = sharp_model()
     ids = random_ids(2, 9)
     model.save_pretrained(tmp_path / "model")
     torch.save({"ids": ids, "logits": model(ids).logits.detach()}, tmp_path / "reference.pt")
@@ -275,6 +322,12 @@ def test_trust_remote_code_without_the_package(tmp_path):
         assert "hf_saffu" not in sys.modules
         reference = torch.load({str(tmp_path / "reference.pt")!r})
         assert torch.equal(model(reference["ids"]).logits, reference["logits"]), "logits differ"
+        prompt = reference["ids"][:1, :5]
+        out = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id={PAD},
+                             output_logits=True, return_dict_in_generate=True)
+        for end, cached in enumerate(out.logits, start=prompt.shape[1]):
+            full = model(out.sequences[:, :end], use_cache=False).logits[:, -1]
+            assert torch.allclose(cached, full, atol=1e-5), f"cached generation differs at length {{end}}"
         print("remote code ok", type(model).__module__)
         """
     )
