@@ -2,6 +2,9 @@
 
 from transformers import PreTrainedConfig
 
+EMBEDDING_CODES = ("frequency_rank", "anchored")
+HIDDEN_TARGETS = ("bit_cipher", "clusters")
+
 
 class SaffuConfig(PreTrainedConfig):
     r"""
@@ -24,10 +27,31 @@ class SaffuConfig(PreTrainedConfig):
         use_document_context (`bool`): add the running mean of the document's inputs as a context.
         num_layers (`int`): number of stacked SAFFU layers.
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
-        explicit_hidden_priming (`float`, *optional*): priming number K of every hidden layer's explicit
-            solution. `None` (the paper's form): K = mean ||z_t||_1 = 1, so U = ln(F + alpha). A value K
-            treats each z_t as K observations (naive Bayes over the set bits of its bit-cipher code):
-            U = K ln(F + alpha), b = -(K - 1) ln phi, a sharper hidden distribution.
+        explicit_hidden_priming (`float` or `"features"`, *optional*): priming number K of every hidden layer's
+            explicit solution. `None`: K = mean ||z_t||_1 = 1, so U = ln(F + alpha). A number K treats each z_t
+            as K observations (naive Bayes): U = K ln(F + alpha), b = -(K - 1) ln phi, a sharper hidden
+            distribution. `"features"` (the authors' account: the number of features behind one prediction):
+            per context, K = the mean number of inputs z_t mixes (valid window positions; document length).
+        explicit_discount (`float`, *optional*): `None`: the additive floor ln(F + alpha). A value D: absolute
+            discounting with back-off to the column marginal, ln(max(F - D, 0) + (R + alpha) pi) (the closed
+            form behind Kneser-Ney; `hf_saffu.explicit.discounted_counts`).
+        embedding_codes (`str`): which bit-cipher code each token gets in the explicit warm start.
+            `"frequency_rank"` (the paper's form): the code of its frequency rank. `"anchored"`: the same code
+            levels, but bit i stands for the i-th most frequent token and a rarer token sets the bits of the
+            frequent tokens whose successors resemble its own.
+        hidden_targets (`str`): the local targets of the hidden layers in the explicit warm start.
+            `"bit_cipher"` (the paper's form): the next token's `hidden_bits`-bit bit-cipher label code.
+            `"clusters"`: the one-hot class of the next token among `hidden_bits` classes of tokens with
+            similar predecessors (counted in the warm start), so h_t is a distribution over next-token classes.
+        log_hidden_head (`bool`): the language-model head reads ln H_t instead of H_t, logits = ln(H_t) O + b_O:
+            a product of the contexts' hidden distributions. With class targets the warm start sets
+            O and b_O to the class-based factorisation P(y | ctx) = P(y | class(y)) prod_c h^c(class(y)) / ...
+        pivot_head (`bool`): add a direct path from the pivot's embedding to the logits, logits += v_t Q
+            (Q: embed_bits x vocab_size). Its explicit solution is ln P(y | pivot): for a pivot with a one-bit
+            code, the (discounted) bigram row of that token.
+        explicit_context_weight (`float`): weight beta of every context's class evidence in the explicit
+            solution of a log-reading head, logits_y = beta sum_c (ln h^c(k(y)) - ln pi(k(y))) + ...; 1 is
+            naive Bayes over the contexts (they overlap, so smaller weights are better calibrated).
         freeze_embeddings (`bool`): keep the bit-cipher embeddings fixed during backprop.
         contextual_embeddings (`bool`): the warm start replaces the bit-cipher vectors by contextual ones
             (the normalised sum of the neighbours' codes within `contextual_radius`).
@@ -47,7 +71,13 @@ class SaffuConfig(PreTrainedConfig):
         use_document_context: bool = True,
         num_layers: int = 1,
         explicit_smoothing: float = 1e-2,
-        explicit_hidden_priming: float | None = None,
+        explicit_hidden_priming: float | str | None = None,
+        explicit_discount: float | None = None,
+        embedding_codes: str = "frequency_rank",
+        hidden_targets: str = "bit_cipher",
+        log_hidden_head: bool = False,
+        pivot_head: bool = False,
+        explicit_context_weight: float = 1.0,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
         contextual_radius: int = 2,
@@ -67,6 +97,12 @@ class SaffuConfig(PreTrainedConfig):
         self.num_layers = num_layers
         self.explicit_smoothing = explicit_smoothing
         self.explicit_hidden_priming = explicit_hidden_priming
+        self.explicit_discount = explicit_discount
+        self.embedding_codes = embedding_codes
+        self.hidden_targets = hidden_targets
+        self.log_hidden_head = log_hidden_head
+        self.pivot_head = pivot_head
+        self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
         self.contextual_radius = contextual_radius
@@ -126,12 +162,31 @@ class SaffuConfig(PreTrainedConfig):
                 f"got {self.explicit_smoothing!r}"
             )
         priming = self.explicit_hidden_priming
-        if priming is not None and not (
-            isinstance(priming, (int, float)) and not isinstance(priming, bool) and 0 < priming < float("inf")
+        if (
+            priming is not None
+            and priming != "features"
+            and not (isinstance(priming, (int, float)) and not isinstance(priming, bool) and 0 < priming < float("inf"))
         ):
             raise ValueError(
                 f"SaffuConfig.explicit_hidden_priming must be None (the paper's K = 1) or a number > 0, got {priming!r}"
             )
+        if self.embedding_codes not in EMBEDDING_CODES:
+            raise ValueError(
+                f"SaffuConfig.embedding_codes must be one of {EMBEDDING_CODES}, got {self.embedding_codes!r}"
+            )
+        if self.hidden_targets not in HIDDEN_TARGETS:
+            raise ValueError(f"SaffuConfig.hidden_targets must be one of {HIDDEN_TARGETS}, got {self.hidden_targets!r}")
+        discount = self.explicit_discount
+        if discount is not None and not (
+            isinstance(discount, (int, float)) and not isinstance(discount, bool) and 0 <= discount < float("inf")
+        ):
+            raise ValueError(f"SaffuConfig.explicit_discount must be None or a number >= 0, got {discount!r}")
+        for name in ("log_hidden_head", "pivot_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        weight = self.explicit_context_weight
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf")):
+            raise ValueError(f"SaffuConfig.explicit_context_weight must be a number >= 0, got {weight!r}")
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
             raise ValueError(f"SaffuConfig.initializer_range must be > 0, got {self.initializer_range!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
