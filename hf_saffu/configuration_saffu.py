@@ -1,6 +1,13 @@
 """Configuration of the SAFFU (self-attentive feed-forward unit) causal language model."""
 
+import math
+
 from transformers import PreTrainedConfig
+
+# explicit_smoothing alpha and 1 / alpha stay far inside float32 (ln alpha in [-69, 69]); the priming number K
+# multiplies logs of counts (K ln(F + alpha), K ln phi), which must stay finite when cast to float32 weights.
+SMOOTHING_RANGE = (1e-30, 1e30)
+MAX_HIDDEN_PRIMING = 1e6
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -62,7 +69,7 @@ class SaffuConfig(PreTrainedConfig):
         self.vocab_size = vocab_size
         self.embed_bits = embed_bits
         self.hidden_bits = hidden_bits
-        self.windows = [int(k) for k in windows] if isinstance(windows, (list, tuple)) else windows
+        self.windows = list(windows) if isinstance(windows, (list, tuple)) else windows
         self.use_document_context = use_document_context
         self.num_layers = num_layers
         self.explicit_smoothing = explicit_smoothing
@@ -112,34 +119,40 @@ class SaffuConfig(PreTrainedConfig):
                 )
         if not isinstance(self.windows, list):
             raise ValueError(f"SaffuConfig.windows must be a list of integers >= 1, got {self.windows!r}")
-        for k in self.windows:
-            positive_int("windows[...]", k)
+        for index, k in enumerate(self.windows):
+            positive_int(f"windows[{index}]", k)
         if len(set(self.windows)) != len(self.windows):
             raise ValueError(f"SaffuConfig.windows must not repeat a size, got {self.windows}")
         if self.num_contexts == 0:
             raise ValueError(
                 "SaffuConfig needs at least one context: give windows (e.g. [4, 16]) or use_document_context=True"
             )
-        if not (isinstance(self.explicit_smoothing, (int, float)) and self.explicit_smoothing > 0):
-            raise ValueError(
-                f"SaffuConfig.explicit_smoothing must be a number > 0 (ln(F + alpha) needs alpha > 0), "
-                f"got {self.explicit_smoothing!r}"
+        bounded_number("explicit_smoothing", self.explicit_smoothing, *SMOOTHING_RANGE, "ln(F + alpha) needs alpha > 0")
+        if self.explicit_hidden_priming is not None:
+            bounded_number(
+                "explicit_hidden_priming",
+                self.explicit_hidden_priming,
+                0,
+                MAX_HIDDEN_PRIMING,
+                "or None: the paper's K = 1",
             )
-        priming = self.explicit_hidden_priming
-        if priming is not None and not (
-            isinstance(priming, (int, float)) and not isinstance(priming, bool) and 0 < priming < float("inf")
-        ):
-            raise ValueError(
-                f"SaffuConfig.explicit_hidden_priming must be None (the paper's K = 1) or a number > 0, got {priming!r}"
-            )
-        if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
-            raise ValueError(f"SaffuConfig.initializer_range must be > 0, got {self.initializer_range!r}")
+        bounded_number("initializer_range", self.initializer_range, 0, math.inf)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name, None)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
                 raise ValueError(
                     f"SaffuConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
                 )
+
+
+def bounded_number(name: str, value, low: float, high: float, note: str = "") -> None:
+    """Raise a `ValueError` naming SaffuConfig.`name` unless `value` is a finite real number, low < value <= high."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and low < value <= high):
+        upper = "" if math.isinf(high) else f" and <= {high:g}"
+        raise ValueError(
+            f"SaffuConfig.{name} must be a finite number > {low:g}{upper}{f' ({note})' if note else ''}, got {value!r}"
+        )
 
 
 __all__ = ["SaffuConfig"]
