@@ -188,9 +188,7 @@ class ExplicitTrainer(Trainer):
     def check_output_dir(self) -> None:
         """A new run must not replace a previous run's model or rotate away its checkpoints."""
         output_dir = Path(self.args.output_dir)
-        previous = (
-            sorted(p.name for p in output_dir.iterdir() if PREVIOUS_RUN.match(p.name)) if output_dir.is_dir() else []
-        )
+        previous = previous_run_files(output_dir)
         if previous:
             raise FileExistsError(
                 f"output_dir {output_dir} holds a previous run ({', '.join(previous)}), which a new run would "
@@ -360,6 +358,13 @@ class ExplicitTrainer(Trainer):
                     self.state.stateful_callbacks[name] = callback.state()
 
 
+def previous_run_files(output_dir: Path) -> list[str]:
+    """The saved model and checkpoint-N directories in output_dir, sorted by name."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(path.name for path in output_dir.iterdir() if PREVIOUS_RUN.match(path.name))
+
+
 def remove_staged_checkpoints(run_dir: str) -> None:
     """Delete the tmp-checkpoint-* directories an interrupted save left behind."""
     for staged in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
@@ -381,8 +386,8 @@ def check_block_lengths(dataset) -> int:
 
 
 def contiguous_shard(dataset, num_shards: int, index: int):
-    """Rows [index * n / num_shards, (index + 1) * n / num_shards) as `Dataset.shard(contiguous=True)` splits
-    them; empty (zero statistics) for a process beyond the last row."""
+    """Shard `index` of `Dataset.shard(contiguous=True)`, or an empty dataset for a process beyond the last row
+    (where datasets raises IndexError): that process contributes zero statistics."""
     if index >= len(dataset):
         return dataset.select([])
     return dataset.shard(num_shards=num_shards, index=index, contiguous=True)
