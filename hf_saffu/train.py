@@ -29,7 +29,7 @@ from .data import (
 from .errors import check_finite
 from .model_card import describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
 
 
 @dataclass
@@ -196,6 +196,7 @@ def run_training(
     """Train, evaluate (validation and test), save model + tokenizer + results + model card, sample."""
     check_pretrained_source("tokenizer_name_or_path", data_args.tokenizer_name_or_path)
     check_pretrained_source("model_name_or_path", model_args.model_name_or_path)
+    check_output_dir(training_args, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
     raw = load_text_datasets(data_args)
     tokenizer = build_tokenizer(data_args, raw)

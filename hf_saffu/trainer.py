@@ -185,20 +185,8 @@ class ExplicitTrainer(Trainer):
                 "build the config with vocab_size=len(tokenizer)"
             )
 
-    def check_output_dir(self) -> None:
-        """A new run must not replace a previous run's model or rotate away its checkpoints."""
-        output_dir = Path(self.args.output_dir)
-        previous = previous_run_files(output_dir)
-        if previous:
-            raise FileExistsError(
-                f"output_dir {output_dir} holds a previous run ({', '.join(previous)}), which a new run would "
-                "overwrite or delete: resume it (resume_from_checkpoint), choose another output_dir, or set "
-                "overwrite_output_dir=True"
-            )
-
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if not resume_from_checkpoint and not self.args.overwrite_output_dir:
-            self.check_output_dir()
+        check_output_dir(self.args, resume_from_checkpoint)
         model = self.saffu_model
         if not self.args.warm_start:
             reason = "disabled (warm_start=False)"
@@ -356,6 +344,20 @@ class ExplicitTrainer(Trainer):
                     self.state.stateful_callbacks[name].append(callback.state())
                 else:
                     self.state.stateful_callbacks[name] = callback.state()
+
+
+def check_output_dir(args: ExplicitTrainingArguments, resume_from_checkpoint) -> None:
+    """A new run (not resuming, no `overwrite_output_dir`) must not replace a previous run's model or rotate
+    away its checkpoints: a FileExistsError naming them."""
+    if resume_from_checkpoint or args.overwrite_output_dir:
+        return
+    previous = previous_run_files(Path(args.output_dir))
+    if previous:
+        raise FileExistsError(
+            f"output_dir {args.output_dir} holds a previous run ({', '.join(previous)}), which a new run would "
+            "overwrite or delete: resume it (resume_from_checkpoint), choose another output_dir, or set "
+            "overwrite_output_dir=True"
+        )
 
 
 def previous_run_files(output_dir: Path) -> list[str]:

@@ -174,9 +174,21 @@ def test_new_run_refuses_a_finished_model_and_keeps_it(tmp_path):
     trainer = ExplicitTrainer(
         model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path), train_dataset=packed_dataset(40)
     )
-    with pytest.raises(FileExistsError, match=rf"output_dir {output_dir} holds a previous run \(model\.safetensors\)"):
+    previous_run = rf"output_dir {output_dir} holds a previous run \(model\.safetensors\)"
+    with pytest.raises(FileExistsError, match=previous_run):
         trainer.train()
     assert (output_dir / "model.safetensors").read_bytes() == before
+
+
+def test_training_job_refuses_a_used_output_dir_before_reading_data(tmp_path, monkeypatch, capsys):
+    model_args, data_args, training_args = job_arguments(tmp_path)
+    (Path(training_args.output_dir) / "checkpoint-2").mkdir(parents=True)
+    monkeypatch.setattr("hf_saffu.train.load_text_datasets", lambda *args: pytest.fail("the data was read"))
+    with pytest.raises(FileExistsError, match=r"holds a previous run \(checkpoint-2\)"):
+        run_training(model_args, data_args, training_args)
+    train, output = data_args.train_files[0], training_args.output_dir
+    err = run_cli(["train", "--train_files", train, "--output_dir", output, "--use_cpu", "true"], capsys)
+    assert f"output_dir {output} holds a previous run (checkpoint-2)" in err
 
 
 def test_new_run_refuses_checkpoints_unless_overwrite_is_set(tmp_path):
