@@ -110,11 +110,11 @@ def test_diverging_run_stops_and_nothing_nan_is_saved(tmp_path):
 
 def test_evaluate_and_generate_refuse_nan_weights(saffu_dir, tmp_path, capsys):
     poison(saffu_dir)
-    data = text_file(tmp_path / "eval.txt", 4)
-    for argv in (["evaluate", str(saffu_dir), "--data", data], ["generate", str(saffu_dir)]):
+    data, report = text_file(tmp_path / "eval.txt", 4), tmp_path / "report.json"
+    for argv in (["evaluate", str(saffu_dir), "--data", data, "--output", str(report)], ["generate", str(saffu_dir)]):
         err = run_cli(argv, capsys)
         assert f"the model in {saffu_dir} holds NaN or infinite weights (lm_head.bias)" in err
-        assert "perplexity" not in capsys.readouterr().out
+    assert not report.exists()
 
 
 def test_push_refuses_nan_weights_and_sends_nothing(hub, saffu_dir, capsys, monkeypatch):
@@ -148,6 +148,19 @@ def test_perplexity_of_a_loss_above_709_is_inf(tmp_path):
     trainer = ExplicitTrainer(model=model, args=training_arguments(tmp_path), eval_dataset=validation)
     metrics = trainer.evaluate()
     assert math.isclose(metrics["eval_loss"], 1000.0, rel_tol=1e-6) and metrics["eval_perplexity"] == math.inf
+
+
+def test_training_job_with_a_loss_above_709_saves_its_model(tmp_path):
+    """Without the warm start or clipping, learning_rate=1e30 leaves finite weights whose validation loss is
+    about 1e30: the job reports perplexity inf and still saves the model and its results."""
+    model_args, data_args, training_args = job_arguments(
+        tmp_path, learning_rate=1e30, max_steps=4, save_strategy="no", warm_start=False, max_grad_norm=0.0
+    )
+    results = run_training(model_args, data_args, training_args)
+    assert results["validation_loss"] > 1e20 and results["validation_perplexity"] == math.inf
+    output_dir = Path(training_args.output_dir)
+    assert json.loads((output_dir / "all_results.json").read_text())["validation_perplexity"] == math.inf
+    assert all(torch.isfinite(t).all() for t in load_file(output_dir / "model.safetensors").values())
 
 
 def test_corpus_perplexity_of_a_loss_above_709_is_inf():
