@@ -1,9 +1,15 @@
 """Configuration of the SAFFU (self-attentive feed-forward unit) causal language model."""
 
+import math
+
 from transformers import PreTrainedConfig
 
 EMBEDDING_CODES = ("frequency_rank", "anchored")
 HIDDEN_TARGETS = ("bit_cipher", "clusters")
+# explicit_smoothing alpha and 1 / alpha stay far inside float32 (ln alpha in [-69, 69]); the priming number K
+# multiplies logs of counts (K ln(F + alpha), K ln phi), which must stay finite when cast to float32 weights.
+SMOOTHING_RANGE = (1e-30, 1e30)
+MAX_HIDDEN_PRIMING = 1e6
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -92,7 +98,7 @@ class SaffuConfig(PreTrainedConfig):
         self.vocab_size = vocab_size
         self.embed_bits = embed_bits
         self.hidden_bits = hidden_bits
-        self.windows = [int(k) for k in windows] if isinstance(windows, (list, tuple)) else windows
+        self.windows = list(windows) if isinstance(windows, (list, tuple)) else windows
         self.use_document_context = use_document_context
         self.num_layers = num_layers
         self.explicit_smoothing = explicit_smoothing
@@ -148,27 +154,22 @@ class SaffuConfig(PreTrainedConfig):
                 )
         if not isinstance(self.windows, list):
             raise ValueError(f"SaffuConfig.windows must be a list of integers >= 1, got {self.windows!r}")
-        for k in self.windows:
-            positive_int("windows[...]", k)
+        for index, k in enumerate(self.windows):
+            positive_int(f"windows[{index}]", k)
         if len(set(self.windows)) != len(self.windows):
             raise ValueError(f"SaffuConfig.windows must not repeat a size, got {self.windows}")
         if self.num_contexts == 0:
             raise ValueError(
                 "SaffuConfig needs at least one context: give windows (e.g. [4, 16]) or use_document_context=True"
             )
-        if not (isinstance(self.explicit_smoothing, (int, float)) and self.explicit_smoothing > 0):
-            raise ValueError(
-                f"SaffuConfig.explicit_smoothing must be a number > 0 (ln(F + alpha) needs alpha > 0), "
-                f"got {self.explicit_smoothing!r}"
-            )
-        priming = self.explicit_hidden_priming
-        if (
-            priming is not None
-            and priming != "features"
-            and not (isinstance(priming, (int, float)) and not isinstance(priming, bool) and 0 < priming < float("inf"))
-        ):
-            raise ValueError(
-                f"SaffuConfig.explicit_hidden_priming must be None (the paper's K = 1) or a number > 0, got {priming!r}"
+        bounded_number("explicit_smoothing", self.explicit_smoothing, *SMOOTHING_RANGE, "ln(F + alpha) needs alpha > 0")
+        if self.explicit_hidden_priming not in (None, "features"):
+            bounded_number(
+                "explicit_hidden_priming",
+                self.explicit_hidden_priming,
+                0,
+                MAX_HIDDEN_PRIMING,
+                'or None: K = 1, or "features": the inputs behind z_t',
             )
         if self.embedding_codes not in EMBEDDING_CODES:
             raise ValueError(
@@ -176,25 +177,33 @@ class SaffuConfig(PreTrainedConfig):
             )
         if self.hidden_targets not in HIDDEN_TARGETS:
             raise ValueError(f"SaffuConfig.hidden_targets must be one of {HIDDEN_TARGETS}, got {self.hidden_targets!r}")
-        discount = self.explicit_discount
-        if discount is not None and not (
-            isinstance(discount, (int, float)) and not isinstance(discount, bool) and 0 <= discount < float("inf")
-        ):
-            raise ValueError(f"SaffuConfig.explicit_discount must be None or a number >= 0, got {discount!r}")
+        if self.explicit_discount is not None:
+            bounded_number("explicit_discount", self.explicit_discount, 0, MAX_HIDDEN_PRIMING, "or None: no discount")
+        bounded_number("explicit_context_weight", self.explicit_context_weight, 0, MAX_HIDDEN_PRIMING, closed=True)
         for name in ("log_hidden_head", "pivot_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        weight = self.explicit_context_weight
-        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf")):
-            raise ValueError(f"SaffuConfig.explicit_context_weight must be a number >= 0, got {weight!r}")
-        if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
-            raise ValueError(f"SaffuConfig.initializer_range must be > 0, got {self.initializer_range!r}")
+        bounded_number("initializer_range", self.initializer_range, 0, math.inf)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name, None)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
                 raise ValueError(
                     f"SaffuConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
                 )
+
+
+def bounded_number(name: str, value, low: float, high: float, note: str = "", closed: bool = False) -> None:
+    """Raise a `ValueError` naming SaffuConfig.`name` unless `value` is a finite real number with
+    low < value <= high (low <= value with `closed`)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    above = is_number and (value >= low if closed else value > low)
+    if not (is_number and math.isfinite(value) and above and value <= high):
+        upper = "" if math.isinf(high) else f" and <= {high:g}"
+        relation = ">=" if closed else ">"
+        raise ValueError(
+            f"SaffuConfig.{name} must be a finite number {relation} {low:g}{upper}"
+            f"{f' ({note})' if note else ''}, got {value!r}"
+        )
 
 
 __all__ = ["SaffuConfig"]

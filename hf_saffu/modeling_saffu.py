@@ -333,9 +333,27 @@ class SaffuModel(SaffuPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
 
-    def check_input_ids(self, input_ids: torch.Tensor | None) -> None:
+    def check_input_ids(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
+        """Clear errors for inputs the layers cannot read: shapes and dtypes (static, free under compile),
+        then the token range (read back to the host, so skipped while compiling)."""
         if input_ids is None:
             raise ValueError("SaffuModel needs input_ids (token ids drive the document resets at EOS)")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids must have shape (batch, length) with length >= 1, got shape {tuple(input_ids.shape)} "
+                "(a SAFFU text starts with the EOS token; give at least one token, as a 2-D tensor)"
+            )
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if attention_mask is not None and (
+            attention_mask.dim() != 2
+            or attention_mask.shape[0] != input_ids.shape[0]
+            or attention_mask.shape[1] < input_ids.shape[1]
+        ):
+            raise ValueError(
+                f"attention_mask must have shape (batch, length) or (batch, past + length) for input_ids of shape "
+                f"{tuple(input_ids.shape)}, got shape {tuple(attention_mask.shape)}"
+            )
         if torch.compiler.is_compiling():  # the range check reads values back to the host: no graph break
             return
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
@@ -362,7 +380,7 @@ class SaffuModel(SaffuPreTrainedModel):
             5.24, is accepted too).
         """
         state = decoding_state(cache, past_key_values)
-        self.check_input_ids(input_ids)
+        self.check_input_ids(input_ids, attention_mask)
         use_cache = use_cache if use_cache is not None else not self.training
         length = input_ids.shape[1]
         if attention_mask is None:
@@ -427,8 +445,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Next-token logits (batch, T, vocab_size); `loss` is the mean token cross-entropy when `labels`
-        are given (labels are shifted inside; -100 is ignored). `cache` (or `past_key_values`): the
-        decoding state to continue from."""
+        are given (labels are shifted inside; -100 is ignored; see `causal_lm_loss` for labels with no
+        target). `cache` (or `past_key_values`): the decoding state to continue from."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -445,13 +463,27 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = logits + self.pivot_head(self.model.embeddings(pivots))
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.causal_lm_loss(logits, labels, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
+        """Summed next-token cross-entropy / number of targets (`num_items_in_batch` when Trainer gives it).
+
+        Labels with no target (all -100 after the shift) give loss 0 with a zero gradient: the sum over no
+        tokens divided by max(count, 1), not the NaN of 0 / 0, so a block of padding cannot poison a run.
+        """
+        shifted = kwargs.get("shift_labels")
+        targets = shifted if shifted is not None else labels[..., 1:]
+        count = kwargs.pop("num_items_in_batch", None)
+        if count is None:
+            count = (targets != -100).sum()
+        kwargs["num_items_in_batch"] = count.clamp_min(1) if torch.is_tensor(count) else max(count, 1)
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
 
 __all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState"]
