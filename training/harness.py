@@ -1,0 +1,512 @@
+"""The shared harness of the training/ experiments: data, model config, run metadata, CPU budgets, the
+one perplexity, warm-start batches, baselines (n-gram and GPT-2 arms), Markdown tables and results files.
+
+Every number a script reports comes through one of these routines, so two scripts that report the same
+quantity compute it the same way:
+
+- perplexity = exp(sum of token NLL / predicted tokens) over packed blocks, each block scored from a fresh
+  state: `hf_saffu.evaluation.token_nll_sum` summed over batches (`perplexity`);
+- the SAFFU of an experiment is built from the model section of a training config (default
+  configs/brown.yaml), parsed by the same parser as `hf-saffu train` (`read_config`);
+- the warm start reads the trainer's `DatasetBatches` (`warm_start_batches`);
+- every results file names its command, commit and machine (`run_metadata`, `write_results`).
+"""
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+from hf_saffu import SaffuForCausalLM
+from hf_saffu.data import DataArguments, load_text_datasets, text_batches, tokenize_and_pack, train_tokenizer
+from hf_saffu.evaluation import perplexity_from_loss, token_nll_sum
+from hf_saffu.train import config_for_tokenizer, parse_arguments
+from hf_saffu.trainer import DatasetBatches, check_block_lengths
+from hf_saffu.warm_start import explicit_warm_start
+
+from .kneser_ney import KneserNeyLM
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "brown.yaml"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "brown"
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "benchmarks"
+SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, threads: int = 1, data: bool = True) -> None:
+    """--output-dir and --threads; with `data`, also --data-dir and --config."""
+    if data:
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            help=f"a folder with {', '.join(SPLIT_FILES.values())} (one document a line); default {DEFAULT_DATA_DIR}",
+        )
+        parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config of the SAFFU arms")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where the results files go")
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads (CPU time sums over them)")
+
+
+def start_run(args: argparse.Namespace) -> None:
+    """Set torch threads and note the commit the run starts from (cached for its results file)."""
+    torch.set_num_threads(args.threads)
+    git_revision()
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def data_dir_or_exit(data_dir: Path | None) -> Path:
+    """`data_dir`, or the Brown default when it exists; otherwise exit with a one-line message."""
+    data_dir = DEFAULT_DATA_DIR if data_dir is None else data_dir
+    missing = [name for name in SPLIT_FILES.values() if not (data_dir / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"error: no {', '.join(missing)} in {data_dir}: pass --data-dir DIR with train.txt, validation.txt and "
+            "test.txt, one document a line (Brown: NLTK's `brown` corpus, one sentence a line, split 80/10/10)"
+        )
+    return data_dir
+
+
+def load_data(
+    data_dir: Path,
+    vocab_size: int,
+    block_size: int,
+    train_documents: int | None = None,
+    eval_documents: int | None = None,
+):
+    """(tokenizer, packed torch DatasetDict train/validation/test): a ByteLevel BPE trained on the (possibly
+    truncated) train split; eval splits optionally cut to their first documents; EOS after each document."""
+    data_args = DataArguments(
+        **{f"{split}_files": [str(data_dir / name)] for split, name in SPLIT_FILES.items()},
+        tokenizer_vocab_size=vocab_size,
+        block_size=block_size,
+        max_train_documents=train_documents,
+    )
+    raw = load_text_datasets(data_args)
+    if eval_documents is not None:
+        raw = DatasetDict(
+            {s: d if s == "train" else d.select(range(min(eval_documents, len(d)))) for s, d in raw.items()}
+        )
+    tokenizer = train_tokenizer(text_batches(raw["train"], "text"), vocab_size)
+    return tokenizer, tokenize_and_pack(raw, tokenizer, data_args).with_format("torch")
+
+
+def real_tokens(dataset) -> int:
+    return int(dataset[:]["attention_mask"].sum())
+
+
+# -- the SAFFU of a training config ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaffuRecipe:
+    """What an experiment takes from a training config: the model section and the training knobs."""
+
+    model: dict  # SaffuConfig keyword arguments (ModelArguments.config_kwargs)
+    vocab_size: int
+    block_size: int
+    learning_rate: float
+    warm_start_max_tokens: int | None
+    attention_iters: int
+    warm_start_batch_size: int
+    seed: int
+
+
+def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
+    """The recipe of `path`, parsed by `hf-saffu train`'s parser (its data paths are not used)."""
+    model_args, data_args, training_args = parse_arguments([str(path)])
+    return SaffuRecipe(
+        model=model_args.config_kwargs(),
+        vocab_size=data_args.tokenizer_vocab_size,
+        block_size=data_args.block_size,
+        learning_rate=training_args.learning_rate,
+        warm_start_max_tokens=training_args.warm_start_max_tokens,
+        attention_iters=training_args.explicit_attention_iters,
+        warm_start_batch_size=training_args.warm_start_batch_size,
+        seed=training_args.seed,
+    )
+
+
+def saffu_model(tokenizer, model_kwargs: dict) -> SaffuForCausalLM:
+    return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_kwargs))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """All parameters, frozen ones (SAFFU's bit-cipher embeddings) included."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def warm_start_batches(train, max_tokens: int | None, batch_size: int = 64) -> DatasetBatches:
+    """The first ceil(max_tokens / block size) train blocks, read lazily in batches (as the trainer's shard)."""
+    if max_tokens is not None:
+        train = train.select(range(min(len(train), math.ceil(max_tokens / check_block_lengths(train)))))
+    return DatasetBatches(train.with_format("torch", columns=["input_ids", "attention_mask"]), batch_size)
+
+
+def warm_start(model, train, recipe: SaffuRecipe, max_tokens: int | None = None):
+    """The explicit warm start on the capped train blocks; (process CPU seconds, WarmStartReport)."""
+    start = time.process_time()
+    cap = recipe.warm_start_max_tokens if max_tokens is None else max_tokens
+    batches = warm_start_batches(train, cap, recipe.warm_start_batch_size)
+    report = explicit_warm_start(model, batches, attention_iters=recipe.attention_iters, show_progress=False)
+    return time.process_time() - start, report
+
+
+# -- the one perplexity ---------------------------------------------------------------------------
+
+
+def perplexity(model: torch.nn.Module, dataset, batch_size: int = 64) -> float:
+    """Exact token-level perplexity over packed blocks: `token_nll_sum` (hf_saffu.evaluation) summed over batches."""
+    nll, tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        batch_nll, batch_tokens = token_nll_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        nll, tokens = nll + batch_nll, tokens + batch_tokens
+    return perplexity_from_loss(nll / tokens)
+
+
+# -- run metadata -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def git_revision() -> str:
+    """`git rev-parse HEAD`, plus ' (uncommitted changes)' when the tree is dirty; cached at the first call."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "HEAD") or "unknown") + (" (uncommitted changes)" if git("status", "--porcelain") else "")
+
+
+def machine_description() -> str:
+    """CPU model, visible cores, torch threads, memory, GPU and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = f"{torch.cuda.get_device_name(0)} (unused)" if torch.cuda.is_available() else "no GPU"
+    import transformers
+
+    return (
+        f"{cpu}, {len(os.sched_getaffinity(0))} visible cores, torch threads {torch.get_num_threads()}, "
+        f"{memory:.0f} GiB RAM, {gpu}, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+
+
+def command_line() -> str:
+    """The running command as typed from the repo root: `python -m training.NAME ...` for a script here."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == REPO_ROOT / "training":
+        head = f"python -m training.{script.stem}"
+    else:
+        head = "python " + os.path.relpath(sys.argv[0], REPO_ROOT)
+    return " ".join([head, *sys.argv[1:]])
+
+
+def run_metadata() -> dict:
+    return {
+        "command": command_line(),
+        "commit": git_revision(),
+        "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def write_results(markdown_path: Path, json_path: Path, title: str, lines: list[str], payload: dict) -> dict:
+    """`markdown_path`: the title, the run metadata and `lines`; `json_path`: {"run": metadata, **payload}."""
+    run = run_metadata()
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    header = [f"# {title}", "", *(f"- {key}: `{value}`" for key, value in run.items()), ""]
+    markdown_path.write_text("\n".join([*header, *lines]) + "\n")
+    json_path.write_text(json.dumps({"run": run, **payload}, indent=1, default=str))
+    return run
+
+
+# -- Markdown and plots -----------------------------------------------------------------------------
+
+
+def markdown_table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
+    """A Markdown table; `align` has one letter per column, 'l' or 'r' (default: the first left, the rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+    """The generated met / missed table of {"target", "met", "numbers"} rows."""
+    rows = [[t["target"], "met" if t["met"] else "MISSED", t["numbers"]] for t in targets]
+    return markdown_table(["target", "met?", "numbers (this run)"], rows, "lll")
+
+
+def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    """Validation perplexity (curve subset) against CPU seconds; count-based arms as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for result in results:
+        if result.get("count_based"):
+            ax.axhline(result["validation_perplexity"], linestyle="--", linewidth=1, label=f"{result['arm']} (full)")
+        elif result["curve"]:
+            xs, ys = zip(*((p["cpu_seconds"], p["validation_perplexity"]) for p in result["curve"]), strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=result["arm"])
+    ax.set(yscale="log", xlabel="process CPU seconds (warm start + training)", ylabel="validation perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- CPU-second budgets -----------------------------------------------------------------------------
+
+
+class CpuBudget(TrainerCallback):
+    """Stops training when the arm's process-CPU budget is spent; records the validation curve at fixed CPU
+    times. CPU time spent evaluating is excluded; `offset` (the warm start) counts against the budget."""
+
+    def __init__(self, budget: float, offset: float, evaluate, checkpoints: list[float]):
+        self.budget, self.offset, self.evaluate = budget, offset, evaluate
+        self.checkpoints = sorted(c for c in checkpoints if offset < c <= budget)
+        self.curve: list[dict] = []
+        self.eval_seconds = 0.0
+        self.start = 0.0
+
+    def spent(self) -> float:
+        return self.offset + time.process_time() - self.start - self.eval_seconds
+
+    def record(self, model, step: int) -> None:
+        spent, eval_start = self.spent(), time.process_time()
+        self.curve.append({"cpu_seconds": spent, "step": step, "validation_perplexity": self.evaluate(model)})
+        self.eval_seconds += time.process_time() - eval_start
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start = time.process_time()
+        self.record(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        spent = self.spent()
+        if self.checkpoints and spent >= self.checkpoints[0]:
+            while self.checkpoints and spent >= self.checkpoints[0]:
+                self.checkpoints.pop(0)
+            self.record(model, state.global_step)
+        if spent >= self.budget:
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.curve[-1]["step"] != state.global_step:
+            self.record(model, state.global_step)
+
+
+def seconds_per_step(model, train, batch_size: int) -> float:
+    """CPU seconds of one forward + backward pass on a training batch (to size the cosine schedule)."""
+    batch = train[:batch_size]
+    model.train()
+    model(**batch).loss.backward()  # the first pass allocates: not timed
+    start = time.process_time()
+    for _ in range(3):
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return (time.process_time() - start) / 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How a backprop arm is trained and where its curve is taken."""
+
+    cpu_seconds: float
+    checkpoints: tuple[float, ...]  # CPU-second points of the curve (besides the start and the end)
+    batch_size: int = 32
+    curve_blocks: int = 128  # validation blocks scored at every curve point
+    seed: int = 0
+
+
+def train_with_budget(model, data, budget: Budget, learning_rate: float, offset: float = 0.0) -> dict:
+    """`Trainer` (AdamW, cosine, 5% warm-up) until the CPU budget is spent; curve, throughput and final
+    validation / test perplexity on the full splits."""
+    torch.manual_seed(budget.seed)
+    train = data["train"]
+    curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
+    remaining = max(budget.cpu_seconds - offset, 0.0)
+    # the optimizer step and the Trainer add about 10% to the forward + backward pass
+    max_steps = max(1, round(remaining / (1.1 * seconds_per_step(model, train, budget.batch_size))))
+    callback = CpuBudget(budget.cpu_seconds, offset, lambda m: perplexity(m, curve_data), list(budget.checkpoints))
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir,
+            max_steps=max_steps,
+            per_device_train_batch_size=budget.batch_size,
+            learning_rate=learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=budget.seed,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train, data_collator=default_data_collator, callbacks=[callback]
+        )
+        state = trainer.train()
+    train_seconds = callback.spent() - offset
+    block_size = check_block_lengths(train)
+    return {
+        "parameters": count_parameters(model),
+        "steps": state.global_step,
+        "planned_steps": max_steps,
+        "cpu_seconds": callback.spent(),
+        "backprop_cpu_seconds": train_seconds,
+        "train_tokens_per_cpu_second": state.global_step * budget.batch_size * block_size / max(train_seconds, 1e-9),
+        "curve": callback.curve,
+        "validation_perplexity": perplexity(model, data["validation"]),
+        "test_perplexity": perplexity(model, data["test"]),
+    }
+
+
+def warm_start_arm(model, data, recipe: SaffuRecipe, budget: Budget, name: str = "SAFFU warm start") -> dict:
+    """The explicit warm start alone (no backprop): CPU time, throughput and perplexities."""
+    seconds, report = warm_start(model, data["train"], recipe)
+    curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
+    return {
+        "arm": name,
+        "parameters": count_parameters(model),
+        "cpu_seconds": seconds,
+        "warm_start_tokens": report.tokens,
+        "train_tokens_per_cpu_second": report.tokens / max(seconds, 1e-9),
+        "validation_perplexity": perplexity(model, data["validation"]),
+        "test_perplexity": perplexity(model, data["test"]),
+        "curve": [{"cpu_seconds": seconds, "step": 0, "validation_perplexity": perplexity(model, curve_data)}],
+    }
+
+
+# -- baselines: count-based n-grams and GPT-2 --------------------------------------------------------
+
+BIGRAM_ALPHAS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+def pair_keys(dataset, vocab_size: int) -> torch.Tensor:
+    """previous * V + next for every predicted token of the packed blocks (the tokens `perplexity` scores)."""
+    columns = dataset[:]
+    inputs, labels = columns["input_ids"][:, :-1], columns["labels"][:, 1:]
+    predicted = labels != -100
+    return inputs[predicted] * vocab_size + labels[predicted]
+
+
+def bigram_counts(dataset, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted unique pair keys, their counts, and the counts of previous tokens."""
+    unique, counts = torch.unique(pair_keys(dataset, vocab_size), return_counts=True)
+    counts = counts.to(torch.float64)
+    previous = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, unique // vocab_size, counts)
+    return unique, counts, previous
+
+
+def bigram_perplexity(model: tuple, dataset, vocab_size: int, alpha: float) -> float:
+    """The additively smoothed bigram P(b | a) = (C(a, b) + alpha) / (C(a) + alpha V)."""
+    unique, counts, previous = model
+    keys = pair_keys(dataset, vocab_size)
+    position = torch.searchsorted(unique, keys).clamp_max(len(unique) - 1)
+    pair_counts = torch.where(unique[position] == keys, counts[position], 0.0)
+    log_probs = torch.log(pair_counts + alpha) - torch.log(previous[keys // vocab_size] + alpha * vocab_size)
+    return perplexity_from_loss(-log_probs.mean().item())
+
+
+def bigram_arm(data, vocab_size: int) -> dict:
+    """The additive bigram: counts on train, alpha chosen on validation."""
+    start = time.process_time()
+    model = bigram_counts(data["train"], vocab_size)
+    seconds = time.process_time() - start
+    scores = {alpha: bigram_perplexity(model, data["validation"], vocab_size, alpha) for alpha in BIGRAM_ALPHAS}
+    alpha = min(scores, key=scores.get)
+    return {
+        "arm": "additive bigram",
+        "count_based": True,
+        "alpha": alpha,
+        "parameters": vocab_size**2,
+        "cpu_seconds": seconds,
+        "train_tokens_per_cpu_second": len(pair_keys(data["train"], vocab_size)) / max(seconds, 1e-9),
+        "validation_perplexity": scores[alpha],
+        "test_perplexity": bigram_perplexity(model, data["test"], vocab_size, alpha),
+        "curve": [],
+    }
+
+
+def kneser_ney_arm(data, vocab_size: int, order: int) -> dict:
+    """Interpolated modified Kneser-Ney of `order` (training/kneser_ney.py); parameters = stored n-grams."""
+    train = data["train"][:]
+    start = time.process_time()
+    model = KneserNeyLM(order, vocab_size).fit(train["input_ids"], train["attention_mask"])
+    seconds = time.process_time() - start
+    scores = {
+        split: model.perplexity(data[split][:]["input_ids"], data[split][:]["attention_mask"])
+        for split in ("validation", "test")
+    }
+    return {
+        "arm": f"Kneser-Ney {order}-gram",
+        "count_based": True,
+        "parameters": sum(len(level.keys) for level in model.levels),
+        "cpu_seconds": seconds,
+        "train_tokens_per_cpu_second": int(train["attention_mask"].sum()) / max(seconds, 1e-9),
+        "validation_perplexity": scores["validation"],
+        "test_perplexity": scores["test"],
+        "curve": [],
+    }
+
+
+def gpt2_model(tokenizer, positions: int, layers: int = 2, dims: int = 128, heads: int = 4) -> GPT2LMHeadModel:
+    """A small GPT-2 on the tokenizer's vocabulary, tied output embeddings."""
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=positions,
+        n_embd=dims,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def results_table(results: list[dict]) -> list[str]:
+    """One row per arm: perplexities, CPU seconds, parameters, training throughput."""
+    header = ["arm", "validation ppl", "test ppl", "CPU s", "parameters", "training tokens / CPU-s"]
+    rows = [
+        [
+            r["arm"],
+            f"{r['validation_perplexity']:.1f}",
+            f"{r['test_perplexity']:.1f}",
+            f"{r['cpu_seconds']:.1f}",
+            f"{r['parameters']:,}",
+            f"{r['train_tokens_per_cpu_second']:,.0f}",
+        ]
+        for r in results
+    ]
+    return markdown_table(header, rows)
