@@ -1,65 +1,37 @@
-"""Ablation roadmap: a grid of SAFFU configurations warm-started on ~1M Brown tokens (issue 5).
+"""Ablation: a grid of SAFFU configurations around the training config's model section, warm-started.
 
-Every configuration is built on the benchmark's 8192-token BPE, warm-started explicitly on the first
-`--warm-start-max-tokens` training tokens (default 1M, about all of Brown train), optionally trained by
-backprop for `--backprop-steps` AdamW steps (embeddings included, as in the benchmark), and scored
-(exact token-level perplexity) on the first `--eval-blocks` validation blocks. The grid (>= 50
-configurations) is ordered so that a limited run (`--limit N`) covers the most informative ones first:
-one factor at a time around the default, then single-context diagnostics, then a factorial block.
+The default configuration is the config's model section (configs/brown.yaml unless --config says
+otherwise) plus its explicit_attention_iters. Each grid point changes one factor, then come single-context
+diagnostics and a small factorial block; the grid is ordered so that `--limit N` covers the most
+informative points first. Every point is warm-started on the config's warm-start tokens, optionally
+trained for `--backprop-steps` AdamW steps, and scored on the first `--eval-blocks` validation blocks.
 
-Resumable: each finished configuration is appended to benchmarks/ablation.jsonl at once; a rerun
-skips configurations already there (same configuration and run settings).
+Resumable: each finished configuration is appended to benchmarks/ablation.jsonl at once; a rerun skips
+configurations already there (same configuration and run settings).
 
-    python training/ablate.py --limit 20                   # the first 20 unfinished configurations
-    python training/ablate.py --match "windows=[1]"        # only configurations whose label contains this
-    python training/ablate.py --limit 0 --diagnose-steps 100   # which sub-layer's explicit solution is weak
-    python training/ablate.py --report-only                # rewrite ABLATION.md / ablation.png from the JSONL
+    python -m training.ablate --limit 20                  # the first 20 unfinished configurations
+    python -m training.ablate --match "windows=[1]"       # only configurations whose label contains this
+    python -m training.ablate --limit 0 --diagnose-steps 100  # which sub-layer's explicit solution is weak
+    python -m training.ablate --report-only               # rewrite the results from the JSONL
 
-Writes benchmarks/ABLATION.md (ranked table, Pareto front) and benchmarks/ablation.png.
+Writes benchmarks/ablation.jsonl, ABLATION.md, ablation.json, ablation.png (and ablation_diagnosis.json).
 """
 
 import argparse
 import copy
 import itertools
 import json
-import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
 import torch
-from bench_common import (
-    REPO_ROOT,
-    brown_data,
-    command_line,
-    count_parameters,
-    git_revision,
-    machine_description,
-    perplexity,
-    saffu_model,
-    warm_start_batches,
-)
-from benchmark import bigram_counts, bigram_perplexity
 
-from hf_saffu.warm_start import explicit_warm_start
+from . import harness
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-BASE = {
-    "windows": [1, 4, 16],
-    "use_document_context": True,
-    "embed_bits": 64,
-    "hidden_bits": 128,
-    "num_layers": 1,
-    "contextual_embeddings": False,
-    "explicit_smoothing": 0.01,
-    "explicit_hidden_priming": None,
-    "attention_iters": 1,
-}
 ONE_FACTOR = {
     "windows": [[1], [4], [16], [1, 4], [4, 16, 64], [1, 4, 16, 64], [1, 2, 4, 8, 16], [2, 8, 32]],
-    "use_document_context": [False],
+    "use_document_context": [False, True],
     "embed_bits": [16, 32, 128, 256],
     "hidden_bits": [32, 64, 256, 512],
     "num_layers": [2, 3],
@@ -77,26 +49,29 @@ FACTORIAL = {
 }
 
 
-def grid() -> list[dict]:
-    """The ablation grid, most informative first, without duplicates."""
-    configs = [dict(BASE)]
+def default_config(recipe: harness.SaffuRecipe) -> dict:
+    """The grid's centre: the recipe's model section and its attention iterations."""
+    return {**recipe.model, "attention_iters": recipe.attention_iters}
+
+
+def grid(base: dict) -> list[dict]:
+    """The ablation grid around `base`, most informative first, without duplicates."""
+    configs = [dict(base)]
     for name, values in ONE_FACTOR.items():
-        configs += [{**BASE, name: value} for value in values]
-    configs.append({**BASE, "windows": [], "use_document_context": True})  # the document context alone
+        configs += [{**base, name: value} for value in values]
+    configs.append({**base, "windows": [], "use_document_context": True})  # the document context alone
     for embed_bits, hidden_bits in itertools.product([16, 256], [128, 512]):  # the pivot alone: a bigram model
-        configs.append(
-            {
-                **BASE,
-                "windows": [1],
-                "use_document_context": False,
-                "embed_bits": embed_bits,
-                "hidden_bits": hidden_bits,
-            }
-        )
+        configs.append({**pivot_only(base), "embed_bits": embed_bits, "hidden_bits": hidden_bits})
     for values in itertools.product(*FACTORIAL.values()):
-        configs.append({**BASE, **dict(zip(FACTORIAL, values, strict=True))})
-    unique = {config_key(c): c for c in reversed(configs)}
-    return sorted(unique.values(), key=lambda c: configs.index(c))
+        configs.append({**base, **dict(zip(FACTORIAL, values, strict=True))})
+    unique = {}
+    for config in configs:
+        unique.setdefault(config_key(config), config)
+    return list(unique.values())
+
+
+def pivot_only(base: dict) -> dict:
+    return {**base, "windows": [1], "use_document_context": False}
 
 
 def config_key(config: dict) -> str:
@@ -104,97 +79,84 @@ def config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def describe(config: dict) -> str:
-    """A compact label: differences from the default configuration."""
-    changed = {k: v for k, v in config.items() if BASE[k] != v}
-    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "default"
+def describe(config: dict, base: dict) -> str:
+    """A compact label: the differences from `base`."""
+    return ", ".join(f"{k}={v}" for k, v in config.items() if base.get(k) != v) or "default"
 
 
-def train_briefly(model, train, steps: int, learning_rate: float = 3e-3, batch_size: int = 32, parameters=None):
-    """A short AdamW run from the warm start on `parameters` (default: all trainable), `steps` batches in order."""
-    if steps == 0:
-        return
+def train_briefly(model, train, steps: int, learning_rate: float, batch_size: int = 32, parameters=None) -> None:
+    """AdamW on `parameters` (default: all trainable) for `steps` batches in order."""
     parameters = [p for p in model.parameters() if p.requires_grad] if parameters is None else parameters
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
     model.train()
     for step in range(steps):
         start = (step * batch_size) % max(1, len(train) - batch_size)
-        batch = train[start : start + batch_size]
-        model(**batch).loss.backward()
+        model(**train[start : start + batch_size]).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
 
 
-def run_config(config: dict, tokenizer, data, eval_data, args) -> dict:
-    """Warm start (+ short backprop) one configuration; its parameters, perplexities and CPU seconds."""
-    model_kwargs = {k: v for k, v in config.items() if k != "attention_iters"} | {"freeze_embeddings": False}
-    torch.manual_seed(0)
-    model = saffu_model(tokenizer, **model_kwargs)
-    start = time.process_time()
-    batches = warm_start_batches(data["train"], args.warm_start_max_tokens)
-    report = explicit_warm_start(model, batches, attention_iters=config["attention_iters"], show_progress=False)
-    seconds = time.process_time() - start
-    result = {
+def warm_started(config: dict, tokenizer, train, recipe: harness.SaffuRecipe, max_tokens: int):
+    """The SAFFU of `config`, warm-started; (model, CPU seconds, WarmStartReport)."""
+    torch.manual_seed(recipe.seed)
+    model = harness.saffu_model(tokenizer, {k: v for k, v in config.items() if k != "attention_iters"})
+    seconds, report = harness.warm_start(
+        model, train, replace(recipe, attention_iters=config["attention_iters"]), max_tokens
+    )
+    return model, seconds, report
+
+
+def run_config(config: dict, tokenizer, data, eval_data, recipe, args) -> dict:
+    model, seconds, report = warm_started(config, tokenizer, data["train"], recipe, args.warm_start_max_tokens)
+    row = {
         "config": config,
         "settings": settings_key(args),
-        "parameters": count_parameters(model),
+        "parameters": harness.count_parameters(model),
         "warm_start_tokens": report.tokens,
         "warm_start_cpu_seconds": seconds,
-        "warm_start_validation_perplexity": perplexity(model, eval_data),
-        "priming_numbers": report.priming_numbers,
+        "warm_start_validation_perplexity": harness.perplexity(model, eval_data),
     }
     if args.backprop_steps:
         start = time.process_time()
         train_briefly(model, data["train"], args.backprop_steps, args.backprop_learning_rate)
-        result["backprop_cpu_seconds"] = time.process_time() - start
-        result["backprop_validation_perplexity"] = perplexity(model, eval_data)
-    return result
+        row["backprop_cpu_seconds"] = time.process_time() - start
+        row["backprop_validation_perplexity"] = harness.perplexity(model, eval_data)
+    return row
 
 
-PIVOT_ONLY = {**BASE, "windows": [1], "use_document_context": False}
-
-
-def diagnose(tokenizer, data, eval_data, args) -> list[dict]:
-    """Which sub-layer's explicit solution is weak: warm-start the pivot-only SAFFU (a bigram model through
-    the hidden layer), then retrain by AdamW only O, only U, or both, with the rest kept explicit."""
+def diagnose(base: dict, tokenizer, data, eval_data, recipe, args) -> list[dict]:
+    """Which sub-layer's explicit solution is weak: warm-start the pivot-only SAFFU, then retrain by AdamW
+    only its output O, only its hidden U, or both, the rest kept explicit."""
     rows = []
     for trained in ("nothing", "output O", "hidden U", "U and O"):
-        torch.manual_seed(0)
-        model = saffu_model(tokenizer, **{k: v for k, v in PIVOT_ONLY.items() if k != "attention_iters"})
-        batches = warm_start_batches(data["train"], args.warm_start_max_tokens)
-        explicit_warm_start(model, batches, attention_iters=1, show_progress=False)
+        model, _, _ = warm_started(pivot_only(base), tokenizer, data["train"], recipe, args.warm_start_max_tokens)
         hidden = list(model.model.layers[0].windows[0].hidden.parameters())
         output = list(model.lm_head.parameters())
         chosen = {"nothing": [], "output O": output, "hidden U": hidden, "U and O": hidden + output}[trained]
         if chosen:
-            train_briefly(model, data["train"], args.diagnose_steps, learning_rate=1e-2, parameters=chosen)
-        rows.append({"retrained by backprop": trained, "validation_perplexity": perplexity(model, eval_data)})
+            train_briefly(model, data["train"], args.diagnose_steps, 1e-2, parameters=chosen)
+        rows.append({"retrained by backprop": trained, "validation_perplexity": harness.perplexity(model, eval_data)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def settings_key(args) -> dict:
     """What, besides the configuration, a stored result depends on."""
-    return {
-        "warm_start_max_tokens": args.warm_start_max_tokens,
-        "backprop_steps": args.backprop_steps,
-        "backprop_learning_rate": args.backprop_learning_rate,
-        "eval_blocks": args.eval_blocks,
-    }
+    names = ("warm_start_max_tokens", "backprop_steps", "backprop_learning_rate", "eval_blocks", "train_documents")
+    return {name: getattr(args, name) for name in names}
 
 
 def read_results(path: Path, settings: dict) -> dict[str, dict]:
-    """Finished configurations of this run's settings, by configuration key (a torn last line is ignored)."""
+    """Finished configurations of these settings, by configuration key (a torn last line is ignored)."""
     results = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("settings") == settings:
-                results[config_key(row["config"])] = row
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("settings") == settings:
+            results[config_key(row["config"])] = row
     return results
 
 
@@ -212,63 +174,55 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
-def write_report(path: Path, rows: list[dict], references: dict, diagnosis: dict | None, total: int, args) -> None:
+def report_lines(rows, base, references, diagnosis, total, args) -> list[str]:
     front = {config_key(r["config"]) for r in pareto_front(rows)}
     with_bp = bool(args.backprop_steps)
-    lines = [
-        "# SAFFU ablation on Brown (explicit warm start"
-        + (f" + {args.backprop_steps} AdamW steps, lr {args.backprop_learning_rate:g})" if with_bp else ")"),
-        "",
-        f"- command: `{command_line()}`",
-        f"- commit: `{git_revision()}`",
-        f"- machine: {machine_description()}",
-        f"- {len(rows)} of the grid's {total} configurations finished; warm start on the first "
-        f"{args.warm_start_max_tokens:,} train tokens; validation perplexity (exact, token-level) on the first "
-        f"{args.eval_blocks} validation blocks of 128 tokens",
-        "- references on the same blocks (same train data): "
-        + ", ".join(f"{name} {value:.1f}" for name, value in references.items())
-        + " (bigram: additive alpha in 0.01 .. 1, the best on these blocks; unigram: add-one)",
-        "- changes are relative to the default: " + config_key(BASE),
-        "",
-        "| rank | configuration | parameters | warm-start val ppl |"
-        + (" backprop val ppl |" if with_bp else "")
-        + " warm-start CPU s | Pareto |",
-        "|---:|---|---:|---:|" + ("---:|" if with_bp else "") + "---:|---|",
-    ]
+    header = ["rank", "configuration", "parameters", "warm-start val ppl"]
+    header += ["backprop val ppl"] * with_bp + ["warm-start CPU s", "Pareto"]
+    table = []
     for rank, row in enumerate(sorted(rows, key=score), start=1):
-        bp = f" {row['backprop_validation_perplexity']:.1f} |" if with_bp else ""
-        pareto = "yes" if config_key(row["config"]) in front else ""
-        lines.append(
-            f"| {rank} | {describe(row['config'])} | {row['parameters']:,} | "
-            f"{row['warm_start_validation_perplexity']:.1f} |{bp} {row['warm_start_cpu_seconds']:.1f} | {pareto} |"
-        )
+        cells = [rank, describe(row["config"], base), f"{row['parameters']:,}"]
+        cells.append(f"{row['warm_start_validation_perplexity']:.1f}")
+        if with_bp:
+            cells.append(f"{row['backprop_validation_perplexity']:.1f}")
+        cells += [f"{row['warm_start_cpu_seconds']:.1f}", "yes" if config_key(row["config"]) in front else ""]
+        table.append(cells)
+    lines = [
+        f"- {len(rows)} of the grid's {total} configurations finished; settings `{settings_key(args)}`",
+        "- references on the same blocks: " + ", ".join(f"{k} {v:.1f}" for k, v in references.items()),
+        f"- changes are relative to the default (`{args.config.name}`): `{config_key(base)}`",
+        "",
+        *harness.markdown_table(header, table, "rlrr" + "r" * with_bp + "rl"),
+    ]
     if diagnosis:
         lines += [
             "",
-            f"## Which sub-layer is weak: the pivot-only SAFFU ({describe(PIVOT_ONLY)}), explicit warm start, "
-            f"then {diagnosis['steps']} AdamW steps (lr 1e-2) on the named weights only",
+            f"## The pivot-only SAFFU, warm-started, then {diagnosis['steps']} AdamW steps on the named weights only",
             "",
-            "| retrained by backprop | validation ppl |",
-            "|---|---:|",
-            *(f"| {r['retrained by backprop']} | {r['validation_perplexity']:.1f} |" for r in diagnosis["rows"]),
+            *harness.markdown_table(
+                ["retrained by backprop", "validation ppl"],
+                [[r["retrained by backprop"], f"{r['validation_perplexity']:.1f}"] for r in diagnosis["rows"]],
+            ),
         ]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
-def plot(path: Path, rows: list[dict], bigram: float) -> None:
-    """Validation perplexity against parameters; the Pareto front joined (labelled by rank); the bigram as a line."""
+def plot(path: Path, rows: list[dict], reference: float) -> None:
+    """Validation perplexity against parameters; the Pareto front joined (labelled by rank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([r["parameters"] for r in rows], [score(r) for r in rows], s=14, label="configurations")
     front = pareto_front(rows)
     ax.plot([r["parameters"] for r in front], [score(r) for r in front], color="C3", marker="o", label="Pareto front")
     ranks = {config_key(r["config"]): rank for rank, r in enumerate(sorted(rows, key=score), start=1)}
-    for row in front:  # labelled by their rank in ABLATION.md
+    for row in front:
         ax.annotate(f"#{ranks[config_key(row['config'])]}", (row["parameters"], score(row)), fontsize=8)
-    ax.axhline(bigram, color="gray", linestyle="--", label="smoothed bigram")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("validation perplexity")
+    ax.axhline(reference, color="gray", linestyle="--", label="Kneser-Ney bigram")
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="validation perplexity")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -276,72 +230,57 @@ def plot(path: Path, rows: list[dict], bigram: float) -> None:
     plt.close(fig)
 
 
-def unigram_perplexity(data, eval_data, vocab_size: int) -> float:
-    """The add-one unigram on the same predicted tokens (what a model that ignores its context reaches)."""
-    counts = torch.ones(vocab_size, dtype=torch.float64)
-    train, scored = data["train"][:], eval_data[:]
-    counts.index_add_(
-        0,
-        train["labels"][train["labels"] != -100],
-        torch.ones((train["labels"] != -100).sum().item(), dtype=torch.float64),
-    )
-    labels = scored["labels"][:, 1:]
-    return math.exp(-torch.log(counts / counts.sum())[labels[labels != -100]].mean().item())
-
-
-def best_bigram(data, eval_data, vocab_size: int) -> float:
-    model = bigram_counts(data["train"], vocab_size)
-    return min(bigram_perplexity(model, eval_data, vocab_size, alpha) for alpha in (0.01, 0.03, 0.1, 0.3, 1.0))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_arguments(parser, threads=2)
     parser.add_argument("--limit", type=int, help="run at most this many unfinished configurations")
     parser.add_argument("--match", help="run only configurations whose label (see ABLATION.md) contains this")
-    parser.add_argument("--warm-start-max-tokens", type=int, default=1_000_000)
+    parser.add_argument("--warm-start-max-tokens", type=int, help="default: the config's")
     parser.add_argument("--backprop-steps", type=int, default=0, help="AdamW steps after the warm start")
-    parser.add_argument("--backprop-learning-rate", type=float, default=3e-2)
+    parser.add_argument("--backprop-learning-rate", type=float, help="default: the config's learning_rate")
     parser.add_argument("--eval-blocks", type=int, default=256, help="validation blocks scored")
-    parser.add_argument("--train-documents", type=int, help="use only the first N train sentences (tests)")
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from the JSONL")
+    parser.add_argument("--train-documents", type=int, help="use only the first N train documents")
+    parser.add_argument("--vocab-size", type=int, help="default: the config's tokenizer_vocab_size")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the results from the JSONL")
     parser.add_argument("--diagnose-steps", type=int, help="run the sub-layer diagnosis with this many AdamW steps")
-    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "benchmarks")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
-    git_revision()  # the commit this run starts from (cached for the report)
-    torch.set_num_threads(args.threads)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    results_path = args.output_dir / "ablation.jsonl"
-    tokenizer, data = brown_data(args.vocab_size, train_documents=args.train_documents)
+    args = parser.parse_args(argv)
+    harness.start_run(args)
+    data_dir = harness.data_dir_or_exit(args.data_dir)
+    recipe = harness.read_config(args.config)
+    recipe = replace(recipe, vocab_size=args.vocab_size or recipe.vocab_size)
+    args.warm_start_max_tokens = args.warm_start_max_tokens or recipe.warm_start_max_tokens
+    args.backprop_learning_rate = args.backprop_learning_rate or recipe.learning_rate
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size, args.train_documents)
     eval_data = data["validation"].select(range(min(args.eval_blocks, len(data["validation"]))))
-    configs = grid()
-    done = read_results(results_path, settings_key(args))
+    base = default_config(recipe)
+    configs = grid(base)
+    done = read_results(out / "ablation.jsonl", settings_key(args))
     todo = [] if args.report_only else [c for c in configs if config_key(c) not in done]
-    todo = [c for c in todo if args.match is None or args.match in describe(c)]
+    todo = [c for c in todo if args.match is None or args.match in describe(c, base)]
     for config in todo[: args.limit]:
-        row = run_config(copy.deepcopy(config), tokenizer, data, eval_data, args)
-        with results_path.open("a") as stream:
+        row = run_config(copy.deepcopy(config), tokenizer, data, eval_data, recipe, args)
+        with (out / "ablation.jsonl").open("a") as stream:
             stream.write(json.dumps(row) + "\n")
         done[config_key(config)] = row
-        print(f"{score(row):9.1f}  {row['parameters']:>10,}  {describe(config)}", flush=True)
+        print(f"{score(row):9.1f}  {row['parameters']:>10,}  {describe(config, base)}", flush=True)
     rows = [done[config_key(c)] for c in configs if config_key(c) in done]
-    diagnosis_path = args.output_dir / "ablation_diagnosis.json"
+    diagnosis_path = out / "ablation_diagnosis.json"
     if args.diagnose_steps:
-        diagnosis = {"steps": args.diagnose_steps, "rows": diagnose(tokenizer, data, eval_data, args)}
+        diagnosis = {"steps": args.diagnose_steps, "rows": diagnose(base, tokenizer, data, eval_data, recipe, args)}
         diagnosis_path.write_text(json.dumps(diagnosis, indent=1))
-    references = {
-        "smoothed bigram": best_bigram(data, eval_data, len(tokenizer)),
-        "unigram": unigram_perplexity(data, eval_data, len(tokenizer)),
-    }
     diagnosis = json.loads(diagnosis_path.read_text()) if diagnosis_path.exists() else None
-    write_report(args.output_dir / "ABLATION.md", rows, references, diagnosis, len(configs), args)
+    scored = {"train": data["train"], "validation": eval_data, "test": eval_data}
+    baselines = [harness.bigram_arm(scored, len(tokenizer))]
+    baselines += [harness.kneser_ney_arm(scored, len(tokenizer), order) for order in (1, 2, 3)]
+    references = {b["arm"]: b["validation_perplexity"] for b in baselines}
+    lines = report_lines(rows, base, references, diagnosis, len(configs), args)
+    payload = {"default": base, "settings": settings_key(args), "references": references, "rows": rows}
+    title = "SAFFU ablation: warm start" + (f" + {args.backprop_steps} AdamW steps" if args.backprop_steps else "")
+    harness.write_results(out / "ABLATION.md", out / "ablation.json", title, lines, payload)
     if rows:
-        plot(args.output_dir / "ablation.png", rows, references["smoothed bigram"])
+        plot(out / "ablation.png", rows, references["Kneser-Ney 2-gram"])
     return rows
 
 
