@@ -1,17 +1,23 @@
-"""Parameter count and forward tokens/s of a SAFFU configuration (default: `SaffuConfig()`).
+"""Parameter count and forward tokens/s of the SAFFU of a training config (default configs/brown.yaml).
 
-python training/forward_throughput.py [--vocab-size 8192] [--batch-size 32] [--length 128] [--repeats 10]
+    python -m training.forward_throughput [--config configs/brown.yaml] [--batch-size 32] [--length 128]
+
+Writes benchmarks/FORWARD_THROUGHPUT.md and forward_throughput.json.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 
+from . import harness
+
 
 def measure(config: SaffuConfig, batch_size: int, length: int, repeats: int) -> dict:
+    """Parameters and forward tokens/s (wall clock, no gradients) on random token ids."""
     model = SaffuForCausalLM(config).eval()
     ids = torch.randint(0, config.vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -21,27 +27,40 @@ def measure(config: SaffuConfig, batch_size: int, length: int, repeats: int) -> 
             model(ids)
         seconds = time.perf_counter() - start
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": harness.count_parameters(model),
         "forward_tokens_per_second": batch_size * length * repeats / seconds,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab-size", type=int, default=SaffuConfig().vocab_size)
+    harness.add_common_arguments(parser, data=False)
+    parser.add_argument("--config", type=Path, default=harness.DEFAULT_CONFIG, help="training config of the SAFFU")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    config = SaffuConfig(vocab_size=args.vocab_size)
+    args = parser.parse_args(argv)
+    harness.start_run(args)
+    recipe = harness.read_config(args.config)
+    config = SaffuConfig(vocab_size=recipe.vocab_size, **recipe.model)
     result = measure(config, args.batch_size, args.length, args.repeats)
-    print(
-        f"config: windows {config.windows}, document context {config.use_document_context}, "
-        f"embed_bits {config.embed_bits}, hidden_bits {config.hidden_bits}, vocab {config.vocab_size}"
+    lines = [
+        f"- SAFFU: `{args.config.name}` model `{recipe.model}`, vocabulary {recipe.vocab_size}",
+        f"- batch {args.batch_size} x {args.length} tokens, {args.repeats} repeats, torch threads {args.threads}",
+        "",
+        *harness.markdown_table(
+            ["parameters", "forward tokens/s"],
+            [[f"{result['parameters']:,}", f"{result['forward_tokens_per_second']:,.0f}"]],
+            "rr",
+        ),
+    ]
+    payload = {"model": recipe.model, "vocab_size": recipe.vocab_size, **vars(args), **result}
+    out = args.output_dir
+    harness.write_results(
+        out / "FORWARD_THROUGHPUT.md", out / "forward_throughput.json", "SAFFU forward throughput", lines, payload
     )
-    print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size} x {args.length} tokens")
-    print(f"parameters {result['parameters']:,}")
-    print(f"forward tokens/s {result['forward_tokens_per_second']:,.0f}")
+    print("\n".join(lines))
+    return result
 
 
 if __name__ == "__main__":
