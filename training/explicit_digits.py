@@ -1,4 +1,4 @@
-"""Explicit softmax classifiers on digits: reproduce the explicit-solution claims (issue 6, SAFFU.md section 1).
+"""Explicit softmax classifiers on digits: the explicit-solution claims (SAFFU.md section 1) measured.
 
 Datasets: scikit-learn's bundled 8x8 digits (always available offline) and MNIST through `datasets` when the
 Hugging Face Hub is reachable (otherwise a message and a skip). Features are non-negative pixel intensities in
@@ -17,20 +17,17 @@ a varying mass it is an approximation. For each dataset and feature variant:
 4. a two-layer softmax network softmax(softmax(x U1 + b1) U2 + b2): warm-started layer-locally
    (`ExplicitTwoLayerClassifier`, then Adam) vs the same network trained by Adam alone from a random start.
 
-Results go to benchmarks/DIGITS.md and benchmarks/digits.png:
+Results go to benchmarks/DIGITS.md, digits.json and digits.png:
 
-    python training/explicit_digits.py            # digits: under a minute on 2 CPU cores; MNIST adds about 5
-    python training/explicit_digits.py --quick    # well under a minute (MNIST: a 2,000-image training subset)
+    python -m training.explicit_digits            # digits: under a minute on 2 CPU cores; MNIST adds about 5
+    python -m training.explicit_digits --quick    # well under a minute (MNIST: a 2,000-image training subset)
 """
 
 import argparse
 import os
-import platform
-import subprocess
-import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -39,10 +36,11 @@ import torch
 
 from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 
+from . import harness
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURE_VARIANTS = ("scaled", "normalised")
 # What "only marginally" means in the verdicts of claim 1 (stated in the report).
 MARGINAL_ACCURACY_POINTS = 1.0
@@ -397,12 +395,6 @@ def run_split(split: Split, settings: Settings) -> Results:
 # --- report -------------------------------------------------------------------------------------------------------
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(row) + " |" for row in rows
-    ]
-
-
 def spread(values: list[float], digits: int = 4) -> str:
     """'value' for one value, 'mean ± std' over seeds otherwise."""
     if len(values) == 1:
@@ -416,31 +408,6 @@ def steps_to_reach(curves: list[Curve], metric: str, target: float, higher_is_be
     return " / ".join("never" if step is None else str(step) for step in steps)
 
 
-def machine_description() -> str:
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu = models[0] if models else cpu
-    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores{load}; torch {torch.__version__} on {torch.get_num_threads()} thread(s), "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
-    )
-
-
-def git_revision() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    changed = len(git("status", "--porcelain").splitlines())
-    return f"`{git('rev-parse', 'HEAD')}`" + (
-        f", plus {changed} uncommitted changes in the working tree" if changed else ""
-    )
-
-
 def explicit_table(results: list[Results]) -> list[str]:
     header = ["dataset / features", "train / test rows", "priming number K", "train acc", "test acc", "train CE"]
     header += ["test CE", "fit seconds"]
@@ -449,7 +416,7 @@ def explicit_table(results: list[Results]) -> list[str]:
         e = r.explicit
         rows.append([r.split.name, f"{len(r.split.train_x)} / {len(r.split.test_x)}", f"{e.priming_number:.3f}"])
         rows[-1] += [f"{v:.4f}" for v in (e.train_accuracy, e.test_accuracy, e.train_ce, e.test_ce, e.seconds)]
-    return markdown_table(header, rows)
+    return harness.markdown_table(header, rows)
 
 
 def from_explicit_table(results: list[Results]) -> list[str]:
@@ -474,7 +441,7 @@ def from_explicit_table(results: list[Results]) -> list[str]:
                 spread([getattr(c, metric)[at] for c in runs]) for metric in ("train_ce", "test_ce", "test_accuracy")
             ]
             rows[-1] += ["", "", ""]
-    return markdown_table(header, rows)
+    return harness.markdown_table(header, rows)
 
 
 def from_random_table(results: list[Results]) -> list[str]:
@@ -492,7 +459,7 @@ def from_random_table(results: list[Results]) -> list[str]:
             row.append(steps_to_reach(runs, "test_ce", r.explicit.test_ce, higher_is_better=False))
             row.append(spread([c.test_accuracy[-1] for c in runs]))
             rows.append(row)
-    return markdown_table(header, rows)
+    return harness.markdown_table(header, rows)
 
 
 def two_layer_table(results: list[Results]) -> list[str]:
@@ -519,7 +486,7 @@ def two_layer_table(results: list[Results]) -> list[str]:
                 row += [spread([c.test_ce[-1] for c in group]), spread([c.train_ce[-1] for c in group])]
                 row += [steps_to_reach(group, "test_accuracy", t.warm_test_accuracy, higher_is_better=True)]
                 rows.append(row + [f"{np.mean([c.seconds for c in group]):.2f}"])
-    return markdown_table(header, rows)
+    return harness.markdown_table(header, rows)
 
 
 def claim_verdicts(results: list[Results]) -> list[str]:
@@ -566,22 +533,14 @@ def claim_verdicts(results: list[Results]) -> list[str]:
     return lines
 
 
-def write_report(
-    results: list[Results], settings: dict[str, Settings], notes: list[str], command: str, path: Path
-) -> None:
+def report_lines(results: list[Results], settings: dict[str, Settings], notes: list[str]) -> list[str]:
     hidden_sizes = sorted({s.hidden_size for s in settings.values()})
-    lines = [
-        "# Explicit softmax classifiers on digits (issue 6)",
-        "",
-        "Generated by `training/explicit_digits.py`: every number below comes from the run described here.",
+    return [
         "The explicit solution is `hf_saffu.explicit.solve_softmax` (SAFFU.md section 1) through",
         "`hf_saffu.explicit_classifier`. Gradient descent is full-batch, float64, on the mean training",
         "cross-entropy, without regularisation. CE is in nats; KL is the mean over test images of the divergence",
         "between the test predictions of the gradient-descent network and those of the explicit single layer.",
         "",
-        f"- Command: `{command}`",
-        f"- Commit: {git_revision()}",
-        f"- Machine: {machine_description()}",
         *[f"- Settings ({dataset}): {s}" for dataset, s in settings.items()],
         "- Features: `scaled` = pixel intensity / maximum intensity; `normalised` = scaled, then every row rescaled",
         "  to the mean training L1 mass K, so that the priming-number bias is exact (multinomial naive Bayes).",
@@ -595,16 +554,6 @@ def write_report(
         '"Only transiently" means the KL ends more than 1.5 times above its minimum.',
         "",
         *claim_verdicts(results),
-        "",
-        "Reading the numbers (no measurements in this paragraph): the explicit layer is multinomial naive Bayes;",
-        "claim 1 is judged on the unregularised training objective, whose optimum on separable training data lies",
-        "at infinity, so a gradient method that keeps going can leave any finite starting point far behind. The",
-        "KL from a random start first falls because the random network predicts almost uniformly and any network",
-        "that learns the task comes closer to an accurate classifier; whether it keeps falling is what says",
-        "gradient descent converges to the explicit solution. In the two-layer network, hidden units beyond the",
-        "number of classes get no label-embedding target; with `scaled` features (a varying L1 mass) their empty",
-        "columns get the bias -(K - 1) ln(D alpha) and win for light images, which can make the warm start alone",
-        "weaker than with `normalised` features.",
         "",
         "## 1. The explicit solution alone",
         "",
@@ -633,9 +582,33 @@ def write_report(
         *two_layer_table(results),
         "",
         "![curves](digits.png)" if results else "No dataset was available: no curves.",
-        "",
     ]
-    path.write_text("\n".join(lines))
+
+
+def summary(results: list[Results], settings: dict[str, Settings]) -> dict:
+    """The JSON results: settings, and per split the explicit solution's numbers and every (mean) curve."""
+    splits = []
+    for r in results:
+        e = r.explicit
+        splits.append(
+            {
+                "split": r.split.name,
+                "explicit": {
+                    k: getattr(e, k)
+                    for k in ("priming_number", "seconds", "train_accuracy", "test_accuracy", "train_ce", "test_ce")
+                },
+                "from_explicit": [asdict(c) for c in r.from_explicit],
+                "from_random": [asdict(mean) for mean, _ in r.from_random],
+                "two_layer_warm_start": {
+                    "seconds": r.two_layer.warm_seconds,
+                    "test_accuracy": r.two_layer.warm_test_accuracy,
+                    "test_ce": r.two_layer.warm_test_ce,
+                },
+                "two_layer_warm_started": [asdict(c) for c in r.two_layer.warm_started],
+                "two_layer_backprop_alone": [asdict(mean) for mean, _ in r.two_layer.backprop_alone],
+            }
+        )
+    return {"settings": {k: asdict(v) for k, v in settings.items()}, "splits": splits}
 
 
 def plot(results: list[Results], path: Path) -> None:
@@ -677,18 +650,15 @@ def plot(results: list[Results], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    harness.add_common_arguments(parser, data=False)
     parser.add_argument(
         "--quick", action="store_true", help="fewer steps and seeds, a smaller MNIST subset (about a minute)"
     )
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"], choices=["digits", "mnist"])
-    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "benchmarks")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (the matrices are small: 1 avoids overhead)"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    harness.start_run(args)
     start = time.perf_counter()
 
     settings, results, notes = {}, [], []
@@ -703,13 +673,19 @@ def main() -> None:
         settings[dataset] = dataset_settings
         results += [run_split(make_split(dataset, f, pixels), dataset_settings) for f in FEATURE_VARIANTS]
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     notes.append(f"Wall time of the whole run: {time.perf_counter() - start:.0f} s.")
-    command = " ".join(["python training/explicit_digits.py", *sys.argv[1:]])
-    write_report(results, settings, notes, command, args.output_dir / "DIGITS.md")
+    out = args.output_dir
+    title = "Explicit softmax classifiers on digits" + (" (--quick)" if args.quick else "")
+    harness.write_results(
+        out / "DIGITS.md",
+        out / "digits.json",
+        title,
+        report_lines(results, settings, notes),
+        summary(results, settings),
+    )
     if results:
-        plot(results, args.output_dir / "digits.png")
-    print(f"results written under {args.output_dir}", flush=True)
+        plot(results, out / "digits.png")
+    print(f"results written under {out}", flush=True)
 
 
 if __name__ == "__main__":
