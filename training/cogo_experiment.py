@@ -10,11 +10,11 @@
    normalising scale; the share of blocks matching a construction and the block orders are
    tabulated against weight decay.
 
-Writes a Markdown report (default benchmarks/COGO.md) with the exact command, the git commit
-and the machine.
+Writes benchmarks/COGO.md and cogo.json (or --output and its .json) with the command, the git commit
+and the machine, after every finished run.
 
-    python training/cogo_experiment.py            # full protocol: a few minutes on an idle 2-core CPU
-    python training/cogo_experiment.py --quick    # 1 seed, 3,000 steps, d ∈ {7, 23}: minutes
+    python -m training.cogo_experiment            # full protocol: a few minutes on an idle 2-core CPU
+    python -m training.cogo_experiment --quick    # 1 seed, 3,000 steps, d ∈ {7, 23}: minutes
 """
 
 import argparse
@@ -22,10 +22,6 @@ import ctypes
 import json
 import math
 import multiprocessing
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -45,7 +41,8 @@ from hf_saffu.cogo import (
 )
 from hf_saffu.cogo.analysis import read_network, summarize_readings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from . import harness
+
 PUBLISHED_WEIGHT_DECAYS = [1e-5, 5e-5, 1e-4, 2e-4, 5e-4]
 
 
@@ -63,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--factor-tolerance", type=float, default=0.1, help="relative spread of factor ratios")
     parser.add_argument("--pattern-tolerance", type=float, default=0.1, help="distance to a building block")
     parser.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "COGO.md")
+    parser.add_argument("--output", type=Path, default=harness.DEFAULT_OUTPUT_DIR / "COGO.md")
     parser.add_argument("--save-dir", type=Path, default=None, help="save every trained model (and run.json) here")
     parser.add_argument(
         "--reuse-saved", action="store_true", help="load runs already in --save-dir instead of training them again"
@@ -150,7 +147,7 @@ def train_one(job: dict) -> dict:
         record = json.loads((run_dir / "run.json").read_text())
     else:
         model, train_seconds = train_model(job)
-        record = {"train_seconds": train_seconds, "machine": machine_description(), "command": job["command"]}
+        record = {"train_seconds": train_seconds, "machine": job["machine"], "command": job["command"]}
         if run_dir is not None:
             model.save_pretrained(run_dir)
             (run_dir / "run.json").write_text(json.dumps({**job, "save_dir": None, **record}))
@@ -196,7 +193,8 @@ def run_training(args: argparse.Namespace, on_result) -> list[dict]:
             "pattern_tolerance": args.pattern_tolerance,
             "save_dir": args.save_dir,
             "reuse_saved": args.reuse_saved,
-            "command": command_line(),
+            "command": harness.command_line(),
+            "machine": harness.machine_description(),
         }
         for seed in args.seeds
         for weight_decay in args.weight_decays
@@ -225,10 +223,6 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance)
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
-
-
 def median(values: list[float], digits: int = 4) -> str:
     if not values:
         return "—"
@@ -238,37 +232,6 @@ def median(values: list[float], digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        memory = f", {pages * page_size / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError):
-        pass
-    gpu = f"{torch.cuda.get_device_name(0)} present but unused" if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu}, {os.cpu_count()} cores{memory}, {gpu} (all runs on CPU); {platform.platform()}; Python "
-        f"{platform.python_version()}, torch {torch.__version__}"
-    )
-
-
 def order_bucket(order: int) -> str:
     return str(order) if order in (0, 4, 6) else ("1-3" if order < 4 else ("5" if order == 5 else "≥7"))
 
@@ -276,91 +239,22 @@ def order_bucket(order: int) -> str:
 ORDER_BUCKETS = ["0", "1-3", "4", "5", "6", "≥7"]
 
 
-def discussion(by_decay: dict[float, list[dict]]) -> list[str]:
-    """Plain-language reading of the sweep; every number is computed from the runs."""
-
-    def pooled(runs: list[dict], key: str) -> int:
-        return sum(run["summary"][key] for run in runs)
-
-    runs = [run for group in by_decay.values() for run in group]
-    share = pooled(runs, "matched_blocks") / max(pooled(runs, "used_frequencies"), 1)
-    factorable_share = pooled(runs, "matched_blocks") / max(pooled(runs, "factorable_blocks"), 1)
-    comparison = "close to" if abs(factorable_share - 0.95) <= 0.05 else "below" if factorable_share < 0.95 else "above"
-    shares = {
-        decay: pooled(group, "matched_blocks") / max(pooled(group, "used_frequencies"), 1)
-        for decay, group in by_decay.items()
-    }
-    paragraphs = [
-        f"- Overall {share:.1%} of the used frequencies, and {factorable_share:.1%} of the factorable order-4/6 "
-        f"blocks, match a construction: {comparison} the paper's ≈95%. By weight decay: "
-        + ", ".join(f"{decay:g} → {value:.0%}" for decay, value in shares.items())
-        + "."
-    ]
-    if 5e-5 in by_decay:
-        group = by_decay[5e-5]
-        paragraphs.append(
-            "- The published analysis script (facebookresearch/luckmatters, ssl/real-dataset/cogo/factorize_sol.py) "
-            "reads nets trained with weight decay 5e-5 and divides matched by factorable blocks; that quantity is "
-            f"{pooled(group, 'matched_blocks')}/{pooled(group, 'factorable_blocks')} here."
-        )
-    unmatched = [r for run in runs for r in run["readings"] if r.order > 0 and r.construction is None]
-    matched = [r.residual for run in runs for r in run["readings"] if r.construction is not None]
-    if unmatched:
-        by_order = Counter(order_bucket(r.order) for r in unmatched)
-        forms = Counter(
-            " * ".join(r.factors) if r.factors else f"order {order_bucket(r.order)}, not factorised" for r in unmatched
-        )
-        common = ", ".join(f"{form}: {count}" for form, count in forms.most_common(3))
-        paragraphs.append(
-            f"- {len(unmatched)} blocks do not match (by order: "
-            + ", ".join(f"{bucket}: {by_order[bucket]}" for bucket in ORDER_BUCKETS if by_order[bucket])
-            + f"). Their median block residual is {median([r.residual for r in unmatched])} against "
-            f"{median(matched)} for matched blocks: "
-            + (
-                "they nearly solve their frequency on their own, yet do not factor into the listed building "
-                f"blocks within tolerance (most common: {common}): near-solutions of another form rather than "
-                "failed fits of the constructions."
-                if unmatched and float(median([r.residual for r in unmatched])) < 0.05
-                else "they are far from solving their frequency on their own (not converged)."
-            )
-        )
-    lowest, highest = min(by_decay), max(by_decay)
-
-    def order_share(decay: float, order: int) -> float:
-        orders = [r.order for run in by_decay[decay] for r in run["readings"]]
-        return sum(o == order for o in orders) / len(orders)
-
-    def mean_order(decay: float) -> float:
-        orders = [r.order for run in by_decay[decay] for r in run["readings"]]
-        return sum(orders) / len(orders)
-
-    trend = "rises" if order_share(highest, 4) > order_share(lowest, 4) else "does not rise"
-    paragraphs.append(
-        f"- Order against weight decay: the share of order-4 blocks {trend} from {order_share(lowest, 4):.0%} "
-        f"(wd {lowest:g}) to {order_share(highest, 4):.0%} (wd {highest:g}); mean order {mean_order(lowest):.2f} → "
-        f"{mean_order(highest):.2f} (the paper: larger weight decay favours lower-order solutions)."
-    )
-    return paragraphs
+TITLE = "CoGO: composed global optimizers vs gradient descent (modular addition)"
 
 
-def render_report(args: argparse.Namespace, constructions: list[dict], results: list[dict], seconds: float) -> str:
+def render_report(
+    args: argparse.Namespace, constructions: list[dict], results: list[dict], seconds: float
+) -> list[str]:
     planned = len(args.weight_decays) * len(args.seeds)
     status = "complete" if len(results) == planned else f"PARTIAL, {len(results)} of {planned} runs finished"
     lines = [
-        "# CoGO: composed global optimizers vs gradient descent (modular addition)",
-        "",
-        "Generated by `training/cogo_experiment.py`; every number below comes from the run recorded here.",
-        "",
-        f"- Command: `{command_line()}`",
-        f"- Git commit: `{git_commit()}` (working tree at run time; uncommitted files may differ)",
-        f"- Machine: {machine_description()}",
         *(
             f"- Gradient-descent runs trained earlier by `{command}` on: {machine} (models and training "
             "seconds loaded from --save-dir; losses, accuracies and readings recomputed here)"
             for command, machine in sorted({(r["training_command"], r["trained_on"]) for r in results})
-            if (command, machine) != (command_line(), machine_description())
+            if (command, machine) != (harness.command_line(), harness.machine_description())
         ),
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; wall time {seconds:.0f} s; status: {status}",
+        f"- wall time {seconds:.0f} s; status: {status}",
         "",
         "## 1. Closed-form constructions (float64, all d² pairs)",
         "",
@@ -483,8 +377,6 @@ def render_report(args: argparse.Namespace, constructions: list[dict], results: 
             f"| {median([r.residual for r in unmatched_blocks])} | {median(errors, digits=3)} |"
         )
 
-    lines += ["", "### Discussion (generated from the numbers above)", "", *discussion(by_decay)]
-
     example = by_decay[sorted(by_decay)[len(by_decay) // 2]][0]
     lines += [
         "",
@@ -510,7 +402,7 @@ def render_report(args: argparse.Namespace, constructions: list[dict], results: 
         "",
         "## 3. Seconds: constructing vs training",
         "",
-        f"Constructions were timed on: {machine_description()}. Gradient descent was timed on: "
+        f"Constructions were timed on: {harness.machine_description()}. Gradient descent was timed on: "
         f"{'; '.join(train_machines)} (one thread per run; several runs share the machine, so a run "
         "alone is faster).",
         "",
@@ -530,7 +422,7 @@ def render_report(args: argparse.Namespace, constructions: list[dict], results: 
         f"| all {len(results)} gradient-descent runs, summed | {train_total:.0f} |",
         f"| reading one trained net, mean | {sum(r['read_seconds'] for r in results) / max(len(results), 1):.2f} |",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> None:
@@ -541,7 +433,11 @@ def main(argv=None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
 
     def write_report(results: list[dict]) -> None:
-        args.output.write_text(render_report(args, constructions, results, time.perf_counter() - start))
+        lines = render_report(args, constructions, results, time.perf_counter() - start)
+        runs = [{k: v for k, v in r.items() if k != "readings"} for r in results]
+        payload = {"arguments": vars(args), "constructions": constructions, "runs": runs}
+        json_path = args.output.with_name(args.output.stem.lower() + ".json")
+        harness.write_results(args.output, json_path, TITLE, lines, payload)
 
     log(f"training {len(args.weight_decays) * len(args.seeds)} runs with {args.workers} workers")
     run_training(args, on_result=write_report)
