@@ -1,102 +1,267 @@
-"""Smoke tests of the benchmark scripts in training/ on a tiny slice of Brown (a few seconds each)."""
+"""Smoke tests of the training/ harness and scripts on tiny synthetic data (seconds each)."""
 
 import json
+import math
+import random
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
 
-TRAINING = Path(__file__).resolve().parents[1] / "training"
-sys.path.insert(0, str(TRAINING))
+from hf_saffu import SaffuConfig
 
-import ablate  # noqa: E402
-import benchmark  # noqa: E402
-import generation_benchmark  # noqa: E402
-from bench_common import BROWN_DIR, perplexity  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-pytestmark = pytest.mark.skipif(not (BROWN_DIR / "train.txt").is_file(), reason=f"no Brown data at {BROWN_DIR}")
+from training import ablate, benchmark, data_efficiency, generation_benchmark, harness  # noqa: E402
+from training.kneser_ney import KneserNeyLM  # noqa: E402
 
-TINY = benchmark.Settings(
-    vocab_size=512,
-    train_documents=300,
-    eval_documents=30,
-    budget_cpu_seconds=1.0,
-    curve_blocks=4,
-    batch_size=4,
-    gpt2_dims=32,
-    fractions=(0.5, 1.0),
-)
+WORDS = "the cat dog sat ran on under a mat log red big small quickly slowly".split()
+TINY_CONFIG = """
+train_files: [unused-the-harness-reads-data-dir.txt]
+tokenizer_vocab_size: 300
+block_size: 32
+embed_bits: 16
+hidden_bits: 16
+windows: [1, 4]
+use_document_context: true
+freeze_embeddings: false
+warm_start_max_tokens: 100000
+explicit_attention_iters: 1
+learning_rate: 0.03
+output_dir: unused
+seed: 0
+"""
 
 
 @pytest.fixture(autouse=True)
-def few_threads():
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-def test_benchmark_arms_and_report(tmp_path):
-    payload = benchmark.run(TINY, tmp_path)
+def sentences(count: int, seed: int) -> list[str]:
+    """Sentences from a word-level Markov chain (each word has two likely successors)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        word, words = rng.choice(WORDS), []
+        for _ in range(rng.randint(4, 12)):
+            words.append(word)
+            i = WORDS.index(word)
+            word = WORDS[(i + rng.choice([1, 1, 1, 3])) % len(WORDS)]
+        lines.append(" ".join(words))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """(data dir with train/validation/test.txt, a tiny training config)."""
+    root = tmp_path_factory.mktemp("corpus")
+    for split, count, seed in (("train", 300, 0), ("validation", 30, 1), ("test", 30, 2)):
+        (root / f"{split}.txt").write_text("\n".join(sentences(count, seed)) + "\n")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    return root, config
+
+
+def packed(ids: torch.Tensor, mask: torch.Tensor) -> Dataset:
+    labels = ids.masked_fill(mask == 0, -100)
+    return Dataset.from_dict({"input_ids": ids, "attention_mask": mask, "labels": labels}).with_format("torch")
+
+
+# -- Kneser-Ney -------------------------------------------------------------------------------------
+
+
+def markov_blocks(vocab: int, blocks: int, length: int, seed: int) -> torch.Tensor:
+    """Blocks of a Markov chain whose next token is (previous + 1) mod V with probability 0.8."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(blocks, length, dtype=torch.int64)
+    ids[:, 0] = torch.randint(0, vocab, (blocks,), generator=generator)
+    for t in range(1, length):
+        jump = torch.rand(blocks, generator=generator) < 0.8
+        ids[:, t] = torch.where(
+            jump, (ids[:, t - 1] + 1) % vocab, torch.randint(0, vocab, (blocks,), generator=generator)
+        )
+    return ids
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_kneser_ney_is_a_distribution(order):
+    """sum_w P(w | h) = 1 for seen, unseen and short histories."""
+    vocab = 9
+    ids = markov_blocks(vocab, 20, 16, seed=order)
+    mask = torch.ones_like(ids)
+    mask[0, 10:] = 0  # a padded tail
+    model = KneserNeyLM(order, vocab).fit(ids, mask)
+    contexts = [list(ids[1, 3 : 3 + order - 1]), [0] * (order - 1), [8, 7, 6][: order - 1], [5]]
+    for context in contexts:
+        context = [int(t) for t in context][-(order - 1) :] if order > 1 else []
+        histories = []
+        for k in range(1, order):
+            if k <= len(context):
+                key = 0
+                for token in context[-k:]:
+                    key = key * vocab + token
+                histories.append(torch.full((vocab,), key))
+            else:
+                histories.append(torch.full((vocab,), -1))
+        total = model.log_probs(histories, torch.arange(vocab)).exp().sum().item()
+        assert total == pytest.approx(1.0, abs=1e-9), (order, context)
+
+
+def test_kneser_ney_bigram_beats_unigram_on_a_markov_chain():
+    vocab = 12
+    train, test = markov_blocks(vocab, 200, 32, seed=0), markov_blocks(vocab, 40, 32, seed=1)
+    mask, test_mask = torch.ones_like(train), torch.ones_like(test)
+    unigram = KneserNeyLM(1, vocab).fit(train, mask).perplexity(test, test_mask)
+    bigram = KneserNeyLM(2, vocab).fit(train, mask).perplexity(test, test_mask)
+    true = math.exp(
+        -(0.8 + 0.2 / vocab) * math.log(0.8 + 0.2 / vocab) - (vocab - 1) * 0.2 / vocab * math.log(0.2 / vocab)
+    )
+    assert unigram == pytest.approx(vocab, rel=0.05)  # the chain's stationary distribution is uniform
+    assert bigram < 0.5 * unigram
+    assert true <= bigram < 1.05 * true
+
+
+# -- harness --------------------------------------------------------------------------------------
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size_on_the_ngram_tokens():
+    """harness.perplexity and the additive bigram score the same predicted tokens (those Kneser-Ney scores)."""
+    vocab = 16
+    ids = markov_blocks(vocab, 6, 10, seed=3)
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    data = packed(ids, mask)
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, vocab)})()
+
+    assert harness.perplexity(Uniform(), data, batch_size=4) == pytest.approx(vocab, rel=1e-6)
+    counts = harness.bigram_counts(data, vocab)
+    assert harness.bigram_perplexity(counts, data, vocab, alpha=1e12) == pytest.approx(vocab, rel=1e-6)
+    predicted = len(harness.pair_keys(data, vocab))
+    assert predicted == int((mask[:, 1:] & mask[:, :-1]).sum()) == 6 * 9 - 3
+
+
+def test_warm_start_batches_cap_like_the_trainer():
+    ids = torch.arange(10 * 16).reshape(10, 16)
+    batches = harness.warm_start_batches(packed(ids, torch.ones_like(ids)), max_tokens=40, batch_size=2)
+    assert len(batches) == 2  # ceil(40 / 16) = 3 blocks in batches of 2
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 1]
+    assert set(next(iter(batches))) == {"input_ids", "attention_mask"}
+
+
+def test_read_config_uses_the_cli_parser(corpus):
+    _, config = corpus
+    recipe = harness.read_config(config)
+    assert recipe.model["windows"] == [1, 4] and recipe.model["embed_bits"] == 16
+    assert recipe.vocab_size == 300 and recipe.block_size == 32 and recipe.learning_rate == 0.03
+    default = harness.read_config()  # configs/brown.yaml: a valid SaffuConfig
+    assert SaffuConfig(vocab_size=300, **default.model).windows == default.model["windows"]
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir"):
+        harness.data_dir_or_exit(tmp_path)
+
+
+def test_results_files_name_command_and_commit(tmp_path):
+    run = harness.write_results(tmp_path / "R.md", tmp_path / "r.json", "Title", ["body"], {"x": 1})
+    text = (tmp_path / "R.md").read_text()
+    assert text.startswith("# Title") and run["commit"] in text and "- command: `python" in text
+    assert json.loads((tmp_path / "r.json").read_text()) == {"run": run, "x": 1}
+    assert harness.markdown_table(["a", "b"], [[1, 2]]) == ["| a | b |", "|---|---:|", "| 1 | 2 |"]
+
+
+def test_cpu_budget_stops_training_and_records_the_curve(corpus):
+    data_dir, config = corpus
+    recipe = harness.read_config(config)
+    tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
+    model = harness.saffu_model(tokenizer, recipe.model)
+    budget = harness.Budget(1.0, (0.5, 100.0), batch_size=4, curve_blocks=2)
+    result = harness.train_with_budget(model, data, budget, recipe.learning_rate)
+    assert result["curve"][0]["step"] == 0 and result["curve"][-1]["step"] == result["steps"] >= 1
+    assert result["cpu_seconds"] < 10
+    assert all(p["cpu_seconds"] <= 100 for p in result["curve"])  # the 100 CPU-s point is past the budget
+    assert 1 < result["validation_perplexity"] < float("inf")
+
+
+# -- scripts, end to end on the tiny corpus ------------------------------------------------------------
+
+
+def test_benchmark_script(corpus, tmp_path):
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    payload = benchmark.main([*argv, "--budget-cpu-seconds", "0.5", "--gpt2-dims", "16", "--eval-checkpoints", "0.2"])
     arms = [r["arm"] for r in payload["results"]]
     assert arms == [
-        "bigram",
+        "additive bigram",
+        "Kneser-Ney 2-gram",
+        "Kneser-Ney 3-gram",
+        "Kneser-Ney 4-gram",
         "SAFFU warm start",
-        "SAFFU warm start, hidden priming 8",
         "SAFFU backprop only",
         "SAFFU warm start + backprop",
         "GPT-2",
     ]
-    for result in payload["results"]:
-        assert result["validation_perplexity"] > 1 and result["test_perplexity"] > 1
-    gpt2, saffu = payload["results"][-1], payload["results"][3]
-    assert gpt2["parameters"] <= saffu["parameters"]
-    assert len(gpt2["curve"]) >= 2 and gpt2["curve"][0]["step"] == 0
+    ppl = {r["arm"]: r["validation_perplexity"] for r in payload["results"]}
+    assert ppl["Kneser-Ney 2-gram"] < ppl["additive bigram"] * 1.5 and all(p > 1 for p in ppl.values())
+    assert payload["settings"]["eval_checkpoints"] == [0.2] or payload["settings"]["eval_checkpoints"] == (0.2,)
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| GPT-2 |" in report and "met" in report
+    assert "| Kneser-Ney 3-gram |" in report and "python -m training.benchmark" in report
+    assert json.loads((tmp_path / "brown.json").read_text())["run"]["command"].startswith("python -m training")
     assert (tmp_path / "brown.png").stat().st_size > 0
 
 
-def test_bigram_matches_the_model_perplexity_definition():
-    """The bigram scores exactly the tokens `perplexity` scores: a uniform model gives ppl = V."""
-    tokenizer, data = benchmark.brown_data(512, 128, train_documents=100, eval_documents=10)
-
-    class Uniform(torch.nn.Module):
-        def forward(self, input_ids, attention_mask):
-            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 512)})()
-
-    assert perplexity(Uniform(), data["validation"]) == pytest.approx(512, rel=1e-5)
-    counts = benchmark.bigram_counts(data["train"], 512)
-    assert benchmark.bigram_perplexity(counts, data["validation"], 512, alpha=1e9) == pytest.approx(512, rel=1e-4)
+def test_data_efficiency_script(corpus, tmp_path):
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    rows = data_efficiency.main([*argv, "--fractions", "0.5", "1", "--budget-cpu-seconds", "0.3"])
+    assert [r["fraction"] for r in rows] == [0.5] * 3 + [1.0] * 3
+    assert rows[0]["train_tokens"] < rows[3]["train_tokens"]
+    assert (tmp_path / "DATA_EFFICIENCY.md").is_file() and (tmp_path / "data_efficiency.json").is_file()
 
 
-def test_data_efficiency(tmp_path):
-    payload = benchmark.run(replace(TINY, budget_cpu_seconds=0.5), tmp_path, data_efficiency=True)
-    assert [r["fraction"] for r in payload["rows"]] == [0.5] * 3 + [1.0] * 3
-    assert (tmp_path / "DATA_EFFICIENCY.md").is_file()
-
-
-def test_ablation_is_resumable(tmp_path):
-    assert len(ablate.grid()) >= 50
-    argv = ["--limit", "1", "--train-documents", "200", "--vocab-size", "512", "--warm-start-max-tokens", "3000"]
-    argv += ["--eval-blocks", "4", "--output-dir", str(tmp_path)]
-    first = ablate.main(argv)
-    second = ablate.main([*argv, "--diagnose-steps", "1"])
-    assert len(first) == 1 and len(second) == 2
+def test_ablation_centres_on_the_config_and_resumes(corpus, tmp_path):
+    data_dir, config = corpus
+    base = ablate.default_config(harness.read_config(config))
+    assert base["windows"] == [1, 4] and base["embed_bits"] == 16  # from the config, not restated defaults
+    assert len(ablate.grid(base)) >= 50 and ablate.grid(base)[0] == base
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    argv += ["--limit", "1", "--eval-blocks", "4", "--warm-start-max-tokens", "2000"]
+    assert len(ablate.main(argv)) == 1
+    assert len(ablate.main([*argv, "--diagnose-steps", "1"])) == 2
     lines = (tmp_path / "ablation.jsonl").read_text().splitlines()
-    assert [json.loads(line)["config"] for line in lines] == ablate.grid()[:2]
-    report = (tmp_path / "ABLATION.md").read_text()
-    assert "| 1 |" in report and "| output O |" in report
+    assert [json.loads(line)["config"] for line in lines] == ablate.grid(base)[:2]
+    assert "| output O |" in (tmp_path / "ABLATION.md").read_text()
 
 
-def test_generation_benchmark_rows():
-    model = generation_benchmark.saffu()
-    gpt2 = generation_benchmark.matching_gpt2(sum(p.numel() for p in model.parameters()), positions=32)
-    assert sum(p.numel() for p in gpt2.parameters()) == generation_benchmark.gpt2_parameters(gpt2.config)
+def test_generation_benchmark_rows(corpus):
+    recipe = harness.read_config(corpus[1])
+    model = generation_benchmark.saffu(recipe)
+    gpt2 = generation_benchmark.matching_gpt2(recipe.vocab_size, harness.count_parameters(model), positions=32)
+    assert harness.count_parameters(gpt2) == generation_benchmark.gpt2_parameters(gpt2.config)
     rows = generation_benchmark.measure({"SAFFU": model, "GPT-2": gpt2}, [4, 16], new_tokens=3, repeats=1)
     saffu_bytes = {r["state_bytes"] for r in rows if r["model"] == "SAFFU"}
     gpt2_bytes = [r["state_bytes"] for r in rows if r["model"] == "GPT-2"]
     assert len(saffu_bytes) == 1 and gpt2_bytes[1] == 4 * gpt2_bytes[0]
-    assert "met" in generation_benchmark.verdicts(rows)[0]
+    assert generation_benchmark.targets(rows)[0]["met"]
+
+
+def test_datasets_dict_is_what_the_harness_packs(corpus):
+    data_dir, config = corpus
+    tokenizer, data = harness.load_data(data_dir, 300, 32, train_documents=50, eval_documents=5)
+    assert isinstance(data, DatasetDict) and set(data) == {"train", "validation", "test"}
+    assert data["train"][0]["input_ids"].shape == (32,) and len(tokenizer) <= 300

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--report-only", action="store_true", help="only rewrite the results from the JSONL")
     parser.add_argument("--diagnose-steps", type=int, help="run the sub-layer diagnosis with this many AdamW steps")
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     data_dir = harness.data_dir_or_exit(args.data_dir)
     recipe = harness.read_config(args.config)
     recipe = replace(recipe, vocab_size=args.vocab_size or recipe.vocab_size)

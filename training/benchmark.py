@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gpt2-learning-rate", type=float)
     parser.add_argument("--gpt2-dims", type=int)
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     data_dir = harness.data_dir_or_exit(args.data_dir)
     settings = QUICK if args.quick else Settings()
     overrides = {

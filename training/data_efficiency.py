@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-documents", type=int)
     parser.add_argument("--eval-documents", type=int)
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     data_dir = harness.data_dir_or_exit(args.data_dir)
     recipe = harness.read_config(args.config)
     quick = {"train_documents": 8000, "eval_documents": 600, "budget": 40.0} if args.quick else {}

@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"], choices=["digits", "mnist"])
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     start = time.perf_counter()
 
     settings, results, notes = {}, [], []

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     recipe = harness.read_config(args.config)
     config = SaffuConfig(vocab_size=recipe.vocab_size, **recipe.model)
     result = measure(config, args.batch_size, args.length, args.repeats)

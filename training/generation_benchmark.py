@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config", type=Path, default=harness.DEFAULT_CONFIG, help="training config of the SAFFU")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    harness.start_run(args)
+    harness.start_run(args, argv, __name__)
     torch.manual_seed(0)
     lengths = [16, 64, 256] if args.quick else [16, 64, 256, 1024, 2048]
     new_tokens, repeats = (16, 1) if args.quick else (128, 7)

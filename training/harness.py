@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,10 +62,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, threads: int = 1, data
     parser.add_argument("--threads", type=int, default=threads, help="torch threads (CPU time sums over them)")
 
 
-def start_run(args: argparse.Namespace) -> None:
-    """Set torch threads and note the commit the run starts from (cached for its results file)."""
+_CALLED_AS: list[str] = []  # `python -m MODULE ARGV` of a script's main(argv) called from Python
+
+
+def start_run(args: argparse.Namespace, argv: list[str] | None = None, module: str | None = None) -> None:
+    """Set torch threads and note the commit the run starts from (cached for its results file); a script's
+    `main(argv)` called from Python (argv not None) is recorded as `python -m MODULE ARGV`."""
     torch.set_num_threads(args.threads)
     git_revision()
+    _CALLED_AS[:] = [] if argv is None or module is None else ["python", "-m", module, *argv]
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -216,6 +222,8 @@ def machine_description() -> str:
 
 def command_line() -> str:
     """The running command as typed from the repo root: `python -m training.NAME ...` for a script here."""
+    if _CALLED_AS:
+        return shlex.join(_CALLED_AS)
     script = Path(sys.argv[0]).resolve()
     if script.parent == REPO_ROOT / "training":
         head = f"python -m training.{script.stem}"
