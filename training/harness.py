@@ -83,7 +83,7 @@ def data_dir_or_exit(data_dir: Path | None) -> Path:
     if missing:
         raise SystemExit(
             f"error: no {', '.join(missing)} in {data_dir}: pass --data-dir DIR with train.txt, validation.txt and "
-            "test.txt, one document a line (Brown: NLTK's `brown` corpus, one sentence a line, split 80/10/10)"
+            "test.txt, one document a line (Brown: NLTK's `brown` corpus, one sentence a line, split about 80/10/10)"
         )
     return data_dir
 
