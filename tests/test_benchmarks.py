@@ -1,11 +1,13 @@
 """Smoke tests of the training/ harness and scripts on tiny synthetic data (seconds each)."""
 
+import dataclasses
 import json
 import math
 import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
@@ -265,3 +267,19 @@ def test_datasets_dict_is_what_the_harness_packs(corpus):
     tokenizer, data = harness.load_data(data_dir, 300, 32, train_documents=50, eval_documents=5)
     assert isinstance(data, DatasetDict) and set(data) == {"train", "validation", "test"}
     assert data["train"][0]["input_ids"].shape == (32,) and len(tokenizer) <= 300
+
+
+def test_explicit_digits_report_and_targets():
+    from training import explicit_digits as digits
+
+    settings = digits.Settings(finetune_steps=2, random_steps=2, lbfgs_iterations=1, seeds=1, eval_every=1)
+    settings = dataclasses.replace(settings, learning_rates=(0.1,), train_size=200)
+    split = digits.make_split("digits", "normalised", digits.load_pixels("digits", settings))
+    results = [digits.run_split(split, settings)]
+    targets = digits.claim_targets(results)
+    assert len(targets) == 3 and all(isinstance(t["met"], bool | np.bool_) for t in targets)
+    lines = digits.report_lines(results, {"digits": settings}, [])
+    assert "| digits / normalised: gradient descent improves the explicit solution only marginally (claim 1) |" in (
+        "\n".join(lines)
+    )
+    assert json.dumps(digits.summary(results, {"digits": settings}), default=str)
