@@ -21,43 +21,49 @@ class SaffuConfig(PreTrainedConfig):
 
         s_t = X_t v_t,   a_t = softmax(s_t W + c),   z_t = a_t X_t,   h_t = softmax(z_t U + b)
 
-    and concatenates the hidden distributions, H_t = [h_t^1 ... h_t^C]. The next layer reads H_t / C;
-    the last one predicts the next token with logits = H_t O + b_O.
+    and concatenates the hidden distributions, H_t = [h_t^1 ... h_t^C]. The next layer reads H_t / C; the
+    head predicts the next token with logits = ln(H_t) O + b_O + v_t Q (`log_hidden_head`, `pivot_head`) or,
+    in the paper's form, logits = H_t O + b_O.
+
+    The defaults are this project's explicit warm start (docs/DESIGN.md): anchored codes, class targets, a
+    log-reading head with a pivot path and discounted counts. `SaffuConfig(**SaffuConfig.PAPER_FORM)` gives
+    the published forms (frequency-rank codes, bit-cipher label targets, a probability-reading head, the
+    additive floor), so results stay comparable.
 
     Args:
         vocab_size (`int`): number of tokens.
         embed_bits (`int`): width of the bit-cipher token embeddings; needs 2^embed_bits - 1 >= vocab_size.
-        hidden_bits (`int`): width of every context's hidden distribution (the bit-cipher label
-            embeddings used as hidden targets in the explicit warm start); needs 2^hidden_bits - 1 >= vocab_size.
+        hidden_bits (`int`): width of every context's hidden distribution (the number of token classes, or of
+            label-code bits, used as hidden targets in the explicit warm start); needs 2^hidden_bits - 1 >=
+            vocab_size.
         windows (`list[int]`): sizes K of the window contexts (the last K positions, pivot included).
         use_document_context (`bool`): add the running mean of the document's inputs as a context.
         num_layers (`int`): number of stacked SAFFU layers.
+        embedding_codes (`str`): which bit-cipher code each token gets in the explicit warm start.
+            `"frequency_rank"` (paper): the code of its frequency rank. `"anchored"`: the same code levels, but
+            bit i stands for the i-th most frequent token and a rarer token sets the bits of the frequent
+            tokens whose successors resemble its own (`hf_saffu.token_classes`).
+        hidden_targets (`str`): the local targets of the hidden layers in the explicit warm start.
+            `"bit_cipher"` (paper): the next token's `hidden_bits`-bit label code. `"clusters"`: the one-hot
+            class of the next token among `hidden_bits` classes of tokens with similar predecessors, so h_t
+            is a distribution over next-token classes.
+        log_hidden_head (`bool`): the head reads ln H_t instead of H_t: a product of the contexts' hidden
+            distributions. With class targets the warm start sets O and b_O to the class-based factorisation
+            logits_y = beta sum_c (ln h^c(k(y)) - ln pi(k(y))) + ln P(y) (`hf_saffu.warm_start`).
+        pivot_head (`bool`): a direct path from the pivot's embedding to the logits, logits += v_t Q (Q:
+            embed_bits x vocab_size). Its explicit solution is ln P(y | pivot bits): for a pivot with a one-bit
+            code, the (discounted) bigram row of that token; it then replaces ln P(y) in the bias.
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
+        explicit_discount (`float`, *optional*): absolute discount D of every explicit solution,
+            ln(max(F - D, 0) + (R + alpha) pi), the closed form behind Kneser-Ney
+            (`hf_saffu.explicit.discounted_counts`); `None` (paper): the additive floor ln(F + alpha).
+        explicit_context_weight (`float`): weight beta of every context's class evidence in a log-reading
+            head; 1 is naive Bayes over the contexts, which overlap, so smaller weights are better calibrated.
         explicit_hidden_priming (`float` or `"features"`, *optional*): priming number K of every hidden layer's
             explicit solution. `None`: K = mean ||z_t||_1 = 1, so U = ln(F + alpha). A number K treats each z_t
             as K observations (naive Bayes): U = K ln(F + alpha), b = -(K - 1) ln phi, a sharper hidden
             distribution. `"features"` (the authors' account: the number of features behind one prediction):
             per context, K = the mean number of inputs z_t mixes (valid window positions; document length).
-        explicit_discount (`float`, *optional*): `None`: the additive floor ln(F + alpha). A value D: absolute
-            discounting with back-off to the column marginal, ln(max(F - D, 0) + (R + alpha) pi) (the closed
-            form behind Kneser-Ney; `hf_saffu.explicit.discounted_counts`).
-        embedding_codes (`str`): which bit-cipher code each token gets in the explicit warm start.
-            `"frequency_rank"` (the paper's form): the code of its frequency rank. `"anchored"`: the same code
-            levels, but bit i stands for the i-th most frequent token and a rarer token sets the bits of the
-            frequent tokens whose successors resemble its own.
-        hidden_targets (`str`): the local targets of the hidden layers in the explicit warm start.
-            `"bit_cipher"` (the paper's form): the next token's `hidden_bits`-bit bit-cipher label code.
-            `"clusters"`: the one-hot class of the next token among `hidden_bits` classes of tokens with
-            similar predecessors (counted in the warm start), so h_t is a distribution over next-token classes.
-        log_hidden_head (`bool`): the language-model head reads ln H_t instead of H_t, logits = ln(H_t) O + b_O:
-            a product of the contexts' hidden distributions. With class targets the warm start sets
-            O and b_O to the class-based factorisation P(y | ctx) = P(y | class(y)) prod_c h^c(class(y)) / ...
-        pivot_head (`bool`): add a direct path from the pivot's embedding to the logits, logits += v_t Q
-            (Q: embed_bits x vocab_size). Its explicit solution is ln P(y | pivot): for a pivot with a one-bit
-            code, the (discounted) bigram row of that token.
-        explicit_context_weight (`float`): weight beta of every context's class evidence in the explicit
-            solution of a log-reading head, logits_y = beta sum_c (ln h^c(k(y)) - ln pi(k(y))) + ...; 1 is
-            naive Bayes over the contexts (they overlap, so smaller weights are better calibrated).
         freeze_embeddings (`bool`): keep the bit-cipher embeddings fixed during backprop.
         contextual_embeddings (`bool`): the warm start replaces the bit-cipher vectors by contextual ones
             (the normalised sum of the neighbours' codes within `contextual_radius`).
@@ -66,24 +72,32 @@ class SaffuConfig(PreTrainedConfig):
         warm_started (`bool`): set by the explicit warm start, so it is not redone after reloading.
     """
 
+    PAPER_FORM = {
+        "embedding_codes": "frequency_rank",
+        "hidden_targets": "bit_cipher",
+        "log_hidden_head": False,
+        "pivot_head": False,
+        "explicit_discount": None,
+    }
+
     model_type = "saffu"
 
     def __init__(
         self,
         vocab_size: int = 8192,
-        embed_bits: int = 64,
-        hidden_bits: int = 128,
-        windows: list[int] | tuple[int, ...] = (1, 4, 16),
+        embed_bits: int = 384,
+        hidden_bits: int = 96,
+        windows: list[int] | tuple[int, ...] = (4, 16),
         use_document_context: bool = True,
         num_layers: int = 1,
         explicit_smoothing: float = 1e-2,
         explicit_hidden_priming: float | str | None = None,
-        explicit_discount: float | None = None,
-        embedding_codes: str = "frequency_rank",
-        hidden_targets: str = "bit_cipher",
-        log_hidden_head: bool = False,
-        pivot_head: bool = False,
-        explicit_context_weight: float = 1.0,
+        explicit_discount: float | None = 0.75,
+        embedding_codes: str = "anchored",
+        hidden_targets: str = "clusters",
+        log_hidden_head: bool = True,
+        pivot_head: bool = True,
+        explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
         contextual_radius: int = 2,

@@ -7,7 +7,7 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 import itertools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -32,43 +32,56 @@ from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
 
 
+def architecture_field(help: str):
+    """A `ModelArguments` field left unset by default: `SaffuConfig`'s own default then applies."""
+    return field(default=None, metadata={"help": f"{help} (default: SaffuConfig's)"})
+
+
 @dataclass
 class ModelArguments:
-    """The SAFFU architecture (see `SaffuConfig`), or a saved model to continue from."""
+    """The SAFFU architecture (the `SaffuConfig` fields a run sets; see its docstring), or a saved model to
+    continue from."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "continue from this saved model"})
-    embed_bits: int = field(default=64, metadata={"help": "bit-cipher embedding width"})
-    hidden_bits: int = field(default=128, metadata={"help": "hidden distribution width per context"})
-    windows: list[int] = field(default_factory=lambda: [1, 4, 16], metadata={"help": "window context sizes"})
-    use_document_context: bool = field(default=True, metadata={"help": "add the running document mean context"})
-    num_layers: int = field(default=1, metadata={"help": "stacked SAFFU layers"})
-    explicit_smoothing: float = field(default=1e-2, metadata={"help": "additive floor alpha in ln(F + alpha)"})
-    explicit_hidden_priming: float | None = field(
-        default=None,
-        metadata={"help": "priming number K of the hidden layers' explicit solution (None: the paper's K = 1)"},
+    embed_bits: int | None = architecture_field("bit-cipher embedding width")
+    hidden_bits: int | None = architecture_field("hidden distribution width per context")
+    windows: list[int] | None = architecture_field("window context sizes")
+    use_document_context: bool | None = architecture_field("add the running document mean context")
+    num_layers: int | None = architecture_field("stacked SAFFU layers")
+    embedding_codes: str | None = architecture_field("bit-cipher code assignment: frequency_rank or anchored")
+    hidden_targets: str | None = architecture_field("hidden-layer targets of the warm start: bit_cipher or clusters")
+    log_hidden_head: bool | None = architecture_field("the head reads ln H")
+    pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
+    explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
+    explicit_discount: float | None = architecture_field("absolute discount D of the explicit solutions")
+    explicit_context_weight: float | None = architecture_field("weight of the contexts' class evidence")
+    explicit_hidden_priming: str | None = architecture_field(
+        "priming number K of the hidden layers' explicit solution: a number or 'features'"
     )
-    freeze_embeddings: bool = field(default=True, metadata={"help": "keep the bit-cipher embeddings fixed"})
-    contextual_embeddings: bool = field(default=False, metadata={"help": "contextual bit-cipher embeddings"})
-    contextual_radius: int = field(default=2, metadata={"help": "radius of the contextual embeddings"})
+    freeze_embeddings: bool | None = architecture_field("keep the bit-cipher embeddings fixed")
+    contextual_embeddings: bool | None = architecture_field("contextual bit-cipher embeddings")
+    contextual_radius: int | None = architecture_field("radius of the contextual embeddings")
 
     def __post_init__(self):
         if self.model_name_or_path is None:  # check the architecture now, before any data is read
             SaffuConfig(vocab_size=1, **self.config_kwargs())
 
     def config_kwargs(self) -> dict:
-        names = (
-            "embed_bits",
-            "hidden_bits",
-            "windows",
-            "use_document_context",
-            "num_layers",
-            "explicit_smoothing",
-            "explicit_hidden_priming",
-            "freeze_embeddings",
-            "contextual_embeddings",
-            "contextual_radius",
-        )
-        return {name: getattr(self, name) for name in names}
+        """The `SaffuConfig` keyword arguments this run sets (unset fields keep SaffuConfig's defaults)."""
+        kwargs = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "model_name_or_path" and getattr(self, f.name) is not None
+        }
+        priming = kwargs.get("explicit_hidden_priming")
+        if priming is not None and priming != "features":
+            try:
+                kwargs["explicit_hidden_priming"] = float(priming)
+            except ValueError:
+                raise ValueError(
+                    f"explicit_hidden_priming must be a number or 'features', got {priming!r}"
+                ) from None
+        return kwargs
 
 
 def yaml_to_flags(config: dict) -> list[str]:

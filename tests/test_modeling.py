@@ -132,8 +132,11 @@ def test_shapes_and_loss():
     assert output.loss.ndim == 0 and torch.isfinite(output.loss)
     assert len(output.hidden_states) == 3  # embeddings + 2 layers
     assert output.hidden_states[-1].shape == (3, 11, 3 * 10)
-    # every layer output is a concatenation of C distributions
-    assert torch.allclose(output.hidden_states[-1].sum(-1), torch.full((3, 11), 3.0), atol=1e-5)
+    # every layer output is a concatenation of C distributions; the head reads the last one's logarithm
+    assert torch.allclose(output.hidden_states[1].sum(-1), torch.full((3, 11), 3.0), atol=1e-5)
+    assert torch.allclose(output.hidden_states[-1].exp().sum(-1), torch.full((3, 11), 3.0), atol=1e-5)
+    paper = tiny_model(**SaffuConfig.PAPER_FORM)(ids, output_hidden_states=True)
+    assert torch.allclose(paper.hidden_states[-1].sum(-1), torch.full((3, 11), 3.0), atol=1e-5)
 
 
 @pytest.mark.parametrize("position", [0, 4, 9])
@@ -205,8 +208,9 @@ def test_decoding_state_has_constant_size():
 
 
 def sharp_model(**overrides) -> SaffuForCausalLM:
-    """Weights large enough that every logit matters: a stale or empty state changes them by O(1)."""
-    return tiny_model(initializer_range=3.0, **overrides)
+    """Weights large enough that every logit matters (a stale or empty state changes them by O(1)), in float64
+    so that a 1e-5 tolerance measures the state, not float32 rounding of logits of size ~100."""
+    return tiny_model(initializer_range=3.0, **overrides).double()
 
 
 def recomputed_logits(model, sequences: torch.Tensor, prompt_length: int, mask: torch.Tensor | None = None):
@@ -226,6 +230,7 @@ def assert_generation_matches_recompute(model, prompt, mask=None, **kwargs):
     expected = recomputed_logits(model, out.sequences, prompt.shape[1], mask)
     assert len(out.logits) == len(expected) > 0
     for step, (cached, full) in enumerate(zip(out.logits, expected, strict=True)):
+        full = full.to(cached.dtype)  # generate() returns float32 logits
         assert torch.allclose(cached, full, atol=1e-5), f"step {step}: max diff {(cached - full).abs().max():.3g}"
     return out
 
@@ -278,7 +283,7 @@ def test_beam_search_scores_equal_a_full_recompute():
     # with length_penalty 0 a beam's score is the sum of its tokens' log-probabilities
     log_probs = torch.log_softmax(model(cached.sequences, use_cache=False).logits[:, :-1], dim=-1)
     token_log_probs = log_probs.gather(-1, cached.sequences[:, 1:, None])[:, prompt.shape[1] - 1 :, 0]
-    assert torch.allclose(token_log_probs.sum(-1), cached.sequences_scores, atol=1e-4)
+    assert torch.allclose(token_log_probs.sum(-1).to(cached.sequences_scores.dtype), cached.sequences_scores, atol=1e-4)
 
 
 def test_decoding_state_is_accepted_under_both_names():
@@ -321,7 +326,9 @@ def test_trust_remote_code_without_the_package(tmp_path):
         sys.meta_path.insert(0, BlockHfSaffu())
         import torch
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            {str(tmp_path / "model")!r}, trust_remote_code=True, dtype=torch.float64
+        ).eval()
         assert "hf_saffu" not in sys.modules
         reference = torch.load({str(tmp_path / "reference.pt")!r})
         assert torch.equal(model(reference["ids"]).logits, reference["logits"]), "logits differ"
@@ -329,7 +336,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
         out = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id={PAD},
                              output_logits=True, return_dict_in_generate=True)
         for end, cached in enumerate(out.logits, start=prompt.shape[1]):
-            full = model(out.sequences[:, :end], use_cache=False).logits[:, -1]
+            full = model(out.sequences[:, :end], use_cache=False).logits[:, -1].float()
             assert torch.allclose(cached, full, atol=1e-5), f"cached generation differs at length {{end}}"
         print("remote code ok", type(model).__module__)
         """
