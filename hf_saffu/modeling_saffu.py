@@ -297,7 +297,13 @@ class SaffuPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Bit-cipher embeddings (frequency rank = token id until the warm start counts tokens);
-        normal(0, initializer_range) dense weights and zero biases."""
+        normal(0, initializer_range) dense weights and zero biases.
+
+        `config.warm_started` follows the weights: a freshly initialised layer (a model built from a config,
+        or a weight missing from a checkpoint) resets it; `from_pretrained` initialises only missing weights,
+        so a complete warm-started checkpoint keeps it."""
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            self.config.warm_started = False
         if isinstance(module, nn.Embedding):
             ranks = torch.arange(module.num_embeddings)
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
