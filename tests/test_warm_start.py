@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import DataArguments, load_text_datasets, pack_documents, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
-from hf_saffu.train import ModelArguments, config_for_tokenizer, parse_arguments, run_training
+from hf_saffu.model_card import TrainingRunInfo, build_model_card
+from hf_saffu.train import ModelArguments, config_for_tokenizer, parse_arguments, run_info_from_results, run_training
 from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, ExplicitTrainingArguments, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -255,6 +256,40 @@ def test_text_shorter_than_a_window_is_a_clear_error(tmp_path):
     data_args = DataArguments(train_files=[short], validation_files=[short], tokenizer_vocab_size=300, block_size=8)
     with pytest.raises(ValueError, match="largest window"):
         run_training(ModelArguments(windows=[16]), data_args, training_arguments(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["dataset", "dataset_dict"])
+def test_dataset_name_reads_a_saved_dataset_folder(tmp_path, kind):
+    lines = [f"document number {i}" for i in range(40)]
+    folder = tmp_path / "saved"
+    if kind == "dataset":
+        Dataset.from_dict({"text": lines}).save_to_disk(folder)
+    else:
+        DatasetDict(
+            {"train": Dataset.from_dict({"text": lines[:30]}), "validation": Dataset.from_dict({"text": lines[30:]})}
+        ).save_to_disk(folder)
+    raw = load_text_datasets(DataArguments(dataset_name=str(folder)))
+    assert sorted([*raw["train"]["text"], *raw["validation"]["text"]]) == sorted(lines)
+    if kind == "dataset_dict":
+        assert list(raw["validation"]["text"]) == lines[30:]
+
+
+@pytest.mark.parametrize("source", ["saved_folder", "train_files"])
+def test_the_model_card_publishes_no_local_path(tmp_path, source):
+    """Only a Hub dataset id belongs in the card's metadata; local data is named by its file or folder name."""
+    data = tmp_path / "private" / "corpus"
+    data.mkdir(parents=True)
+    if source == "saved_folder":
+        data_args, title = DataArguments(dataset_name=str(data)), "corpus"
+    else:
+        train = write_lines(data / "train.txt", ["to be or not to be"])
+        data_args, title = DataArguments(train_files=[train]), "train.txt"
+    results = {"parameters": 10, "train_tokens": 100, "validation_perplexity": 12.5}
+    info = run_info_from_results(results, data_args, str(tmp_path / "run"), SaffuForCausalLM(saffu_config()))
+    card = build_model_card(TrainingRunInfo.from_dict(info))
+    assert card.data.datasets is None
+    assert str(tmp_path) not in card.content
+    assert card.data.eval_results[0].dataset_name == title
 
 
 # -- data parallelism ------------------------------------------------------------------------------
