@@ -23,6 +23,7 @@ a state whose size does not grow with the text.
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -430,6 +431,20 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 "AutoModel": f"{module}.SaffuModel",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
+        """The upload step of `push_to_hub`, given the saved folder and transformers' card (the repo's own, or a
+        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published."""
+        try:
+            from hf_saffu.model_card import model_card_for_dir
+        except ImportError:  # loaded as remote code where hf_saffu is not installed: keep transformers' card
+            pass
+        else:
+            readme = os.path.join(working_dir, "README.md")
+            card = model_card_for_dir(working_dir, repo_id)
+            with open(readme, "w", encoding="utf-8") as file:
+                file.write(card)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings

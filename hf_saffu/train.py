@@ -24,7 +24,7 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
-from .model_card import describe_architecture, write_model_card
+from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments
 
@@ -234,12 +234,7 @@ def run_info_from_results(results: dict, data_args: DataArguments, output_dir: s
         "dataset_name": dataset_title(data_args),
         "dataset_id": hub_dataset_id(data_args),
         "dataset_config": data_args.dataset_config,
-        "train_tokens": results["train_tokens"],
-        "warm_start_perplexity": results.get("warm_start_validation_perplexity"),
-        "final_perplexity": results.get("validation_perplexity"),
-        "test_perplexity": results.get("test_perplexity"),
-        "warm_start_seconds": results.get("warm_start_seconds"),
-        "backprop_seconds": results.get("backprop_seconds"),
+        **results_run_info(results),
     }
 
 

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput, TrainOutput, get_last_checkpoint
 from transformers.utils import CONFIG_NAME, logging
 
-from .model_card import describe_architecture, write_model_card
+from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
 
@@ -242,7 +242,7 @@ class ExplicitTrainer(Trainer):
             {
                 "architecture": describe_architecture(model.config),
                 "num_parameters": sum(p.numel() for p in model.parameters()),
-                "dataset_name": dataset_name or "unspecified",
+                "dataset_name": dataset_name or UNSPECIFIED_DATASET,
                 "train_tokens": train_tokens,
                 "warm_start_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
                 "final_perplexity": history.get("eval_perplexity"),
