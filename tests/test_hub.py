@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,13 @@ from transformers import PreTrainedTokenizerFast
 import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
-from hf_saffu.model_card import NOT_MEASURED, TrainingRunInfo, describe_architecture, write_model_card
+from hf_saffu.model_card import (
+    NOT_MEASURED,
+    TrainingRunInfo,
+    build_model_card,
+    describe_architecture,
+    write_model_card,
+)
 
 REPO_ID = "tester/tiny-saffu"
 API_REPO_ID = "tester/tiny-saffu-push-to-hub"
@@ -488,6 +495,32 @@ def test_model_card_metadata_validates_and_carries_metrics(hub, saffu_dir, tmp_p
     valid, invalid = result.stdout.split(f"{broken}: ")
     assert valid == f"{saffu_dir / 'README.md'}: valid\n"
     assert invalid.startswith('invalid: "pipeline_tag" must be one of')
+
+
+def test_the_cards_remote_code_example_runs_without_a_question(saffu_dir, tmp_path):
+    """The card's example for a machine without hf_saffu loads model and tokenizer and generates with stdin
+    closed: no "run the custom code? [y/N]" question and no model-type warning."""
+    card = build_model_card(
+        TrainingRunInfo.from_dict(
+            RUN_INFO | {"model_name": "m", "architecture": "SAFFU", "num_parameters": 1, "repo_id": REPO_ID}
+        )
+    )
+    example = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)[1]
+    assert "import hf_saffu" not in example
+    example = example.replace(f'"{REPO_ID}"', repr(str(saffu_dir)))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + PLUGIN_BLOCKER + example],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"},
+        timeout=CLIENT_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Once upon a time")
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    assert "You are using a model of type" not in result.stderr
 
 
 def test_model_card_renders_missing_and_diverged_metrics(tmp_path):
