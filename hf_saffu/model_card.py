@@ -102,9 +102,7 @@ class TrainingRunInfo:
         info = cls(**run_info)
         for name in ("num_parameters", "train_tokens"):
             value = getattr(info, name)
-            if name == "train_tokens" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"model card key {name!r} must be a non-negative integer, got {value!r}")
         return info
 

@@ -420,6 +420,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; when the code is saved with the model (`register_for_auto_class`),
         the auto_map also names the base `SaffuModel` for `AutoModel`, so `AutoModel.from_pretrained(path,
@@ -440,14 +443,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         except ImportError:  # loaded as remote code where hf_saffu is not installed: keep transformers' card
             pass
         else:
-            readme = os.path.join(working_dir, "README.md")
-            card = model_card_for_dir(working_dir, repo_id)
-            with open(readme, "w", encoding="utf-8") as file:
-                file.write(card)
+            with open(os.path.join(working_dir, "README.md"), "w", encoding="utf-8") as readme:
+                readme.write(model_card_for_dir(working_dir, repo_id))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def forward(
         self,
