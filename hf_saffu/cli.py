@@ -5,17 +5,44 @@ hf-saffu evaluate MODEL_DIR [--data ...] [--minimal-pairs PATH]
 hf-saffu generate MODEL_DIR --prompt "..."
 hf-saffu push MODEL_DIR REPO_ID [--private] [--revision REV]
 hf-saffu fetch-corpus
+
+Bad input (a missing or unreadable file, an invalid flag or config value, an unreachable Hub, a run that
+diverged) is reported as one line on stderr with exit status 2; `hf-saffu --debug COMMAND ...` shows the
+traceback instead.
 """
 
 import argparse
 import sys
 
+from .errors import USER_ERRORS
+
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = argv[:1] == ["--debug"]
+    if debug:
+        argv = argv[1:]
+    try:
+        run_command(argv)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        report_user_error(argv[0] if argv else "", error)
+
+
+def report_user_error(command: str, error: BaseException) -> None:
+    """Print `hf-saffu COMMAND: error: MESSAGE` (one line) on stderr and exit with status 2."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"hf-saffu {command}: error: {message} (hf-saffu --debug {command} ... shows the traceback)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_command(argv: list[str]) -> None:
+    """Parse `argv` (without --debug) and run the command."""
     parser = argparse.ArgumentParser(
         prog="hf-saffu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (first argument)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("train", help="train a SAFFU model from a YAML config (flags override it)", add_help=False)

@@ -6,6 +6,7 @@ last block of each packing batch is padded (attention_mask 0, label -100), never
 evaluation covers every token.
 """
 
+import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,7 @@ def load_text_datasets(data_args: DataArguments) -> DatasetDict:
             files["test"] = data_args.test_files
         for split, paths in files.items():
             for path in paths:
-                if not Path(path).is_file():
-                    raise FileNotFoundError(f"{split} file {path} does not exist")
+                check_text_file(split, path)
         raw = load_dataset("text", data_files=files)
     if "train" not in raw:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
@@ -106,6 +106,29 @@ def is_saved_dataset(path: str) -> bool:
     folder = Path(path)
     names = (datasets_config.DATASET_STATE_JSON_FILENAME, datasets_config.DATASETDICT_JSON_FILENAME)
     return any((folder / name).is_file() for name in names)
+
+
+def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:
+    """A `split` file must be a readable UTF-8 text file with at least one non-blank line (read in chunks)."""
+    file = Path(path)
+    if file.is_dir():
+        raise IsADirectoryError(f"{split} file {path} is a directory, not a text file")
+    if not file.is_file():
+        raise FileNotFoundError(f"{split} file {path} does not exist")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_text, offset = False, 0
+    with file.open("rb") as stream:
+        try:
+            while chunk := stream.read(chunk_bytes):
+                has_text = bool(decoder.decode(chunk).strip()) or has_text
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{split} file {path} is not UTF-8 text (near byte {offset + error.start}: {error.reason})"
+            ) from None
+    if not has_text:
+        raise ValueError(f"{split} file {path} holds no text (it is empty or blank)")
 
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:

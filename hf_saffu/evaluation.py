@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .errors import check_finite
+
 IGNORE_INDEX = -100
 PAIR_FIELDS = ("sentence_good", "sentence_bad")
 _CONTEXT_LENGTH_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
@@ -169,8 +171,12 @@ def context_length(model: torch.nn.Module) -> int | None:
 
 
 def load_model_and_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a local directory (SAFFU or any Auto-loadable model)."""
+    """Load a causal LM and its tokenizer from a local directory (SAFFU or any Auto-loadable model); a
+    `NonFiniteError` if its weights hold NaN or infinity (nothing computed from them would mean anything)."""
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    check_finite(model.named_parameters(), f"the model in {model_dir}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
@@ -236,7 +242,15 @@ def perplexity(
     n_tokens = sum(count for _, count in scores)
     if n_tokens == 0:
         raise ValueError("perplexity needs at least one predicted token; all texts are (nearly) empty")
-    return {"perplexity": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens}
+    return {"perplexity": perplexity_from_loss(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens}
+
+
+def perplexity_from_loss(mean_nll: float) -> float:
+    """exp(mean token NLL); ``inf`` where that overflows a float (a loss above ~709 is a result, not an error)."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def perplexity_metric_path() -> str:

@@ -105,7 +105,9 @@ class Cooccurrence:
             raise ExplicitStatisticsError("no data was accumulated: the explicit solution needs at least one row")
         return (self.input_mass / self.num_rows).item()
 
-    def solve(self, smoothing: float, priming: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(
+        self, smoothing: float, priming: float | None = None, discount: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The explicit solution (weight (D, N), bias (N,)) of these statistics; see `solve_softmax`.
 
         `priming` overrides the measured priming number K: the layer is solved as if its inputs had
@@ -113,22 +115,39 @@ class Cooccurrence:
 
             x' ln(F' + alpha) = (priming / K) x ln(F + alpha) + const    (F' = (priming / K) F)
 
-        so the weight is scaled by priming / K and the bias is -(priming - 1) ln phi.
+        so the weight is scaled by priming / K and the bias is -(priming - 1) ln phi. `discount`: see
+        `solve_softmax`.
         """
         measured = self.priming_number
         if priming is None:
-            return solve_softmax(self.counts, measured, smoothing)
-        return solve_softmax(self.counts, priming, smoothing, weight_scale=priming / measured)
+            return solve_softmax(self.counts, measured, smoothing, discount=discount)
+        return solve_softmax(self.counts, priming, smoothing, weight_scale=priming / measured, discount=discount)
+
+
+def discounted_counts(counts: torch.Tensor, discount: float, smoothing: float) -> torch.Tensor:
+    """Absolute discounting with back-off to the column marginal, the closed form behind Kneser-Ney:
+
+        F'_ij = max(F_ij - D, 0) + (R_i + alpha) pi_j,   R_i = sum_j min(F_ij, D),   pi_j = phi_j / sum phi
+
+    Each row keeps its mass plus alpha; what the discount D takes from the seen entries goes to every
+    entry in proportion to how often it occurs overall, so a rarely seen input backs off to the marginal
+    instead of to a flat floor. One-hot inputs then get the interpolated absolute-discounting estimate.
+    """
+    column_mass = counts.sum(dim=0)
+    marginal = (column_mass + smoothing) / (column_mass.sum() + smoothing * counts.shape[1])
+    removed = counts.clamp(max=discount).sum(dim=1, keepdim=True)
+    return (counts - discount).clamp_min(0) + (removed + smoothing) * marginal
 
 
 def solve_softmax(
-    counts: torch.Tensor, priming: float, smoothing: float, weight_scale: float = 1.0
+    counts: torch.Tensor, priming: float, smoothing: float, weight_scale: float = 1.0, discount: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit softmax layer from co-occurrences F (D x N) and the priming number K.
 
         U = s ln(F + alpha),   b_j = -(K - 1) ln phi_j,   phi_j = sum_i (F_ij + alpha)
 
-    with s = `weight_scale` (1 in the paper's form; see `Cooccurrence.solve`).
+    with s = `weight_scale` (1 in the paper's form; see `Cooccurrence.solve`). With a `discount` D, the
+    discounted counts F' (`discounted_counts`) replace F + alpha.
 
     Returns float64 (U, b). Raises `ExplicitStatisticsError` on non-finite or negative statistics, a
     non-positive smoothing or priming number, or statistics with no mass.
@@ -142,7 +161,10 @@ def solve_softmax(
         raise ExplicitStatisticsError(f"the weight scale must be finite and > 0, got {weight_scale}")
     if counts.sum() == 0:
         raise ExplicitStatisticsError("the co-occurrence matrix F is all zeros: no data reached this layer")
-    smoothed = counts.to(torch.float64) + smoothing
+    if discount is not None and not (0 <= discount < float("inf")):
+        raise ExplicitStatisticsError(f"the discount must be finite and >= 0, got {discount}")
+    counts = counts.to(torch.float64)
+    smoothed = counts + smoothing if discount is None else discounted_counts(counts, discount, smoothing)
     weight = (weight_scale * torch.log(smoothed)).contiguous()
     bias = -(priming - 1.0) * torch.log(smoothed.sum(dim=0))
     return weight, bias

@@ -22,7 +22,9 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 
+from .errors import NonFiniteError, check_finite
 from .model_card import model_card_for_dir
 
 DEFAULT_COMMIT_MESSAGE = "Upload SAFFU model with hf-saffu push"
@@ -32,6 +34,7 @@ REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
 # Training leftovers that do not belong in a published model repo.
 IGNORE_PATTERNS = [
     "checkpoint-*",
+    "tmp-checkpoint-*",
     "runs/*",
     "*__pycache__*",
     "*.pyc",
@@ -60,6 +63,7 @@ def check_model_dir(model_dir: str | Path) -> Path:
     _check_auto_map(path, config)
     if not any((path / name).is_file() for name in WEIGHTS_FILES):
         raise PushError(f"{path} has no weights: expected one of {', '.join(WEIGHTS_FILES)}")
+    _check_finite_weights(path)
     if not (path / "tokenizer_config.json").is_file() or not any((path / n).is_file() for n in TOKENIZER_FILES):
         raise PushError(
             f"{path} has no tokenizer: expected tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)} "
@@ -138,14 +142,12 @@ def add_push_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def run_push(args: argparse.Namespace) -> None:
-    """Handler of ``hf-saffu push``; exits with status 2 for invalid input and 1 when the Hub refuses."""
+    """Handler of ``hf-saffu push``; exits with status 1 when the Hub refuses (invalid input, a PushError,
+    is reported by ``hf_saffu.cli.main`` with status 2)."""
     try:
         commit = push_model_dir(
             args.model_dir, args.repo_id, args.private, args.revision, commit_message=args.commit_message
         )
-    except PushError as err:
-        print(f"hf-saffu push: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     except HfHubHTTPError as err:
         print(f"hf-saffu push: the Hub refused the upload: {err}", file=sys.stderr)
         raise SystemExit(1) from err
@@ -165,6 +167,16 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise PushError(f"{config_path} must hold a JSON object")
     return config
+
+
+def _check_finite_weights(path: Path) -> None:
+    """Every safetensors file of the directory must hold only finite numbers (read one tensor at a time)."""
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(weights, framework="pt") as tensors:
+            try:
+                check_finite(((name, tensors.get_tensor(name)) for name in tensors.keys()), str(weights))
+            except NonFiniteError as err:
+                raise PushError(str(err)) from None
 
 
 def _check_auto_map(path: Path, config: dict) -> None:

@@ -15,7 +15,9 @@ For one layer reading non-negative vectors v_1 ... v_T, and one window context o
 
 The document context uses z_t = mean of the inputs since the document began (reset after EOS).
 The layer output is H_t = [h_t^1 ... h_t^C]; the next layer reads H_t / C and the language-model
-head gives logits = H_t O + b_O.
+head gives logits = H_t O + b_O, or, with `log_hidden_head`, logits = ln(H_t) O + b_O (a product of
+the contexts' hidden distributions: with hidden units that are classes of the next token, O can hold
+P(y | class) exactly; see `hf_saffu.warm_start`).
 
 Decoding keeps, per layer, the last max(windows) - 1 inputs and the running document sum and count:
 a state whose size does not grow with the text.
@@ -150,8 +152,8 @@ def document_means(
 
         z_t = (sum_{tau in doc(t), tau <= t} v_tau) / |{tau in doc(t), tau <= t}|
 
-    Sums are kept in float64. Returns the means (dtype of `inputs`) and the sum and count carried to
-    the next chunk (zero after a final EOS).
+    Sums are kept in float64. Returns the means (dtype of `inputs`), the counts |doc(t)| (float64) and the
+    sum and count carried to the next chunk (zero after a final EOS).
     """
     batch, length, _ = inputs.shape
     sums = torch.cumsum(inputs.to(torch.float64), dim=1)
@@ -170,7 +172,7 @@ def document_means(
     ended = ends_document[:, -1]
     carried_sum = torch.where(ended[:, None], 0.0, document_sum[:, -1])
     carried_count = torch.where(ended, 0.0, document_count[:, -1])
-    return means, carried_sum, carried_count
+    return means, document_count, carried_sum, carried_count
 
 
 class SaffuWindowContext(nn.Module):
@@ -208,6 +210,7 @@ class SaffuContextInputs:
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
     similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
     context_vectors: list[torch.Tensor]  # per context, (batch, T, input_dim): z_t
+    feature_counts: list[torch.Tensor]  # per context, (batch, T): how many inputs z_t mixes (valid offsets, |doc|)
     state: SaffuLayerState  # the state after these T positions
 
 
@@ -253,12 +256,14 @@ class SaffuLayer(nn.Module):
         offset_valid = banded_valid(extended_valid, length, self.max_window)
         similarities = banded_dot(extended, inputs, self.max_window)
         context_vectors = [window.attend(extended, similarities, offset_valid) for window in self.windows]
+        feature_counts = [offset_valid[..., : window.window].sum(-1) for window in self.windows]
         document_sum, document_count = state.document_sum, state.document_count
         if self.document is not None:
-            means, document_sum, document_count = document_means(
+            means, counts, document_sum, document_count = document_means(
                 inputs, valid, ends_document, state.document_sum, state.document_count
             )
             context_vectors.append(means)
+            feature_counts.append(counts)
         keep = extended.shape[1] - (self.max_window - 1)
         new_state = SaffuLayerState(
             history=extended[:, keep:].detach(),
@@ -266,7 +271,7 @@ class SaffuLayer(nn.Module):
             document_sum=document_sum.detach(),
             document_count=document_count,
         )
-        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, new_state)
+        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, feature_counts, new_state)
 
     def forward(
         self,
@@ -274,11 +279,14 @@ class SaffuLayer(nn.Module):
         valid: torch.Tensor,
         ends_document: torch.Tensor,
         state: SaffuLayerState | None = None,
+        log_probabilities: bool = False,
     ) -> tuple[torch.Tensor, SaffuLayerState]:
-        """H_t = [softmax(z_t^c U^c + b^c)]_c, shape (batch, T, C * hidden_bits)."""
+        """H_t = [softmax(z_t^c U^c + b^c)]_c, shape (batch, T, C * hidden_bits); ln H_t with
+        `log_probabilities` (what a log-reading head takes)."""
         computed = self.context_inputs(inputs, valid, ends_document, state)
+        normalise = torch.log_softmax if log_probabilities else torch.softmax
         hidden = [
-            torch.softmax(context.hidden(vectors), dim=-1)
+            normalise(context.hidden(vectors), dim=-1)
             for context, vectors in zip(self.contexts, computed.context_vectors, strict=True)
         ]
         return torch.cat(hidden, dim=-1), computed.state
@@ -326,7 +334,8 @@ class SaffuPreTrainedModel(PreTrainedModel):
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
 
 
 class SaffuModel(SaffuPreTrainedModel):
@@ -347,9 +356,27 @@ class SaffuModel(SaffuPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
 
-    def check_input_ids(self, input_ids: torch.Tensor | None) -> None:
+    def check_input_ids(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
+        """Clear errors for inputs the layers cannot read: shapes and dtypes (static, free under compile),
+        then the token range (read back to the host, so skipped while compiling)."""
         if input_ids is None:
             raise ValueError("SaffuModel needs input_ids (token ids drive the document resets at EOS)")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids must have shape (batch, length) with length >= 1, got shape {tuple(input_ids.shape)} "
+                "(a SAFFU text starts with the EOS token; give at least one token, as a 2-D tensor)"
+            )
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if attention_mask is not None and (
+            attention_mask.dim() != 2
+            or attention_mask.shape[0] != input_ids.shape[0]
+            or attention_mask.shape[1] < input_ids.shape[1]
+        ):
+            raise ValueError(
+                f"attention_mask must have shape (batch, length) or (batch, past + length) for input_ids of shape "
+                f"{tuple(input_ids.shape)}, got shape {tuple(attention_mask.shape)}"
+            )
         if torch.compiler.is_compiling():  # the range check reads values back to the host: no graph break
             return
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
@@ -376,7 +403,7 @@ class SaffuModel(SaffuPreTrainedModel):
             5.24, is accepted too).
         """
         state = decoding_state(cache, past_key_values)
-        self.check_input_ids(input_ids)
+        self.check_input_ids(input_ids, attention_mask)
         use_cache = use_cache if use_cache is not None else not self.training
         length = input_ids.shape[1]
         if attention_mask is None:
@@ -390,9 +417,11 @@ class SaffuModel(SaffuPreTrainedModel):
         hidden = self.embeddings(input_ids)
         all_hidden = [hidden] if output_hidden_states else None
         new_states = []
+        last = len(self.layers) - 1
         for index, (layer, layer_state) in enumerate(zip(self.layers, layer_states, strict=True)):
             inputs = hidden if index == 0 else hidden / self.config.num_contexts
-            hidden, new_state = layer(inputs, valid, ends_document, layer_state)
+            log_probabilities = index == last and self.config.log_hidden_head
+            hidden, new_state = layer(inputs, valid, ends_document, layer_state, log_probabilities)
             new_states.append(new_state)
             if output_hidden_states:
                 all_hidden.append(hidden)
@@ -409,12 +438,14 @@ class SaffuModel(SaffuPreTrainedModel):
 
 
 class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
-    """SAFFU layers and the output layer logits = H_t O + b_O."""
+    """SAFFU layers and the output layer logits = H_t O + b_O (ln H_t O + b_O with `config.log_hidden_head`),
+    plus v_t Q, a direct path from the pivot's embedding, with `config.pivot_head`."""
 
     def __init__(self, config: SaffuConfig):
         super().__init__(config)
         self.model = SaffuModel(config)
         self.lm_head = nn.Linear(config.num_contexts * config.hidden_bits, config.vocab_size)
+        self.pivot_head = nn.Linear(config.embed_bits, config.vocab_size, bias=False) if config.pivot_head else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -461,8 +492,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Next-token logits (batch, T, vocab_size); `loss` is the mean token cross-entropy when `labels`
-        are given (labels are shifted inside; -100 is ignored). `cache` (or `past_key_values`): the
-        decoding state to continue from."""
+        are given (labels are shifted inside; -100 is ignored; see `causal_lm_loss` for labels with no
+        target). `cache` (or `past_key_values`): the decoding state to continue from."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -474,15 +505,32 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
+        if self.pivot_head is not None:
+            pivots = input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids
+            logits = logits + self.pivot_head(self.model.embeddings(pivots))
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = self.causal_lm_loss(logits, labels, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
+        """Summed next-token cross-entropy / number of targets (`num_items_in_batch` when Trainer gives it).
+
+        Labels with no target (all -100 after the shift) give loss 0 with a zero gradient: the sum over no
+        tokens divided by max(count, 1), not the NaN of 0 / 0, so a block of padding cannot poison a run.
+        """
+        shifted = kwargs.get("shift_labels")
+        targets = shifted if shifted is not None else labels[..., 1:]
+        count = kwargs.pop("num_items_in_batch", None)
+        if count is None:
+            count = (targets != -100).sum()
+        kwargs["num_items_in_batch"] = count.clamp_min(1) if torch.is_tensor(count) else max(count, 1)
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
 
 __all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
 from .configuration_saffu import SaffuConfig
@@ -24,9 +26,10 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
+from .errors import check_finite
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
 
 
 @dataclass
@@ -47,6 +50,10 @@ class ModelArguments:
     freeze_embeddings: bool = field(default=True, metadata={"help": "keep the bit-cipher embeddings fixed"})
     contextual_embeddings: bool = field(default=False, metadata={"help": "contextual bit-cipher embeddings"})
     contextual_radius: int = field(default=2, metadata={"help": "radius of the contextual embeddings"})
+
+    def __post_init__(self):
+        if self.model_name_or_path is None:  # check the architecture now, before any data is read
+            SaffuConfig(vocab_size=1, **self.config_kwargs())
 
     def config_kwargs(self) -> dict:
         names = (
@@ -78,6 +85,9 @@ def yaml_to_flags(config: dict) -> list[str]:
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ExplicitTrainingArguments]:
     """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
     parser = HfArgumentParser((ModelArguments, DataArguments, ExplicitTrainingArguments))
+    for action in parser._actions:  # a list flag may be empty: YAML `windows: []` is `--windows` alone
+        if action.nargs == "+":
+            action.nargs = "*"
     flags = argv
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv[0])
@@ -88,6 +98,22 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         flags = yaml_to_flags(config) + argv[1:]
     return parser.parse_args_into_dataclasses(args=flags)
+
+
+def check_pretrained_source(name: str, value: str | None) -> None:
+    """`value` must be a local directory or a Hub repo id; a local path that does not exist is reported as
+    missing here instead of being looked up on the Hub."""
+    if value is None or Path(value).is_dir():
+        return
+    path = Path(value)
+    if path.exists():
+        raise NotADirectoryError(f"{name} {value} is a file: give the directory that save_pretrained wrote")
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise FileNotFoundError(f"{name} {value} does not exist (and is not a Hub repo id)") from None
+    if path.parent != Path(".") and path.parent.is_dir():
+        raise FileNotFoundError(f"{name} {value} does not exist (its folder {path.parent} does)")
 
 
 def build_tokenizer(data_args: DataArguments, raw):
@@ -168,6 +194,9 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: ExplicitTrainingArguments
 ) -> dict:
     """Train, evaluate (validation and test), save model + tokenizer + results + model card, sample."""
+    check_pretrained_source("tokenizer_name_or_path", data_args.tokenizer_name_or_path)
+    check_pretrained_source("model_name_or_path", model_args.model_name_or_path)
+    check_output_dir(training_args, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
     raw = load_text_datasets(data_args)
     tokenizer = build_tokenizer(data_args, raw)
@@ -219,6 +248,7 @@ def run_training(
 def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, training_args) -> None:
     """Model, tokenizer, results and model card into output_dir."""
     output_dir = Path(training_args.output_dir)
+    check_finite(trainer.model.named_parameters(), "the trained model", hint="nothing was saved")
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))

@@ -10,25 +10,49 @@ checkpoint whose weights are loaded. `warm_start_only` warm-starts (and evaluate
 
 Evaluation reports the exact token-level loss and perplexity, exp(sum of token NLL / number of
 predicted tokens), with every eval sample counted exactly once across processes.
+
+A run loses nothing it already has: it refuses an output_dir holding a previous run's model or
+checkpoints (unless resuming, or `overwrite_output_dir`), stops at the first step that makes a weight
+NaN or infinite (before that step is logged or saved), and writes every checkpoint under a staging
+name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent.
 """
 
 import json
 import math
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import EvalLoopOutput, TrainOutput, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    EvalLoopOutput,
+    TrainOutput,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
 from transformers.utils import CONFIG_NAME, logging
 
+from .errors import check_finite
+from .evaluation import perplexity_from_loss
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
 
 logger = logging.get_logger(__name__)
+
+# A checkpoint is written as tmp-checkpoint-N and renamed to checkpoint-N when complete; Trainer's resume
+# (get_last_checkpoint) and rotation (glob "checkpoint-*") never see the staging name.
+STAGING_PREFIX = "tmp-"
+# What a new run in a used output_dir would replace (the saved model) or rotate away (the checkpoints).
+PREVIOUS_RUN = re.compile(rf"^(model\.safetensors|model\.safetensors\.index\.json|{PREFIX_CHECKPOINT_DIR}-\d+)$")
 
 
 @dataclass
@@ -45,6 +69,10 @@ class ExplicitTrainingArguments(TrainingArguments):
     )
     warm_start_only: bool = field(
         default=False, metadata={"help": "warm-start (and evaluate) without any backprop step"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start a new run in an output_dir holding a previous run's model or checkpoints"},
     )
     freeze_embeddings_steps: int | None = field(
         default=None,
@@ -139,6 +167,22 @@ def checkpoint_warm_started(checkpoint: str) -> bool:
     return config_file.is_file() and bool(json.loads(config_file.read_text()).get("warm_started", False))
 
 
+class DivergenceGuard(TrainerCallback):
+    """Stops training at the first optimizer step that leaves a weight NaN or infinite.
+
+    `on_step_end` runs before Trainer logs, evaluates or saves the step, so nothing of a diverged model is
+    written; the checkpoints of earlier steps stay. All processes hold the same weights after a step, so
+    they all stop at the same step.
+    """
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        check_finite(
+            model.named_parameters(),
+            f"the model after optimizer step {state.global_step} (learning_rate={args.learning_rate:g})",
+            hint="training diverged; nothing of this step was saved: lower learning_rate or max_grad_norm",
+        )
+
+
 class ExplicitTrainer(Trainer):
     """A `Trainer` that warm-starts SAFFU models explicitly before backprop."""
 
@@ -153,6 +197,7 @@ class ExplicitTrainer(Trainer):
         self.warm_start_metrics: dict[str, float] = {}
         self.warm_start_log = WarmStartLog()
         self.add_callback(self.warm_start_log)
+        self.add_callback(DivergenceGuard())
         steps = self.args.freeze_embeddings_steps
         if steps is not None:
             self.add_callback(EmbeddingFreezer(self.saffu_model.model.embeddings.weight, steps))
@@ -178,6 +223,7 @@ class ExplicitTrainer(Trainer):
         """Warm-start (unless resuming or already warm-started), then `Trainer.train`; with `warm_start_only`,
         no backprop. `resume_from_checkpoint`: a path, or True / "true" for the last checkpoint in output_dir."""
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        check_output_dir(self.args, checkpoint)
         model = self.saffu_model
         if checkpoint is not None:
             model.config.warm_started = checkpoint_warm_started(checkpoint)
@@ -204,11 +250,11 @@ class ExplicitTrainer(Trainer):
         dataset = self.train_dataset
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
+        block_size = check_block_lengths(dataset)
         cap = self.args.warm_start_max_tokens
         if cap is not None:
-            block_size = len(dataset[0]["input_ids"])
             dataset = dataset.select(range(min(len(dataset), math.ceil(cap / block_size))))
-        shard = dataset.shard(num_shards=self.args.world_size, index=self.args.process_index, contiguous=True)
+        shard = contiguous_shard(dataset, self.args.world_size, self.args.process_index)
         columns = [c for c in ("input_ids", "attention_mask") if c in shard.column_names]
         return DatasetBatches(shard.with_format("torch", columns=columns), self.args.warm_start_batch_size)
 
@@ -284,7 +330,109 @@ class ExplicitTrainer(Trainer):
         loss = (nll / tokens).item()
         metrics = {
             f"{metric_key_prefix}_loss": loss,
-            f"{metric_key_prefix}_perplexity": math.exp(loss),
+            f"{metric_key_prefix}_perplexity": perplexity_from_loss(loss),
             f"{metric_key_prefix}_tokens": tokens.item(),
         }
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer._save_checkpoint` (model, optimizer, scheduler, scaler, RNG states, trainer state, push,
+        rotation), written into tmp-checkpoint-N and renamed to checkpoint-N once every process is done."""
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = os.path.join(run_dir, STAGING_PREFIX + name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            remove_staged_checkpoints(run_dir)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging, _internal_call=True)
+        self.note_best_checkpoint(run_dir)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            self.store_callback_states()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def note_best_checkpoint(self, run_dir: str) -> None:
+        """`state.best_model_checkpoint`: the best step's checkpoint when it exists (or is being saved now)."""
+        best_step = self.state.best_global_step
+        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+        if best_step and (best_step == self.state.global_step or os.path.exists(best)):
+            self.state.best_model_checkpoint = best
+
+    def store_callback_states(self) -> None:
+        """Put the `ExportableState` callbacks' and the control's state into `self.state` (as Trainer does)."""
+        for callback in [*self.callback_handler.callbacks, self.control]:
+            if isinstance(callback, ExportableState):
+                name = callback.__class__.__name__
+                if isinstance(self.state.stateful_callbacks[name], list):
+                    self.state.stateful_callbacks[name].append(callback.state())
+                else:
+                    self.state.stateful_callbacks[name] = callback.state()
+
+
+def check_output_dir(args: ExplicitTrainingArguments, resume_from_checkpoint) -> None:
+    """A new run (not resuming, no `overwrite_output_dir`) must not replace a previous run's model or rotate
+    away its checkpoints: a FileExistsError naming them."""
+    if resume_from_checkpoint or args.overwrite_output_dir:
+        return
+    previous = previous_run_files(Path(args.output_dir))
+    if previous:
+        raise FileExistsError(
+            f"output_dir {args.output_dir} holds a previous run ({', '.join(previous)}), which a new run would "
+            "overwrite or delete: resume it (resume_from_checkpoint), choose another output_dir, or set "
+            "overwrite_output_dir=True"
+        )
+
+
+def previous_run_files(output_dir: Path) -> list[str]:
+    """The saved model and checkpoint-N directories in output_dir, sorted by name."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(path.name for path in output_dir.iterdir() if PREVIOUS_RUN.match(path.name))
+
+
+def remove_staged_checkpoints(run_dir: str) -> None:
+    """Delete the tmp-checkpoint-* directories an interrupted save left behind."""
+    for staged in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(staged)
+
+
+def check_block_lengths(dataset) -> int:
+    """The common length of the dataset's input_ids rows; a ValueError when rows differ (unpacked data)."""
+    lengths = set()
+    for table in dataset.with_format("arrow").iter(batch_size=10_000):
+        counts = pc.list_value_length(table["input_ids"])
+        lengths.update(pc.unique(counts).to_pylist())
+    if len(lengths) > 1:
+        raise ValueError(
+            f"the train_dataset's input_ids rows have different lengths (from {min(lengths)} to {max(lengths)} "
+            "tokens): pack the documents into equal blocks (hf_saffu.data.tokenize_and_pack) before training"
+        )
+    return lengths.pop()
+
+
+def contiguous_shard(dataset, num_shards: int, index: int):
+    """Shard `index` of `Dataset.shard(contiguous=True)`, or an empty dataset for a process beyond the last row
+    (where datasets raises IndexError): that process contributes zero statistics."""
+    if index >= len(dataset):
+        return dataset.select([])
+    return dataset.shard(num_shards=num_shards, index=index, contiguous=True)

@@ -25,9 +25,19 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .bit_cipher import accumulate_neighbour_sums, bit_cipher_vectors, contextual_vectors, frequency_ranks
+from .bit_cipher import (
+    accumulate_neighbour_sums,
+    bit_cipher_codes,
+    bit_cipher_vectors,
+    codes_to_vectors,
+    contextual_vectors,
+    frequency_ranks,
+)
 from .explicit import Cooccurrence, ExplicitStatisticsError
 from .modeling_saffu import SaffuForCausalLM, SaffuLayer, banded_dot
+from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
+
+PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
 
 Batch = dict[str, torch.Tensor]
 
@@ -111,18 +121,46 @@ class ExplicitWarmStart:
         return counts
 
     def set_embeddings(self, counts: torch.Tensor) -> None:
-        """Bit-cipher input embeddings and label embeddings from frequency ranks (contextual if configured)."""
+        """Input embeddings (bit-cipher codes by frequency rank or anchored on similar frequent tokens,
+        contextual if configured) and the hidden targets l(y) (bit-cipher label codes by frequency rank, or
+        one-hot token classes); see `hf_saffu.token_classes`."""
+        config = self.config
         ranks = frequency_ranks(counts.cpu())
-        vectors = bit_cipher_vectors(ranks, self.config.embed_bits).to(self.device)
-        self.label_vectors = bit_cipher_vectors(ranks, self.config.hidden_bits).to(self.device)
-        if self.config.contextual_embeddings:
-            sums = torch.zeros(self.config.vocab_size, self.config.embed_bits, dtype=torch.float64, device=self.device)
+        anchored = config.embedding_codes == "anchored"
+        if anchored or config.hidden_targets == "clusters":
+            successors, predecessors = self.pair_profiles(ranks.to(self.device))
+        if anchored:
+            codes = anchored_codes(
+                successors, ranks, bit_cipher_codes(config.vocab_size, config.embed_bits), config.embed_bits
+            )
+            vectors = codes_to_vectors(codes, config.embed_bits).to(self.device)
+        else:
+            vectors = bit_cipher_vectors(ranks, config.embed_bits).to(self.device)
+        if config.hidden_targets == "clusters":
+            classes = cluster_tokens(predecessors, counts, config.hidden_bits)
+            self.label_vectors = torch.nn.functional.one_hot(classes, config.hidden_bits).to(vectors.dtype)
+        else:
+            self.label_vectors = bit_cipher_vectors(ranks, config.hidden_bits).to(self.device)
+        if config.contextual_embeddings:
+            sums = torch.zeros(config.vocab_size, config.embed_bits, dtype=torch.float64, device=self.device)
             for input_ids, valid, _ in self.iterate("contextual embeddings"):
                 for row, row_valid in zip(input_ids, valid, strict=True):
-                    accumulate_neighbour_sums(row[row_valid], vectors, self.config.contextual_radius, sums)
+                    accumulate_neighbour_sums(row[row_valid], vectors, config.contextual_radius, sums)
             self.reduce(sums)
             vectors = contextual_vectors(sums, vectors)
         self.model.model.embeddings.weight.copy_(vectors.to(self.model.model.embeddings.weight.dtype))
+
+    def pair_profiles(self, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Successor and predecessor profiles of every token (`accumulate_profiles`), summed over processes."""
+        num_columns = min(PROFILE_COLUMNS, self.config.vocab_size)
+        columns = profile_columns(ranks, num_columns)
+        successors, predecessors = (
+            torch.zeros(self.config.vocab_size, num_columns, dtype=torch.float64, device=self.device) for _ in range(2)
+        )
+        for input_ids, _, target_weight in self.iterate("pair profiles"):
+            accumulate_profiles(input_ids, target_weight, columns, successors, predecessors)
+        self.reduce(successors, predecessors)
+        return successors, predecessors
 
     def layer_inputs(self, layer_index: int, input_ids: torch.Tensor, valid: torch.Tensor, ends: torch.Tensor):
         """Inputs of layer `layer_index`: the embeddings through the (already solved) layers below."""
@@ -147,18 +185,22 @@ class ExplicitWarmStart:
         token and mapped through the label embeddings once (`Cooccurrence.map_targets`)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
         statistics = [Cooccurrence.zeros(layer.input_dim, self.config.vocab_size, self.device) for _ in contexts]
+        features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, description):
-            for context, statistic in zip(contexts, statistics, strict=True):
+            for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 statistic.add(computed.context_vectors[context][:, :-1], labels, weight)
-        self.reduce(*statistics)
-        for context, statistic in zip(contexts, statistics, strict=True):
-            hidden_statistic = statistic.map_targets(self.label_vectors)
+                features[index] += (computed.feature_counts[context][:, :-1] * weight).sum()
+        self.reduce(*statistics, features)
+        for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
+            priming = self.config.explicit_hidden_priming
+            if priming == "features":  # K = the mean number of inputs behind z_t
+                priming = (features[index] / statistic.num_rows).item()
             self.set_linear(
                 layer.contexts[context].hidden,
-                hidden_statistic,
+                statistic.map_targets(self.label_vectors),
                 f"layer {layer_index} context {context} U",
-                priming=self.config.explicit_hidden_priming,
+                priming=priming,
             )
         self.timed(f"layer {layer_index} hidden", start)
 
@@ -181,6 +223,43 @@ class ExplicitWarmStart:
             self.set_linear(window.attention, statistic, f"layer {layer_index} window {window.window} W")
         self.timed(f"layer {layer_index} attention", start)
 
+    def set_class_head(self, counts: torch.Tensor) -> None:
+        """O and b_O of a head reading ln H_t, from the class codes c(y) = [l_k(y) > 0] (no data pass):
+
+            logits_y = sum_c c(y) . ln h^c_t + ln P(y) - C c(y) . ln pi,     pi = sum_y P(y) l(y)
+
+        For one-hot classes this is naive Bayes over the contexts' class predictions times the class's own
+        distribution, P(y | ctx) ~ P(y | k(y)) prod_c h^c(k(y)) / P(k(y))^(C - 1), with
+        P(y) = (n_y + alpha) / (N + alpha V) (alpha = explicit_smoothing)."""
+        start = time.perf_counter()
+        smoothing = self.config.explicit_smoothing
+        unigram = (counts + smoothing) / (counts.sum() + smoothing * counts.numel())
+        labels = self.label_vectors.to(torch.float64)
+        codes = (labels > 0).to(torch.float64)
+        class_prior = unigram @ labels
+        num_contexts, beta = self.config.num_contexts, self.config.explicit_context_weight
+        weight = beta * codes.repeat(1, num_contexts)
+        bias = -beta * num_contexts * (codes @ torch.log(class_prior))
+        if self.model.pivot_head is None:  # with a pivot head, v_t Q carries P(y | pivot) instead of P(y)
+            bias += torch.log(unigram)
+        self.model.lm_head.weight.copy_(weight.to(self.model.lm_head.weight.dtype))
+        self.model.lm_head.bias.copy_(bias.to(self.model.lm_head.bias.dtype))
+        self.report.priming_numbers["output O"] = float(num_contexts)
+        self.timed("output", start)
+
+    def solve_pivot_head(self) -> None:
+        """Q = ln P(y | pivot bits): F_Q = sum_t v_t^T e_{y_t}, solved with K = 1 (a bigram for one-bit codes)."""
+        embeddings = self.model.model.embeddings
+        statistic = Cooccurrence.zeros(self.config.embed_bits, self.config.vocab_size, self.device)
+        start = time.perf_counter()
+        for input_ids, _, weight in self.iterate("pivot head"):
+            statistic.add(embeddings(input_ids[:, :-1]), input_ids[:, 1:], weight)
+        self.reduce(statistic)
+        weight, _ = statistic.solve(self.config.explicit_smoothing, discount=self.config.explicit_discount)
+        self.model.pivot_head.weight.copy_(weight.T.to(self.model.pivot_head.weight.dtype))
+        self.report.priming_numbers["pivot head Q"] = statistic.priming_number
+        self.timed("pivot head", start)
+
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
         last = len(self.model.model.layers) - 1
@@ -201,7 +280,7 @@ class ExplicitWarmStart:
     ) -> None:
         """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T); `priming`
         overrides the measured priming number (`Cooccurrence.solve`)."""
-        weight, bias = statistic.solve(self.config.explicit_smoothing, priming)
+        weight, bias = statistic.solve(self.config.explicit_smoothing, priming, self.config.explicit_discount)
         self.report.priming_numbers[name] = statistic.priming_number if priming is None else priming
         linear.weight.copy_(weight.T.to(linear.weight.dtype))
         linear.bias.copy_(bias.to(linear.bias.dtype))
@@ -211,7 +290,8 @@ class ExplicitWarmStart:
         was_training = self.model.training
         self.model.eval()
         start = time.perf_counter()
-        self.set_embeddings(self.count_tokens())
+        counts = self.count_tokens()
+        self.set_embeddings(counts)
         self.timed("embeddings", start)
         for index, layer in enumerate(self.model.model.layers):
             for window in layer.windows:
@@ -221,7 +301,12 @@ class ExplicitWarmStart:
             for _ in range(self.attention_iters if layer.windows else 0):
                 self.solve_attention(index)
                 self.solve_hidden(index, list(range(len(layer.windows))), f"layer {index} hidden")
-        self.solve_output()
+        if self.model.pivot_head is not None:
+            self.solve_pivot_head()
+        if self.config.log_hidden_head:
+            self.set_class_head(counts)
+        else:
+            self.solve_output()
         self.model.config.warm_started = True
         self.model.train(was_training)
         return self.report

@@ -1,7 +1,8 @@
 """Warm-start a tiny SAFFU through ExplicitTrainer in 1 or N processes and save the weights (rank 0).
 
 Run directly (one process) or under `torchrun --nproc_per_node 2` (CPU, gloo) by
-tests/test_warm_start.py::test_two_process_warm_start_equals_one_process.
+tests/test_warm_start.py::test_two_process_warm_start_equals_one_process and, with one block (an empty
+shard for rank 1: `distributed_warm_start.py OUT 1 2`), by tests/test_bad_input.py.
 """
 
 import sys
@@ -16,8 +17,8 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_warm_start import packed_dataset, saffu_config  # noqa: E402
 
 
-def main(output_path: str) -> None:
-    train = packed_dataset(9)  # an odd number of blocks, so the two shards differ in size
+def main(output_path: str, num_documents: int = 9, seed: int = 0) -> None:
+    train = packed_dataset(num_documents, seed)  # an odd number of blocks, so the two shards differ in size
     assert len(train) % 2 == 1, len(train)
     torch.manual_seed(0)
     model = SaffuForCausalLM(saffu_config(num_layers=2))
@@ -41,4 +42,4 @@ def main(output_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *map(int, sys.argv[2:]))

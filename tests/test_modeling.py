@@ -165,9 +165,12 @@ def test_document_mean_resets_after_eos():
     valid = torch.ones(1, 4, dtype=torch.bool)
     ends = torch.tensor([[False, True, False, False]])
     zeros = torch.zeros(1, 2, dtype=torch.float64)
-    means, carried_sum, carried_count = document_means(inputs, valid, ends, zeros, torch.zeros(1, dtype=torch.float64))
+    means, counts, carried_sum, carried_count = document_means(
+        inputs, valid, ends, zeros, torch.zeros(1, dtype=torch.float64)
+    )
     expected = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [1.0, 1.0], [2.0, 0.5]]])
     assert torch.allclose(means, expected)
+    assert counts.tolist() == [[1.0, 2.0, 1.0, 2.0]]
     assert carried_sum.tolist() == [[4.0, 1.0]] and carried_count.tolist() == [2.0]
 
 

@@ -1,0 +1,460 @@
+"""Bad input gets a clear error and a failed run loses nothing (issue 16).
+
+Every case asserts the error type and that the message names the offending field, file or value; the
+command-line cases assert one line on stderr and exit status 2.
+"""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from huggingface_hub import HfApi
+from safetensors.torch import load_file, save_file
+from test_hub import build_tokenizer, save_saffu
+from test_warm_start import EOS, VOCAB, packed_dataset, saffu_config, training_arguments
+
+import hf_saffu.hub as saffu_hub
+from hf_saffu import SaffuConfig, SaffuForCausalLM
+from hf_saffu.cli import main as cli_main
+from hf_saffu.data import DataArguments, load_text_datasets
+from hf_saffu.errors import NonFiniteError
+from hf_saffu.evaluation import perplexity
+from hf_saffu.train import ModelArguments, parse_arguments, run_training
+from hf_saffu.trainer import ExplicitTrainer
+
+HERE = Path(__file__).parent
+WORDS = "the cat sat on a mat and dog ran in park with sun".split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def text_file(path: Path, lines: int = 60, seed: int = 0) -> str:
+    """`lines` short documents of WORDS, one a line."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (8,), generator=generator)) for _ in range(lines)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def job_arguments(tmp_path: Path, **training) -> tuple[ModelArguments, DataArguments, object]:
+    """A tiny `hf-saffu train` job on generated text files."""
+    data = DataArguments(
+        train_files=[text_file(tmp_path / "train.txt")],
+        validation_files=[text_file(tmp_path / "valid.txt", 10, seed=1)],
+        tokenizer_vocab_size=300,
+        block_size=16,
+    )
+    model = ModelArguments(embed_bits=12, hidden_bits=12, windows=[1, 4])
+    return model, data, training_arguments(tmp_path, **training)
+
+
+def run_cli(argv: list[str], capsys) -> str:
+    """Run `hf-saffu ARGV`; it must exit with status 2 and end stderr with one error line (returned), without a
+    traceback (progress bars of loading may precede it)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"hf-saffu {argv[0]}: error: "), err
+    return last
+
+
+def poison(model_dir: Path) -> None:
+    """Set one weight of a saved model to NaN."""
+    weights = model_dir / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["lm_head.bias"][3] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
+@pytest.fixture
+def saffu_dir(tmp_path) -> Path:
+    """A complete, pushable SAFFU model directory (tests/test_hub.py)."""
+    return save_saffu(tmp_path / "model", build_tokenizer(), seed=0)
+
+
+# -- a run that goes non-finite ---------------------------------------------------------------------------------
+
+
+def test_diverging_run_stops_and_nothing_nan_is_saved(tmp_path):
+    """learning_rate=1e30 makes the weights NaN at step 3: the run stops there, before that step is logged or
+    saved; the checkpoints of steps 1 and 2 stay (finite), and no model or results are written."""
+    model_args, data_args, training_args = job_arguments(tmp_path, learning_rate=1e30, max_steps=4, save_steps=1)
+    with pytest.raises(NonFiniteError, match=r"the model after optimizer step 3 \(learning_rate=1e\+30\) holds NaN"):
+        run_training(model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    for checkpoint in output_dir.iterdir():
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+        assert all(math.isfinite(value) for entry in history for value in entry.values())
+
+
+def test_evaluate_and_generate_refuse_nan_weights(saffu_dir, tmp_path, capsys):
+    poison(saffu_dir)
+    data, report = text_file(tmp_path / "eval.txt", 4), tmp_path / "report.json"
+    for argv in (["evaluate", str(saffu_dir), "--data", data, "--output", str(report)], ["generate", str(saffu_dir)]):
+        err = run_cli(argv, capsys)
+        assert f"the model in {saffu_dir} holds NaN or infinite weights (lm_head.bias)" in err
+    assert not report.exists()
+
+
+def test_push_refuses_nan_weights_and_sends_nothing(hub, saffu_dir, capsys, monkeypatch):
+    monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint=hub.endpoint, token=hub.token))
+    poison(saffu_dir)
+    with pytest.raises(
+        saffu_hub.PushError, match=r"model\.safetensors holds NaN or infinite weights \(lm_head\.bias\)"
+    ):
+        saffu_hub.push_model_dir(saffu_dir, "tester/nan")
+    assert "lm_head.bias" in run_cli(["push", str(saffu_dir), "tester/nan"], capsys)
+    assert hub.state.requests == [] and hub.repo_ids() == []
+
+
+# -- evaluation never loses a model -----------------------------------------------------------------------------
+
+
+def huge_loss_model() -> SaffuForCausalLM:
+    """Logits favour token 0 (never a target here) by 1000 nats: every token's loss is about 1000 > 709."""
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config())
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[0] = 1000.0
+    return model
+
+
+def test_perplexity_of_a_loss_above_709_is_inf(tmp_path):
+    validation = packed_dataset(10, seed=1)
+    model = huge_loss_model()
+    trainer = ExplicitTrainer(model=model, args=training_arguments(tmp_path), eval_dataset=validation)
+    metrics = trainer.evaluate()
+    assert math.isclose(metrics["eval_loss"], 1000.0, rel_tol=1e-6) and metrics["eval_perplexity"] == math.inf
+
+
+def test_training_job_with_a_loss_above_709_saves_its_model(tmp_path):
+    """Without the warm start or clipping, learning_rate=1e30 leaves finite weights whose validation loss is
+    about 1e30: the job reports perplexity inf and still saves the model and its results."""
+    model_args, data_args, training_args = job_arguments(
+        tmp_path, learning_rate=1e30, max_steps=4, save_strategy="no", warm_start=False, max_grad_norm=0.0
+    )
+    results = run_training(model_args, data_args, training_args)
+    assert results["validation_loss"] > 1e20 and results["validation_perplexity"] == math.inf
+    output_dir = Path(training_args.output_dir)
+    assert json.loads((output_dir / "all_results.json").read_text())["validation_perplexity"] == math.inf
+    assert all(torch.isfinite(t).all() for t in load_file(output_dir / "model.safetensors").values())
+
+
+def test_corpus_perplexity_of_a_loss_above_709_is_inf():
+    model = huge_loss_model()
+
+    class Ids:  # a tokenizer whose tokens are the characters' codes
+        bos_token_id, eos_token_id, pad_token_id = EOS, EOS, 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [2 + ord(c) % (VOCAB - 2) for c in text]}
+
+    result = perplexity(model, Ids(), ["abcdef", "xyz"])
+    assert result["n_tokens"] == 9 and math.isclose(result["nll_sum"] / 9, 1000.0, rel_tol=1e-6)
+    assert result["perplexity"] == math.inf
+
+
+# -- an output_dir holding a previous run -----------------------------------------------------------------------
+
+
+def test_new_run_refuses_a_finished_model_and_keeps_it(tmp_path):
+    output_dir = tmp_path / "run"
+    SaffuForCausalLM(saffu_config()).save_pretrained(output_dir)
+    before = (output_dir / "model.safetensors").read_bytes()
+    trainer = ExplicitTrainer(
+        model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path), train_dataset=packed_dataset(40)
+    )
+    previous_run = rf"output_dir {output_dir} holds a previous run \(model\.safetensors\)"
+    with pytest.raises(FileExistsError, match=previous_run):
+        trainer.train()
+    assert (output_dir / "model.safetensors").read_bytes() == before
+
+
+def test_training_job_refuses_a_used_output_dir_before_reading_data(tmp_path, monkeypatch, capsys):
+    model_args, data_args, training_args = job_arguments(tmp_path)
+    (Path(training_args.output_dir) / "checkpoint-2").mkdir(parents=True)
+    monkeypatch.setattr("hf_saffu.train.load_text_datasets", lambda *args: pytest.fail("the data was read"))
+    with pytest.raises(FileExistsError, match=r"holds a previous run \(checkpoint-2\)"):
+        run_training(model_args, data_args, training_args)
+    train, output = data_args.train_files[0], training_args.output_dir
+    err = run_cli(["train", "--train_files", train, "--output_dir", output, "--use_cpu", "true"], capsys)
+    assert f"output_dir {output} holds a previous run (checkpoint-2)" in err
+
+
+def test_new_run_refuses_checkpoints_unless_overwrite_is_set(tmp_path):
+    output_dir = tmp_path / "run"
+    (output_dir / "checkpoint-3").mkdir(parents=True)
+    (output_dir / "checkpoint-6").mkdir()
+    arguments = training_arguments(tmp_path, max_steps=1, save_strategy="no")
+    trainer = ExplicitTrainer(model=SaffuForCausalLM(saffu_config()), args=arguments, train_dataset=packed_dataset(40))
+    with pytest.raises(FileExistsError, match=r"\(checkpoint-3, checkpoint-6\).*overwrite_output_dir"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and (output_dir / "checkpoint-3").is_dir()
+    arguments = training_arguments(tmp_path, max_steps=1, save_strategy="no", overwrite_output_dir=True)
+    trainer = ExplicitTrainer(model=SaffuForCausalLM(saffu_config()), args=arguments, train_dataset=packed_dataset(40))
+    assert trainer.train().global_step == 1
+
+
+# -- checkpoints are complete or absent --------------------------------------------------------------------------
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import torch
+from test_warm_start import packed_dataset, saffu_config, training_arguments
+from hf_saffu import SaffuForCausalLM
+from hf_saffu.trainer import ExplicitTrainer
+
+class KilledDuringSecondSave(ExplicitTrainer):
+    def _save_rng_state(self, output_dir):  # the model and optimizer of step 2 are written by now
+        if self.state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._save_rng_state(output_dir)
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+arguments = training_arguments(Path(sys.argv[1]), max_steps=4, save_steps=1, warm_start=False)
+KilledDuringSecondSave(model=SaffuForCausalLM(saffu_config()), args=arguments, train_dataset=packed_dataset(40)).train()
+"""
+
+
+def four_steps(tmp_path: Path, resume=None, **overrides) -> ExplicitTrainer:
+    torch.manual_seed(0)
+    arguments = training_arguments(tmp_path, max_steps=4, save_steps=1, warm_start=False, **overrides)
+    trainer = ExplicitTrainer(model=SaffuForCausalLM(saffu_config()), args=arguments, train_dataset=packed_dataset(40))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_kill_during_save_leaves_no_partial_checkpoint_and_resume_works(tmp_path):
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLED_RUN).format(tests=str(HERE)), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((run / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+
+    resumed = four_steps(tmp_path, resume=True, save_total_limit=2)  # from the last complete one: checkpoint-1
+    assert resumed.state.global_step == 4
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-4"]  # rotation; staging removed
+    uninterrupted = four_steps(tmp_path / "straight")
+    for name, tensor in uninterrupted.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, msg=name)
+
+
+# -- data parallelism with fewer blocks than processes ----------------------------------------------------------
+
+
+def test_empty_warm_start_shard_contributes_nothing(tmp_path):
+    script = [str(HERE / "distributed_warm_start.py")]
+    one_block = ["1", "2"]  # packed_dataset(1, seed=2) is a single block: rank 1 gets an empty shard
+    single = subprocess.run(
+        [sys.executable, *script, str(tmp_path / "single.pt"), *one_block], capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run(
+        [*command, *script, str(tmp_path / "double.pt"), *one_block], capture_output=True, text=True, timeout=300
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
+    assert one["rows"] == 1 and two["shard_rows"] == [1, 0]
+    for name, tensor in one["state"].items():
+        torch.testing.assert_close(two["state"][name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
+# -- configuration values ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named", "value"),
+    [
+        (dict(windows=[1.5, 4]), "windows[0]", "1.5"),
+        (dict(windows=[4, "4"]), "windows[1]", "'4'"),
+        (dict(windows=[True]), "windows[0]", "True"),
+        (dict(windows=[float("nan")]), "windows[0]", "nan"),
+        (dict(explicit_smoothing=float("inf")), "explicit_smoothing", "inf"),
+        (dict(explicit_smoothing=1e308), "explicit_smoothing", "1e+308"),
+        (dict(explicit_hidden_priming=1e40), "explicit_hidden_priming", "1e+40"),
+        (dict(initializer_range=float("inf")), "initializer_range", "inf"),
+    ],
+)
+def test_config_rejects_and_names_the_bad_field(overrides, named, value):
+    with pytest.raises(ValueError, match=re.escape(f"SaffuConfig.{named} must")) as error:
+        saffu_config(**overrides)
+    assert str(error.value).endswith(f"got {value}")
+
+
+def test_smoothing_and_priming_are_bounded_where_float32_weights_stay_finite():
+    """alpha = 1e308 and K = 1e40 are refused up front; the bounds themselves (alpha in (1e-30, 1e30], K <= 1e6)
+    warm-start to finite weights."""
+    from hf_saffu.warm_start import explicit_warm_start
+
+    for overrides in (dict(explicit_smoothing=1e308), dict(explicit_hidden_priming=1e40)):
+        with pytest.raises(ValueError, match=f"SaffuConfig.{next(iter(overrides))} must be a finite number"):
+            saffu_config(**overrides)
+    for overrides in (dict(explicit_smoothing=1e30), dict(explicit_smoothing=2e-30, explicit_hidden_priming=1e6)):
+        model = SaffuForCausalLM(saffu_config(**overrides))
+        explicit_warm_start(model, [packed_dataset(5).with_format("torch")[:]], show_progress=False)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), overrides
+
+
+def test_yaml_empty_windows_is_a_document_only_model(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"windows": [], "dataset_name": "shakespeare", "output_dir": "out"}))
+    model_args, _, _ = parse_arguments([str(config)])
+    assert model_args.windows == []
+    saffu = SaffuConfig(vocab_size=300, embed_bits=12, hidden_bits=12, **{"windows": model_args.windows})
+    assert saffu.num_contexts == 1 and saffu.max_window == 1
+
+
+# -- data files ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("split", "content", "error", "message"),
+    [
+        ("train", b"", ValueError, "holds no text"),
+        ("train", b"caf\xe9 au lait\n", ValueError, "is not UTF-8 text"),
+        ("train", None, IsADirectoryError, "is a directory"),
+        ("validation", b"\n  \n\n", ValueError, "holds no text"),
+        ("validation", b"", ValueError, "holds no text"),
+        ("test", b"ok\n\xff\xfe\n", ValueError, "is not UTF-8 text"),
+    ],
+)
+def test_bad_data_file_is_named_before_anything_is_loaded(tmp_path, split, content, error, message):
+    bad = tmp_path / "bad.txt"
+    bad.mkdir() if content is None else bad.write_bytes(content)
+    files = {f"{name}_files": [text_file(tmp_path / f"{name}.txt")] for name in ("train", "validation", "test")}
+    files[f"{split}_files"] = [str(bad)]
+    with pytest.raises(error, match=rf"{split} file {bad} {message}"):
+        load_text_datasets(DataArguments(**files))
+
+
+@pytest.mark.parametrize("field", ["tokenizer_name_or_path", "model_name_or_path"])
+@pytest.mark.parametrize("relative", [False, True])
+def test_missing_local_tokenizer_or_model_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, field, relative):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    missing = "runs/tok" if relative else str(tmp_path / "nowhere" / "tok")
+    model_args, data_args, training_args = job_arguments(tmp_path)
+    setattr(data_args if field.startswith("tokenizer") else model_args, field, missing)
+    with pytest.raises(FileNotFoundError, match=rf"{field} {missing} does not exist"):
+        run_training(model_args, data_args, training_args)
+    assert not Path(training_args.output_dir).exists()  # nothing ran
+
+
+# -- model inputs --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), r"input_ids must have shape \(batch, length\).*\(1, 0\)"),
+        (dict(input_ids=torch.tensor([2, 3, 4])), r"input_ids must have shape \(batch, length\).*\(3,\)"),
+        (dict(input_ids=torch.tensor([[2.0, 3.0]])), r"input_ids must hold integer token ids, got dtype torch.float32"),
+        (
+            dict(input_ids=torch.tensor([[2, 3, 4]]), attention_mask=torch.ones(2, 3, dtype=torch.long)),
+            r"attention_mask must have shape.*got shape \(2, 3\)",
+        ),
+        (
+            dict(input_ids=torch.tensor([[2, 3, 4]]), attention_mask=torch.ones(1, 2, dtype=torch.long)),
+            r"attention_mask must have shape.*got shape \(1, 2\)",
+        ),
+    ],
+)
+def test_bad_model_inputs_are_named(inputs, message):
+    model = SaffuForCausalLM(saffu_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+def test_generate_from_an_empty_prompt_is_a_clear_error():
+    model = SaffuForCausalLM(saffu_config()).eval()
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, length\) with length >= 1"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2, do_sample=False)
+
+
+def test_labels_without_targets_give_loss_zero_and_zero_gradient():
+    """Documented choice: a mean over no tokens is 0 (not NaN), so a padding-only batch cannot poison a run."""
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config())
+    ids = torch.tensor([[2, 3, 4, 5]])
+    loss = model(ids, labels=torch.full_like(ids, -100)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    one_target = model(ids, labels=torch.tensor([[-100, -100, 4, -100]])).loss
+    expected = -torch.log_softmax(model(ids).logits[0, 1], -1)[4]
+    torch.testing.assert_close(one_target, expected)
+
+
+def test_unpacked_ragged_rows_are_named_before_the_warm_start(tmp_path):
+    ragged = Dataset.from_dict({"input_ids": [[2, 3, 4, 5], [2, 3], [6, 7, 8]]})
+    trainer = ExplicitTrainer(
+        model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path), train_dataset=ragged
+    )
+    with pytest.raises(ValueError, match=r"input_ids rows have different lengths \(from 2 to 4 tokens\)"):
+        trainer.train()
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+
+def test_cli_missing_file_is_one_line(saffu_dir, tmp_path, capsys):
+    missing = tmp_path / "absent.txt"
+    assert f"text file not found: {missing}" in run_cli(["evaluate", str(saffu_dir), "--data", str(missing)], capsys)
+    assert f"model directory {missing} does not exist" in run_cli(["generate", str(missing)], capsys)
+
+
+def test_cli_bad_flag_and_bad_config_are_one_line(tmp_path, capsys):
+    train = text_file(tmp_path / "train.txt")
+    err = run_cli(["train", "--train_files", train, "--output_dir", str(tmp_path / "o"), "--no_such_flag", "1"], capsys)
+    assert "--no_such_flag" in err
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump({"train_files": [train], "output_dir": str(tmp_path / "o"), "explicit_smoothing": 1e308})
+    )
+    err = run_cli(
+        ["train", str(config), "--tokenizer_vocab_size", "300", "--embed_bits", "12", "--hidden_bits", "12"], capsys
+    )
+    assert "SaffuConfig.explicit_smoothing must be a finite number" in err and "got 1e+308" in err
+
+
+def test_cli_unreachable_hub_is_one_line(saffu_dir, capsys, monkeypatch):
+    monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint="http://127.0.0.1:9", token="hf_test"))
+    err = run_cli(["push", str(saffu_dir), "tester/unreachable"], capsys)
+    assert err.startswith("hf-saffu push: error:") and "connect" in err.lower()
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory"):
+        cli_main(["--debug", "generate", str(tmp_path / "absent")])
