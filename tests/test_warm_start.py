@@ -416,17 +416,20 @@ def test_torchrun_without_an_accelerator_runs_data_parallel(tmp_path):
         pytest.skip("checks the CPU-only default")
     script = tmp_path / "arguments.py"
     script.write_text(
+        "import os, sys\n"
         "import torch.distributed as dist\n"
         "from hf_saffu.trainer import ExplicitTrainingArguments\n"
         "args = ExplicitTrainingArguments(output_dir='unused', report_to='none')\n"
-        "print('parallel', args.parallel_mode.value, args.world_size, args.process_index, flush=True)\n"
-        "dist.destroy_process_group()\n"
+        "report = f'{args.parallel_mode.value} {args.world_size} {args.process_index}'\n"
+        "open(os.path.join(sys.argv[1], 'rank' + os.environ['RANK']), 'w').write(report)\n"
+        "if dist.is_initialized():\n"
+        "    dist.destroy_process_group()\n"
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run([*command, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = sorted(line for line in result.stdout.splitlines() if line.startswith("parallel"))
-    assert reports == ["parallel distributed 2 0", "parallel distributed 2 1"]
+    reports = [(tmp_path / f"rank{rank}").read_text() for rank in range(2)]
+    assert reports == ["distributed 2 0", "distributed 2 1"]
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("false", None), (False, None), ("run/x", "run/x")])
