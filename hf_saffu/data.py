@@ -10,7 +10,8 @@ import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import config as datasets_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -27,7 +28,10 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": f"a `datasets` dataset name, or '{BUILTIN_CORPUS}' for the built-in corpus"},
+        metadata={
+            "help": f"a `datasets` dataset name, a folder written by save_to_disk, or '{BUILTIN_CORPUS}' for the "
+            "built-in corpus"
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
     train_files: list[str] | None = field(default=None, metadata={"help": "local text files: one document a line"})
@@ -61,6 +65,10 @@ def load_text_datasets(data_args: DataArguments) -> DatasetDict:
     """train / validation (/ test) splits with one document per row in `text_column`."""
     if data_args.dataset_name == BUILTIN_CORPUS:
         raw = load_shakespeare()
+    elif data_args.dataset_name is not None and is_saved_dataset(data_args.dataset_name):
+        raw = load_from_disk(data_args.dataset_name)
+        if isinstance(raw, Dataset):
+            raw = DatasetDict({"train": raw})
     elif data_args.dataset_name is not None:
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config)
     else:
@@ -91,6 +99,13 @@ def load_text_datasets(data_args: DataArguments) -> DatasetDict:
         held_out = raw["train"].train_test_split(test_size=data_args.validation_percentage / 100, seed=0)
         raw["train"], raw["validation"] = held_out["train"], held_out["test"]
     return raw
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by `Dataset.save_to_disk` (one split, used as train) or `DatasetDict.save_to_disk`."""
+    folder = Path(path)
+    names = (datasets_config.DATASET_STATE_JSON_FILENAME, datasets_config.DATASETDICT_JSON_FILENAME)
+    return any((folder / name).is_file() for name in names)
 
 
 def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:

@@ -3,16 +3,20 @@
 The directory is checked before anything is sent: it must hold a SAFFU ``config.json`` whose
 ``auto_map`` code files are present (so ``trust_remote_code`` loading works), safetensors
 weights and a tokenizer. Then the repo is created (or reused), the branch is created when a
-``revision`` is given, and the directory is uploaded in one commit.
+``revision`` is given, and the directory is uploaded in one commit, with the model card of
+:func:`hf_saffu.model_card.model_card_for_dir` as ``README.md`` (the directory is not modified).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
-import warnings
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
@@ -21,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from .errors import NonFiniteError, check_finite
+from .model_card import model_card_for_dir
 
 DEFAULT_COMMIT_MESSAGE = "Upload SAFFU model with hf-saffu push"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -64,8 +69,6 @@ def check_model_dir(model_dir: str | Path) -> Path:
             f"{path} has no tokenizer: expected tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)} "
             "(save it with tokenizer.save_pretrained)"
         )
-    if not (path / "README.md").is_file():
-        warnings.warn(f"{path} has no README.md model card (see hf_saffu.model_card.write_model_card)", stacklevel=2)
     return path
 
 
@@ -97,14 +100,28 @@ def push_model_dir(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=path,
-        revision=revision,
-        commit_message=commit_message,
-        ignore_patterns=IGNORE_PATTERNS,
-        delete_patterns=DELETE_PATTERNS,
-    )
+    with folder_with_card(path, repo_id) as folder:
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message,
+            ignore_patterns=IGNORE_PATTERNS,
+            delete_patterns=DELETE_PATTERNS,
+        )
+
+
+@contextmanager
+def folder_with_card(path: Path, repo_id: str) -> Iterator[Path]:
+    """A temporary folder of links to the files of ``path`` (subfolders are training leftovers) whose
+    ``README.md`` is the model card to publish as ``repo_id``."""
+    with tempfile.TemporaryDirectory() as staging:
+        folder = Path(staging)
+        for file in path.iterdir():
+            if file.is_file() and file.name != "README.md":
+                os.symlink(file.resolve(), folder / file.name)
+        (folder / "README.md").write_text(model_card_for_dir(path, repo_id), encoding="utf-8")
+        yield folder
 
 
 def add_push_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -4,23 +4,33 @@ The card is rendered with :class:`huggingface_hub.ModelCard` from the Jinja temp
 ``hf_saffu/templates/model_card.md``. Its YAML metadata (library_name, tags, datasets, license,
 pipeline_tag and a ``model-index`` with the validation/test perplexities) is built with
 :class:`huggingface_hub.ModelCardData`, so it validates on the Hub. The training CLI calls
-:func:`write_model_card` to write ``README.md`` into the output directory; ``hf-saffu push``
-uploads it with the rest of the directory.
+:func:`write_model_card` to write ``README.md`` into the output directory. Publishing
+(``hf-saffu push``, ``model.push_to_hub``) uploads :func:`model_card_for_dir`: that card with the
+loading examples naming the repo, or for a directory without a SAFFU card, one written from its
+config and whatever results it holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+from .configuration_saffu import SaffuConfig
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 BASE_TAGS = ("saffu", "explicit-optimization", "warm-start", "causal-lm", "text-generation")
 NOT_MEASURED = "not measured"
+UNSPECIFIED_DATASET = "unspecified"
+# The loading examples of a card written before the repo was known: "<namespace>/MODEL_NAME".
+REPO_ID_PLACEHOLDER = re.compile(r"<namespace>/[\w.-]+")
 DEFAULT_INTENDED_USE = (
     "Research on explicitly optimised language models and fast warm starts, and as a small, cheap "
     "baseline for text generation and perplexity comparisons on text like the training data."
@@ -42,9 +52,9 @@ class TrainingRunInfo:
         architecture: one-line architecture summary (see :func:`describe_architecture`).
         num_parameters: number of parameters.
         dataset_name: human-readable name of the training data, e.g. ``"WikiText-2 (raw)"``.
-        train_tokens: number of training tokens.
 
     Optional (``None`` renders as "not measured" and is left out of ``model-index``):
+        train_tokens: number of training tokens.
         dataset_id: Hub id of the dataset (``datasets:`` metadata and ``model-index`` dataset type).
         dataset_config: dataset configuration name, e.g. ``"wikitext-2-raw-v1"``.
         repo_id: Hub repo id used in the loading examples (a placeholder when unknown).
@@ -61,7 +71,7 @@ class TrainingRunInfo:
     architecture: str
     num_parameters: int
     dataset_name: str
-    train_tokens: int
+    train_tokens: int | None = None
     dataset_id: str | None = None
     dataset_config: str | None = None
     repo_id: str | None = None
@@ -92,7 +102,7 @@ class TrainingRunInfo:
         info = cls(**run_info)
         for name in ("num_parameters", "train_tokens"):
             value = getattr(info, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"model card key {name!r} must be a non-negative integer, got {value!r}")
         return info
 
@@ -132,13 +142,13 @@ def build_model_card(info: TrainingRunInfo) -> ModelCard:
         num_parameters=f"{info.num_parameters:,}",
         license=info.license,
         dataset_name=info.dataset_name,
-        train_tokens=f"{info.train_tokens:,}",
+        train_tokens=NOT_MEASURED if info.train_tokens is None else f"{info.train_tokens:,}",
         warm_start_seconds=_seconds(info.warm_start_seconds),
         backprop_seconds=_seconds(info.backprop_seconds),
         warm_start_perplexity=_perplexity(info.warm_start_perplexity),
         final_perplexity=_perplexity(info.final_perplexity),
         test_perplexity=_perplexity(info.test_perplexity),
-        repo_id=info.repo_id or f"<namespace>/{info.model_name}",
+        repo_id=info.repo_id or f"<namespace>/{info.model_name}",  # see REPO_ID_PLACEHOLDER
         intended_use=info.intended_use,
         limitations=info.limitations,
     )
@@ -157,6 +167,48 @@ def write_model_card(output_dir: str | Path, run_info: dict[str, Any] | Training
     output_dir.mkdir(parents=True, exist_ok=True)
     card.save(output_dir / "README.md")
     return card
+
+
+def results_run_info(results: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`TrainingRunInfo` keys that ``all_results.json`` (written by ``hf-saffu train``) holds."""
+    return {
+        "train_tokens": results.get("train_tokens"),
+        "warm_start_perplexity": results.get("warm_start_validation_perplexity"),
+        "final_perplexity": results.get("validation_perplexity"),
+        "test_perplexity": results.get("test_perplexity"),
+        "warm_start_seconds": results.get("warm_start_seconds"),
+        "backprop_seconds": results.get("backprop_seconds"),
+    }
+
+
+def model_card_for_dir(model_dir: str | Path, repo_id: str) -> str:
+    """The model card to publish a saved SAFFU directory as ``repo_id``: its SAFFU ``README.md`` with the
+    loading examples naming ``repo_id``, or else a card written from ``config.json``, the stored weights and
+    the results ``all_results.json`` holds (what was not recorded reads "not measured")."""
+    path = Path(model_dir)
+    readme = path / "README.md"
+    if readme.is_file() and "saffu" in (ModelCard.load(readme).data.tags or []):
+        return REPO_ID_PLACEHOLDER.sub(repo_id, readme.read_text(encoding="utf-8"))
+    results_file = path / "all_results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    run_info = {
+        "model_name": repo_id.split("/")[-1],
+        "architecture": describe_architecture(SaffuConfig.from_pretrained(path)),
+        "num_parameters": stored_parameters(path),
+        "dataset_name": UNSPECIFIED_DATASET,
+        "repo_id": repo_id,
+        **results_run_info(results),
+    }
+    return build_model_card(TrainingRunInfo.from_dict(run_info)).content
+
+
+def stored_parameters(model_dir: Path) -> int:
+    """The number of parameters in a directory's safetensors weights."""
+    total = 0
+    for weights_file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(weights_file, framework="pt") as weights:
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total
 
 
 def _eval_results(info: TrainingRunInfo) -> list[EvalResult]:

@@ -23,6 +23,9 @@ Decoding keeps, per layer, the last max(windows) - 1 inputs and the running docu
 a state whose size does not grow with the text.
 """
 
+import copy
+import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -302,10 +305,30 @@ class SaffuPreTrainedModel(PreTrainedModel):
         """SAFFU keeps its own constant-size `SaffuDecodingState`, not a key/value cache."""
         return False
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings`, refused before anything changes (a `ValueError` naming the
+        field) when the config could not hold the new vocabulary: at most 2^embed_bits - 1 and 2^hidden_bits - 1
+        tokens, and the special token ids inside it."""
+        if new_num_tokens is not None or pad_to_multiple_of is not None:
+            resized = copy.deepcopy(self.config)
+            resized.vocab_size = new_num_tokens if new_num_tokens is not None else self.config.vocab_size
+            if pad_to_multiple_of is not None:
+                resized.vocab_size = math.ceil(resized.vocab_size / pad_to_multiple_of) * pad_to_multiple_of
+            resized.validate_saffu()
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Bit-cipher embeddings (frequency rank = token id until the warm start counts tokens);
-        normal(0, initializer_range) dense weights and zero biases."""
+        normal(0, initializer_range) dense weights and zero biases.
+
+        `config.warm_started` follows the weights: a freshly initialised layer (a model built from a config,
+        or a weight missing from a checkpoint) resets it; `from_pretrained` initialises only missing weights,
+        so a complete warm-started checkpoint keeps it."""
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            self.config.warm_started = False
         if isinstance(module, nn.Embedding):
             ranks = torch.arange(module.num_embeddings)
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
@@ -430,6 +453,30 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; when the code is saved with the model (`register_for_auto_class`),
+        the auto_map also names the base `SaffuModel` for `AutoModel`, so `AutoModel.from_pretrained(path,
+        trust_remote_code=True)` loads it where hf_saffu is not installed."""
+        if self._auto_class is not None:
+            module = SaffuModel.__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.SaffuModel",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
+        """The upload step of `push_to_hub`, given the saved folder and transformers' card (the repo's own, or a
+        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published."""
+        try:
+            from hf_saffu.model_card import model_card_for_dir
+        except ImportError:  # loaded as remote code where hf_saffu is not installed: keep transformers' card
+            pass
+        else:
+            with open(os.path.join(working_dir, "README.md"), "w", encoding="utf-8") as readme:
+                readme.write(model_card_for_dir(working_dir, repo_id))
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def forward(
         self,

@@ -27,7 +27,7 @@ from .data import (
     train_tokenizer,
 )
 from .errors import check_finite
-from .model_card import describe_architecture, write_model_card
+from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
 
@@ -274,13 +274,24 @@ def run_info_from_results(results: dict, data_args: DataArguments, output_dir: s
         "model_name": Path(output_dir).name,
         "architecture": describe_architecture(model.config),
         "num_parameters": results["parameters"],
-        "dataset_name": data_args.dataset_name or ", ".join(data_args.train_files or []),
-        "dataset_id": data_args.dataset_name if data_args.dataset_name not in (None, BUILTIN_CORPUS) else None,
+        "dataset_name": dataset_title(data_args),
+        "dataset_id": hub_dataset_id(data_args),
         "dataset_config": data_args.dataset_config,
-        "train_tokens": results["train_tokens"],
-        "warm_start_perplexity": results.get("warm_start_validation_perplexity"),
-        "final_perplexity": results.get("validation_perplexity"),
-        "test_perplexity": results.get("test_perplexity"),
-        "warm_start_seconds": results.get("warm_start_seconds"),
-        "backprop_seconds": results.get("backprop_seconds"),
+        **results_run_info(results),
     }
+
+
+def hub_dataset_id(data_args: DataArguments) -> str | None:
+    """The Hub id of the training data, the only kind of name the card's `datasets:` metadata takes: None for
+    the built-in corpus and for local files and folders."""
+    name = data_args.dataset_name
+    return None if name is None or name == BUILTIN_CORPUS or Path(name).exists() else name
+
+
+def dataset_title(data_args: DataArguments) -> str:
+    """How the model card names the training data: the dataset's name, or the local files' and folder's names
+    (never a local path, which would be published with the card)."""
+    name = data_args.dataset_name
+    if name is not None and not Path(name).exists():
+        return name
+    return ", ".join(Path(path).name for path in ([name] if name else data_args.train_files))

@@ -5,7 +5,8 @@ parallelism. Each process reads a disjoint, contiguous shard of the training blo
 dataloader, which repeats samples to even out the ranks); the float64 statistics are summed over
 processes before every process solves, so every rank ends with the weights one process would get.
 The warm start is skipped when resuming from a checkpoint or when the model is already warm-started
-(`config.warm_started`, saved with the model).
+(`config.warm_started`, saved with the model). The flag follows the weights: resuming takes it from the
+checkpoint whose weights are loaded. `warm_start_only` warm-starts (and evaluates) without backprop.
 
 Evaluation reports the exact token-level loss and perplexity, exp(sum of token NLL / number of
 predicted tokens), with every eval sample counted exactly once across processes.
@@ -16,6 +17,7 @@ NaN or infinite (before that step is logged or saved), and writes every checkpoi
 name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent.
 """
 
+import json
 import math
 import os
 import re
@@ -29,12 +31,18 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
-from transformers.utils import logging
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    EvalLoopOutput,
+    TrainOutput,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
+from transformers.utils import CONFIG_NAME, logging
 
 from .errors import check_finite
 from .evaluation import perplexity_from_loss
-from .model_card import describe_architecture, write_model_card
+from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
 
@@ -59,6 +67,9 @@ class ExplicitTrainingArguments(TrainingArguments):
     explicit_attention_iters: int = field(
         default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
     )
+    warm_start_only: bool = field(
+        default=False, metadata={"help": "warm-start (and evaluate) without any backprop step"}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "start a new run in an output_dir holding a previous run's model or checkpoints"},
@@ -72,6 +83,8 @@ class ExplicitTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            self.use_cpu = True  # torchrun without an accelerator: gloo data parallelism, not independent runs
         super().__post_init__()
         if self.warm_start_max_tokens is not None and self.warm_start_max_tokens < 1:
             raise ValueError(f"warm_start_max_tokens must be >= 1 or None, got {self.warm_start_max_tokens}")
@@ -81,6 +94,8 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
+        if self.warm_start_only and not self.warm_start:
+            raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
 
 
 class DatasetBatches:
@@ -131,6 +146,25 @@ class WarmStartLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         state.log_history[:0] = self.entries
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint to resume from: a path as given, or for True (or "true", as the command line gives it)
+    the last checkpoint-N in output_dir; None for a new run (None, False, "false")."""
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "false"):
+        resume_from_checkpoint = resume_from_checkpoint.lower() == "true"
+    if resume_from_checkpoint is True:
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint=true, but output_dir {output_dir} holds no checkpoint-N folder")
+        return last
+    return resume_from_checkpoint or None
+
+
+def checkpoint_warm_started(checkpoint: str) -> bool:
+    """`warm_started` of the model saved in a checkpoint (False when it has no config)."""
+    config_file = Path(checkpoint) / CONFIG_NAME
+    return config_file.is_file() and bool(json.loads(config_file.read_text()).get("warm_started", False))
 
 
 class DivergenceGuard(TrainerCallback):
@@ -186,11 +220,18 @@ class ExplicitTrainer(Trainer):
             )
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        check_output_dir(self.args, resume_from_checkpoint)
+        """Warm-start (unless resuming or already warm-started), then `Trainer.train`; with `warm_start_only`,
+        no backprop. `resume_from_checkpoint`: a path, or True / "true" for the last checkpoint in output_dir."""
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        check_output_dir(self.args, checkpoint)
         model = self.saffu_model
+        if checkpoint is not None:
+            model.config.warm_started = checkpoint_warm_started(checkpoint)
+        if self.args.warm_start_only and checkpoint is not None:
+            raise ValueError("warm_start_only runs no backprop: it cannot resume from a checkpoint")
         if not self.args.warm_start:
             reason = "disabled (warm_start=False)"
-        elif resume_from_checkpoint:
+        elif checkpoint is not None:
             reason = "skipped: resuming from a checkpoint"
         elif model.config.warm_started:
             reason = "skipped: the model is already warm-started"
@@ -200,7 +241,9 @@ class ExplicitTrainer(Trainer):
         if reason is not None:
             self.log({"warm_start_skipped": 1.0})
             logger.info(f"explicit warm start {reason}")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.args.warm_start_only:
+            return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
+        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
 
     def warm_start_shard(self) -> "DatasetBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
@@ -245,7 +288,7 @@ class ExplicitTrainer(Trainer):
             {
                 "architecture": describe_architecture(model.config),
                 "num_parameters": sum(p.numel() for p in model.parameters()),
-                "dataset_name": dataset_name or "unspecified",
+                "dataset_name": dataset_name or UNSPECIFIED_DATASET,
                 "train_tokens": train_tokens,
                 "warm_start_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
                 "final_perplexity": history.get("eval_perplexity"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,13 @@ from transformers import PreTrainedTokenizerFast
 import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
-from hf_saffu.model_card import NOT_MEASURED, TrainingRunInfo, describe_architecture, write_model_card
+from hf_saffu.model_card import (
+    NOT_MEASURED,
+    TrainingRunInfo,
+    build_model_card,
+    describe_architecture,
+    write_model_card,
+)
 
 REPO_ID = "tester/tiny-saffu"
 API_REPO_ID = "tester/tiny-saffu-push-to-hub"
@@ -291,6 +298,46 @@ def assert_push_to_hub_published(stored: dict[str, bytes], local: dict[str, byte
     assert {"model.safetensors", "generation_config.json", "tokenizer_config.json"} <= set(stored)
 
 
+PUBLISH_CARDS = """
+import json
+from hf_saffu.cli import main
+from transformers import AutoModelForCausalLM
+
+placeholder_dir, bare_dir, repo_id, bare_repo_id, api_repo_id = sys.argv[1:]
+main(["push", placeholder_dir, repo_id])
+main(["push", bare_dir, bare_repo_id])
+AutoModelForCausalLM.from_pretrained(bare_dir).push_to_hub(api_repo_id)
+"""
+
+
+def test_every_push_publishes_the_saffu_card_naming_the_repo(hub, saffu_dir, tmp_path):
+    """``hf-saffu push`` writes the repo id into the card's loading examples (the directory stays as it was);
+    a directory saved with save_pretrained (no card) and ``model.push_to_hub`` publish the SAFFU card written
+    from the config and the results the directory holds, not transformers' generic card or none."""
+    placeholder = copy_model_dir(saffu_dir, tmp_path / "placeholder-dir")
+    run_info = RUN_INFO | {"architecture": "SAFFU", "num_parameters": 1}
+    local_card = write_model_card(placeholder, run_info).content
+    assert '"<namespace>/placeholder-dir"' in local_card
+    bare = copy_model_dir(saffu_dir, tmp_path / "bare", remove=("README.md",))
+    results = {"train_tokens": 512, "validation_perplexity": 17.25, "test_perplexity": 18.125}
+    (bare / "all_results.json").write_text(json.dumps(results))
+    bare_repo, api_repo = "tester/bare-saffu", "tester/api-saffu"
+    # hub.env keeps PYTHONPATH: the client publishes with this checkout's hf_saffu
+    run_client(PUBLISH_CARDS, hub.env(tmp_path), tmp_path / "work", placeholder, bare, REPO_ID, bare_repo, api_repo)
+
+    assert hub.files(REPO_ID)["README.md"].decode() == local_card.replace("<namespace>/placeholder-dir", REPO_ID)
+    assert (placeholder / "README.md").read_text() == local_card
+    architecture = describe_architecture(SaffuConfig.from_pretrained(saffu_dir))
+    parameters = f"{SaffuForCausalLM.from_pretrained(saffu_dir).num_parameters():,}"
+    for repo_id, metrics in ((bare_repo, {"validation": 17.25, "test": 18.125}), (api_repo, {})):
+        card = ModelCard(hub.files(repo_id)["README.md"].decode())
+        assert "saffu" in card.data.tags
+        assert {r.dataset_split: r.metric_value for r in card.data.eval_results or []} == metrics
+        for text in (architecture, parameters, f'from_pretrained("{repo_id}", trust_remote_code=True)'):
+            assert text in card.text, (repo_id, text)
+    assert "| Training tokens | 512 |" in ModelCard(hub.files(bare_repo)["README.md"].decode()).text
+
+
 REMOTE_CODE = """
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -448,6 +495,32 @@ def test_model_card_metadata_validates_and_carries_metrics(hub, saffu_dir, tmp_p
     valid, invalid = result.stdout.split(f"{broken}: ")
     assert valid == f"{saffu_dir / 'README.md'}: valid\n"
     assert invalid.startswith('invalid: "pipeline_tag" must be one of')
+
+
+def test_the_cards_remote_code_example_runs_without_a_question(saffu_dir, tmp_path):
+    """The card's example for a machine without hf_saffu loads model and tokenizer and generates with stdin
+    closed: no "run the custom code? [y/N]" question and no model-type warning."""
+    card = build_model_card(
+        TrainingRunInfo.from_dict(
+            RUN_INFO | {"model_name": "m", "architecture": "SAFFU", "num_parameters": 1, "repo_id": REPO_ID}
+        )
+    )
+    example = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)[1]
+    assert "import hf_saffu" not in example
+    example = example.replace(f'"{REPO_ID}"', repr(str(saffu_dir)))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + PLUGIN_BLOCKER + example],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"},
+        timeout=CLIENT_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Once upon a time")
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    assert "You are using a model of type" not in result.stderr
 
 
 def test_model_card_renders_missing_and_diverged_metrics(tmp_path):

@@ -311,19 +311,25 @@ def test_save_and_load_give_identical_logits(tmp_path):
     assert torch.equal(model(ids).logits, reloaded(ids).logits)
 
 
+BLOCK_HF_SAFFU = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class BlockHfSaffu(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "hf_saffu" or name.startswith("hf_saffu."):
+                raise ImportError("hf_saffu is blocked in this process")
+    sys.meta_path.insert(0, BlockHfSaffu())
+    """
+)
+
+
 def test_trust_remote_code_without_the_package(tmp_path):
     model = sharp_model()
     ids = random_ids(2, 9)
     model.save_pretrained(tmp_path / "model")
     torch.save({"ids": ids, "logits": model(ids).logits.detach()}, tmp_path / "reference.pt")
-    script = textwrap.dedent(
+    script = BLOCK_HF_SAFFU + textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class BlockHfSaffu(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "hf_saffu" or name.startswith("hf_saffu."):
-                    raise ImportError("hf_saffu is blocked in this process")
-        sys.meta_path.insert(0, BlockHfSaffu())
         import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(
@@ -346,6 +352,47 @@ def test_trust_remote_code_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok transformers_modules" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "new_size", "multiple", "field"),
+    [
+        (dict(embed_bits=6), 64, None, "embed_bits"),  # 2^6 - 1 = 63 codes
+        (dict(embed_bits=6), 60, 8, "embed_bits"),  # padded to 64
+        (dict(hidden_bits=6), 64, None, "hidden_bits"),
+        (dict(eos_token_id=45), 40, None, "eos_token_id"),
+    ],
+)
+def test_resize_beyond_the_bit_cipher_codes_is_refused_before_any_change(overrides, new_size, multiple, field):
+    model = tiny_model(**overrides)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(ValueError, match=field):
+        model.resize_token_embeddings(new_size, pad_to_multiple_of=multiple)
+    assert model.config.vocab_size == VOCAB
+    after = model.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
+
+
+def test_auto_model_with_remote_code_without_the_package(tmp_path):
+    """AutoModel (the base SaffuModel) loads from a saved SaffuForCausalLM with trust_remote_code alone."""
+    model = sharp_model()
+    ids = random_ids(2, 9)
+    model.save_pretrained(tmp_path / "model")
+    torch.save({"ids": ids, "hidden": model.model(ids).last_hidden_state.detach()}, tmp_path / "reference.pt")
+    script = BLOCK_HF_SAFFU + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "hf_saffu" not in sys.modules
+        reference = torch.load({str(tmp_path / "reference.pt")!r})
+        assert torch.equal(model(reference["ids"]).last_hidden_state, reference["hidden"]), "hidden states differ"
+        print("remote code ok", type(model).__name__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok SaffuModel" in result.stdout
 
 
 # -- training -------------------------------------------------------------------------------------

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
-from hf_saffu.data import DataArguments, load_text_datasets, pack_documents
+from hf_saffu.data import DataArguments, load_text_datasets, pack_documents, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
-from hf_saffu.train import ModelArguments, run_training
-from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
+from hf_saffu.model_card import TrainingRunInfo, build_model_card
+from hf_saffu.train import ModelArguments, config_for_tokenizer, parse_arguments, run_info_from_results, run_training
+from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, ExplicitTrainingArguments, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
 VOCAB = 40
@@ -298,6 +300,40 @@ def test_text_shorter_than_a_window_is_a_clear_error(tmp_path):
         run_training(ModelArguments(windows=[16]), data_args, training_arguments(tmp_path))
 
 
+@pytest.mark.parametrize("kind", ["dataset", "dataset_dict"])
+def test_dataset_name_reads_a_saved_dataset_folder(tmp_path, kind):
+    lines = [f"document number {i}" for i in range(40)]
+    folder = tmp_path / "saved"
+    if kind == "dataset":
+        Dataset.from_dict({"text": lines}).save_to_disk(folder)
+    else:
+        DatasetDict(
+            {"train": Dataset.from_dict({"text": lines[:30]}), "validation": Dataset.from_dict({"text": lines[30:]})}
+        ).save_to_disk(folder)
+    raw = load_text_datasets(DataArguments(dataset_name=str(folder)))
+    assert sorted([*raw["train"]["text"], *raw["validation"]["text"]]) == sorted(lines)
+    if kind == "dataset_dict":
+        assert list(raw["validation"]["text"]) == lines[30:]
+
+
+@pytest.mark.parametrize("source", ["saved_folder", "train_files"])
+def test_the_model_card_publishes_no_local_path(tmp_path, source):
+    """Only a Hub dataset id belongs in the card's metadata; local data is named by its file or folder name."""
+    data = tmp_path / "private" / "corpus"
+    data.mkdir(parents=True)
+    if source == "saved_folder":
+        data_args, title = DataArguments(dataset_name=str(data)), "corpus"
+    else:
+        train = write_lines(data / "train.txt", ["to be or not to be"])
+        data_args, title = DataArguments(train_files=[train]), "train.txt"
+    results = {"parameters": 10, "train_tokens": 100, "validation_perplexity": 12.5}
+    info = run_info_from_results(results, data_args, str(tmp_path / "run"), SaffuForCausalLM(saffu_config()))
+    card = build_model_card(TrainingRunInfo.from_dict(info))
+    assert card.data.datasets is None
+    assert str(tmp_path) not in card.content
+    assert card.data.eval_results[0].dataset_name == title
+
+
 # -- data parallelism ------------------------------------------------------------------------------
 
 
@@ -321,3 +357,128 @@ def test_two_process_warm_start_equals_one_process(tmp_path):
         other = two["state"][name]
         relative = (tensor - other).abs().max() / tensor.abs().max().clamp_min(1e-12)
         assert relative < 1e-6, (name, relative.item())
+
+
+# -- the warm_started flag follows the weights -----------------------------------------------------
+
+
+def state_of(model: SaffuForCausalLM) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_same_state(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def warm_start_only(model: SaffuForCausalLM, tmp_path: Path, train: Dataset) -> ExplicitTrainer:
+    trainer = ExplicitTrainer(model=model, args=training_arguments(tmp_path, warm_start_only=True), train_dataset=train)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("resume", ["path", "true"])
+def test_a_resumed_run_saves_warm_started_and_continuing_keeps_its_weights(tmp_path, resume):
+    """The resumed run loads the checkpoint's warm-started weights, so it saves warm_started=True; continuing
+    from the saved model does not warm-start again (its weights stay the trained ones)."""
+    train = packed_dataset(200)
+    torch.manual_seed(0)
+    first = ExplicitTrainer(
+        model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path, max_steps=3), train_dataset=train
+    )
+    first.train()
+    torch.manual_seed(1)
+    resumed = ExplicitTrainer(
+        model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path), train_dataset=train
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3") if resume == "path" else "true")
+    assert resumed.warm_start_report is None and resumed.state.global_step == 6
+    resumed.save_model(str(tmp_path / "final"))
+    trained = state_of(resumed.saffu_model)
+
+    continued = warm_start_only(SaffuForCausalLM.from_pretrained(tmp_path / "final"), tmp_path / "continue", train)
+    assert continued.warm_start_report is None
+    assert_same_state(state_of(continued.saffu_model), trained)
+
+
+def test_a_model_built_from_a_trained_config_is_warm_started(tmp_path):
+    """from_config(AutoConfig.from_pretrained(trained)) has random weights: it must not claim warm_started,
+    and the trainer warm-starts it to exactly the weights of the explicit warm start."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    train = packed_dataset(200)
+    torch.manual_seed(0)
+    reference = SaffuForCausalLM(saffu_config())
+    explicit_warm_start(reference, batches_of(train, 5), show_progress=False)
+    reference.save_pretrained(tmp_path / "trained")
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path / "trained"))
+    assert not model.config.warm_started
+    trainer = warm_start_only(model, tmp_path, train)
+    assert trainer.warm_start_report is not None
+    assert_same_state(state_of(model), state_of(reference))
+
+
+def test_warm_start_only_saves_the_warm_started_weights_without_a_step(tmp_path):
+    """warm_start_only (a field of ExplicitTrainingArguments and a command-line flag): the run saves exactly the
+    explicitly warm-started weights, reports the warm-start validation perplexity and takes no optimizer step."""
+    lines = [" ".join(f"w{t}" for t in document) for document in markov_documents(120)]
+    train_file = write_lines(tmp_path / "train.txt", lines[:100])
+    validation_file = write_lines(tmp_path / "validation.txt", lines[100:])
+    model_args, data_args, training_args = parse_arguments(
+        [
+            *("--train_files", train_file, "--validation_files", validation_file, "--tokenizer_vocab_size", "300"),
+            *("--block_size", "24", "--windows", "1", "4", "--embed_bits", "12", "--hidden_bits", "12"),
+            *("--output_dir", str(tmp_path / "run"), "--report_to", "none", "--use_cpu", "true"),
+            *("--warm_start_only", "true", "--learning_rate", "0.5"),
+        ]
+    )
+    results = run_training(model_args, data_args, training_args)
+    saved = SaffuForCausalLM.from_pretrained(tmp_path / "run")
+    assert saved.config.warm_started
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
+    packed = tokenize_and_pack(load_text_datasets(data_args), tokenizer, data_args)
+    reference = SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
+    explicit_warm_start(reference, DatasetBatches(packed["train"].with_format("torch"), 64), show_progress=False)
+    assert_same_state(state_of(saved), state_of(reference))
+
+    written = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert written["backprop_steps"] == 0
+    assert written["warm_start_validation_perplexity"] == results["validation_perplexity"]
+    assert not (tmp_path / "run" / "optimizer.pt").exists()
+
+
+def test_torchrun_without_an_accelerator_runs_data_parallel(tmp_path):
+    """Under torchrun on a CPU-only machine the arguments select gloo data parallelism (2 processes), not two
+    independent single-process runs, without --use_cpu."""
+    if torch.accelerator.is_available():
+        pytest.skip("checks the CPU-only default")
+    script = tmp_path / "arguments.py"
+    script.write_text(
+        "import os, sys\n"
+        "import torch.distributed as dist\n"
+        "from hf_saffu.trainer import ExplicitTrainingArguments\n"
+        "args = ExplicitTrainingArguments(output_dir='unused', report_to='none')\n"
+        "report = f'{args.parallel_mode.value} {args.world_size} {args.process_index}'\n"
+        "open(os.path.join(sys.argv[1], 'rank' + os.environ['RANK']), 'w').write(report)\n"
+        "if dist.is_initialized():\n"
+        "    dist.destroy_process_group()\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run([*command, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [(tmp_path / f"rank{rank}").read_text() for rank in range(2)]
+    assert reports == ["distributed 2 0", "distributed 2 1"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("false", None), (False, None), ("run/x", "run/x")])
+def test_resume_from_checkpoint_values(value, expected):
+    assert resolve_checkpoint(value, "no-such-dir") == expected
+
+
+def test_resume_true_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        resolve_checkpoint("True", str(tmp_path))
