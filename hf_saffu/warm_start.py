@@ -236,7 +236,7 @@ class ExplicitWarmStart:
         unigram = (counts + smoothing) / (counts.sum() + smoothing * counts.numel())
         labels = self.label_vectors.to(torch.float64)
         codes = (labels > 0).to(torch.float64)
-        class_prior = unigram @ labels
+        class_prior = (unigram @ labels).clamp_min(torch.finfo(torch.float64).tiny)  # a class no token is in: 0
         num_contexts, beta = self.config.num_contexts, self.config.explicit_context_weight
         weight = beta * codes.repeat(1, num_contexts)
         bias = -beta * num_contexts * (codes @ torch.log(class_prior))

@@ -52,15 +52,15 @@ def text_file(path: Path, lines: int = 60, seed: int = 0) -> str:
     return str(path)
 
 
-def job_arguments(tmp_path: Path, **training) -> tuple[ModelArguments, DataArguments, object]:
-    """A tiny `hf-saffu train` job on generated text files."""
+def job_arguments(tmp_path: Path, architecture: dict | None = None, **training):
+    """A tiny `hf-saffu train` job on generated text files: (ModelArguments, DataArguments, training arguments)."""
     data = DataArguments(
         train_files=[text_file(tmp_path / "train.txt")],
         validation_files=[text_file(tmp_path / "valid.txt", 10, seed=1)],
         tokenizer_vocab_size=300,
         block_size=16,
     )
-    model = ModelArguments(embed_bits=12, hidden_bits=12, windows=[1, 4])
+    model = ModelArguments(embed_bits=12, hidden_bits=12, windows=[1, 4], **(architecture or {}))
     return model, data, training_arguments(tmp_path, **training)
 
 
@@ -95,13 +95,17 @@ def saffu_dir(tmp_path) -> Path:
 
 
 def test_diverging_run_stops_and_nothing_nan_is_saved(tmp_path):
-    """learning_rate=1e30 makes the weights NaN at step 3: the run stops there, before that step is logged or
-    saved; the checkpoints of steps 1 and 2 stay (finite), and no model or results are written."""
+    """learning_rate=1e30 makes the weights NaN at some step N > 1: the run stops there, before that step is
+    logged or saved; the checkpoints of steps 1 .. N - 1 stay (finite), and no model or results are written."""
     model_args, data_args, training_args = job_arguments(tmp_path, learning_rate=1e30, max_steps=4, save_steps=1)
-    with pytest.raises(NonFiniteError, match=r"the model after optimizer step 3 \(learning_rate=1e\+30\) holds NaN"):
+    with pytest.raises(
+        NonFiniteError, match=r"the model after optimizer step \d \(learning_rate=1e\+30\) holds NaN"
+    ) as error:
         run_training(model_args, data_args, training_args)
+    step = int(re.search(r"optimizer step (\d)", str(error.value)).group(1))
+    assert step > 1
     output_dir = Path(training_args.output_dir)
-    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in output_dir.iterdir()) == [f"checkpoint-{n}" for n in range(1, step)]
     for checkpoint in output_dir.iterdir():
         assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
         history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
@@ -137,6 +141,7 @@ def huge_loss_model() -> SaffuForCausalLM:
     model = SaffuForCausalLM(saffu_config())
     with torch.no_grad():
         model.lm_head.weight.zero_()
+        model.pivot_head.weight.zero_()
         model.lm_head.bias.zero_()
         model.lm_head.bias[0] = 1000.0
     return model
@@ -151,10 +156,12 @@ def test_perplexity_of_a_loss_above_709_is_inf(tmp_path):
 
 
 def test_training_job_with_a_loss_above_709_saves_its_model(tmp_path):
-    """Without the warm start or clipping, learning_rate=1e30 leaves finite weights whose validation loss is
-    about 1e30: the job reports perplexity inf and still saves the model and its results."""
+    """Without the warm start or clipping, learning_rate=1e30 leaves the paper-form head (which reads H, not
+    ln H) finite weights whose validation loss is about 1e30: the job reports perplexity inf and still saves
+    the model and its results."""
+    paper_head = {"log_hidden_head": False, "pivot_head": False}
     model_args, data_args, training_args = job_arguments(
-        tmp_path, learning_rate=1e30, max_steps=4, save_strategy="no", warm_start=False, max_grad_norm=0.0
+        tmp_path, paper_head, learning_rate=1e30, max_steps=4, save_strategy="no", warm_start=False, max_grad_norm=0.0
     )
     results = run_training(model_args, data_args, training_args)
     assert results["validation_loss"] > 1e20 and results["validation_perplexity"] == math.inf

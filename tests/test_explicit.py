@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_saffu.explicit import Cooccurrence, ExplicitStatisticsError, softmax_cross_entropy, solve_softmax
+from hf_saffu.explicit import (
+    Cooccurrence,
+    ExplicitStatisticsError,
+    discounted_counts,
+    softmax_cross_entropy,
+    solve_softmax,
+)
 from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 
 # --- synthetic problems -------------------------------------------------------------------------------------------
@@ -373,3 +379,22 @@ def test_save_load_round_trip(tmp_path):
         ExplicitSoftmaxClassifier.load(tmp_path / "two")
     with pytest.raises(RuntimeError, match="not fitted"):
         ExplicitSoftmaxClassifier(5).save(tmp_path / "unfitted")
+
+
+def test_discounted_counts_are_interpolated_absolute_discounting():
+    """One-hot rows: P(j | i) = max(F_ij - D, 0) / n_i + (R_i + alpha) / n_i * pi_j with R_i = sum_j min(F_ij, D),
+    rows keep their mass n_i + alpha, and the explicit solution's softmax is exactly that distribution."""
+    counts = torch.tensor([[5.0, 1.0, 0.0, 0.5], [0.0, 0.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    discount, alpha = 0.75, 0.01
+    marginal = (counts.sum(0) + alpha) / (counts.sum() + alpha * 4)
+    expected = torch.zeros_like(counts)
+    for i in range(3):
+        removed = sum(min(value, discount) for value in counts[i].tolist())
+        for j in range(4):
+            expected[i, j] = max(counts[i, j].item() - discount, 0) + (removed + alpha) * marginal[j]
+    smoothed = discounted_counts(counts, discount, alpha)
+    torch.testing.assert_close(smoothed, expected)
+    torch.testing.assert_close(smoothed.sum(1), counts.sum(1) + alpha)
+    weight, bias = solve_softmax(counts, priming=1.0, smoothing=alpha, discount=discount)
+    torch.testing.assert_close(torch.softmax(weight + bias, dim=1), expected / expected.sum(1, keepdim=True))
+    assert (smoothed > 0).all()

@@ -143,7 +143,7 @@ def test_pivot_warm_start_reaches_the_true_perplexity_of_a_markov_chain():
         explicit_context_weight=0.0,
     )
     losses = {}
-    for name, overrides in (("redesign", redesign), ("paper", {})):
+    for name, overrides in (("redesign", redesign), ("paper", SaffuConfig.PAPER_FORM)):
         torch.manual_seed(0)
         model = SaffuForCausalLM(SaffuConfig(**common, **overrides)).eval()
         batches = [
@@ -157,14 +157,37 @@ def test_pivot_warm_start_reaches_the_true_perplexity_of_a_markov_chain():
     assert math.exp(losses["paper"]) > 1.2 * math.exp(true_nll), (losses, true_nll)
 
 
+def test_class_head_is_the_class_based_factorisation():
+    """One context, beta = 1, no pivot head: the warm-started head gives P(y | ctx) = P(y | k(y)) h(k(y)), with
+    h the context's class distribution and P(y | k) the smoothed unigram within the class."""
+    train = packed_dataset(80)
+    config = saffu_config(
+        windows=[4], use_document_context=False, pivot_head=False, explicit_context_weight=1.0, hidden_bits=6
+    )
+    model = SaffuForCausalLM(config).eval()
+    explicit_warm_start(model, batches_of(train, 16), attention_iters=1, show_progress=False)
+    classes = model.lm_head.weight.argmax(dim=1)
+    assert torch.equal(model.lm_head.weight, torch.nn.functional.one_hot(classes, 6).float())
+    batch = train.with_format("torch")[:]
+    counts = torch.bincount(batch["input_ids"][batch["attention_mask"].bool()], minlength=VOCAB).double()
+    unigram = (counts + config.explicit_smoothing) / (counts.sum() + config.explicit_smoothing * VOCAB)
+    within_class = unigram / torch.zeros(6, dtype=torch.float64).index_add_(0, classes, unigram)[classes]
+    ids = batch["input_ids"][:4]
+    with torch.no_grad():
+        output = model(ids, output_hidden_states=True)
+    class_probs = output.hidden_states[-1].double().exp()  # (4, T, 6): h(k)
+    expected = within_class * class_probs[..., classes]
+    torch.testing.assert_close(torch.softmax(output.logits.double(), -1), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_hidden_priming_scales_every_hidden_solution():
     """explicit_hidden_priming K: U = K ln(F + alpha) and b = -(K - 1) ln phi for every context (uniform
-    attention, so both models see the same statistics); the output layer is then solved on sharper H."""
+    attention, so both models see the same statistics); the paper's output layer is then solved on sharper H."""
     train = packed_dataset(80)
     models = {}
     for priming in (None, 4.0):
         torch.manual_seed(0)
-        models[priming] = SaffuForCausalLM(saffu_config(explicit_hidden_priming=priming))
+        models[priming] = SaffuForCausalLM(saffu_config(explicit_hidden_priming=priming, **SaffuConfig.PAPER_FORM))
         report = explicit_warm_start(models[priming], batches_of(train, 16), attention_iters=0, show_progress=False)
         assert report.priming_numbers["layer 0 context 0 U"] == (priming or 1.0)
     for paper, sharp in zip(models[None].model.layers[0].contexts, models[4.0].model.layers[0].contexts, strict=True):

@@ -134,8 +134,9 @@ class SaffuRecipe:
 
 
 def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
-    """The recipe of `path`, parsed by `hf-saffu train`'s parser (its data paths are not used)."""
-    model_args, data_args, training_args = parse_arguments([str(path)])
+    """The recipe of `path`, parsed by `hf-saffu train`'s parser. Experiments read their data from --data-dir,
+    so a config without data files is completed with a placeholder that is never read."""
+    model_args, data_args, training_args = parse_arguments([str(path), "--train_files", "unused.txt"])
     return SaffuRecipe(
         model=model_args.config_kwargs(),
         vocab_size=data_args.tokenizer_vocab_size,
