@@ -209,9 +209,9 @@ class SaffuContextInputs:
     extended: torch.Tensor  # (batch, max_window - 1 + T, input_dim): state history, then the inputs
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
     similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
-    context_vectors: list[torch.Tensor]  # per context, (batch, T, input_dim): z_t
-    feature_counts: list[torch.Tensor]  # per context, (batch, T): how many inputs z_t mixes (valid offsets, |doc|)
-    state: SaffuLayerState  # the state after these T positions
+    context_vectors: list[torch.Tensor | None]  # per context, (batch, T, input_dim): z_t (None: not computed)
+    feature_counts: list[torch.Tensor | None]  # per context, (batch, T): inputs z_t mixes (valid offsets, |doc|)
+    state: SaffuLayerState | None  # the state after these T positions (None when only some contexts were computed)
 
 
 class SaffuLayer(nn.Module):
@@ -245,8 +245,13 @@ class SaffuLayer(nn.Module):
         valid: torch.Tensor,
         ends_document: torch.Tensor,
         state: SaffuLayerState | None,
+        contexts: list[int] | None = None,
     ) -> SaffuContextInputs:
-        """z_t of every context for the T new positions, continuing from `state` (None: a fresh start)."""
+        """z_t of every context for the T new positions, continuing from `state` (None: a fresh start).
+
+        `contexts`: compute z_t only for these context indices (the others are None, and so is the returned
+        state): a warm-start pass that needs some contexts, or only the similarities, skips the rest."""
+        wanted = set(range(len(self.contexts)) if contexts is None else contexts)
         if state is None:
             state = self.empty_state(inputs.shape[0], inputs)
         inputs = inputs * valid[..., None].to(inputs.dtype)
@@ -255,22 +260,29 @@ class SaffuLayer(nn.Module):
         length = inputs.shape[1]
         offset_valid = banded_valid(extended_valid, length, self.max_window)
         similarities = banded_dot(extended, inputs, self.max_window)
-        context_vectors = [window.attend(extended, similarities, offset_valid) for window in self.windows]
-        feature_counts = [offset_valid[..., : window.window].sum(-1) for window in self.windows]
+        context_vectors, feature_counts = [], []
+        for index, window in enumerate(self.windows):
+            computed = index in wanted
+            context_vectors.append(window.attend(extended, similarities, offset_valid) if computed else None)
+            feature_counts.append(offset_valid[..., : window.window].sum(-1) if computed else None)
         document_sum, document_count = state.document_sum, state.document_count
         if self.document is not None:
-            means, counts, document_sum, document_count = document_means(
-                inputs, valid, ends_document, state.document_sum, state.document_count
-            )
+            means = counts = None
+            if len(self.windows) in wanted:
+                means, counts, document_sum, document_count = document_means(
+                    inputs, valid, ends_document, state.document_sum, state.document_count
+                )
             context_vectors.append(means)
             feature_counts.append(counts)
         keep = extended.shape[1] - (self.max_window - 1)
-        new_state = SaffuLayerState(
-            history=extended[:, keep:].detach(),
-            history_valid=extended_valid[:, keep:],
-            document_sum=document_sum.detach(),
-            document_count=document_count,
-        )
+        new_state = None
+        if contexts is None:
+            new_state = SaffuLayerState(
+                history=extended[:, keep:].detach(),
+                history_valid=extended_valid[:, keep:],
+                document_sum=document_sum.detach(),
+                document_count=document_count,
+            )
         return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, feature_counts, new_state)
 
     def forward(

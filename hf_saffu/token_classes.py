@@ -89,15 +89,15 @@ def anchored_codes(successors: torch.Tensor, ranks: torch.Tensor, level_codes: l
     scores = (successors.to(torch.float32) @ log_distributions(successors[anchors].to(torch.float32)).T).cpu()
     codes = [0] * len(order)
     taken: set[int] = set()
+    level_orders = {}  # per code size: every code of that size, in order, for the fallback below
     for rank, token in enumerate(order):
         size = level_codes[rank].bit_count()
         code = level_codes[rank] if size == 1 else best_free_code(scores[token], size, bits, taken)
-        if code is None:  # every combination of the best anchors is taken: the first free code of the level
-            code = next(
-                c
-                for c in map(lambda anchors: code_of(anchors, bits), itertools.combinations(range(bits), size))
-                if c not in taken
+        if code is None:  # every combination of the best anchors is taken: the next free code of the level
+            remaining = level_orders.setdefault(
+                size, (code_of(a, bits) for a in itertools.combinations(range(bits), size))
             )
+            code = next(c for c in remaining if c not in taken)
         codes[token] = code
         taken.add(code)
     return codes

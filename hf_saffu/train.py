@@ -78,9 +78,7 @@ class ModelArguments:
             try:
                 kwargs["explicit_hidden_priming"] = float(priming)
             except ValueError:
-                raise ValueError(
-                    f"explicit_hidden_priming must be a number or 'features', got {priming!r}"
-                ) from None
+                raise ValueError(f"explicit_hidden_priming must be a number or 'features', got {priming!r}") from None
         return kwargs
 
 

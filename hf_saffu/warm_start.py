@@ -81,7 +81,8 @@ class ExplicitWarmStart:
         self.show_progress = show_progress
         self.device = next(model.parameters()).device
         self.report = WarmStartReport()
-        self.label_vectors: torch.Tensor | None = None
+        self.label_vectors: torch.Tensor | None = None  # l(y), (vocab_size, hidden_bits)
+        self.target_classes: torch.Tensor | None = None  # class(y) when the targets are one-hot classes
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -137,8 +138,8 @@ class ExplicitWarmStart:
         else:
             vectors = bit_cipher_vectors(ranks, config.embed_bits).to(self.device)
         if config.hidden_targets == "clusters":
-            classes = cluster_tokens(predecessors, counts, config.hidden_bits)
-            self.label_vectors = torch.nn.functional.one_hot(classes, config.hidden_bits).to(vectors.dtype)
+            self.target_classes = cluster_tokens(predecessors, counts, config.hidden_bits)
+            self.label_vectors = torch.nn.functional.one_hot(self.target_classes, config.hidden_bits).to(vectors.dtype)
         else:
             self.label_vectors = bit_cipher_vectors(ranks, config.hidden_bits).to(self.device)
         if config.contextual_embeddings:
@@ -170,26 +171,30 @@ class ExplicitWarmStart:
             hidden, _ = layer(inputs, valid, ends, None)
         return hidden if layer_index == 0 else hidden / self.config.num_contexts
 
-    def layer_batches(self, layer_index: int, description: str):
-        """Per batch: the layer's computed contexts, the next-token labels and their weights."""
+    def layer_batches(self, layer_index: int, description: str, contexts: list[int]):
+        """Per batch: the layer's computed contexts (z_t of `contexts` only), the next-token labels and weights."""
         eos = self.config.eos_token_id
         layer = self.model.model.layers[layer_index]
         for input_ids, valid, target_weight in self.iterate(description):
             ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
             inputs = self.layer_inputs(layer_index, input_ids, valid, ends)
-            computed = layer.context_inputs(inputs, valid, ends, None)
+            computed = layer.context_inputs(inputs, valid, ends, None, contexts)
             yield computed, input_ids[:, 1:], target_weight
 
     def solve_hidden(self, layer_index: int, contexts: list[int], description: str) -> None:
-        """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next
-        token and mapped through the label embeddings once (`Cooccurrence.map_targets`)."""
+        """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next token
+        and mapped through the label embeddings once (`Cooccurrence.map_targets`), or, for one-hot token
+        classes, accumulated per class directly."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
-        statistics = [Cooccurrence.zeros(layer.input_dim, self.config.vocab_size, self.device) for _ in contexts]
+        classes = self.target_classes
+        width = self.config.vocab_size if classes is None else self.config.hidden_bits
+        statistics = [Cooccurrence.zeros(layer.input_dim, width, self.device) for _ in contexts]
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
         start = time.perf_counter()
-        for computed, labels, weight in self.layer_batches(layer_index, description):
+        for computed, labels, weight in self.layer_batches(layer_index, description, contexts):
+            targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
-                statistic.add(computed.context_vectors[context][:, :-1], labels, weight)
+                statistic.add(computed.context_vectors[context][:, :-1], targets, weight)
                 features[index] += (computed.feature_counts[context][:, :-1] * weight).sum()
         self.reduce(*statistics, features)
         for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
@@ -198,7 +203,7 @@ class ExplicitWarmStart:
                 priming = (features[index] / statistic.num_rows).item()
             self.set_linear(
                 layer.contexts[context].hidden,
-                statistic.map_targets(self.label_vectors),
+                statistic if classes is not None else statistic.map_targets(self.label_vectors),
                 f"layer {layer_index} context {context} U",
                 priming=priming,
             )
@@ -209,7 +214,7 @@ class ExplicitWarmStart:
         layer: SaffuLayer = self.model.model.layers[layer_index]
         statistics = [Cooccurrence.zeros(window.window, window.window, self.device) for window in layer.windows]
         start = time.perf_counter()
-        for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention"):
+        for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention", []):
             targets = self.label_vectors[labels]
             for window, statistic in zip(layer.windows, statistics, strict=True):
                 log_hidden = torch.log_softmax(window.hidden(computed.extended[:, :-1]), dim=-1)
