@@ -114,11 +114,15 @@ def describe_architecture(config: Any) -> str:
         contexts.append("document mean")
     layers = "layer" if config.num_layers == 1 else "layers"
     priming = getattr(config, "explicit_hidden_priming", None)
+    codes = "anchored " if getattr(config, "embedding_codes", "frequency_rank") == "anchored" else ""
+    targets = "token classes" if getattr(config, "hidden_targets", "bit_cipher") == "clusters" else "label codes"
+    head = "ln H" if getattr(config, "log_hidden_head", False) else "H"
+    pivot = " + a pivot path" if getattr(config, "pivot_head", False) else ""
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
-        f"{config.embed_bits}-bit bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions, "
-        f"vocabulary {config.vocab_size:,}"
-        + (f"; hidden layers warm-started with priming number {priming:g}" if priming is not None else "")
+        f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "
+        f"({targets}), head reading {head}{pivot}, vocabulary {config.vocab_size:,}"
+        + (f"; hidden layers warm-started with priming number {priming}" if priming is not None else "")
     )
 
 

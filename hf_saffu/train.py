@@ -53,7 +53,9 @@ class ModelArguments:
     log_hidden_head: bool | None = architecture_field("the head reads ln H")
     pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
-    explicit_discount: float | None = architecture_field("absolute discount D of the explicit solutions")
+    explicit_discount: str | None = architecture_field(
+        "absolute discount D of the explicit solutions, or 'none' for the additive floor"
+    )
     explicit_context_weight: float | None = architecture_field("weight of the contexts' class evidence")
     explicit_hidden_priming: str | None = architecture_field(
         "priming number K of the hidden layers' explicit solution: a number or 'features'"
@@ -73,13 +75,23 @@ class ModelArguments:
             for f in fields(self)
             if f.name != "model_name_or_path" and getattr(self, f.name) is not None
         }
-        priming = kwargs.get("explicit_hidden_priming")
-        if priming is not None and priming != "features":
-            try:
-                kwargs["explicit_hidden_priming"] = float(priming)
-            except ValueError:
-                raise ValueError(f"explicit_hidden_priming must be a number or 'features', got {priming!r}") from None
+        for name, words in (
+            ("explicit_hidden_priming", {"features": "features"}),
+            ("explicit_discount", {"none": None}),
+        ):
+            if name in kwargs:
+                kwargs[name] = number_or_word(name, kwargs[name], words)
         return kwargs
+
+
+def number_or_word(name: str, value: str, words: dict):
+    """The value of a flag that takes a number or one of `words` (mapped to its config value)."""
+    if value.lower() in words:
+        return words[value.lower()]
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number or one of {sorted(words)}, got {value!r}") from None
 
 
 def yaml_to_flags(config: dict) -> list[str]:

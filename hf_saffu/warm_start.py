@@ -210,8 +210,11 @@ class ExplicitWarmStart:
         self.timed(f"layer {layer_index} hidden", start)
 
     def solve_attention(self, layer_index: int) -> None:
-        """W and c of every window context from the responsibilities a*_t of the context positions."""
+        """W and c of every window context from the responsibilities a*_t of the context positions. With a
+        pivot head, the pivot's own evidence already reaches the logits, so the first layer's responsibilities
+        go to the other positions (the pivot keeps them only where it is the one valid position)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
+        skip_pivot = self.model.pivot_head is not None and layer_index == 0
         statistics = [Cooccurrence.zeros(window.window, window.window, self.device) for window in layer.windows]
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention", []):
@@ -219,8 +222,12 @@ class ExplicitWarmStart:
             for window, statistic in zip(layer.windows, statistics, strict=True):
                 log_hidden = torch.log_softmax(window.hidden(computed.extended[:, :-1]), dim=-1)
                 scores = banded_dot(log_hidden, targets, window.window)
-                offset_valid = computed.offset_valid[:, :-1, : window.window]
-                responsibilities = torch.softmax(scores.masked_fill(~offset_valid, float("-inf")), dim=-1)
+                candidates = computed.offset_valid[:, :-1, : window.window]
+                if skip_pivot:
+                    others = candidates.clone()
+                    others[..., 0] = False
+                    candidates = torch.where(others.any(dim=-1, keepdim=True), others, candidates)
+                responsibilities = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1)
                 similarities = computed.similarities[:, :-1, : window.window]
                 statistic.add(similarities, responsibilities, weight)
         self.reduce(*statistics)

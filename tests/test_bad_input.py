@@ -334,6 +334,18 @@ def test_smoothing_and_priming_are_bounded_where_float32_weights_stay_finite():
         assert all(torch.isfinite(p).all() for p in model.parameters()), overrides
 
 
+def test_flags_reach_the_paper_form_and_unset_fields_keep_saffu_config_defaults():
+    data = ["--dataset_name", "shakespeare"]
+    unset = parse_arguments(data)[0].config_kwargs()
+    assert unset == {}  # nothing restated: SaffuConfig's defaults apply
+    flags = ["--explicit_discount", "none", "--explicit_hidden_priming", "features", "--pivot_head", "false"]
+    kwargs = parse_arguments([*flags, *data])[0].config_kwargs()
+    assert kwargs == {"explicit_discount": None, "explicit_hidden_priming": "features", "pivot_head": False}
+    assert parse_arguments(["--explicit_discount", "0.5", *data])[0].config_kwargs() == {"explicit_discount": 0.5}
+    with pytest.raises(ValueError, match="explicit_discount must be a number or one of \\['none'\\], got 'half'"):
+        parse_arguments(["--explicit_discount", "half", *data])
+
+
 def test_yaml_empty_windows_is_a_document_only_model(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({"windows": [], "dataset_name": "shakespeare", "output_dir": "out"}))
