@@ -15,6 +15,7 @@ from datasets import config as datasets_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .configuration_saffu import SaffuConfig
 from .corpus import load_shakespeare
 
 EOS_TOKEN = "<|endoftext|>"
@@ -145,6 +146,17 @@ def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
+
+
+def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
+    """A `SaffuConfig` whose vocabulary size and special token ids are the tokenizer's."""
+    return SaffuConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config_kwargs,
     )
 
 

@@ -12,10 +12,10 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
-from hf_saffu.data import DataArguments, load_text_datasets, pack_documents, tokenize_and_pack
+from hf_saffu.data import DataArguments, config_for_tokenizer, load_text_datasets, pack_documents, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
 from hf_saffu.model_card import TrainingRunInfo, build_model_card
-from hf_saffu.train import ModelArguments, config_for_tokenizer, parse_arguments, run_info_from_results, run_training
+from hf_saffu.train import ModelArguments, parse_arguments, run_info_from_results, run_training
 from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, ExplicitTrainingArguments, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
