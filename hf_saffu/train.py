@@ -190,6 +190,7 @@ def run_training(
         "warm_start_tokens": report.tokens if report else None,
         "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),
         "backprop_steps": train_output.global_step,
+        "block_size": data_args.block_size,  # of the validation/test perplexities (hf-saffu evaluate reads it)
     }
     if "warm_start_eval_perplexity" in trainer.warm_start_metrics:
         results["warm_start_validation_perplexity"] = trainer.warm_start_metrics["warm_start_eval_perplexity"]
