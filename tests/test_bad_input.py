@@ -1,4 +1,4 @@
-"""Bad input gets a clear error and a failed run loses nothing (issue 16).
+"""Bad input gets a clear error and a failed run loses nothing.
 
 Every case asserts the error type and that the message names the offending field, file or value; the
 command-line cases assert one line on stderr and exit status 2.

@@ -1,4 +1,4 @@
-"""Publish and share (issue 4): push, pull, remote code, revisions, offline reload, model card.
+"""Publish and share: push, pull, remote code, revisions, offline reload, model card.
 
 Every Hub client runs in a fresh subprocess pointed at the local server of ``tests/hub_server.py``
 (``HF_ENDPOINT`` is read when huggingface_hub is imported); a socket guard in each subprocess

@@ -1,4 +1,4 @@
-"""CoGO: composed global optimizers for modular addition (SAFFU.md §6).
+"""CoGO: composed global optimizers for modular addition (docs/DESIGN.md section 7).
 
 A two-layer network with quadratic activation, o = W_c (W_a e_{g1} + W_b e_{g2})^{∘2}, trained
 with the centred L2 loss on all pairs of Z_d. In the Fourier basis its loss depends on the
