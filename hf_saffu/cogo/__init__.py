@@ -6,6 +6,9 @@ weights only through monomial potentials that are ring homomorphisms of a semi-r
 networks (sum = concatenate nodes, product = pair nodes), so global optimizers can be composed
 in closed form from partial solutions (`constructions`) and compared with what gradient
 descent finds (`analysis`).
+
+An opt-in subpackage: importing `hf_saffu.cogo` registers "cogo" with `AutoConfig` and `AutoModel`;
+`import hf_saffu` does not import it.
 """
 
 from transformers import AutoConfig, AutoModel
