@@ -1,15 +1,21 @@
 """hf_saffu: explicitly optimised SAFFU language models for the Hugging Face ecosystem.
 
+    from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
+    from hf_saffu import ExplicitTrainer, ExplicitTrainingArguments, explicit_warm_start
+
 Importing the package registers the SAFFU classes with the Auto classes, and marks them for
 `register_for_auto_class` so `save_pretrained` writes an `auto_map` and copies the self-contained
-modeling code (loadable with `trust_remote_code=True` where hf_saffu is not installed).
+modeling code (loadable with `trust_remote_code=True` where hf_saffu is not installed). It registers
+nothing else: the CoGO models (`hf_saffu.cogo`, which registers "cogo" with the Auto classes when it is
+imported) and the explicit classifiers (`hf_saffu.explicit_classifier`) are opt-in subpackages.
+`ExplicitTrainer`, `ExplicitTrainingArguments` and `explicit_warm_start` are imported on first use.
 """
+
+from importlib import import_module
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .cogo import CoGOConfig, CoGOForModularAddition
 from .configuration_saffu import SaffuConfig
-from .explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 from .modeling_saffu import SaffuDecodingState, SaffuForCausalLM, SaffuModel, SaffuPreTrainedModel
 
 AutoConfig.register(SaffuConfig.model_type, SaffuConfig, exist_ok=True)
@@ -21,14 +27,33 @@ SaffuForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __version__ = "0.1.0"
 
+# Names whose modules import transformers.Trainer: loaded when first asked for.
+_LAZY = {
+    "ExplicitTrainer": ".trainer",
+    "ExplicitTrainingArguments": ".trainer",
+    "explicit_warm_start": ".warm_start",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
-    "CoGOConfig",
-    "CoGOForModularAddition",
-    "ExplicitSoftmaxClassifier",
-    "ExplicitTwoLayerClassifier",
+    "ExplicitTrainer",
+    "ExplicitTrainingArguments",
     "SaffuConfig",
     "SaffuDecodingState",
     "SaffuForCausalLM",
     "SaffuModel",
     "SaffuPreTrainedModel",
+    "explicit_warm_start",
 ]

@@ -15,9 +15,12 @@ from datasets import config as datasets_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .configuration_saffu import SaffuConfig
 from .corpus import load_shakespeare
 
 EOS_TOKEN = "<|endoftext|>"
+# Documents packed together: blocks never span two packing batches (the last block of each is padded).
+PACKING_BATCH = 10_000
 PAD_TOKEN = "<pad>"
 BUILTIN_CORPUS = "shakespeare"
 
@@ -148,6 +151,17 @@ def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
+def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
+    """A `SaffuConfig` whose vocabulary size and special token ids are the tokenizer's."""
+    return SaffuConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config_kwargs,
+    )
+
+
 def text_batches(dataset, column: str, batch_size: int = 1000):
     for start in range(0, len(dataset), batch_size):
         yield dataset[start : start + batch_size][column]
@@ -166,6 +180,17 @@ def pack_documents(batch: dict, block_size: int, eos_id: int, pad_id: int) -> di
     return {"input_ids": blocks, "attention_mask": masks, "labels": labels}
 
 
+def pack_token_ids(token_ids: list[list[int]], block_size: int, eos_id: int, pad_id: int) -> dict:
+    """`pack_documents` over consecutive packing batches of `PACKING_BATCH` documents: the blocks
+    `tokenize_and_pack` makes of a split whose documents tokenise to `token_ids`."""
+    packed = {"input_ids": [], "attention_mask": [], "labels": []}
+    for start in range(0, len(token_ids), PACKING_BATCH):
+        batch = pack_documents({"input_ids": token_ids[start : start + PACKING_BATCH]}, block_size, eos_id, pad_id)
+        for key, rows in batch.items():
+            packed[key] += rows
+    return packed
+
+
 def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> DatasetDict:
     """Every split as packed blocks: input_ids, attention_mask, labels (-100 at padding)."""
     column = data_args.text_column
@@ -180,7 +205,7 @@ def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> 
     packed = tokenized.map(
         pack_documents,
         batched=True,
-        batch_size=10_000,
+        batch_size=PACKING_BATCH,
         fn_kwargs={
             "block_size": data_args.block_size,
             "eos_id": tokenizer.eos_token_id,

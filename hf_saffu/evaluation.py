@@ -11,9 +11,33 @@ Notation. A text is encoded as token ids ``x_0 .. x_{N-1}``; when a start token 
 
 Batches are right-padded, so padding never precedes a real token and, for a causal model,
 cannot change any real position's logits.
+
+One routine computes token NLL: :func:`token_nll` (per row, float64 sums). :func:`token_nll_sum`,
+:func:`score_segments` and ``ExplicitTrainer.evaluation_loop`` (which gathers its rows across processes)
+all call it.
+
+The perplexity protocol (packed documents). The perplexity ``hf-saffu train`` reports for its validation
+and test splits (``all_results.json``, the model card) and the one ``hf-saffu evaluate --data FILE``
+prints are the same number for the same file, computed by :func:`packed_perplexity`:
+
+1. every non-blank line of a text file (the ``text`` field of each line of a ``.jsonl`` file) is one
+   document (:func:`read_texts`; the training job reads ``--test_files`` the same way);
+2. each document is tokenised without special tokens and followed by EOS; the documents are concatenated
+   and cut into blocks of ``block_size`` tokens (``hf_saffu.data.pack_token_ids``: the training job's
+   packing, ``PACKING_BATCH`` documents a packing batch, the last block of each padded);
+3. in every block, tokens ``1 .. n-1`` are predicted from the block's earlier tokens (a block's first
+   token is context only), and
+
+       PPL = exp( sum_blocks sum_{t>=1} -log p(x_t | x_<t) / number of predicted tokens ).
+
+``hf-saffu evaluate`` takes ``block_size`` from the ``all_results.json`` the training job wrote next to the
+model (else the model's context length, else 128); ``--block-size`` overrides it.
+
+:func:`perplexity` is a different, per-text protocol (each text scored on its own after a start token,
+long texts with sliding windows); it backs the ``evaluate`` metric module (``metrics/perplexity``) for
+comparison with other models' per-text perplexities, and is not what ``hf-saffu`` reports.
 """
 
-import argparse
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -52,13 +76,16 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _row_nll(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+def token_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row NLL sums (float64) and counts of scored targets.
+    """Per-row NLL sums (float64) and counts of scored targets: the one token-NLL routine.
 
     For row ``i``: ``NLL_i = -sum_{t>=1, labels_{i,t} != -100} log softmax(logits_{i,t-1})[labels_{i,t}]``.
+    The caller chooses eval mode and ``torch.no_grad`` (see :func:`token_nll_sum`).
     """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX
@@ -87,7 +114,7 @@ def token_nll_sum(
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     device = _device(model)
     with _inference(model):
-        nll, counts = _row_nll(model, input_ids.to(device), attention_mask.to(device), labels.to(device))
+        nll, counts = token_nll(model, input_ids.to(device), attention_mask.to(device), labels.to(device))
     return nll.sum().item(), int(counts.sum().item())
 
 
@@ -130,7 +157,7 @@ def score_segments(
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             tensors = [t.to(device) for t in _collate([segments[i] for i in chunk], pad_id)]
-            nll, counts = _row_nll(model, *tensors)
+            nll, counts = token_nll(model, *tensors)
             for i, value, count in zip(chunk, nll.tolist(), counts.tolist(), strict=True):
                 results[i] = (value, int(count))
     return results
@@ -243,6 +270,45 @@ def perplexity(
     if n_tokens == 0:
         raise ValueError("perplexity needs at least one predicted token; all texts are (nearly) empty")
     return {"perplexity": perplexity_from_loss(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens}
+
+
+def packed_perplexity(
+    model: torch.nn.Module, tokenizer, texts: Sequence[str], block_size: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Perplexity of ``texts`` (one document each) by the packed-documents protocol of this module's docstring:
+    the number ``hf-saffu train`` reports for a split holding these documents with this ``block_size``.
+
+    Returns ``{"perplexity", "loss", "nll_sum", "n_tokens", "block_size"}``.
+    """
+    from .data import pack_token_ids  # the training job's packing
+
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the packed-documents perplexity needs a tokenizer with an EOS token")
+    documents = [text for text in texts if text.strip()]
+    token_ids = tokenizer(documents, add_special_tokens=False)["input_ids"] if documents else []
+    blocks = pack_token_ids(token_ids, block_size, tokenizer.eos_token_id, _pad_id(tokenizer))
+    device = _device(model)
+    nll_sum, n_tokens = torch.zeros((), dtype=torch.float64), 0
+    with _inference(model):
+        for start in range(0, len(blocks["input_ids"]), batch_size):
+            batch = [torch.tensor(blocks[key][start : start + batch_size], device=device) for key in blocks]
+            nll, counts = token_nll(model, *batch)
+            nll_sum += nll.sum().cpu()
+            n_tokens += int(counts.sum().item())
+    if n_tokens == 0:
+        raise ValueError("perplexity needs at least one predicted token; the texts are (nearly) empty")
+    loss = (nll_sum / n_tokens).item()
+    return {
+        "perplexity": perplexity_from_loss(loss),
+        "loss": loss,
+        "nll_sum": nll_sum.item(),
+        "n_tokens": n_tokens,
+        "block_size": block_size,
+    }
 
 
 def perplexity_from_loss(mean_nll: float) -> float:
@@ -398,48 +464,3 @@ def write_json(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: ``hf-saffu evaluate MODEL_DIR [--minimal-pairs PATH] [--data FILE ...]``
-# --------------------------------------------------------------------------------------------
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` sub-command's arguments to ``parser``."""
-    parser.add_argument("model_dir", type=Path, help="saved model directory (model + tokenizer)")
-    parser.add_argument(
-        "--minimal-pairs", type=Path, help="JSONL file or directory of them (sentence_good/sentence_bad)"
-    )
-    parser.add_argument(
-        "--data", type=Path, nargs="+", help="text files for perplexity (one text per line, or JSONL 'text')"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, help="window length for perplexity (default: model context)")
-    parser.add_argument("--stride", type=int, help="sliding-window stride for perplexity (default: max_length//2)")
-    parser.add_argument("--output", type=Path, help="write all results to this JSON file")
-    parser.add_argument("--device", default="cpu", help="torch device to evaluate on (default: cpu)")
-    parser.add_argument("--trust-remote-code", action="store_true")
-    return parser
-
-
-def run_evaluate_command(args: argparse.Namespace) -> None:
-    """Handler of ``hf-saffu evaluate``: print a perplexity line and/or the minimal-pair table, and
-    write everything to ``--output`` as JSON when given."""
-    if args.minimal_pairs is None and not args.data:
-        raise SystemExit("hf-saffu evaluate: nothing to evaluate; give --minimal-pairs PATH and/or --data FILE ...")
-    model, tokenizer = load_model_and_tokenizer(args.model_dir, args.trust_remote_code)
-    model.to(args.device)
-    results: dict[str, dict] = {}
-    if args.data:
-        texts = [text for path in args.data for text in read_texts(path)]
-        results["perplexity"] = perplexity(
-            model, tokenizer, texts, args.batch_size, stride=args.stride, max_length=args.max_length
-        )
-        ppl = results["perplexity"]
-        print(f"perplexity {ppl['perplexity']:.4f} over {ppl['n_tokens']} tokens")
-    if args.minimal_pairs is not None:
-        results["minimal_pairs"] = evaluate_minimal_pairs(model, tokenizer, args.minimal_pairs, args.batch_size)
-        print(format_minimal_pairs_table(results["minimal_pairs"]))
-    if args.output is not None:
-        print(f"wrote {write_json(results, args.output)}")

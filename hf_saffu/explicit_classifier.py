@@ -6,9 +6,9 @@ over (features, labels) batches accumulates
     F = sum_m x_m^T e_{y_m}   (D x N, float64)     and     K = mean_m ||x_m||_1   (the priming number)
 
 and the layer is the explicit solution U = ln(F + alpha), b_j = -(K - 1) ln phi_j, phi_j = sum_i (F_ij + alpha);
-see ../shared/design/SAFFU.md section 1 and `hf_saffu.explicit.solve_softmax`.
+see docs/DESIGN.md section 1 and `hf_saffu.explicit.solve_softmax`.
 
-Two layers (`ExplicitTwoLayerClassifier`), fitted layer-locally (SAFFU.md section 2):
+Two layers (`ExplicitTwoLayerClassifier`), fitted layer-locally (docs/DESIGN.md section 5):
 
     h = softmax(x U1 + b1)     hidden distribution over H units, fitted against label embeddings l(y)
     p = softmax(h U2 + b2)     output layer, fitted on the hidden distributions h

@@ -9,18 +9,16 @@ weights and a tokenizer. Then the repo is created (or reused), the branch is cre
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
@@ -122,37 +120,6 @@ def folder_with_card(path: Path, repo_id: str) -> Iterator[Path]:
                 os.symlink(file.resolve(), folder / file.name)
         (folder / "README.md").write_text(model_card_for_dir(path, repo_id), encoding="utf-8")
         yield folder
-
-
-def add_push_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``push MODEL_DIR REPO_ID [--private] [--revision REV]``; its handler is ``args.handler``."""
-    parser = subparsers.add_parser(
-        "push",
-        help="upload a saved SAFFU model directory to the Hugging Face Hub",
-        description="Validate a saved SAFFU model directory (config with auto_map and code, safetensors "
-        "weights, tokenizer, model card) and upload it to a Hub model repo in one commit.",
-    )
-    parser.add_argument("model_dir", help="directory written by save_pretrained / the training CLI")
-    parser.add_argument("repo_id", help="Hub repo id, e.g. your-name/saffu-wikitext2")
-    parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
-    parser.add_argument("--revision", default=None, help="branch to push to; created from main if missing")
-    parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit message")
-    parser.set_defaults(handler=run_push)
-    return parser
-
-
-def run_push(args: argparse.Namespace) -> None:
-    """Handler of ``hf-saffu push``; exits with status 1 when the Hub refuses (invalid input, a PushError,
-    is reported by ``hf_saffu.cli.main`` with status 2)."""
-    try:
-        commit = push_model_dir(
-            args.model_dir, args.repo_id, args.private, args.revision, commit_message=args.commit_message
-        )
-    except HfHubHTTPError as err:
-        print(f"hf-saffu push: the Hub refused the upload: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
-    branch = args.revision or "main"
-    print(f"pushed {args.model_dir} to {commit.repo_url.repo_id} ({branch}) at {commit.oid}: {commit.commit_url}")
 
 
 def _read_config(path: Path) -> dict:

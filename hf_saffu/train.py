@@ -1,16 +1,15 @@
 """The training job: data -> tokenizer -> SAFFU model -> explicit warm start + backprop -> evaluation.
 
 Arguments are three dataclasses parsed by `HfArgumentParser` from a YAML file, overridden by
-command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArguments`.
+command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArguments`
+(`hf-saffu train`, hf_saffu/commands/train.py, runs `run_training(*parse_arguments(argv))`).
 """
 
-import itertools
 import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
 import yaml
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -20,6 +19,7 @@ from .configuration_saffu import SaffuConfig
 from .data import (
     BUILTIN_CORPUS,
     DataArguments,
+    config_for_tokenizer,
     count_tokens,
     load_text_datasets,
     text_batches,
@@ -27,6 +27,7 @@ from .data import (
     train_tokenizer,
 )
 from .errors import check_finite
+from .generation import sample_text
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
@@ -105,12 +106,18 @@ def yaml_to_flags(config: dict) -> list[str]:
     return flags
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ExplicitTrainingArguments]:
-    """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
+def argument_parser() -> HfArgumentParser:
+    """The parser of the job's flags: the fields of the three argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataArguments, ExplicitTrainingArguments))
     for action in parser._actions:  # a list flag may be empty: YAML `windows: []` is `--windows` alone
         if action.nargs == "+":
             action.nargs = "*"
+    return parser
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ExplicitTrainingArguments]:
+    """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
+    parser = argument_parser()
     flags = argv
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv[0])
@@ -157,62 +164,6 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
 
 
-def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
-    """A `SaffuConfig` whose vocabulary size and special token ids are the tokenizer's."""
-    return SaffuConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **config_kwargs,
-    )
-
-
-def sample_text(
-    model,
-    tokenizer,
-    prompt: str,
-    max_new_tokens=60,
-    greedy=False,
-    temperature=0.8,
-    top_k=50,
-    seed=0,
-    documents: int = 1,
-) -> str:
-    """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
-    tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
-    are separated by blank lines."""
-    if documents < 1:
-        raise ValueError(f"documents must be >= 1, got {documents}")
-    torch.manual_seed(seed)
-    eos = tokenizer.eos_token_id
-    ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    prefix_length = ids.shape[1]
-    for _ in range(documents):
-        remaining = max_new_tokens - (ids.shape[1] - prefix_length)
-        if remaining <= 0:
-            break
-        ids = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=remaining,
-            do_sample=not greedy,
-            temperature=temperature if not greedy else None,
-            top_k=top_k if not greedy else None,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        if ids[0, -1].item() != eos:
-            break
-    pieces = (list(run) for is_eos, run in itertools.groupby(ids[0, 1:].tolist(), lambda t: t == eos) if not is_eos)
-    texts = (tokenizer.decode(piece, skip_special_tokens=True).strip() for piece in pieces)
-    return "\n\n".join(text for text in texts if text)
-
-
-def train_from_command_line(argv: list[str]) -> dict:
-    model_args, data_args, training_args = parse_arguments(argv)
-    return run_training(model_args, data_args, training_args)
-
-
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: ExplicitTrainingArguments
 ) -> dict:
@@ -251,6 +202,7 @@ def run_training(
         "warm_start_tokens": report.tokens if report else None,
         "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),
         "backprop_steps": train_output.global_step,
+        "block_size": data_args.block_size,  # of the validation/test perplexities (hf-saffu evaluate reads it)
     }
     if "warm_start_eval_perplexity" in trainer.warm_start_metrics:
         results["warm_start_validation_perplexity"] = trainer.warm_start_metrics["warm_start_eval_perplexity"]

@@ -9,7 +9,8 @@ The warm start is skipped when resuming from a checkpoint or when the model is a
 checkpoint whose weights are loaded. `warm_start_only` warm-starts (and evaluates) without backprop.
 
 Evaluation reports the exact token-level loss and perplexity, exp(sum of token NLL / number of
-predicted tokens), with every eval sample counted exactly once across processes.
+predicted tokens), with every eval sample counted exactly once across processes (the protocol of
+`hf_saffu.evaluation`).
 
 A run loses nothing it already has: it refuses an output_dir holding a previous run's model or
 checkpoints (unless resuming, or `overwrite_output_dir`), stops at the first step that makes a weight
@@ -41,7 +42,7 @@ from transformers.trainer_utils import (
 from transformers.utils import CONFIG_NAME, logging
 
 from .errors import check_finite
-from .evaluation import perplexity_from_loss
+from .evaluation import perplexity_from_loss, token_nll
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import explicit_warm_start
@@ -300,7 +301,9 @@ class ExplicitTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ) -> EvalLoopOutput:
-        """Exact token-level loss and perplexity (only when no `compute_metrics` asks for predictions)."""
+        """Exact token-level loss and perplexity (only when no `compute_metrics` asks for predictions): the rows'
+        NLL from `hf_saffu.evaluation.token_nll`, gathered across processes. On packed blocks this is the
+        protocol of `hf_saffu.evaluation` (what `hf-saffu evaluate --data` reproduces)."""
         if self.compute_metrics is not None:
             return super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -314,12 +317,9 @@ class ExplicitTrainer(Trainer):
         with torch.no_grad():
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-                labels = batch["labels"][:, 1:]
-                token_nll = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=-100, reduction="none"
-                )
-                per_sample = torch.stack([token_nll.double().sum(1), (labels != -100).double().sum(1)], dim=1)
+                mask = batch.get("attention_mask")
+                nll_rows, token_rows = token_nll(model, batch["input_ids"], mask, batch["labels"])
+                per_sample = torch.stack([nll_rows, token_rows.double()], dim=1)
                 per_sample = self.accelerator.gather_for_metrics(per_sample)
                 nll += per_sample[:, 0].sum().cpu()
                 tokens += per_sample[:, 1].sum().cpu()

@@ -14,7 +14,7 @@ from hf_saffu import SaffuForCausalLM
 from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_warm_start import packed_dataset, saffu_config  # noqa: E402
+from factories import packed_dataset, saffu_config  # noqa: E402
 
 
 def main(output_path: str, num_documents: int = 9, seed: int = 0) -> None:

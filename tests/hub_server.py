@@ -1,7 +1,6 @@
 """A small Hugging Face Hub-compatible HTTP server for tests (not part of the package).
 
-It implements the endpoints that ``huggingface_hub`` 2.x uses for a push/pull round trip
-(see ``/work/shared/notes/transformers5.md``, section "Hub"): repo creation, whoami,
+It implements the endpoints that ``huggingface_hub`` 2.x uses for a push/pull round trip: repo creation, whoami,
 preupload (every file is answered ``"regular"`` so it arrives base64 inside the commit),
 NDJSON commits with deletions, branch creation, README metadata validation, model info,
 tree listing and ``resolve`` downloads. Every commit keeps a full snapshot of the repo so

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error and a failed run loses nothing (issue 16).
+"""Bad input gets a clear error and a failed run loses nothing.
 
 Every case asserts the error type and that the message names the offending field, file or value; the
 command-line cases assert one line on stderr and exit status 2.
@@ -17,10 +17,9 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
+from factories import EOS, VOCAB, build_tokenizer, packed_dataset, saffu_config, save_saffu, training_arguments
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
-from test_hub import build_tokenizer, save_saffu
-from test_warm_start import EOS, VOCAB, packed_dataset, saffu_config, training_arguments
 
 import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM
@@ -232,7 +231,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import torch
-from test_warm_start import packed_dataset, saffu_config, training_arguments
+from factories import packed_dataset, saffu_config, training_arguments
 from hf_saffu import SaffuForCausalLM
 from hf_saffu.trainer import ExplicitTrainer
 

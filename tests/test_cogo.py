@@ -1,4 +1,4 @@
-"""CoGO (SAFFU.md §6): network and loss, Fourier view, semi-ring, constructions, HF model."""
+"""CoGO (docs/DESIGN.md section 7): network and loss, Fourier view, semi-ring, constructions, HF model."""
 
 import cmath
 

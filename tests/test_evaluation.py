@@ -20,6 +20,7 @@ from hf_saffu.evaluation import (
     Segment,
     evaluate_minimal_pairs,
     format_minimal_pairs_table,
+    packed_perplexity,
     perplexity,
     perplexity_metric_path,
     read_minimal_pairs,
@@ -305,13 +306,65 @@ def test_cli_evaluate_command(saved_dirs, tmp_path, capsys):
     inputs = ["--minimal-pairs", str(PAIRS_DIR), "--data", str(text_file)]
     cli_main(["evaluate", model_dir, *inputs, "--output", str(output)])
     written = json.loads(output.read_text())
-    expected = perplexity(make_gpt2(), make_tokenizer(), TEXTS)
+    expected = packed_perplexity(make_gpt2(), make_tokenizer(), TEXTS, block_size=16)  # GPT-2's n_positions
     assert written["perplexity"]["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
     assert written["minimal_pairs"]["n_pairs"] == 6
     printed = capsys.readouterr().out
     assert "OVERALL" in printed and f"perplexity {expected['perplexity']:.4f}" in printed
     with pytest.raises(SystemExit, match="nothing to evaluate"):
         cli_main(["evaluate", model_dir])
+
+
+def test_packed_perplexity_scores_documents_packed_into_blocks(tokenizer):
+    """The packed-documents protocol: documents + EOS, concatenated, cut into blocks; each block's first token
+    is context only."""
+    model = make_gpt2()
+    stream = [t for text in TEXTS for t in (*tokenizer(text, add_special_tokens=False)["input_ids"], 2)]
+    blocks = [stream[start : start + 5] for start in range(0, len(stream), 5)]
+    expected_nll = sum(hand_nll(model, block) for block in blocks)
+    expected_tokens = sum(len(block) - 1 for block in blocks)
+    result = packed_perplexity(model, tokenizer, TEXTS, block_size=5, batch_size=2)
+    assert result["n_tokens"] == expected_tokens
+    assert result["nll_sum"] == pytest.approx(expected_nll, rel=1e-6)
+    assert result["perplexity"] == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-6)
+
+
+def test_cli_evaluate_reproduces_the_test_perplexity_of_a_training_run(tmp_path, capsys):
+    """`hf-saffu evaluate MODEL_DIR --data test.txt` prints (and writes) the test perplexity that the
+    `hf-saffu train` run which wrote MODEL_DIR reports in all_results.json and its model card."""
+    generator = torch.Generator().manual_seed(0)
+    words = WORDS[:12]
+
+    def write(name: str, lines: int) -> str:
+        rows = [
+            " ".join(words[i] for i in torch.randint(len(words), (int(n),), generator=generator))
+            for n in torch.randint(3, 12, (lines,), generator=generator)
+        ]
+        path = tmp_path / name
+        path.write_text("\n".join(rows) + "\n\n")
+        return str(path)
+
+    train, validation, test = write("train.txt", 80), write("validation.txt", 10), write("test.txt", 15)
+    run_dir = tmp_path / "run"
+    cli_main(
+        [
+            *("train", "--train_files", train, "--validation_files", validation, "--test_files", test),
+            *("--tokenizer_vocab_size", "300", "--block_size", "24", "--windows", "1", "4"),
+            *("--embed_bits", "12", "--hidden_bits", "12", "--output_dir", str(run_dir), "--max_steps", "2"),
+            *("--per_device_eval_batch_size", "3", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no"),
+        ]
+    )
+    reported = json.loads((run_dir / "all_results.json").read_text())
+    capsys.readouterr()
+    output = tmp_path / "evaluation.json"
+    cli_main(["evaluate", str(run_dir), "--data", test, "--output", str(output)])
+    evaluated = json.loads(output.read_text())["perplexity"]
+    assert evaluated["block_size"] == 24
+    assert evaluated["perplexity"] == pytest.approx(reported["test_perplexity"], rel=1e-6)
+    assert evaluated["loss"] == pytest.approx(reported["test_loss"], rel=1e-6)
+    assert f"perplexity {reported['test_perplexity']:.4f}" in capsys.readouterr().out
+    card = (run_dir / "README.md").read_text()
+    assert f"{reported['test_perplexity']:,.2f}" in card
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Publish and share (issue 4): push, pull, remote code, revisions, offline reload, model card.
+"""Publish and share: push, pull, remote code, revisions, offline reload, model card.
 
 Every Hub client runs in a fresh subprocess pointed at the local server of ``tests/hub_server.py``
 (``HF_ENDPOINT`` is read when huggingface_hub is imported); a socket guard in each subprocess
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu
 from huggingface_hub import HfApi, ModelCard
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import hf_saffu.hub as saffu_hub
@@ -37,25 +37,8 @@ from hf_saffu.model_card import (
     write_model_card,
 )
 
-REPO_ID = "tester/tiny-saffu"
 API_REPO_ID = "tester/tiny-saffu-push-to-hub"
 CLIENT_TIMEOUT_S = 180
-CORPUS = [
-    "the cat sat on the mat",
-    "the dog ran in the park",
-    "a cat and a dog sat in the sun",
-    "the small dog saw the big cat",
-] * 8
-RUN_INFO = {
-    "dataset_name": "Tiny test corpus",
-    "dataset_id": "tester/tiny-corpus",
-    "train_tokens": 4_096,
-    "warm_start_perplexity": 41.5,
-    "final_perplexity": 17.25,
-    "test_perplexity": 18.125,
-    "warm_start_seconds": 0.8,
-    "backprop_seconds": 12.5,
-}
 
 # Prepended to every client script: only loopback connections are possible.
 NETWORK_GUARD = '''
@@ -162,30 +145,6 @@ def assert_same_outputs(got: dict, expected: dict, keys: tuple[str, ...] = ("log
     for key in keys:
         same = torch.equal(got[key], expected[key]) if key != "text" else got[key] == expected[key]
         assert same, f"{key} differs"
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny BPE tokenizer trained on ``CORPUS`` (no download)."""
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=64, special_tokens=["<unk>", "<eos>"], show_progress=False)
-    backend.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
-
-
-def save_saffu(directory: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -> Path:
-    """Save a tiny random SAFFU model, its tokenizer and model card into ``directory``."""
-    torch.manual_seed(seed)
-    config = SaffuConfig(
-        vocab_size=len(tokenizer), embed_bits=7, hidden_bits=7, windows=[2, 4], eos_token_id=tokenizer.eos_token_id
-    )
-    model = SaffuForCausalLM(config).eval()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    run_info = RUN_INFO | {"architecture": describe_architecture(config), "repo_id": REPO_ID}
-    write_model_card(directory, run_info | {"num_parameters": model.num_parameters()})
-    return directory
 
 
 def local_outputs(directory: Path) -> dict:

@@ -3,7 +3,7 @@
 import torch
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
-from hf_saffu.train import sample_text
+from hf_saffu.generation import sample_text
 
 VOCAB, EOS, PAD = 40, 1, 0
 

@@ -9,56 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from factories import VOCAB, markov_documents, packed_dataset, saffu_config, training_arguments
 from transformers import AutoTokenizer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
-from hf_saffu.data import DataArguments, load_text_datasets, pack_documents, tokenize_and_pack
+from hf_saffu.data import DataArguments, config_for_tokenizer, load_text_datasets, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
 from hf_saffu.model_card import TrainingRunInfo, build_model_card
-from hf_saffu.train import ModelArguments, config_for_tokenizer, parse_arguments, run_info_from_results, run_training
-from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, ExplicitTrainingArguments, resolve_checkpoint
+from hf_saffu.train import ModelArguments, parse_arguments, run_info_from_results, run_training
+from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
-VOCAB = 40
-EOS = 1
-PAD = 0
-BLOCK = 24
 HERE = Path(__file__).parent
-
-
-def markov_documents(num_documents: int, seed: int = 0) -> list[list[int]]:
-    """Documents from one sparse random Markov chain over tokens 2..VOCAB-1 (a learnable structure);
-    `seed` draws different documents from the same chain."""
-    successors = torch.randint(2, VOCAB, (VOCAB, 3), generator=torch.Generator().manual_seed(1234))
-    generator = torch.Generator().manual_seed(seed)
-    documents = []
-    for _ in range(num_documents):
-        token = int(torch.randint(2, VOCAB, (1,), generator=generator))
-        document = [token]
-        for _ in range(int(torch.randint(5, 40, (1,), generator=generator))):
-            token = int(successors[token, torch.randint(0, 3, (1,), generator=generator)])
-            document.append(token)
-        documents.append(document)
-    return documents
-
-
-def packed_dataset(num_documents: int, seed: int = 0) -> Dataset:
-    packed = pack_documents({"input_ids": markov_documents(num_documents, seed)}, BLOCK, EOS, PAD)
-    return Dataset.from_dict(packed)
-
-
-def saffu_config(**overrides) -> SaffuConfig:
-    values = dict(
-        vocab_size=VOCAB,
-        embed_bits=40,
-        hidden_bits=40,
-        windows=[1, 4],
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        bos_token_id=EOS,
-    )
-    values.update(overrides)
-    return SaffuConfig(**values)
 
 
 def batches_of(dataset: Dataset, size: int) -> list[dict]:
@@ -70,26 +32,6 @@ def mean_loss(model: SaffuForCausalLM, dataset: Dataset) -> float:
     batch = dataset.with_format("torch")[:]
     with torch.no_grad():
         return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.item()
-
-
-def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        learning_rate=1e-2,
-        max_steps=6,
-        save_strategy="steps",
-        save_steps=3,
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        warm_start_batch_size=5,
-        seed=0,
-    )
-    values.update(overrides)
-    return ExplicitTrainingArguments(**values)
 
 
 # -- the warm start -------------------------------------------------------------------------------

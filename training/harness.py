@@ -31,9 +31,16 @@ from datasets import DatasetDict
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from hf_saffu import SaffuForCausalLM
-from hf_saffu.data import DataArguments, load_text_datasets, text_batches, tokenize_and_pack, train_tokenizer
+from hf_saffu.data import (
+    DataArguments,
+    config_for_tokenizer,
+    load_text_datasets,
+    text_batches,
+    tokenize_and_pack,
+    train_tokenizer,
+)
 from hf_saffu.evaluation import perplexity_from_loss, token_nll_sum
-from hf_saffu.train import config_for_tokenizer, parse_arguments
+from hf_saffu.train import parse_arguments
 from hf_saffu.trainer import DatasetBatches, check_block_lengths
 from hf_saffu.warm_start import explicit_warm_start
 

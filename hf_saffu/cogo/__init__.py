@@ -1,4 +1,4 @@
-"""CoGO: composed global optimizers for modular addition (SAFFU.md §6).
+"""CoGO: composed global optimizers for modular addition (docs/DESIGN.md section 7).
 
 A two-layer network with quadratic activation, o = W_c (W_a e_{g1} + W_b e_{g2})^{∘2}, trained
 with the centred L2 loss on all pairs of Z_d. In the Fourier basis its loss depends on the
@@ -6,6 +6,9 @@ weights only through monomial potentials that are ring homomorphisms of a semi-r
 networks (sum = concatenate nodes, product = pair nodes), so global optimizers can be composed
 in closed form from partial solutions (`constructions`) and compared with what gradient
 descent finds (`analysis`).
+
+An opt-in subpackage: importing `hf_saffu.cogo` registers "cogo" with `AutoConfig` and `AutoModel`;
+`import hf_saffu` does not import it.
 """
 
 from transformers import AutoConfig, AutoModel

@@ -1,4 +1,4 @@
-"""Reading a trained CoGO network frequency by frequency (SAFFU.md §6, published protocol).
+"""Reading a trained CoGO network frequency by frequency (docs/DESIGN.md section 7, published protocol).
 
 1. Every node is assigned to its dominant input frequency k ∈ {0, …, (d−1)/2}: the one with the
    largest (|z_{a,k}|² + |z_{b,k}|²)^{1/2}; nodes below `threshold` there are dead.

@@ -1,4 +1,4 @@
-"""Partial solutions for one frequency k (SAFFU.md §6), as `FourierWeights` over Z_d.
+"""Partial solutions for one frequency k (docs/DESIGN.md section 7), as `FourierWeights` over Z_d.
 
 Each block lists, per node, the coefficients (z_a, z_b, z_c) at frequency k; the node is
 real, so the coefficients at −k are their conjugates. ω₃ = e^{2πi/3}.

@@ -10,7 +10,7 @@ from .constructions import CONSTRUCTION_KINDS
 class CoGOConfig(PreTrainedConfig):
     r"""
     Configuration of [`CoGOForModularAddition`], the two-layer quadratic network
-    o = W_c (W_a e_{g1} + W_b e_{g2})^{∘2} on Z_d (SAFFU.md §6).
+    o = W_c (W_a e_{g1} + W_b e_{g2})^{∘2} on Z_d (docs/DESIGN.md section 7).
 
     Args:
         modulus (`int`, defaults to 23):

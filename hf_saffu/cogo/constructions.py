@@ -1,4 +1,4 @@
-"""Global optimizers of the CoGO loss composed from building blocks (SAFFU.md §6).
+"""Global optimizers of the CoGO loss composed from building blocks (docs/DESIGN.md section 7).
 
 For odd d every frequency pair ±k (k = 1 … (d−1)/2) gets its own block:
 

@@ -1,5 +1,5 @@
 """Fourier view of the CoGO network: per-node coefficients, the semi-ring, the monomial
-potentials and the loss written through them (SAFFU.md §6).
+potentials and the loss written through them (docs/DESIGN.md section 7).
 
 With ω = e^{2πi/d}, node j carries complex coefficients z_{p,k,j} (p ∈ {a, b, c}) at every
 frequency k ∈ Z_d such that

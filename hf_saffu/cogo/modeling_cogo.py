@@ -3,7 +3,7 @@
     o = W_c (W_a e_{g1} + W_b e_{g2})^{∘2},    loss = mean ‖P⊥ o − (e_y − 1/d · 1)‖²
 
 `CoGOForModularAddition.from_construction(d, kind=...)` loads a closed-form global optimizer
-(SAFFU.md §6) so that it saves, loads and pushes like any trained model.
+(docs/DESIGN.md section 7) so that it saves, loads and pushes like any trained model.
 """
 
 import math

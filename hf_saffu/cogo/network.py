@@ -1,4 +1,4 @@
-"""The two-layer quadratic network of CoGO and its centred L2 loss (SAFFU.md §6).
+"""The two-layer quadratic network of CoGO and its centred L2 loss (docs/DESIGN.md section 7).
 
 With one-hot inputs e_{g1}, e_{g2} and real weights W_a, W_b (q x d), W_c (d x q):
 

@@ -1,0 +1,119 @@
+"""Tiny configs, models, datasets and tokenizers shared by several test files."""
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from hf_saffu import ExplicitTrainingArguments, SaffuConfig, SaffuForCausalLM
+from hf_saffu.data import pack_documents
+from hf_saffu.model_card import describe_architecture, write_model_card
+
+# -- token-id data: a sparse Markov chain packed into blocks ----------------------------------------
+
+VOCAB = 40
+EOS = 1
+PAD = 0
+BLOCK = 24
+
+
+def markov_documents(num_documents: int, seed: int = 0) -> list[list[int]]:
+    """Documents from one sparse random Markov chain over tokens 2..VOCAB-1 (a learnable structure);
+    `seed` draws different documents from the same chain."""
+    successors = torch.randint(2, VOCAB, (VOCAB, 3), generator=torch.Generator().manual_seed(1234))
+    generator = torch.Generator().manual_seed(seed)
+    documents = []
+    for _ in range(num_documents):
+        token = int(torch.randint(2, VOCAB, (1,), generator=generator))
+        document = [token]
+        for _ in range(int(torch.randint(5, 40, (1,), generator=generator))):
+            token = int(successors[token, torch.randint(0, 3, (1,), generator=generator)])
+            document.append(token)
+        documents.append(document)
+    return documents
+
+
+def packed_dataset(num_documents: int, seed: int = 0) -> Dataset:
+    packed = pack_documents({"input_ids": markov_documents(num_documents, seed)}, BLOCK, EOS, PAD)
+    return Dataset.from_dict(packed)
+
+
+def saffu_config(**overrides) -> SaffuConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        embed_bits=40,
+        hidden_bits=40,
+        windows=[1, 4],
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=EOS,
+    )
+    values.update(overrides)
+    return SaffuConfig(**values)
+
+
+def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-2,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        warm_start_batch_size=5,
+        seed=0,
+    )
+    values.update(overrides)
+    return ExplicitTrainingArguments(**values)
+
+
+# -- a tiny tokenizer and saved model directory ------------------------------------------------------
+
+REPO_ID = "tester/tiny-saffu"
+CORPUS = [
+    "the cat sat on the mat",
+    "the dog ran in the park",
+    "a cat and a dog sat in the sun",
+    "the small dog saw the big cat",
+] * 8
+RUN_INFO = {
+    "dataset_name": "Tiny test corpus",
+    "dataset_id": "tester/tiny-corpus",
+    "train_tokens": 4_096,
+    "warm_start_perplexity": 41.5,
+    "final_perplexity": 17.25,
+    "test_perplexity": 18.125,
+    "warm_start_seconds": 0.8,
+    "backprop_seconds": 12.5,
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny BPE tokenizer trained on ``CORPUS`` (no download)."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=64, special_tokens=["<unk>", "<eos>"], show_progress=False)
+    backend.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def save_saffu(directory: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -> Path:
+    """Save a tiny random SAFFU model, its tokenizer and model card into ``directory``."""
+    torch.manual_seed(seed)
+    config = SaffuConfig(
+        vocab_size=len(tokenizer), embed_bits=7, hidden_bits=7, windows=[2, 4], eos_token_id=tokenizer.eos_token_id
+    )
+    model = SaffuForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    run_info = RUN_INFO | {"architecture": describe_architecture(config), "repo_id": REPO_ID}
+    write_model_card(directory, run_info | {"num_parameters": model.num_parameters()})
+    return directory

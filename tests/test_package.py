@@ -1,0 +1,63 @@
+"""The top-level API: what `import hf_saffu` provides and what it leaves alone."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, sys
+import hf_saffu
+from transformers import AutoConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from hf_saffu import (
+    SaffuConfig, SaffuForCausalLM, SaffuModel, ExplicitTrainer, ExplicitTrainingArguments, explicit_warm_start,
+)
+print(json.dumps({
+    "cogo_registered": "cogo" in CONFIG_MAPPING,
+    "saffu_registered": "saffu" in CONFIG_MAPPING,
+    "modules": sorted(m for m in sys.modules if m.startswith("hf_saffu.cogo") or m == "hf_saffu.explicit_classifier"),
+    "trainer": ExplicitTrainer.__module__,
+    "all": sorted(hf_saffu.__all__),
+}))
+"""
+
+
+def run_probe(code: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_registers_saffu_only_and_exports_the_api():
+    probe = run_probe(PROBE)
+    assert probe["saffu_registered"]
+    assert not probe["cogo_registered"]
+    assert probe["modules"] == []
+    assert probe["trainer"] == "hf_saffu.trainer"
+    assert {
+        "SaffuConfig",
+        "SaffuForCausalLM",
+        "SaffuModel",
+        "ExplicitTrainer",
+        "ExplicitTrainingArguments",
+        "explicit_warm_start",
+    } <= set(probe["all"])
+
+
+def test_cogo_registers_its_auto_classes_when_imported():
+    probe = run_probe(
+        "import json, hf_saffu.cogo\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "print(json.dumps({'cogo': 'cogo' in CONFIG_MAPPING}))"
+    )
+    assert probe == {"cogo": True}
