@@ -136,9 +136,18 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def _model_weight_files(path: Path) -> list[Path]:
+    """The weight files the model loads: model.safetensors, or the shards its index names (other files in the
+    directory, such as a leftover shard of an earlier save, are not part of the model)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return [path / "model.safetensors"]
+
+
 def _check_finite_weights(path: Path) -> None:
-    """Every safetensors file of the directory must hold only finite numbers (read one tensor at a time)."""
-    for weights in sorted(path.glob("*.safetensors")):
+    """The model's safetensors files must hold only finite numbers (read one tensor at a time)."""
+    for weights in _model_weight_files(path):
         with safe_open(weights, framework="pt") as tensors:
             try:
                 check_finite(((name, tensors.get_tensor(name)) for name in tensors.keys()), str(weights))
