@@ -36,6 +36,7 @@ class Settings:
     curve_blocks: int = 128
     batch_size: int = 32
     gpt2_learning_rate: float = 1e-3
+    backprop_only_learning_rate: float | None = None  # the SAFFU backprop-only arm (None: the config's)
     gpt2_layers: int = 2
     gpt2_dims: int = 128
     gpt2_heads: int = 4
@@ -59,7 +60,8 @@ def run_arms(settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data) -
     warm = copy.deepcopy(initial)
     results.append(harness.warm_start_arm(warm, data, recipe, budget))
     ws_seconds = results[-1]["cpu_seconds"]
-    backprop = harness.train_with_budget(initial, data, budget, recipe.learning_rate)
+    backprop_lr = settings.backprop_only_learning_rate or recipe.learning_rate
+    backprop = harness.train_with_budget(initial, data, budget, backprop_lr)
     results.append({"arm": "SAFFU backprop only", **backprop})
     both = harness.train_with_budget(warm, data, budget, recipe.learning_rate, offset=ws_seconds)
     results.append({"arm": "SAFFU warm start + backprop", "warm_start_cpu_seconds": ws_seconds, **both})
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-documents", type=int, help="use only the first N train documents")
     parser.add_argument("--eval-documents", type=int, help="use only the first N validation / test documents")
     parser.add_argument("--gpt2-learning-rate", type=float)
+    parser.add_argument("--backprop-only-learning-rate", type=float, help="the SAFFU backprop-only arm's")
     parser.add_argument("--gpt2-dims", type=int)
     args = parser.parse_args(argv)
     harness.start_run(args, argv, __name__)
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_documents": args.train_documents,
         "eval_documents": args.eval_documents,
         "gpt2_learning_rate": args.gpt2_learning_rate,
+        "backprop_only_learning_rate": args.backprop_only_learning_rate,
         "gpt2_dims": args.gpt2_dims,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
