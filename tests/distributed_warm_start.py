@@ -6,6 +6,7 @@ shard for rank 1: `distributed_warm_start.py OUT 1 2`), by tests/test_bad_input.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,11 @@ def main(output_path: str, num_documents: int = 9, seed: int = 0) -> None:
     torch.manual_seed(0)
     model = SaffuForCausalLM(saffu_config(num_layers=2))
     arguments = ExplicitTrainingArguments(
-        output_dir="unused", report_to="none", disable_tqdm=True, use_cpu=True, warm_start_batch_size=2
+        output_dir=str(Path(output_path).parent / "unused"),
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        warm_start_batch_size=2,
     )
     trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=train)
     shard_rows = sum(len(batch["input_ids"]) for batch in trainer.warm_start_shard())
