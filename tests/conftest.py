@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hub_server import HubServer
 
 # --- Hub fixtures -------------------------------------------------------------------
@@ -17,3 +18,13 @@ def hub():
     """A running :class:`hub_server.HubServer` on 127.0.0.1, stopped after the test."""
     with HubServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and problems: one torch thread avoids synchronisation overhead and contention on a busy
+    machine (used by modules with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

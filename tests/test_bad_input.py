@@ -34,13 +34,7 @@ HERE = Path(__file__).parent
 WORDS = "the cat sat on a mat and dog ran in park with sun".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def text_file(path: Path, lines: int = 60, seed: int = 0) -> str:

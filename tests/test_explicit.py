@@ -61,13 +61,7 @@ def mean_kl(log_p, log_q):
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The problems are tiny: one thread avoids synchronisation overhead (and contention on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
