@@ -111,6 +111,12 @@ def check_targets(results: list[dict], train_tokens: int) -> list[dict]:
             "numbers": f"{ws['cpu_seconds']:.1f} CPU-s vs {epoch_seconds / 20:.1f} (epoch {epoch_seconds:.0f} CPU-s)",
         },
         {
+            "target": "warm start + backprop: below backprop alone and below GPT-2 at equal CPU time",
+            "met": ppl["SAFFU warm start + backprop"] < min(ppl["SAFFU backprop only"], ppl["GPT-2"]),
+            "numbers": f"{ppl['SAFFU warm start + backprop']:.1f} vs backprop only "
+            f"{ppl['SAFFU backprop only']:.1f}, GPT-2 {ppl['GPT-2']:.1f}",
+        },
+        {
             "target": "warm start + backprop: <= 0.8x GPT-2's validation ppl at equal CPU time",
             "met": ppl["SAFFU warm start + backprop"] <= 0.8 * ppl["GPT-2"],
             "numbers": f"{ppl['SAFFU warm start + backprop']:.1f} vs 0.8 x {ppl['GPT-2']:.1f}",
