@@ -1,18 +1,23 @@
-"""The explicit warm start of a SAFFU model, bottom-up (design note §4).
+"""The explicit warm start of a SAFFU model, bottom-up (docs/DESIGN.md, section 5).
 
-Every step applies the explicit softmax solution (`hf_saffu.explicit`) to one sub-layer, with
-everything below it fixed, from float64 co-occurrence sums accumulated in one forward pass over this
-process's shard of the data and summed across processes before every process solves:
+Every step applies the explicit softmax solution (`hf_saffu.explicit`: ln of the counts with the additive
+floor, or discounted with `explicit_discount`) to one sub-layer, with everything below it fixed, from
+float64 co-occurrence sums accumulated in one forward pass over this process's shard of the data and summed
+across processes before every process solves:
 
-1. token counts -> frequency ranks -> bit-cipher input embeddings and label embeddings l(y)
-   (optionally contextual input embeddings: normalised sums of the neighbours' codes);
+1. token counts -> frequency ranks; with `embedding_codes="anchored"` or `hidden_targets="clusters"`, one
+   more pass for the pair profiles (`hf_saffu.token_classes`) -> bit-cipher input codes (by rank, or
+   anchored on similar frequent tokens) and the hidden targets l(y) (label codes by rank, or one-hot token
+   classes); optionally contextual input embeddings (normalised sums of the neighbours' codes);
 2. for each layer, for each context:
-   a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln(F_U + alpha) (with
-      `explicit_hidden_priming` K: U0 = K ln(F_U + alpha), b0 = -(K - 1) ln phi);
-   b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over valid j;
-      F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1 (c is the bias);
+   a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln F_U (with
+      `explicit_hidden_priming` K: U0 = K ln F_U, b0 = -(K - 1) ln phi);
+   b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over the valid j
+      (not the pivot, when a pivot head carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
    c. U again with the solved attention; b-c repeat `attention_iters` times;
-3. the output layer: F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
+3. the pivot head (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
+4. the head: with `log_hidden_head`, O and b_O in closed form from the class codes (`set_class_head`, no
+   data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
 
 No autograd: every pass is forward computation only. Memory is that of one batch plus the
 fixed-size statistics, whatever the corpus size.
