@@ -210,7 +210,7 @@ class SaffuContextInputs:
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
     similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
     context_vectors: list[torch.Tensor | None]  # per context, (batch, T, input_dim): z_t (None: not computed)
-    feature_counts: list[torch.Tensor | None]  # per context, (batch, T): inputs z_t mixes (valid offsets, |doc|)
+    document_counts: torch.Tensor | None  # (batch, T): |doc(t)|, the inputs behind the document mean
     state: SaffuLayerState | None  # the state after these T positions (None when only some contexts were computed)
 
 
@@ -260,20 +260,19 @@ class SaffuLayer(nn.Module):
         length = inputs.shape[1]
         offset_valid = banded_valid(extended_valid, length, self.max_window)
         similarities = banded_dot(extended, inputs, self.max_window)
-        context_vectors, feature_counts = [], []
-        for index, window in enumerate(self.windows):
-            computed = index in wanted
-            context_vectors.append(window.attend(extended, similarities, offset_valid) if computed else None)
-            feature_counts.append(offset_valid[..., : window.window].sum(-1) if computed else None)
+        context_vectors = [
+            window.attend(extended, similarities, offset_valid) if index in wanted else None
+            for index, window in enumerate(self.windows)
+        ]
         document_sum, document_count = state.document_sum, state.document_count
+        counts = None
         if self.document is not None:
-            means = counts = None
+            means = None
             if len(self.windows) in wanted:
                 means, counts, document_sum, document_count = document_means(
                     inputs, valid, ends_document, state.document_sum, state.document_count
                 )
             context_vectors.append(means)
-            feature_counts.append(counts)
         keep = extended.shape[1] - (self.max_window - 1)
         new_state = None
         if contexts is None:
@@ -283,7 +282,7 @@ class SaffuLayer(nn.Module):
                 document_sum=document_sum.detach(),
                 document_count=document_count,
             )
-        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, feature_counts, new_state)
+        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, counts, new_state)
 
     def forward(
         self,

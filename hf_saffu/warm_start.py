@@ -39,7 +39,7 @@ from .bit_cipher import (
     frequency_ranks,
 )
 from .explicit import Cooccurrence, ExplicitStatisticsError
-from .modeling_saffu import SaffuForCausalLM, SaffuLayer, banded_dot
+from .modeling_saffu import SaffuContextInputs, SaffuForCausalLM, SaffuLayer, banded_dot
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
 PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
@@ -194,17 +194,19 @@ class ExplicitWarmStart:
         classes = self.target_classes
         width = self.config.vocab_size if classes is None else self.config.hidden_bits
         statistics = [Cooccurrence.zeros(layer.input_dim, width, self.device) for _ in contexts]
+        count_features = self.config.explicit_hidden_priming == "features"
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, description, contexts):
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 statistic.add(computed.context_vectors[context][:, :-1], targets, weight)
-                features[index] += (computed.feature_counts[context][:, :-1] * weight).sum()
+                if count_features:
+                    features[index] += (inputs_behind(layer, computed, context)[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
         for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
             priming = self.config.explicit_hidden_priming
-            if priming == "features":  # K = the mean number of inputs behind z_t
+            if count_features:  # K = the mean number of inputs behind z_t
                 priming = (features[index] / statistic.num_rows).item()
             self.set_linear(
                 layer.contexts[context].hidden,
@@ -272,9 +274,7 @@ class ExplicitWarmStart:
         for input_ids, _, weight in self.iterate("pivot head"):
             statistic.add(embeddings(input_ids[:, :-1]), input_ids[:, 1:], weight)
         self.reduce(statistic)
-        weight, _ = statistic.solve(self.config.explicit_smoothing, discount=self.config.explicit_discount)
-        self.model.pivot_head.weight.copy_(weight.T.to(self.model.pivot_head.weight.dtype))
-        self.report.priming_numbers["pivot head Q"] = statistic.priming_number
+        self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
 
     def solve_output(self) -> None:
@@ -296,11 +296,13 @@ class ExplicitWarmStart:
         self, linear: torch.nn.Linear, statistic: Cooccurrence, name: str, priming: float | None = None
     ) -> None:
         """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T); `priming`
-        overrides the measured priming number (`Cooccurrence.solve`)."""
+        overrides the measured priming number (`Cooccurrence.solve`). A Linear without a bias takes U only (its
+        inputs have unit L1 norm, K = 1, so b = 0)."""
         weight, bias = statistic.solve(self.config.explicit_smoothing, priming, self.config.explicit_discount)
         self.report.priming_numbers[name] = statistic.priming_number if priming is None else priming
         linear.weight.copy_(weight.T.to(linear.weight.dtype))
-        linear.bias.copy_(bias.to(linear.bias.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_(bias.to(linear.bias.dtype))
 
     @torch.no_grad()
     def run(self) -> WarmStartReport:
@@ -327,6 +329,13 @@ class ExplicitWarmStart:
         self.model.config.warm_started = True
         self.model.train(was_training)
         return self.report
+
+
+def inputs_behind(layer: SaffuLayer, computed: SaffuContextInputs, context: int) -> torch.Tensor:
+    """(batch, T): how many inputs z_t of a context mixes: its valid window positions, or |doc(t)|."""
+    if context < len(layer.windows):
+        return computed.offset_valid[..., : layer.windows[context].window].sum(-1)
+    return computed.document_counts
 
 
 def explicit_warm_start(
