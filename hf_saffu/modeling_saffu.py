@@ -214,6 +214,38 @@ class SaffuContextInputs:
     state: SaffuLayerState | None  # the state after these T positions (None when only some contexts were computed)
 
 
+class FrozenInputCache:
+    """The first layer's pivot similarities s_t of each training block, computed once while the embeddings are
+    frozen and reused every epoch (the fast phase of the published recipe).
+
+    s_t of a block read from a fresh state depends only on its tokens, its mask and the frozen embeddings, so
+    the cache is keyed by the block's content: any sampler, shuffling or number of processes hits it, and a
+    block seen again gets exactly the numbers it got the first time. Valid only while the embeddings do not
+    change: `SaffuModel.frozen_inputs` holds it for the frozen phase and drops it when they thaw.
+    """
+
+    def __init__(self):
+        self.similarities: dict[tuple[bytes, bytes], torch.Tensor] = {}
+
+    @staticmethod
+    def keys(input_ids: torch.Tensor, valid: torch.Tensor) -> list[tuple[bytes, bytes]]:
+        ids, mask = input_ids.cpu().numpy(), valid.cpu().numpy()
+        return [(row.tobytes(), row_mask.tobytes()) for row, row_mask in zip(ids, mask, strict=True)]
+
+    def lookup(self, input_ids: torch.Tensor, valid: torch.Tensor, compute) -> torch.Tensor:
+        """s of the batch's blocks: the cached rows, or `compute()` for the whole batch when a row is new."""
+        keys = self.keys(input_ids, valid)
+        if all(key in self.similarities for key in keys):
+            return torch.stack([self.similarities[key] for key in keys]).to(input_ids.device)
+        computed = compute()
+        for key, row in zip(keys, computed.detach().cpu(), strict=True):
+            self.similarities.setdefault(key, row)
+        return computed
+
+    def __len__(self) -> int:
+        return len(self.similarities)
+
+
 class SaffuLayer(nn.Module):
     """One SAFFU layer: C contexts (windows, then the document), their hidden distributions concatenated."""
 
@@ -246,11 +278,13 @@ class SaffuLayer(nn.Module):
         ends_document: torch.Tensor,
         state: SaffuLayerState | None,
         contexts: list[int] | None = None,
+        similarities: torch.Tensor | None = None,
     ) -> SaffuContextInputs:
         """z_t of every context for the T new positions, continuing from `state` (None: a fresh start).
 
         `contexts`: compute z_t only for these context indices (the others are None, and so is the returned
-        state): a warm-start pass that needs some contexts, or only the similarities, skips the rest."""
+        state): a warm-start pass that needs some contexts, or only the similarities, skips the rest.
+        `similarities`: s_t already computed for these inputs and state (the frozen phase's cache)."""
         wanted = set(range(len(self.contexts)) if contexts is None else contexts)
         if state is None:
             state = self.empty_state(inputs.shape[0], inputs)
@@ -259,7 +293,8 @@ class SaffuLayer(nn.Module):
         extended_valid = torch.cat([state.history_valid, valid], dim=1)
         length = inputs.shape[1]
         offset_valid = banded_valid(extended_valid, length, self.max_window)
-        similarities = banded_dot(extended, inputs, self.max_window)
+        if similarities is None:
+            similarities = banded_dot(extended, inputs, self.max_window)
         context_vectors = [
             window.attend(extended, similarities, offset_valid) if index in wanted else None
             for index, window in enumerate(self.windows)
@@ -291,10 +326,11 @@ class SaffuLayer(nn.Module):
         ends_document: torch.Tensor,
         state: SaffuLayerState | None = None,
         log_probabilities: bool = False,
+        similarities: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, SaffuLayerState]:
         """H_t = [softmax(z_t^c U^c + b^c)]_c, shape (batch, T, C * hidden_bits); ln H_t with
         `log_probabilities` (what a log-reading head takes)."""
-        computed = self.context_inputs(inputs, valid, ends_document, state)
+        computed = self.context_inputs(inputs, valid, ends_document, state, similarities=similarities)
         normalise = torch.log_softmax if log_probabilities else torch.softmax
         hidden = [
             normalise(context.hidden(vectors), dim=-1)
@@ -358,8 +394,24 @@ class SaffuModel(SaffuPreTrainedModel):
         layer_output_dim = config.num_contexts * config.hidden_bits
         input_dims = [config.embed_bits] + [layer_output_dim] * (config.num_layers - 1)
         self.layers = nn.ModuleList(SaffuLayer(config, dim) for dim in input_dims)
+        self.frozen_inputs: FrozenInputCache | None = None  # set for the frozen-embedding phase of training
         self.post_init()
         self.embeddings.weight.requires_grad_(not config.freeze_embeddings)
+
+    def input_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """v = E[input_ids]; detached in the frozen phase (`frozen_inputs` set), so no gradient reaches E."""
+        vectors = self.embeddings(input_ids)
+        return vectors.detach() if self.frozen_inputs is not None else vectors
+
+    def cached_similarities(self, input_ids, vectors, valid, ends_document, state) -> torch.Tensor | None:
+        """The first layer's s_t from the frozen phase's cache when training on blocks read from a fresh state;
+        None (the layer computes s_t) otherwise."""
+        if self.frozen_inputs is None or state is not None or not self.training:
+            return None
+        first = self.layers[0]
+        return self.frozen_inputs.lookup(
+            input_ids, valid, lambda: first.context_inputs(vectors, valid, ends_document, None, []).similarities
+        )
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings
@@ -425,14 +477,16 @@ class SaffuModel(SaffuPreTrainedModel):
         ends_document = input_ids == eos if eos is not None else torch.zeros_like(valid)
         layer_states = state.layers if state is not None else [None] * len(self.layers)
 
-        hidden = self.embeddings(input_ids)
+        hidden = self.input_vectors(input_ids)
+        similarities = self.cached_similarities(input_ids, hidden, valid, ends_document, layer_states[0])
         all_hidden = [hidden] if output_hidden_states else None
         new_states = []
         last = len(self.layers) - 1
         for index, (layer, layer_state) in enumerate(zip(self.layers, layer_states, strict=True)):
             inputs = hidden if index == 0 else hidden / self.config.num_contexts
             log_probabilities = index == last and self.config.log_hidden_head
-            hidden, new_state = layer(inputs, valid, ends_document, layer_state, log_probabilities)
+            cached = similarities if index == 0 else None
+            hidden, new_state = layer(inputs, valid, ends_document, layer_state, log_probabilities, cached)
             new_states.append(new_state)
             if output_hidden_states:
                 all_hidden.append(hidden)
@@ -517,8 +571,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         if self.pivot_head is not None:
-            pivots = input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids
-            logits = logits + self.pivot_head(self.model.embeddings(pivots))
+            logits = logits + self.pivot_logits(input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
@@ -528,6 +581,15 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def pivot_logits(self, pivots: torch.LongTensor) -> torch.Tensor:
+        """v_t Q for every position, computed once per distinct pivot token: (E[u] Q)[index of x_t in u].
+
+        A batch of N positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks),
+        and the V-wide product is the costliest part of the step after the output layer; the result is the
+        dense v_t Q, row for row."""
+        distinct, index = torch.unique(pivots, return_inverse=True)
+        return self.pivot_head(self.model.input_vectors(distinct))[index]
 
     def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
         """Summed next-token cross-entropy / number of targets (`num_items_in_batch` when Trainer gives it).

@@ -44,7 +44,7 @@ from transformers.utils import CONFIG_NAME, logging
 from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
-from .modeling_saffu import SaffuForCausalLM
+from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start
 
 logger = logging.get_logger(__name__)
@@ -78,8 +78,8 @@ class ExplicitTrainingArguments(TrainingArguments):
     freeze_embeddings_steps: int | None = field(
         default=None,
         metadata={
-            "help": "train the embeddings after this many optimizer steps (0: from the start); "
-            "None: follow the model config's freeze_embeddings for the whole run"
+            "help": "train the embeddings after this many optimizer steps (0: from the start), frozen (and their "
+            "first-layer similarities cached) before; None: follow the model config's freeze_embeddings throughout"
         },
     )
 
@@ -114,29 +114,29 @@ class DatasetBatches:
             yield self.dataset[start : start + self.batch_size]
 
 
-class EmbeddingFreezer(TrainerCallback):
-    """Zeroes the embedding gradient for the first `steps` optimizer steps, then lets it through.
+class FrozenEmbeddingPhase(TrainerCallback):
+    """The embeddings stay fixed for the first `steps` optimizer steps (all of them for `math.inf`), then train.
 
-    The embeddings keep requires_grad=True, so DDP registers them from the start and the optimizer
-    holds them; a zero gradient leaves Adam's moments and the weights untouched. The gradient hook
-    lives only while this trainer trains.
+    While frozen, the model reads detached embeddings (no gradient reaches them, so Adam leaves them and their
+    moments untouched) and caches the first layer's pivot similarities of each training block
+    (`FrozenInputCache`), reused every epoch; the cache is dropped when the embeddings thaw. Under DDP the
+    embeddings are an unused parameter in the frozen steps (transformers' default find_unused_parameters=True
+    for a PreTrainedModel handles that).
     """
 
-    def __init__(self, weight: torch.nn.Parameter, steps: int):
-        self.weight = weight
+    def __init__(self, model: SaffuModel, steps: float):
+        self.model = model
         self.steps = steps
-        self.frozen = steps > 0
-        self.hook = None
-        weight.requires_grad_(True)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.hook = self.weight.register_hook(lambda grad: torch.zeros_like(grad) if self.frozen else grad)
+        self.cache: FrozenInputCache | None = FrozenInputCache() if steps > 0 else None
+        model.embeddings.weight.requires_grad_(math.isfinite(steps))
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.frozen = state.global_step < self.steps
+        if self.cache is not None and state.global_step >= self.steps:
+            self.cache = None
+        self.model.frozen_inputs = self.cache
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.hook.remove()
+        self.model.frozen_inputs = None
 
 
 class WarmStartLog(TrainerCallback):
@@ -200,8 +200,10 @@ class ExplicitTrainer(Trainer):
         self.add_callback(self.warm_start_log)
         self.add_callback(DivergenceGuard())
         steps = self.args.freeze_embeddings_steps
+        if steps is None and self.saffu_model.config.freeze_embeddings:
+            steps = math.inf
         if steps is not None:
-            self.add_callback(EmbeddingFreezer(self.saffu_model.model.embeddings.weight, steps))
+            self.add_callback(FrozenEmbeddingPhase(self.saffu_model.model, steps))
 
     @property
     def saffu_model(self) -> SaffuForCausalLM:

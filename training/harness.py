@@ -41,7 +41,12 @@ from hf_saffu.data import (
 )
 from hf_saffu.evaluation import perplexity_from_loss, token_nll_sum
 from hf_saffu.train import parse_arguments
-from hf_saffu.trainer import DatasetBatches, check_block_lengths
+from hf_saffu.trainer import (
+    DatasetBatches,
+    ExplicitTrainer,
+    ExplicitTrainingArguments,
+    check_block_lengths,
+)
 from hf_saffu.warm_start import explicit_warm_start
 
 from .kneser_ney import KneserNeyLM
@@ -303,39 +308,77 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
 
 class CpuBudget(TrainerCallback):
     """Stops training when the arm's process-CPU budget is spent; records the validation curve at fixed CPU
-    times. CPU time spent evaluating is excluded; `offset` (the warm start) counts against the budget."""
+    times (and every `eval_every` CPU seconds); with `patience`, stops after that many curve points without a
+    new best (early stopping) and keeps a copy of the best weights. CPU time spent evaluating is excluded;
+    `offset` (the warm start) counts against the budget. `frozen_steps`: the CPU time of the first steps (the
+    frozen-embedding phase) is timed apart from the rest."""
 
-    def __init__(self, budget: float, offset: float, evaluate, checkpoints: list[float]):
-        self.budget, self.offset, self.evaluate = budget, offset, evaluate
-        self.checkpoints = sorted(c for c in checkpoints if offset < c <= budget)
+    def __init__(self, budget: "Budget", offset: float, evaluate, on_point=None, frozen_steps: int = 0):
+        self.budget, self.offset, self.evaluate, self.on_point = budget, offset, evaluate, on_point
+        self.checkpoints = sorted(c for c in budget.checkpoints if offset < c <= budget.cpu_seconds)
+        self.next_periodic = offset + budget.eval_every if budget.eval_every else math.inf
+        self.frozen_steps = frozen_steps
         self.curve: list[dict] = []
         self.eval_seconds = 0.0
         self.start = 0.0
+        self.phase_seconds = {"frozen": 0.0, "unfrozen": 0.0}
+        self.phase_steps = {"frozen": 0, "unfrozen": 0}
+        self.step_start = 0.0
+        self.best: dict | None = None
+        self.best_state: dict | None = None
+        self.points_since_best = 0
 
     def spent(self) -> float:
         return self.offset + time.process_time() - self.start - self.eval_seconds
 
     def record(self, model, step: int) -> None:
         spent, eval_start = self.spent(), time.process_time()
-        self.curve.append({"cpu_seconds": spent, "step": step, "validation_perplexity": self.evaluate(model)})
+        point = {"cpu_seconds": spent, "step": step, "validation_perplexity": self.evaluate(model)}
+        self.curve.append(point)
+        if self.best is None or point["validation_perplexity"] < self.best["validation_perplexity"]:
+            self.best, self.points_since_best = point, 0
+            if self.budget.patience is not None:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.points_since_best += 1
+        if self.on_point is not None:
+            self.on_point(self)
         self.eval_seconds += time.process_time() - eval_start
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.start = time.process_time()
         self.record(model, 0)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_start = time.process_time()
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        phase = "frozen" if state.global_step <= self.frozen_steps else "unfrozen"
+        self.phase_seconds[phase] += time.process_time() - self.step_start
+        self.phase_steps[phase] += 1
         spent = self.spent()
-        if self.checkpoints and spent >= self.checkpoints[0]:
-            while self.checkpoints and spent >= self.checkpoints[0]:
-                self.checkpoints.pop(0)
+        due = bool(self.checkpoints) and spent >= self.checkpoints[0]
+        while self.checkpoints and spent >= self.checkpoints[0]:
+            self.checkpoints.pop(0)
+        if spent >= self.next_periodic:
+            due = True
+            while self.next_periodic <= spent:
+                self.next_periodic += self.budget.eval_every
+        if due:
             self.record(model, state.global_step)
-        if spent >= self.budget:
+            if self.budget.patience is not None and self.points_since_best >= self.budget.patience:
+                control.should_training_stop = True
+        if spent >= self.budget.cpu_seconds:
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.curve[-1]["step"] != state.global_step:
             self.record(model, state.global_step)
+
+    def steps_per_cpu_second(self) -> dict[str, float]:
+        return {
+            phase: self.phase_steps[phase] / seconds for phase, seconds in self.phase_seconds.items() if seconds > 0
+        }
 
 
 def seconds_per_step(model, train, batch_size: int) -> float:
@@ -359,51 +402,84 @@ class Budget:
     batch_size: int = 32
     curve_blocks: int = 128  # validation blocks scored at every curve point
     seed: int = 0
+    eval_every: float | None = None  # also a curve point every this many CPU seconds
+    patience: int | None = None  # early stopping after this many curve points without a new best; best weights kept
 
 
-def train_with_budget(model, data, budget: Budget, learning_rate: float, offset: float = 0.0) -> dict:
-    """`Trainer` (AdamW, cosine, 5% warm-up) until the CPU budget is spent; curve, throughput and final
-    validation / test perplexity on the full splits."""
+def training_arguments(model, output_dir: str, budget: Budget, learning_rate: float, max_steps: int, frozen_steps):
+    """The Trainer's arguments of every backprop arm; a SAFFU gets `ExplicitTrainingArguments` (no warm start
+    here: the arm warm-starts before) with its frozen-embedding phase."""
+    common = {
+        "output_dir": output_dir,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": budget.batch_size,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": budget.seed,
+        "dataloader_num_workers": 0,
+    }
+    if isinstance(model, SaffuForCausalLM):
+        return ExplicitTrainingArguments(**common, warm_start=False, freeze_embeddings_steps=frozen_steps or None)
+    if frozen_steps:
+        raise ValueError("a frozen-embedding phase needs a SAFFU model")
+    return TrainingArguments(**common)
+
+
+def train_with_budget(
+    model,
+    data,
+    budget: Budget,
+    learning_rate: float,
+    offset: float = 0.0,
+    frozen_fraction: float = 0.0,
+    extra_eval: dict | None = None,
+    on_point=None,
+) -> dict:
+    """`Trainer` (AdamW, cosine, 5% warm-up) until the CPU budget is spent (or, with `budget.patience`, until
+    validation stops improving: the best weights are then restored); curve, throughput and final validation /
+    test perplexity on the full splits, and on each `extra_eval` dataset (e.g. out-of-domain text). A SAFFU
+    trains with `ExplicitTrainer`, its embeddings frozen (and the frozen inputs cached) for the first
+    `frozen_fraction` of the planned steps. `on_point(callback)` runs after every curve point."""
     torch.manual_seed(budget.seed)
     train = data["train"]
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
     remaining = max(budget.cpu_seconds - offset, 0.0)
     # the optimizer step and the Trainer add about 10% to the forward + backward pass
     max_steps = max(1, round(remaining / (1.1 * seconds_per_step(model, train, budget.batch_size))))
-    callback = CpuBudget(budget.cpu_seconds, offset, lambda m: perplexity(m, curve_data), list(budget.checkpoints))
+    frozen_steps = round(frozen_fraction * max_steps)
+    callback = CpuBudget(budget, offset, lambda m: perplexity(m, curve_data), on_point, frozen_steps)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = TrainingArguments(
-            output_dir=output_dir,
-            max_steps=max_steps,
-            per_device_train_batch_size=budget.batch_size,
-            learning_rate=learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,
-            logging_strategy="no",
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=budget.seed,
-            dataloader_num_workers=0,
-        )
-        trainer = Trainer(
+        args = training_arguments(model, output_dir, budget, learning_rate, max_steps, frozen_steps)
+        trainer_class = ExplicitTrainer if isinstance(args, ExplicitTrainingArguments) else Trainer
+        trainer = trainer_class(
             model=model, args=args, train_dataset=train, data_collator=default_data_collator, callbacks=[callback]
         )
         state = trainer.train()
     train_seconds = callback.spent() - offset
+    if callback.best_state is not None:
+        model.load_state_dict(callback.best_state)
     block_size = check_block_lengths(train)
+    evaluated = {"validation": data["validation"], "test": data["test"], **(extra_eval or {})}
     return {
         "parameters": count_parameters(model),
         "steps": state.global_step,
         "planned_steps": max_steps,
+        "frozen_steps": frozen_steps,
+        "epochs": state.global_step * budget.batch_size / len(train),
         "cpu_seconds": callback.spent(),
         "backprop_cpu_seconds": train_seconds,
         "train_tokens_per_cpu_second": state.global_step * budget.batch_size * block_size / max(train_seconds, 1e-9),
+        "steps_per_cpu_second": callback.steps_per_cpu_second(),
         "curve": callback.curve,
-        "validation_perplexity": perplexity(model, data["validation"]),
-        "test_perplexity": perplexity(model, data["test"]),
+        "best_point": callback.best if budget.patience is not None else None,
+        **{f"{split}_perplexity": perplexity(model, dataset) for split, dataset in evaluated.items()},
     }
 
 

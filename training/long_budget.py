@@ -1,0 +1,302 @@
+"""Long-budget Brown benchmark: SAFFU and GPT-2 trained towards convergence, with early stopping.
+
+Arms, all on one BPE and the same packed blocks: the count-based n-grams (additive bigram, Kneser-Ney of
+orders 2-4); the SAFFU of the training config (default configs/brown.yaml) after the explicit warm start and
+then backprop with the staged schedule (embeddings frozen and their similarities cached for the first
+--frozen-fraction of the steps, then trained); the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of
+about the SAFFU's parameter count. Each backprop arm trains (AdamW, cosine over the budget) until validation
+perplexity (first --curve-blocks blocks, every --eval-every CPU-s) has not improved for --patience points, or
+the --budget-cpu-seconds cap is spent; its best weights are scored on the full validation and test splits
+and on out-of-domain text it never saw (--ood-file, default Tiny Shakespeare).
+
+Every arm writes OUTPUT/long_budget/ARM.json as its curve grows, so an interrupted run keeps what it
+measured; two processes can run arms side by side, one per core (torch threads 1 each):
+
+    python -m training.long_budget --arms counts gpt2-small gpt2-equal &
+    python -m training.long_budget --arms saffu-warm saffu-backprop &
+    python -m training.long_budget --report      # LONG_BUDGET.md, long_budget.json, long_budget.png
+
+Time = process CPU seconds (the warm start counts; evaluation does not).
+"""
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict, load_dataset
+
+from hf_saffu.data import DataArguments, tokenize_and_pack
+
+from . import harness
+from .benchmark import KNESER_NEY_ORDERS
+
+ARMS = ("counts", "saffu-warm", "saffu-backprop", "gpt2-small", "gpt2-equal")
+ARM_NAMES = {
+    "saffu-warm": "SAFFU warm start + backprop (staged)",
+    "saffu-backprop": "SAFFU backprop only",
+    "gpt2-small": "GPT-2 2x128",
+    "gpt2-equal": "GPT-2 of equal size",
+}
+BUDGET_POINTS = (300.0, 600.0, 1200.0, 2400.0)
+DEFAULT_OOD_FILE = harness.REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run depends on besides the training config (written into every arm's results)."""
+
+    budget_cpu_seconds: float = 2400.0  # cap per backprop arm, warm start included
+    eval_every: float = 150.0
+    patience: int = 3
+    curve_blocks: int = 256
+    batch_size: int = 32
+    frozen_fraction: float = 0.5
+    backprop_only_learning_rate: float = 1e-3
+    gpt2_learning_rate: float = 1e-3
+    gpt2_equal_layers: int = 4
+    gpt2_equal_dims: int = 320
+    gpt2_equal_heads: int = 5
+
+    def budget(self, seed: int) -> harness.Budget:
+        points = tuple(p for p in BUDGET_POINTS if p <= self.budget_cpu_seconds)
+        return harness.Budget(
+            self.budget_cpu_seconds, points, self.batch_size, self.curve_blocks, seed, self.eval_every, self.patience
+        )
+
+
+def ood_blocks(path: Path, tokenizer, block_size: int):
+    """The non-blank lines of `path` (one document each), packed into blocks with the benchmark's tokenizer."""
+    text = load_dataset("text", data_files=str(path))["train"].filter(lambda row: bool(row["text"].strip()))
+    args = DataArguments(train_files=[str(path)], block_size=block_size)
+    return tokenize_and_pack(DatasetDict({"train": text}), tokenizer, args)["train"].with_format("torch")
+
+
+class ArmWriter:
+    """Writes an arm's results file after every curve point (partial) and at the end (complete)."""
+
+    def __init__(self, path: Path, head: dict):
+        self.path, self.head = path, head
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, result: dict, complete: bool) -> None:
+        payload = {"run": harness.run_metadata(), **self.head, **result, "complete": complete}
+        self.path.write_text(json.dumps(payload, indent=1, default=str))
+
+    def on_point(self, callback: harness.CpuBudget) -> None:
+        self.write({"curve": callback.curve, "best_point": callback.best}, complete=False)
+
+
+def run_arm(arm: str, settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data, extra_eval, out: Path):
+    head = {"arm": ARM_NAMES.get(arm, arm), "key": arm, "settings": asdict(settings), "recipe": asdict(recipe)}
+    writer = ArmWriter(out / "long_budget" / f"{arm}.json", head)
+    if arm == "counts":
+        results = [harness.bigram_arm(data, len(tokenizer))]
+        results += [harness.kneser_ney_arm(data, len(tokenizer), order) for order in KNESER_NEY_ORDERS]
+        writer.write({"results": results}, complete=True)
+        return
+    budget = settings.budget(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    saffu = harness.saffu_model(tokenizer, recipe.model)
+    positions = data["train"][0]["input_ids"].shape[0]
+    if arm == "saffu-warm":
+        head["warm_start"] = harness.warm_start_arm(saffu, data, recipe, budget)
+        seconds, fraction = head["warm_start"]["cpu_seconds"], settings.frozen_fraction
+        result = harness.train_with_budget(
+            saffu, data, budget, recipe.learning_rate, seconds, fraction, extra_eval, writer.on_point
+        )
+    elif arm == "saffu-backprop":
+        lr = settings.backprop_only_learning_rate
+        result = harness.train_with_budget(saffu, data, budget, lr, 0.0, 0.0, extra_eval, writer.on_point)
+    else:
+        shape = (
+            (2, 128, 4)
+            if arm == "gpt2-small"
+            else (settings.gpt2_equal_layers, settings.gpt2_equal_dims, settings.gpt2_equal_heads)
+        )
+        gpt2 = harness.gpt2_model(tokenizer, positions, *shape)
+        head["saffu_parameters"] = harness.count_parameters(saffu)
+        lr = settings.gpt2_learning_rate
+        result = harness.train_with_budget(gpt2, data, budget, lr, 0.0, 0.0, extra_eval, writer.on_point)
+    writer.write(result, complete=True)
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def value_at(result: dict, seconds: float) -> tuple[float, str]:
+    """Validation perplexity (curve subset) of the arm at `seconds` CPU-s: the first curve point at or after it;
+    an arm that stopped earlier keeps its best point (early stopping restored those weights)."""
+    for point in result["curve"]:
+        if point["cpu_seconds"] >= seconds:
+            return point["validation_perplexity"], ""
+    if result.get("complete"):
+        return result["best_point"]["validation_perplexity"], " (stopped)"
+    return float("nan"), " (not reached)"
+
+
+def first_reaching(result: dict, perplexity: float) -> float | None:
+    return next((p["cpu_seconds"] for p in result["curve"] if p["validation_perplexity"] <= perplexity), None)
+
+
+def check_targets(arms: dict, counts: dict) -> list[dict]:
+    saffu = arms["saffu-warm"]
+    gpt2 = [arms[k] for k in ("gpt2-small", "gpt2-equal") if k in arms]
+    rows = []
+    for seconds in [*BUDGET_POINTS, None]:
+        if seconds is None:
+            ours = saffu["best_point"]["validation_perplexity"]
+            best = min(g["best_point"]["validation_perplexity"] for g in gpt2)
+            label = "at the end (best checkpoints)"
+        else:
+            ours = value_at(saffu, seconds)[0]
+            best = min(value_at(g, seconds)[0] for g in gpt2)
+            label = f"at {seconds:.0f} CPU-s"
+        rows.append(
+            {
+                "target": f"SAFFU warm start + backprop <= 0.8x the better GPT-2 {label}",
+                "met": ours <= 0.8 * best,
+                "numbers": f"{ours:.1f} vs 0.8 x {best:.1f} = {0.8 * best:.1f}",
+            }
+        )
+    trigram = counts["Kneser-Ney 3-gram"]["validation_perplexity"]
+    rows.append(
+        {
+            "target": "SAFFU warm start + backprop (best checkpoint, full validation) beats the Kneser-Ney trigram",
+            "met": saffu["validation_perplexity"] < trigram,
+            "numbers": f"{saffu['validation_perplexity']:.1f} vs {trigram:.1f}",
+        }
+    )
+    best_gpt2 = min(gpt2, key=lambda g: g["best_point"]["validation_perplexity"])
+    target = best_gpt2["best_point"]["validation_perplexity"]
+    reached = first_reaching(saffu, target)
+    rows.append(
+        {
+            "target": f"SAFFU reaches the best GPT-2 arm's final validation ppl ({best_gpt2['arm']}) >= 3x sooner",
+            "met": reached is not None and 3 * reached <= best_gpt2["best_point"]["cpu_seconds"],
+            "numbers": f"GPT-2 {target:.1f} at {best_gpt2['best_point']['cpu_seconds']:.0f} CPU-s; SAFFU "
+            + (f"at {reached:.0f} CPU-s" if reached is not None else "never"),
+        }
+    )
+    speed = saffu["steps_per_cpu_second"]
+    if {"frozen", "unfrozen"} <= speed.keys():
+        rows.append(
+            {
+                "target": "frozen+cached steps >= 2x as fast as unfrozen steps (same run)",
+                "met": speed["frozen"] >= 2 * speed["unfrozen"],
+                "numbers": f"{speed['frozen']:.3f} vs {speed['unfrozen']:.3f} steps/CPU-s "
+                f"({speed['frozen'] / speed['unfrozen']:.2f}x)",
+            }
+        )
+    return rows
+
+
+def report(out: Path) -> dict:
+    """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget."""
+    files = {path.stem: json.loads(path.read_text()) for path in sorted((out / "long_budget").glob("*.json"))}
+    counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
+    arms = {key: files[key] for key in ARMS if key in files}
+    rows = []
+    for r in arms.values():
+        speed = r.get("steps_per_cpu_second", {})
+        rows.append(
+            [
+                r["arm"] + ("" if r.get("complete") else " (partial)"),
+                f"{r.get('parameters', 0):,}",
+                f"{r.get('epochs', float('nan')):.2f}",
+                f"{r['best_point']['cpu_seconds']:.0f}" if r.get("best_point") else "",
+                *(f"{r.get(f'{split}_perplexity', float('nan')):.1f}" for split in ("validation", "test", "ood")),
+                ", ".join(f"{phase} {value:.3f}" for phase, value in speed.items()),
+            ]
+        )
+    for name, r in counts.items():
+        rows.append(
+            [
+                name,
+                f"{r['parameters']:,}",
+                "1 pass",
+                f"{r['cpu_seconds']:.1f}",
+                f"{r['validation_perplexity']:.1f}",
+                f"{r['test_perplexity']:.1f}",
+                "",
+                "",
+            ]
+        )
+    header = [
+        "arm",
+        "parameters",
+        "epochs",
+        "CPU-s at best",
+        "validation ppl",
+        "test ppl",
+        "out-of-domain ppl",
+        "steps / CPU-s",
+    ]
+    points = [*BUDGET_POINTS]
+    curve_rows = [
+        [r["arm"], *(f"{v:.1f}{note}" for v, note in (value_at(r, s) for s in points))] for r in arms.values()
+    ]
+    complete = "saffu-warm" in arms and any(k in arms for k in ("gpt2-small", "gpt2-equal")) and counts
+    targets = check_targets(arms, counts) if complete else []
+    any_arm = next(iter(files.values()), {})
+    lines = [
+        "- every arm's own command and commit are in its file under long_budget/; this report: "
+        "`python -m training.long_budget --report`",
+        f"- settings: `{any_arm.get('settings')}`",
+        "- time = process CPU seconds (warm start included, evaluation excluded); two arms ran side by side, "
+        "one per core, torch threads 1 each",
+        "- perplexities of each arm's best checkpoint (early stopping on the curve subset); out-of-domain = "
+        "Tiny Shakespeare with the Brown tokenizer",
+        "",
+        *harness.markdown_table(header, rows),
+        "",
+        "## Validation perplexity (curve subset) at fixed CPU budgets",
+        "",
+        *harness.markdown_table(["arm", *(f"{p:.0f} CPU-s" for p in points)], curve_rows),
+        "",
+        "## Targets",
+        "",
+        *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
+        "",
+        "![curves](long_budget.png)",
+    ]
+    payload = {"arms": arms, "counts": counts, "targets": targets}
+    harness.write_results(
+        out / "LONG_BUDGET.md", out / "long_budget.json", "Brown long-budget benchmark", lines, payload
+    )
+    plot = [*arms.values(), *({**r, "count_based": True} for r in counts.values())]
+    harness.plot_curves(plot, out / "long_budget.png", "Brown, towards convergence")
+    for t in targets:
+        print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['numbers']}")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_arguments(parser)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--report", action="store_true", help="only write the report from the arms' files")
+    parser.add_argument(
+        "--ood-file", type=Path, default=DEFAULT_OOD_FILE, help="out-of-domain text, one document a line"
+    )
+    defaults = Settings()
+    for name, value in asdict(defaults).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = parser.parse_args(argv)
+    harness.start_run(args, argv, __name__)
+    if args.report:
+        report(args.output_dir)
+        return
+    settings = Settings(**{name: getattr(args, name) for name in asdict(defaults)})
+    if not args.ood_file.is_file():
+        raise SystemExit(f"error: no out-of-domain file {args.ood_file}: pass --ood-file FILE")
+    recipe = harness.read_config(args.config)
+    tokenizer, data = harness.load_data(harness.data_dir_or_exit(args.data_dir), recipe.vocab_size, recipe.block_size)
+    extra_eval = {"ood": ood_blocks(args.ood_file, tokenizer, recipe.block_size)}
+    for arm in args.arms:
+        run_arm(arm, settings, recipe, tokenizer, data, extra_eval, args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
