@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training import ablate, benchmark, data_efficiency, generation_benchmark, harness  # noqa: E402
+from training import ablate, benchmark, data_efficiency, generation_benchmark, harness, long_budget, step_profile  # noqa: E402
 from training.kneser_ney import KneserNeyLM  # noqa: E402
 
 WORDS = "the cat dog sat ran on under a mat log red big small quickly slowly".split()
@@ -200,6 +200,22 @@ def test_cpu_budget_stops_training_and_records_the_curve(corpus):
     assert 1 < result["validation_perplexity"] < float("inf")
 
 
+def test_early_stopping_restores_the_best_weights(corpus):
+    data_dir, config = corpus
+    recipe = harness.read_config(config)
+    tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
+    model = harness.saffu_model(tokenizer, recipe.model)
+    # a curve point every step on the whole validation split; a learning rate that overshoots after a few steps
+    budget = harness.Budget(30.0, (), batch_size=4, curve_blocks=10_000, eval_every=1e-6, patience=2)
+    result = harness.train_with_budget(model, data, budget, 0.3, frozen_fraction=0.5)
+    curve = [p["validation_perplexity"] for p in result["curve"]]
+    best = result["best_point"]
+    assert best["validation_perplexity"] == min(curve) and result["steps"] < result["planned_steps"]
+    assert curve[-1] > best["validation_perplexity"] and curve.index(min(curve)) == len(curve) - 3
+    assert result["validation_perplexity"] == pytest.approx(best["validation_perplexity"], rel=1e-9)
+    assert result["frozen_steps"] == round(0.5 * result["planned_steps"]) and "frozen" in result["steps_per_cpu_second"]
+
+
 # -- scripts, end to end on the tiny corpus ------------------------------------------------------------
 
 
@@ -283,3 +299,39 @@ def test_explicit_digits_report_and_targets():
         "\n".join(lines)
     )
     assert json.dumps(digits.summary(results, {"digits": settings}), default=str)
+
+
+def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
+    data_dir, config = corpus
+    ood = tmp_path / "ood.txt"
+    ood.write_text("\n".join(sentences(20, 9)[::-1]) + "\n\n")
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--ood-file", str(ood)]
+    small = ["--budget-cpu-seconds", "1", "--eval-every", "0.2", "--curve-blocks", "4", "--gpt2-equal-dims", "16"]
+    long_budget.main([*argv, *small, "--gpt2-equal-heads", "2", "--arms", "counts", "saffu-warm", "gpt2-equal"])
+    arms = {path.stem: json.loads(path.read_text()) for path in (tmp_path / "long_budget").glob("*.json")}
+    assert arms.keys() == {"counts", "saffu-warm", "gpt2-equal"} and all(a["complete"] for a in arms.values())
+    warm = arms["saffu-warm"]
+    assert warm["warm_start"]["validation_perplexity"] > 1 and warm["curve"][0]["step"] == 0
+    assert warm["frozen_steps"] == round(0.5 * warm["planned_steps"]) and warm["steps_per_cpu_second"]["frozen"] > 0
+    assert 1 < warm["ood_perplexity"] < float("inf") and warm["run"]["command"].startswith("python -m training")
+    payload = long_budget.main(["--output-dir", str(tmp_path), "--report"]) or json.loads(
+        (tmp_path / "long_budget.json").read_text()
+    )
+    targets = {t["target"] for t in payload["targets"]}
+    assert any("Kneser-Ney trigram" in t for t in targets) and any("3x sooner" in t for t in targets)
+    assert "| GPT-2 of equal size |" in (tmp_path / "LONG_BUDGET.md").read_text()
+    assert (tmp_path / "long_budget.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("pivot_head", [False, True])
+def test_step_profile_script(corpus, tmp_path, pivot_head):
+    data_dir, config = corpus
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG + f"pivot_head: {str(pivot_head).lower()}\n")
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--steps", "2"]
+    payload = step_profile.main([*argv, "--batch-size", "4"])
+    rows = payload["seconds_per_step"]
+    assert {"unfrozen", "frozen", "frozen + cached", "output layer alone (frozen)"} <= rows.keys()
+    assert ("unfrozen, dense pivot head" in rows) == pivot_head and all(s > 0 for s in rows.values())
+    assert 0 < sum(o["share"] for o in payload["operators"]) <= 1
+    assert "| frozen + cached |" in (tmp_path / "STEP_PROFILE.md").read_text()

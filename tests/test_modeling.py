@@ -411,3 +411,21 @@ def test_backprop_reduces_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_pivot_head_by_distinct_token_equals_the_dense_product():
+    model = tiny_model(pivot_head=True, freeze_embeddings=False).train()
+    with torch.no_grad():
+        model.pivot_head.weight.normal_()
+    ids = random_ids(4, 30)  # 120 positions, at most 38 distinct tokens
+    parameters = (model.pivot_head.weight, model.model.embeddings.weight)
+    weights = torch.linspace(-1, 1, 4 * 30 * VOCAB).view(4, 30, VOCAB)
+    dense = model.pivot_head(model.model.embeddings(ids))
+    distinct = model.pivot_logits(ids)
+    assert torch.allclose(distinct, dense, atol=1e-6)
+    for got, expected in zip(
+        torch.autograd.grad((distinct * weights).sum(), parameters),
+        torch.autograd.grad((dense * weights).sum(), parameters),
+        strict=True,
+    ):
+        assert expected.abs().max() > 0.1 and torch.allclose(got, expected, atol=1e-5)

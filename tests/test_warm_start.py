@@ -1,23 +1,25 @@
 """Explicit warm start and ExplicitTrainer: quality, exactness across processes, resume, bad data."""
 
+import copy
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from factories import VOCAB, markov_documents, packed_dataset, saffu_config, training_arguments
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, Trainer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import DataArguments, config_for_tokenizer, load_text_datasets, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
 from hf_saffu.model_card import TrainingRunInfo, build_model_card
 from hf_saffu.train import ModelArguments, parse_arguments, run_info_from_results, run_training
-from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, resolve_checkpoint
+from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, FrozenEmbeddingPhase, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
 HERE = Path(__file__).parent
@@ -232,6 +234,30 @@ def test_embeddings_thaw_after_the_configured_steps(tmp_path):
     reference = SaffuForCausalLM(saffu_config())
     explicit_warm_start(reference, batches_of(train, 5), show_progress=False)
     assert torch.equal(after_frozen_steps, reference.model.embeddings.weight.detach())
+
+
+def test_the_cached_frozen_phase_trains_exactly_as_plain_frozen_training(tmp_path):
+    """Three epochs with the embeddings frozen: from the second epoch every block's first-layer similarities come
+    from the cache, and the weights match those of a plain Trainer on a model whose embeddings are fixed."""
+    train = packed_dataset(40)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config(windows=[2, 6], pivot_head=True, freeze_embeddings=False))
+    explicit_warm_start(model, batches_of(train, 8), show_progress=False)
+    initial = state_of(model)
+    reference = copy.deepcopy(model)
+    reference.model.embeddings.weight.requires_grad_(False)
+    steps = 3 * math.ceil(len(train) / 8)
+    arguments = training_arguments(tmp_path, max_steps=steps, save_strategy="no", learning_rate=1e-2)
+    cached = ExplicitTrainer(model=model, args=replace(arguments, freeze_embeddings_steps=steps), train_dataset=train)
+    cached.train()
+    phase = next(c for c in cached.callback_handler.callbacks if isinstance(c, FrozenEmbeddingPhase))
+    assert len(phase.cache) == len(train) and model.model.frozen_inputs is None
+    Trainer(model=reference, args=replace(arguments, output_dir=str(tmp_path / "plain")), train_dataset=train).train()
+    trained, expected = state_of(model), state_of(reference)
+    assert torch.equal(trained["model.embeddings.weight"], initial["model.embeddings.weight"])
+    for name, tensor in expected.items():
+        assert (tensor - initial[name]).abs().max() > 1e-3 or "embeddings" in name, f"{name} did not train"
+        assert torch.allclose(trained[name], tensor, atol=1e-6), name
 
 
 def test_tokenizer_and_config_vocabulary_mismatch_is_a_clear_error(tmp_path):
