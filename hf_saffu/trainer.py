@@ -83,6 +83,17 @@ class ExplicitTrainingArguments(TrainingArguments):
         },
     )
 
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of the output layer O, b_O (None: learning_rate); the head reads ln H, whose "
+            "entries reach -30, so a step on O moves the logits far more than a step elsewhere"
+        },
+    )
+    pivot_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the pivot head Q (None: learning_rate)"}
+    )
+
     def __post_init__(self):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             self.use_cpu = True  # torchrun without an accelerator: gloo data parallelism, not independent runs
@@ -95,6 +106,10 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
+        for name in ("head_learning_rate", "pivot_head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
 
@@ -211,6 +226,31 @@ class ExplicitTrainer(Trainer):
         if not isinstance(model, SaffuForCausalLM):
             raise TypeError(f"ExplicitTrainer trains SaffuForCausalLM models, got {type(model).__name__}")
         return model
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """`Trainer.create_optimizer`, with the output layer and the pivot head in parameter groups of their own
+        learning rates (`head_learning_rate`, `pivot_head_learning_rate`) when they are set."""
+        rates = {"lm_head.": self.args.head_learning_rate, "pivot_head.": self.args.pivot_head_learning_rate}
+        rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
+        if self.optimizer is None and rates:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple, list] = {}
+            for name, parameter in opt_model.named_parameters():
+                if parameter.requires_grad:
+                    prefix = next((p for p in rates if name.removeprefix("module.").startswith(p)), None)
+                    groups.setdefault((prefix, name in decay), []).append(parameter)
+            param_groups = [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decayed else 0.0,
+                    **({"lr": rates[prefix]} if prefix is not None else {}),
+                }
+                for (prefix, decayed), params in groups.items()
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     def check_vocabulary(self) -> None:
         """The tokenizer must not produce ids the model has no row for."""

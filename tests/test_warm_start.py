@@ -473,3 +473,24 @@ def test_resume_from_checkpoint_values(value, expected):
 def test_resume_true_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="holds no checkpoint"):
         resolve_checkpoint("True", str(tmp_path))
+
+
+def test_head_learning_rates_are_parameter_groups_of_their_own(tmp_path):
+    train = packed_dataset(40)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config(windows=[2, 4], pivot_head=True, freeze_embeddings=False))
+    explicit_warm_start(model, batches_of(train, 8), show_progress=False)
+    initial = state_of(model)
+    arguments = training_arguments(
+        tmp_path, max_steps=4, save_strategy="no", head_learning_rate=0.0, pivot_head_learning_rate=0.0
+    )
+    trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=train)
+    trainer.train()
+    trained = state_of(model)
+    for name, tensor in initial.items():
+        frozen_head = name.startswith(("lm_head.", "pivot_head."))
+        assert torch.equal(trained[name], tensor) == frozen_head, name
+    rates = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
+    assert rates == [0.0, arguments.learning_rate]
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        training_arguments(tmp_path, head_learning_rate=float("nan"))

@@ -143,6 +143,14 @@ class SaffuRecipe:
     attention_iters: int
     warm_start_batch_size: int
     seed: int
+    head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
+    pivot_head_learning_rate: float | None = None  # the pivot head's (None: learning_rate)
+
+    def group_learning_rates(self) -> dict:
+        return {
+            "head_learning_rate": self.head_learning_rate,
+            "pivot_head_learning_rate": self.pivot_head_learning_rate,
+        }
 
 
 def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
@@ -158,6 +166,8 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         attention_iters=training_args.explicit_attention_iters,
         warm_start_batch_size=training_args.warm_start_batch_size,
         seed=training_args.seed,
+        head_learning_rate=training_args.head_learning_rate,
+        pivot_head_learning_rate=training_args.pivot_head_learning_rate,
     )
 
 
@@ -406,9 +416,11 @@ class Budget:
     patience: int | None = None  # early stopping after this many curve points without a new best; best weights kept
 
 
-def training_arguments(model, output_dir: str, budget: Budget, learning_rate: float, max_steps: int, frozen_steps):
+def training_arguments(
+    model, output_dir: str, budget: Budget, learning_rate: float, max_steps: int, frozen_steps, group_rates
+):
     """The Trainer's arguments of every backprop arm; a SAFFU gets `ExplicitTrainingArguments` (no warm start
-    here: the arm warm-starts before) with its frozen-embedding phase."""
+    here: the arm warm-starts before) with its frozen-embedding phase and the learning rates of its heads."""
     common = {
         "output_dir": output_dir,
         "max_steps": max_steps,
@@ -426,9 +438,11 @@ def training_arguments(model, output_dir: str, budget: Budget, learning_rate: fl
         "dataloader_num_workers": 0,
     }
     if isinstance(model, SaffuForCausalLM):
-        return ExplicitTrainingArguments(**common, warm_start=False, freeze_embeddings_steps=frozen_steps or None)
-    if frozen_steps:
-        raise ValueError("a frozen-embedding phase needs a SAFFU model")
+        return ExplicitTrainingArguments(
+            **common, **(group_rates or {}), warm_start=False, freeze_embeddings_steps=frozen_steps or None
+        )
+    if frozen_steps or group_rates:
+        raise ValueError("a frozen-embedding phase and head learning rates need a SAFFU model")
     return TrainingArguments(**common)
 
 
@@ -441,12 +455,14 @@ def train_with_budget(
     frozen_fraction: float = 0.0,
     extra_eval: dict | None = None,
     on_point=None,
+    group_rates: dict | None = None,
 ) -> dict:
     """`Trainer` (AdamW, cosine, 5% warm-up) until the CPU budget is spent (or, with `budget.patience`, until
     validation stops improving: the best weights are then restored); curve, throughput and final validation /
     test perplexity on the full splits, and on each `extra_eval` dataset (e.g. out-of-domain text). A SAFFU
     trains with `ExplicitTrainer`, its embeddings frozen (and the frozen inputs cached) for the first
-    `frozen_fraction` of the planned steps. `on_point(callback)` runs after every curve point."""
+    `frozen_fraction` of the planned steps, its heads at `group_rates` (`SaffuRecipe.group_learning_rates`).
+    `on_point(callback)` runs after every curve point."""
     torch.manual_seed(budget.seed)
     train = data["train"]
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
@@ -456,7 +472,7 @@ def train_with_budget(
     frozen_steps = round(frozen_fraction * max_steps)
     callback = CpuBudget(budget, offset, lambda m: perplexity(m, curve_data), on_point, frozen_steps)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = training_arguments(model, output_dir, budget, learning_rate, max_steps, frozen_steps)
+        args = training_arguments(model, output_dir, budget, learning_rate, max_steps, frozen_steps, group_rates)
         trainer_class = ExplicitTrainer if isinstance(args, ExplicitTrainingArguments) else Trainer
         trainer = trainer_class(
             model=model, args=args, train_dataset=train, data_collator=default_data_collator, callbacks=[callback]

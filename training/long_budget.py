@@ -103,8 +103,9 @@ def run_arm(arm: str, settings: Settings, recipe: harness.SaffuRecipe, tokenizer
     if arm == "saffu-warm":
         head["warm_start"] = harness.warm_start_arm(saffu, data, recipe, budget)
         seconds, fraction = head["warm_start"]["cpu_seconds"], settings.frozen_fraction
+        rates = recipe.group_learning_rates()
         result = harness.train_with_budget(
-            saffu, data, budget, recipe.learning_rate, seconds, fraction, extra_eval, writer.on_point
+            saffu, data, budget, recipe.learning_rate, seconds, fraction, extra_eval, writer.on_point, rates
         )
     elif arm == "saffu-backprop":
         lr = settings.backprop_only_learning_rate
