@@ -95,6 +95,19 @@ def number_or_word(name: str, value: str, words: dict):
         raise ValueError(f"{name} must be a number or one of {sorted(words)}, got {value!r}") from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def yaml_to_flags(config: dict) -> list[str]:
     """{"windows": [2, 8], "warm_start": true} -> ["--windows", "2", "8", "--warm_start", "true"]."""
     flags = []
@@ -123,7 +136,10 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
         path = Path(argv[0])
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        config = yaml.safe_load(path.read_text()) or {}
+        try:
+            config = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         flags = yaml_to_flags(config) + argv[1:]

@@ -339,6 +339,13 @@ def test_flags_reach_the_paper_form_and_unset_fields_keep_saffu_config_defaults(
         parse_arguments(["--explicit_discount", "half", *data])
 
 
+def test_yaml_key_given_twice_names_the_key_and_the_line(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("dataset_name: shakespeare\nembed_bits: 64\noutput_dir: out\nembed_bits: 128\n")
+    with pytest.raises(ValueError, match=r"job.yaml: the key 'embed_bits' is given twice \(line 4\)"):
+        parse_arguments([str(config)])
+
+
 def test_yaml_empty_windows_is_a_document_only_model(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({"windows": [], "dataset_name": "shakespeare", "output_dir": "out"}))
