@@ -21,10 +21,11 @@ Time = process CPU seconds (the warm start counts; evaluation does not).
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 from datasets import DatasetDict, load_dataset
 
 from hf_saffu.data import DataArguments, tokenize_and_pack
@@ -88,9 +89,14 @@ class ArmWriter:
         self.write({"curve": callback.curve, "best_point": callback.best}, complete=False)
 
 
-def run_arm(arm: str, settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data, extra_eval, out: Path):
-    head = {"arm": ARM_NAMES.get(arm, arm), "key": arm, "settings": asdict(settings), "recipe": asdict(recipe)}
-    writer = ArmWriter(out / "long_budget" / f"{arm}.json", head)
+def run_arm(
+    arm: str, settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data, extra_eval, out: Path, tag: str = ""
+):
+    """One arm; `tag` names a variant (an ablation: its results file is ARM-TAG.json)."""
+    key = f"{arm}-{tag}" if tag else arm
+    name = ARM_NAMES.get(arm, arm) + (f" [{tag}]" if tag else "")
+    head = {"arm": name, "key": key, "base": arm, "settings": asdict(settings), "recipe": asdict(recipe)}
+    writer = ArmWriter(out / "long_budget" / f"{key}.json", head)
     if arm == "counts":
         results = [harness.bigram_arm(data, len(tokenizer))]
         results += [harness.kneser_ney_arm(data, len(tokenizer), order) for order in KNESER_NEY_ORDERS]
@@ -193,11 +199,40 @@ def check_targets(arms: dict, counts: dict) -> list[dict]:
     return rows
 
 
+def ablation_lines(variants: dict, arms: dict) -> list[str]:
+    """Each variant (ARM-TAG) beside its base arm: curve values at the budget points it reached, and its best."""
+    if not variants:
+        return []
+    rows = []
+    for _, variant in sorted(variants.items()):
+        base = arms.get(variant.get("base"))
+        points = [p for p in BUDGET_POINTS if p <= variant["settings"]["budget_cpu_seconds"]]
+        for result in (base, variant):
+            if result is not None:
+                values = (value_at(result, p) for p in points)
+                best = result.get("best_point") or {}
+                rows.append(
+                    [
+                        result["arm"],
+                        f"{result['parameters']:,}" if "parameters" in result else "",
+                        "; ".join(f"{p:.0f} s: {v:.1f}{note}" for p, (v, note) in zip(points, values, strict=True)),
+                        f"{best.get('validation_perplexity', float('nan')):.1f}",
+                    ]
+                )
+    return [
+        "",
+        "## Ablations (one part changed; validation ppl of the curve subset)",
+        "",
+        *harness.markdown_table(["arm", "parameters", "at CPU-s", "best"], rows, "lrlr"),
+    ]
+
+
 def report(out: Path) -> dict:
     """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget."""
     files = {path.stem: json.loads(path.read_text()) for path in sorted((out / "long_budget").glob("*.json"))}
     counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
     arms = {key: files[key] for key in ARMS if key in files}
+    variants = {key: result for key, result in files.items() if key not in arms}
     rows = []
     for r in arms.values():
         speed = r.get("steps_per_cpu_second", {})
@@ -259,6 +294,7 @@ def report(out: Path) -> dict:
         "## Targets",
         "",
         *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
+        *ablation_lines(variants, arms),
         "",
         "![curves](long_budget.png)",
     ]
@@ -273,11 +309,21 @@ def report(out: Path) -> dict:
     return payload
 
 
+def parse_setting(item: str) -> tuple[str, object]:
+    """ "hidden_bits=256" -> ("hidden_bits", 256) (the value read as YAML)."""
+    key, separator, value = item.partition("=")
+    if not separator:
+        raise SystemExit(f"error: --set takes KEY=VALUE, got {item!r}")
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_common_arguments(parser)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--report", action="store_true", help="only write the report from the arms' files")
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override the SAFFU's model config (ablations)")
+    parser.add_argument("--tag", default="", help="name of a variant: its results go to ARM-TAG.json")
     parser.add_argument(
         "--ood-file", type=Path, default=DEFAULT_OOD_FILE, help="out-of-domain text, one document a line"
     )
@@ -293,10 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.ood_file.is_file():
         raise SystemExit(f"error: no out-of-domain file {args.ood_file}: pass --ood-file FILE")
     recipe = harness.read_config(args.config)
+    if args.set:
+        recipe = replace(recipe, model={**recipe.model, **dict(parse_setting(item) for item in args.set)})
     tokenizer, data = harness.load_data(harness.data_dir_or_exit(args.data_dir), recipe.vocab_size, recipe.block_size)
     extra_eval = {"ood": ood_blocks(args.ood_file, tokenizer, recipe.block_size)}
     for arm in args.arms:
-        run_arm(arm, settings, recipe, tokenizer, data, extra_eval, args.output_dir)
+        run_arm(arm, settings, recipe, tokenizer, data, extra_eval, args.output_dir, args.tag)
 
 
 if __name__ == "__main__":
