@@ -221,11 +221,15 @@ class FrozenInputCache:
     s_t of a block read from a fresh state depends only on its tokens, its mask and the frozen embeddings, so
     the cache is keyed by the block's content: any sampler, shuffling or number of processes hits it, and a
     block seen again gets exactly the numbers it got the first time. Valid only while the embeddings do not
-    change: `SaffuModel.frozen_inputs` holds it for the frozen phase and drops it when they thaw.
+    change: `SaffuModel.frozen_inputs` holds it for the frozen phase and drops it when they thaw. It stores
+    max_window floats a training token (64 bytes for windows up to 16) up to `max_bytes`; blocks beyond that
+    are computed every time.
     """
 
-    def __init__(self):
+    def __init__(self, max_bytes: int = 2**31):
         self.similarities: dict[tuple[bytes, bytes], torch.Tensor] = {}
+        self.max_bytes = max_bytes
+        self.nbytes = 0
 
     @staticmethod
     def keys(input_ids: torch.Tensor, valid: torch.Tensor) -> list[tuple[bytes, bytes]]:
@@ -239,7 +243,10 @@ class FrozenInputCache:
             return torch.stack([self.similarities[key] for key in keys]).to(input_ids.device)
         computed = compute()
         for key, row in zip(keys, computed.detach().cpu(), strict=True):
-            self.similarities.setdefault(key, row)
+            size = row.numel() * row.element_size()
+            if key not in self.similarities and self.nbytes + size <= self.max_bytes:
+                self.similarities[key] = row
+                self.nbytes += size
         return computed
 
     def __len__(self) -> int:

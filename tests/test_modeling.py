@@ -429,3 +429,16 @@ def test_pivot_head_by_distinct_token_equals_the_dense_product():
         strict=True,
     ):
         assert expected.abs().max() > 0.1 and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_frozen_input_cache_stops_storing_at_its_memory_bound():
+    from hf_saffu.modeling_saffu import FrozenInputCache
+
+    model = tiny_model(freeze_embeddings=False).train()
+    ids = random_ids(4, 30)
+    row_bytes = 30 * model.config.max_window * 4
+    expected = model(ids).logits
+    model.model.frozen_inputs = FrozenInputCache(max_bytes=3 * row_bytes)
+    for _ in range(2):  # the second pass reads three rows from the cache and recomputes the fourth
+        assert torch.allclose(model(ids).logits, expected, atol=1e-6)
+        assert len(model.model.frozen_inputs) == 3 and model.model.frozen_inputs.nbytes == 3 * row_bytes
