@@ -18,7 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training import ablate, benchmark, data_efficiency, generation_benchmark, harness, long_budget, step_profile  # noqa: E402
+from training import (  # noqa: E402
+    ablate,
+    benchmark,
+    capacity_probe,
+    data_efficiency,
+    generation_benchmark,
+    harness,
+    long_budget,
+    step_profile,
+)
 from training.kneser_ney import KneserNeyLM  # noqa: E402
 
 WORDS = "the cat dog sat ran on under a mat log red big small quickly slowly".split()
@@ -340,3 +349,15 @@ def test_step_profile_script(corpus, tmp_path, pivot_head):
     assert ("unfrozen, dense pivot head" in rows) == pivot_head and all(s > 0 for s in rows.values())
     assert 0 < sum(o["share"] for o in payload["operators"]) <= 1
     assert "| frozen + cached |" in (tmp_path / "STEP_PROFILE.md").read_text()
+
+
+def test_capacity_probe_script(corpus, tmp_path):
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--blocks", "4"]
+    small = ["--held-out-blocks", "2", "--budget-cpu-seconds", "0.5", "--gpt2-dims", "16", "2"]
+    payload = capacity_probe.main([*argv, *small, "--variants", "hidden_bits=20"])
+    arms = {r["arm"]: r for r in payload["results"]}
+    assert list(arms) == ["SAFFU (config)", "SAFFU, hidden_bits=20", "GPT-2 2x128", "GPT-2 4x16"]
+    assert arms["SAFFU, hidden_bits=20"]["parameters"] > arms["SAFFU (config)"]["parameters"]
+    assert all(1 < r["validation_perplexity"] < float("inf") for r in arms.values())
+    assert "| GPT-2 4x16 |" in (tmp_path / "CAPACITY_PROBE.md").read_text()
