@@ -329,9 +329,11 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     targets = {t["target"] for t in payload["targets"]}
     assert any("Kneser-Ney trigram" in t for t in targets) and any("3x sooner" in t for t in targets)
     assert "| GPT-2 of equal size |" in (tmp_path / "LONG_BUDGET.md").read_text()
-    long_budget.main([*argv, *small, "--arms", "saffu-warm", "--set", "hidden_bits=10", "--tag", "narrow"])
+    variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "--tag", "narrow"]
+    long_budget.main([*argv, *small, "--arms", "saffu-warm", *variant])
     narrow = json.loads((tmp_path / "long_budget" / "saffu-warm-narrow.json").read_text())
     assert narrow["recipe"]["model"]["hidden_bits"] == 10 and narrow["parameters"] < warm["parameters"]
+    assert narrow["recipe"]["learning_rate"] == 0.002 and "learning_rate" not in narrow["recipe"]["model"]
     long_budget.main(["--output-dir", str(tmp_path), "--report"])
     assert "| SAFFU warm start + backprop (staged) [narrow] |" in (tmp_path / "LONG_BUDGET.md").read_text()
     assert (tmp_path / "long_budget.png").stat().st_size > 0

@@ -317,12 +317,24 @@ def parse_setting(item: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def with_settings(recipe: harness.SaffuRecipe, settings: dict) -> harness.SaffuRecipe:
+    """The recipe with `settings` applied: a recipe field (a learning rate) or else a model config key."""
+    fields = {key: value for key, value in settings.items() if key in harness.SaffuRecipe.__dataclass_fields__}
+    model = {key: value for key, value in settings.items() if key not in fields}
+    return replace(recipe, **fields, model={**recipe.model, **model})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_common_arguments(parser)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--report", action="store_true", help="only write the report from the arms' files")
-    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override the SAFFU's model config (ablations)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override a SAFFU model config key or a recipe field such as learning_rate (ablations)",
+    )
     parser.add_argument("--tag", default="", help="name of a variant: its results go to ARM-TAG.json")
     parser.add_argument(
         "--ood-file", type=Path, default=DEFAULT_OOD_FILE, help="out-of-domain text, one document a line"
@@ -340,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no out-of-domain file {args.ood_file}: pass --ood-file FILE")
     recipe = harness.read_config(args.config)
     if args.set:
-        recipe = replace(recipe, model={**recipe.model, **dict(parse_setting(item) for item in args.set)})
+        recipe = with_settings(recipe, dict(parse_setting(item) for item in args.set))
     tokenizer, data = harness.load_data(harness.data_dir_or_exit(args.data_dir), recipe.vocab_size, recipe.block_size)
     extra_eval = {"ood": ood_blocks(args.ood_file, tokenizer, recipe.block_size)}
     for arm in args.arms:
