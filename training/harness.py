@@ -286,7 +286,8 @@ def markdown_table(header: list[str], rows: list[list], align: str | None = None
 
 def targets_table(targets: list[dict]) -> list[str]:
     """The generated met / missed table of {"target", "met", "numbers"} rows."""
-    rows = [[t["target"], "met" if t["met"] else "MISSED", t["numbers"]] for t in targets]
+    verdicts = {True: "met", False: "MISSED", None: "not measured"}
+    rows = [[t["target"], verdicts[t["met"]], t["numbers"]] for t in targets]
     return markdown_table(["target", "met?", "numbers (this run)"], rows, "lll")
 
 
