@@ -27,3 +27,20 @@ def test_train_keeps_the_arguments_as_given():
     assert (args.config, args.flags) == ("c.yaml", ["--windows", "4", "16"])
     args = build_parser().parse_args(["train", "--windows", "4", "16", "--output_dir", "o"])
     assert (args.config, args.flags) == (None, ["--windows", "4", "16", "--output_dir", "o"])
+
+
+@pytest.mark.parametrize("name", ["brown.yaml", "shakespeare.yaml"])
+def test_the_shipped_configs_parse_into_valid_arguments(name, tmp_path):
+    from pathlib import Path
+
+    from hf_saffu import SaffuConfig
+    from hf_saffu.train import parse_arguments
+
+    config = Path(__file__).resolve().parents[1] / "configs" / name
+    data = [] if name == "shakespeare.yaml" else ["--train_files", "brown/train.txt"]  # brown.yaml: data by flag
+    model_args, data_args, training_args = parse_arguments([str(config), "--output_dir", str(tmp_path), *data])
+    SaffuConfig(vocab_size=data_args.tokenizer_vocab_size, **model_args.config_kwargs())  # validates every field
+    assert training_args.warm_start and training_args.max_steps > 0
+    if name == "brown.yaml":  # the rates and schedule chosen from the probes (docs/DESIGN.md)
+        assert (training_args.head_learning_rate, training_args.pivot_head_learning_rate) == (1e-5, 1e-3)
+        assert 0 < training_args.freeze_embeddings_steps < training_args.max_steps
