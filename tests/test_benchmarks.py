@@ -215,12 +215,14 @@ def test_early_stopping_restores_the_best_weights(corpus):
     tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
     model = harness.saffu_model(tokenizer, recipe.model)
     # a curve point every step on the whole validation split; a learning rate that overshoots after a few steps
-    budget = harness.Budget(30.0, (), batch_size=4, curve_blocks=10_000, eval_every=1e-6, patience=2)
+    # a curve point every step; stop 0.05 CPU-s after the best point
+    budget = harness.Budget(30.0, (), batch_size=4, curve_blocks=10_000, eval_every=1e-6, patience=50_000)
     result = harness.train_with_budget(model, data, budget, 0.3, frozen_fraction=0.5)
     curve = [p["validation_perplexity"] for p in result["curve"]]
     best = result["best_point"]
     assert best["validation_perplexity"] == min(curve) and result["steps"] < result["planned_steps"]
-    assert curve[-1] > best["validation_perplexity"] and curve.index(min(curve)) == len(curve) - 3
+    assert curve[-1] > best["validation_perplexity"] and 0 < best["step"] < result["curve"][-1]["step"]
+    assert result["curve"][-1]["cpu_seconds"] - best["cpu_seconds"] >= 0.05
     assert result["validation_perplexity"] == pytest.approx(best["validation_perplexity"], rel=1e-9)
     assert result["frozen_steps"] == round(0.5 * result["planned_steps"]) and "frozen" in result["steps_per_cpu_second"]
 

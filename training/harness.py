@@ -319,10 +319,11 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
 
 class CpuBudget(TrainerCallback):
     """Stops training when the arm's process-CPU budget is spent; records the validation curve at fixed CPU
-    times (and every `eval_every` CPU seconds); with `patience`, stops after that many curve points without a
-    new best (early stopping) and keeps a copy of the best weights. CPU time spent evaluating is excluded;
-    `offset` (the warm start) counts against the budget. `frozen_steps`: the CPU time of the first steps (the
-    frozen-embedding phase) is timed apart from the rest."""
+    times (and every `eval_every` CPU seconds); with `patience`, stops once patience x eval_every CPU seconds
+    have passed since the best point (early stopping; a window of CPU time, not a count of points, because
+    the fixed points and the periodic ones can fall close together) and keeps a copy of the best weights.
+    CPU time spent evaluating is excluded; `offset` (the warm start) counts against the budget. `frozen_steps`:
+    the CPU time of the first steps (the frozen-embedding phase) is timed apart from the rest."""
 
     def __init__(self, budget: "Budget", offset: float, evaluate, on_point=None, frozen_steps: int = 0):
         self.budget, self.offset, self.evaluate, self.on_point = budget, offset, evaluate, on_point
@@ -337,7 +338,6 @@ class CpuBudget(TrainerCallback):
         self.step_start = 0.0
         self.best: dict | None = None
         self.best_state: dict | None = None
-        self.points_since_best = 0
 
     def spent(self) -> float:
         return self.offset + time.process_time() - self.start - self.eval_seconds
@@ -347,11 +347,9 @@ class CpuBudget(TrainerCallback):
         point = {"cpu_seconds": spent, "step": step, "validation_perplexity": self.evaluate(model)}
         self.curve.append(point)
         if self.best is None or point["validation_perplexity"] < self.best["validation_perplexity"]:
-            self.best, self.points_since_best = point, 0
+            self.best = point
             if self.budget.patience is not None:
                 self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            self.points_since_best += 1
         if self.on_point is not None:
             self.on_point(self)
         self.eval_seconds += time.process_time() - eval_start
@@ -377,7 +375,9 @@ class CpuBudget(TrainerCallback):
                 self.next_periodic += self.budget.eval_every
         if due:
             self.record(model, state.global_step)
-            if self.budget.patience is not None and self.points_since_best >= self.budget.patience:
+            window = (self.budget.patience or 0) * (self.budget.eval_every or 0)
+            stale = self.best is not self.curve[-1] and spent - self.best["cpu_seconds"] >= window
+            if self.budget.patience is not None and stale:
                 control.should_training_stop = True
         if spent >= self.budget.cpu_seconds:
             control.should_training_stop = True
@@ -414,7 +414,7 @@ class Budget:
     curve_blocks: int = 128  # validation blocks scored at every curve point
     seed: int = 0
     eval_every: float | None = None  # also a curve point every this many CPU seconds
-    patience: int | None = None  # early stopping after this many curve points without a new best; best weights kept
+    patience: int | None = None  # early stopping: no new best for patience x eval_every CPU-s; best weights kept
 
 
 def training_arguments(

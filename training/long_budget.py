@@ -51,7 +51,7 @@ class Settings:
 
     budget_cpu_seconds: float = 2400.0  # cap per backprop arm, warm start included
     eval_every: float = 150.0
-    patience: int = 3
+    patience: int = 4  # early stopping: no new best for 4 x eval_every = 600 CPU-s
     curve_blocks: int = 256
     batch_size: int = 32
     frozen_fraction: float = 0.5
