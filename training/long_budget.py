@@ -306,8 +306,9 @@ def report(out: Path) -> dict:
         "- every arm's own command and commit are in its file under long_budget/; this report: "
         "`python -m training.long_budget --report`",
         f"- settings: `{any_arm.get('settings')}`",
-        "- time = process CPU seconds (warm start included, evaluation excluded); two arms ran side by side, "
-        "one per core, torch threads 1 each",
+        "- time = process CPU seconds (warm start included, evaluation excluded); arms run as separate processes, "
+        "torch threads 1 each, often more processes than cores (each arm's clock counts its own CPU time, but "
+        "sharing the cores slows a CPU-second somewhat)",
         "- perplexities of each arm's best checkpoint (early stopping on the curve subset); out-of-domain = "
         "Tiny Shakespeare with the Brown tokenizer",
         "",
