@@ -110,16 +110,21 @@ def run_arm(
     saffu = harness.saffu_model(tokenizer, recipe.model)
     head["parameters"] = harness.count_parameters(saffu)
     positions = data["train"][0]["input_ids"].shape[0]
+    scoring = {"extra_eval": extra_eval, "on_point": writer.on_point}
     if arm == "saffu-warm":
         head["warm_start"] = harness.warm_start_arm(saffu, data, recipe, budget)
-        seconds, fraction = head["warm_start"]["cpu_seconds"], settings.frozen_fraction
-        rates = recipe.group_learning_rates()
         result = harness.train_with_budget(
-            saffu, data, budget, recipe.learning_rate, seconds, fraction, extra_eval, writer.on_point, rates
+            saffu,
+            data,
+            budget,
+            recipe.learning_rate,
+            offset=head["warm_start"]["cpu_seconds"],
+            frozen_fraction=settings.frozen_fraction,
+            group_rates=recipe.group_learning_rates(),
+            **scoring,
         )
     elif arm == "saffu-backprop":
-        lr = settings.backprop_only_learning_rate
-        result = harness.train_with_budget(saffu, data, budget, lr, 0.0, 0.0, extra_eval, writer.on_point)
+        result = harness.train_with_budget(saffu, data, budget, settings.backprop_only_learning_rate, **scoring)
     else:
         shape = (
             (2, 128, 4)
@@ -129,8 +134,7 @@ def run_arm(
         gpt2 = harness.gpt2_model(tokenizer, positions, *shape)
         head["saffu_parameters"] = harness.count_parameters(saffu)
         head["parameters"] = harness.count_parameters(gpt2)
-        lr = settings.gpt2_learning_rate
-        result = harness.train_with_budget(gpt2, data, budget, lr, 0.0, 0.0, extra_eval, writer.on_point)
+        result = harness.train_with_budget(gpt2, data, budget, settings.gpt2_learning_rate, **scoring)
     writer.write(result, complete=True)
 
 
