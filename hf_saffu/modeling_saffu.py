@@ -576,9 +576,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        if self.pivot_head is not None:
-            logits = logits + self.pivot_logits(input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids)
+        logits = self.output_logits(hidden, input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
@@ -588,6 +586,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def output_logits(self, hidden: torch.Tensor, pivots: torch.LongTensor) -> torch.Tensor:
+        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus v_t Q."""
+        logits = self.lm_head(hidden)
+        return logits + self.pivot_logits(pivots) if self.pivot_head is not None else logits
 
     def pivot_logits(self, pivots: torch.LongTensor) -> torch.Tensor:
         """v_t Q for every position, computed once per distinct pivot token: (E[u] Q)[index of x_t in u].

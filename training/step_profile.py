@@ -55,9 +55,7 @@ def output_layer_step(model, optimizer):
         if key not in hidden:
             with torch.no_grad():
                 hidden[key] = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-        logits = model.lm_head(hidden[key])
-        if model.pivot_head is not None:
-            logits = logits + model.pivot_logits(batch["input_ids"])
+        logits = model.output_logits(hidden[key], batch["input_ids"])
         model.causal_lm_loss(logits, batch["labels"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
