@@ -10,6 +10,7 @@ HIDDEN_TARGETS = ("bit_cipher", "clusters")
 # multiplies logs of counts (K ln(F + alpha), K ln phi), which must stay finite when cast to float32 weights.
 SMOOTHING_RANGE = (1e-30, 1e30)
 MAX_HIDDEN_PRIMING = 1e6
+DEFAULT_PIVOT_BIGRAMS = 2**19  # every distinct pair of Brown's 1.2M tokens (about 350,000) fits
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -22,11 +23,11 @@ class SaffuConfig(PreTrainedConfig):
         s_t = X_t v_t,   a_t = softmax(s_t W + c),   z_t = a_t X_t,   h_t = softmax(z_t U + b)
 
     and concatenates the hidden distributions, H_t = [h_t^1 ... h_t^C]. The next layer reads H_t / C; the
-    head predicts the next token with logits = ln(H_t) O + b_O + v_t Q (`log_hidden_head`, `pivot_head`) or,
-    in the paper's form, logits = H_t O + b_O.
+    head predicts the next token with logits = ln(H_t) O + b_O plus a channel from the pivot token itself (its
+    exact bigram row, `pivot_bigrams`, or v_t Q, `pivot_head`) or, in the paper's form, logits = H_t O + b_O.
 
     The defaults are this project's explicit warm start (docs/DESIGN.md): anchored codes, class targets, a
-    log-reading head with a pivot path and discounted counts. `SaffuConfig(**SaffuConfig.PAPER_FORM)` gives
+    log-reading head, the pivot's bigram channel and discounted counts. `SaffuConfig(**SaffuConfig.PAPER_FORM)` gives
     the published forms (frequency-rank codes, bit-cipher label targets, a probability-reading head, the
     additive floor), so results stay comparable.
 
@@ -53,6 +54,12 @@ class SaffuConfig(PreTrainedConfig):
         pivot_head (`bool`): a direct path from the pivot's embedding to the logits, logits += v_t Q (Q:
             embed_bits x vocab_size). Its explicit solution is ln P(y | pivot bits): for a pivot with a one-bit
             code, the (discounted) bigram row of that token; it then replaces ln P(y) in the bias.
+        pivot_bigrams (`int`): capacity of the pivot's exact bigram channel, logits += b + S[x_t] (0: none): the
+            explicit solution of a softmax layer on the one-hot pivot token, ln P(y | x_t) with interpolated
+            Kneser-Ney discounting, stored as a bias and a sparse table of at most min(pivot_bigrams,
+            vocab_size^2) (pivot, next token) pairs, the most frequent ones of the warm-start data
+            (`SaffuPivotBigrams`). An alternative to `pivot_head`: one of the two may be set. `None`: 2^19
+            entries, or 0 with `pivot_head` (so a config that asks for the pivot head gets it alone).
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
         explicit_discount (`float`, *optional*): absolute discount D of every explicit solution,
             ln(max(F - D, 0) + (R + alpha) pi), the closed form behind Kneser-Ney
@@ -77,6 +84,7 @@ class SaffuConfig(PreTrainedConfig):
         "hidden_targets": "bit_cipher",
         "log_hidden_head": False,
         "pivot_head": False,
+        "pivot_bigrams": 0,
         "explicit_discount": None,
     }
 
@@ -85,7 +93,7 @@ class SaffuConfig(PreTrainedConfig):
     def __init__(
         self,
         vocab_size: int = 8192,
-        embed_bits: int = 384,
+        embed_bits: int = 128,
         hidden_bits: int = 96,
         windows: list[int] | tuple[int, ...] = (4, 16),
         use_document_context: bool = True,
@@ -96,7 +104,8 @@ class SaffuConfig(PreTrainedConfig):
         embedding_codes: str = "anchored",
         hidden_targets: str = "clusters",
         log_hidden_head: bool = True,
-        pivot_head: bool = True,
+        pivot_head: bool = False,
+        pivot_bigrams: int | None = None,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -122,6 +131,7 @@ class SaffuConfig(PreTrainedConfig):
         self.hidden_targets = hidden_targets
         self.log_hidden_head = log_hidden_head
         self.pivot_head = pivot_head
+        self.pivot_bigrams = (0 if pivot_head else DEFAULT_PIVOT_BIGRAMS) if pivot_bigrams is None else pivot_bigrams
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -141,6 +151,11 @@ class SaffuConfig(PreTrainedConfig):
     def num_contexts(self) -> int:
         """C: the number of contexts whose hidden distributions every layer concatenates."""
         return len(self.windows) + int(self.use_document_context)
+
+    @property
+    def pivot_bigram_capacity(self) -> int:
+        """Entries of the pivot's bigram table: pivot_bigrams, at most one per (pivot, next token) pair."""
+        return min(self.pivot_bigrams, self.vocab_size**2)
 
     @property
     def max_window(self) -> int:
@@ -197,6 +212,13 @@ class SaffuConfig(PreTrainedConfig):
         for name in ("log_hidden_head", "pivot_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.pivot_bigrams, bool) or not isinstance(self.pivot_bigrams, int) or self.pivot_bigrams < 0:
+            raise ValueError(f"SaffuConfig.pivot_bigrams must be an integer >= 0 (0: none), got {self.pivot_bigrams!r}")
+        if self.pivot_head and self.pivot_bigrams:
+            raise ValueError(
+                "SaffuConfig.pivot_head and SaffuConfig.pivot_bigrams are two forms of the pivot's channel; set one "
+                f"(pivot_head=true with pivot_bigrams=0), got pivot_head=true and pivot_bigrams={self.pivot_bigrams}"
+            )
         bounded_number("initializer_range", self.initializer_range, 0, math.inf)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name, None)

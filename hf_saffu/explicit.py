@@ -139,6 +139,46 @@ def discounted_counts(counts: torch.Tensor, discount: float, smoothing: float) -
     return (counts - discount).clamp_min(0) + (removed + smoothing) * marginal
 
 
+def kneser_ney_discounts(counts: torch.Tensor) -> torch.Tensor:
+    """(D1, D2, D3+) of modified Kneser-Ney (Chen & Goodman 1998) from the count-of-counts n_1 ... n_4 of the
+    observed n-gram counts: Y = n1 / (n1 + 2 n2), D_k = k - (k + 1) Y n_{k+1} / n_k, each kept in [0.05, k]
+    (0.5, 0.75, 0.9 when n1 or n2 is 0)."""
+    n = [float((counts == k).sum()) for k in range(1, 5)]
+    if n[0] == 0 or n[1] == 0:
+        return torch.tensor([0.5, 0.75, 0.9], dtype=torch.float64)
+    y = n[0] / (n[0] + 2 * n[1])
+    values = [k - (k + 1) * y * n[k] / n[k - 1] if n[k - 1] > 0 else 0.9 for k in range(1, 4)]
+    return torch.tensor([min(max(v, 0.05), k) for k, v in zip(range(1, 4), values, strict=True)], dtype=torch.float64)
+
+
+def solve_bigram_channel(
+    keys: torch.Tensor, counts: torch.Tensor, vocab_size: int, smoothing: float, discount: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explicit solution of a softmax layer on one-hot pivots x, stored sparsely (`SaffuPivotBigrams`):
+    from the pair counts n_xy (`keys` = x V + y, sorted and unique, with `counts`), the bias b (V,) and the
+    values S_xy of the given pairs such that softmax(b + S[x]) = P(y | x), with
+
+        discount (interpolated modified Kneser-Ney, D = `kneser_ney_discounts`):
+            P(y | x) ~ max(n_xy - D(n_xy), 0) + gamma_x P_c(y),   gamma_x = sum_y D(n_xy),
+            P_c(y) = (N(. y) + alpha) / (sum_y N(. y) + alpha V)   (N(. y): distinct pivots seen before y),
+            b = ln P_c,   S_xy = ln(1 + (n_xy - D(n_xy)) / (gamma_x P_c(y)));
+        no discount (the additive floor alpha): P(y | x) ~ n_xy + alpha,   b = 0,   S_xy = ln(1 + n_xy / alpha).
+    """
+    counts = counts.to(torch.float64)
+    check_statistics("bigram counts", counts)
+    if not smoothing > 0:
+        raise ExplicitStatisticsError(f"smoothing must be > 0 so that ln(F + alpha) is finite, got {smoothing}")
+    if not discount:
+        return torch.log1p(counts / smoothing), torch.zeros(vocab_size, dtype=torch.float64)
+    pivots, nexts = keys // vocab_size, keys % vocab_size
+    seen_before = torch.bincount(nexts, minlength=vocab_size).to(torch.float64)
+    continuation = (seen_before + smoothing) / (seen_before.sum() + smoothing * vocab_size)
+    discounts = kneser_ney_discounts(counts)[(counts.clamp(1, 3) - 1).long()].clamp(max=counts)
+    gamma = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, pivots, discounts)
+    values = torch.log1p((counts - discounts) / (gamma[pivots] * continuation[nexts]))
+    return values, torch.log(continuation)
+
+
 def solve_softmax(
     counts: torch.Tensor, priming: float, smoothing: float, weight_scale: float = 1.0, discount: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

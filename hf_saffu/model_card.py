@@ -118,6 +118,8 @@ def describe_architecture(config: Any) -> str:
     targets = "token classes" if getattr(config, "hidden_targets", "bit_cipher") == "clusters" else "label codes"
     head = "ln H" if getattr(config, "log_hidden_head", False) else "H"
     pivot = " + a pivot path" if getattr(config, "pivot_head", False) else ""
+    if getattr(config, "pivot_bigrams", 0):
+        pivot = f" + the pivot's bigram table ({config.pivot_bigrams:,} entries)"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "
@@ -207,11 +209,13 @@ def model_card_for_dir(model_dir: str | Path, repo_id: str) -> str:
 
 
 def stored_parameters(model_dir: Path) -> int:
-    """The number of parameters in a directory's safetensors weights."""
+    """The number of parameters in a directory's safetensors weights: its floating-point tensors (integer
+    tensors, such as the bigram table's row pointers and columns, are indices, not parameters)."""
     total = 0
     for weights_file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(weights_file, framework="pt") as weights:
-            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+            slices = [weights.get_slice(name) for name in weights.keys()]
+            total += sum(math.prod(s.get_shape()) for s in slices if s.get_dtype().startswith(("F", "BF")))
     return total
 
 

@@ -346,6 +346,70 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
+class SaffuPivotBigrams(nn.Module):
+    """The pivot's exact bigram channel: logits_y += b_y + S[x_t, y], with S sparse.
+
+    A softmax layer on the one-hot pivot token has the explicit solution U = ln P(y | x) (K = 1). For the
+    interpolated Kneser-Ney estimate from pair counts n_xy (discounts D(n) of `kneser_ney_discounts`),
+
+        P(y | x) = (max(n_xy - D(n_xy), 0) + gamma_x P_c(y)) / n_x,    gamma_x = sum_y D(n_xy),
+
+    every row is ln(gamma_x / n_x) + ln P_c(y) + [x y seen] ln(1 + (n_xy - D(n_xy)) / (gamma_x P_c(y))). The row
+    constant cancels in the softmax, so the V x V layer is stored as the bias b = ln P_c (P_c: the continuation
+    distribution, y's number of distinct predecessors) and the non-negative corrections S of the seen pairs,
+    in CSR form: pivot x owns entries rows[x] : rows[x + 1], with next tokens `columns` and values `values`
+    (`capacity` entries; those past rows[-1] are unused). Backprop trains `values` and `bias`; which pairs are
+    stored is fixed by the warm start.
+    """
+
+    def __init__(self, vocab_size: int, capacity: int):
+        super().__init__()
+        self.register_buffer("rows", torch.zeros(vocab_size + 1, dtype=torch.long))
+        self.register_buffer("columns", torch.zeros(capacity, dtype=torch.long))
+        self.values = nn.Parameter(torch.zeros(capacity))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """(len(tokens), V) logits b + S[x] of the given pivot tokens (the dense rows, built from their entries)."""
+        starts = self.rows[tokens]
+        lengths = self.rows[tokens + 1] - starts
+        owners = torch.repeat_interleave(torch.arange(len(tokens), device=tokens.device), lengths)
+        first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
+        entries = torch.arange(len(owners), device=tokens.device) - first_of_owner
+        logits = torch.zeros(len(tokens), self.bias.shape[0], dtype=self.values.dtype, device=self.values.device)
+        return logits.index_put((owners, self.columns[entries]), self.values[entries]) + self.bias
+
+    @torch.no_grad()
+    def set_pairs(self, keys: torch.LongTensor, values: torch.Tensor, bias: torch.Tensor) -> None:
+        """Store the pairs `keys` = x V + y (sorted, unique, at most `capacity`) with their values, and the bias."""
+        vocab_size = self.bias.shape[0]
+        if len(keys) > len(self.columns):
+            raise ValueError(f"{len(keys)} pairs do not fit the bigram table's {len(self.columns)} entries")
+        counts = torch.bincount(keys // vocab_size, minlength=vocab_size)
+        self.rows.zero_()
+        self.rows[1:] = torch.cumsum(counts, 0)
+        self.columns.zero_()
+        self.columns[: len(keys)] = keys % vocab_size
+        self.values.zero_()
+        self.values[: len(keys)] = values.to(self.values.dtype)
+        self.bias.copy_(bias.to(self.bias.dtype))
+
+    @torch.no_grad()
+    def resized(self, vocab_size: int, capacity: int) -> "SaffuPivotBigrams":
+        """A copy for a vocabulary of `vocab_size` tokens and `capacity` entries: the pairs of tokens below both
+        sizes are kept (new tokens have no entries and bias 0)."""
+        old_vocab = self.bias.shape[0]
+        used = int(self.rows[-1])
+        pivots = torch.repeat_interleave(torch.arange(old_vocab, device=self.rows.device), self.rows.diff())
+        keep = (pivots < vocab_size) & (self.columns[:used] < vocab_size)
+        keys = (pivots * vocab_size + self.columns[:used])[keep][:capacity]
+        bias = torch.zeros(vocab_size, dtype=self.bias.dtype, device=self.bias.device)
+        bias[: min(old_vocab, vocab_size)] = self.bias[:vocab_size]
+        new = SaffuPivotBigrams(vocab_size, capacity).to(device=self.bias.device, dtype=self.bias.dtype)
+        new.set_pairs(keys, self.values[:used][keep][:capacity], bias)
+        return new
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -371,7 +435,11 @@ class SaffuPreTrainedModel(PreTrainedModel):
             if pad_to_multiple_of is not None:
                 resized.vocab_size = math.ceil(resized.vocab_size / pad_to_multiple_of) * pad_to_multiple_of
             resized.validate_saffu()
-        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        bigrams = getattr(self, "pivot_bigrams", None)
+        if bigrams is not None and bigrams.bias.shape[0] != self.config.vocab_size:
+            self.pivot_bigrams = bigrams.resized(self.config.vocab_size, self.config.pivot_bigram_capacity)
+        return embeddings
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -381,8 +449,11 @@ class SaffuPreTrainedModel(PreTrainedModel):
         `config.warm_started` follows the weights: a freshly initialised layer (a model built from a config,
         or a weight missing from a checkpoint) resets it; `from_pretrained` initialises only missing weights,
         so a complete warm-started checkpoint keeps it."""
-        if isinstance(module, (nn.Embedding, nn.Linear)):
+        if isinstance(module, (nn.Embedding, nn.Linear, SaffuPivotBigrams)):
             self.config.warm_started = False
+        if isinstance(module, SaffuPivotBigrams):  # no pairs: the channel adds nothing until the warm start
+            for tensor in (module.rows, module.columns, module.values, module.bias):
+                init.zeros_(tensor)
         if isinstance(module, nn.Embedding):
             ranks = torch.arange(module.num_embeddings)
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
@@ -511,13 +582,16 @@ class SaffuModel(SaffuPreTrainedModel):
 
 class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     """SAFFU layers and the output layer logits = H_t O + b_O (ln H_t O + b_O with `config.log_hidden_head`),
-    plus v_t Q, a direct path from the pivot's embedding, with `config.pivot_head`."""
+    plus a channel from the pivot token: its bigram row b + S[x_t] (`config.pivot_bigrams`) or v_t Q, a path
+    from the pivot's embedding (`config.pivot_head`)."""
 
     def __init__(self, config: SaffuConfig):
         super().__init__(config)
         self.model = SaffuModel(config)
         self.lm_head = nn.Linear(config.num_contexts * config.hidden_bits, config.vocab_size)
         self.pivot_head = nn.Linear(config.embed_bits, config.vocab_size, bias=False) if config.pivot_head else None
+        capacity = config.pivot_bigram_capacity
+        self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -588,18 +662,28 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         )
 
     def output_logits(self, hidden: torch.Tensor, pivots: torch.LongTensor) -> torch.Tensor:
-        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus v_t Q."""
+        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus the pivot's
+        channel."""
         logits = self.lm_head(hidden)
-        return logits + self.pivot_logits(pivots) if self.pivot_head is not None else logits
+        return logits if not self.has_pivot_channel else logits + self.pivot_logits(pivots)
+
+    @property
+    def has_pivot_channel(self) -> bool:
+        return self.pivot_head is not None or self.pivot_bigrams is not None
 
     def pivot_logits(self, pivots: torch.LongTensor) -> torch.Tensor:
-        """v_t Q for every position, computed once per distinct pivot token: (E[u] Q)[index of x_t in u].
+        """The pivot channel's logits (v_t Q, or b + S[x_t]) for every position, computed once per distinct pivot
+        token u and gathered: (logits of u)[index of x_t in u].
 
         A batch of N positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks),
-        and the V-wide product is the costliest part of the step after the output layer; the result is the
-        dense v_t Q, row for row."""
+        and the V-wide rows are the costliest part of the step after the output layer; the result is the same,
+        row for row."""
         distinct, index = torch.unique(pivots, return_inverse=True)
-        return self.pivot_head(self.model.input_vectors(distinct))[index]
+        if self.pivot_head is not None:
+            logits = self.pivot_head(self.model.input_vectors(distinct))
+        else:
+            logits = self.pivot_bigrams(distinct)
+        return logits[index]
 
     def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
         """Summed next-token cross-entropy / number of targets (`num_items_in_batch` when Trainer gives it).
@@ -616,4 +700,4 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
 
-__all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState"]
+__all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState", "SaffuPivotBigrams"]

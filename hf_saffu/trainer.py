@@ -91,7 +91,8 @@ class ExplicitTrainingArguments(TrainingArguments):
         },
     )
     pivot_head_learning_rate: float | None = field(
-        default=None, metadata={"help": "learning rate of the pivot head Q (None: learning_rate)"}
+        default=None,
+        metadata={"help": "learning rate of the pivot's channel, its bigram table or Q (None: learning_rate)"},
     )
 
     def __post_init__(self):
@@ -228,9 +229,10 @@ class ExplicitTrainer(Trainer):
         return model
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """`Trainer.create_optimizer`, with the output layer and the pivot head in parameter groups of their own
-        learning rates (`head_learning_rate`, `pivot_head_learning_rate`) when they are set."""
-        rates = {"lm_head.": self.args.head_learning_rate, "pivot_head.": self.args.pivot_head_learning_rate}
+        """`Trainer.create_optimizer`, with the output layer and the pivot's channel in parameter groups of their
+        own learning rates (`head_learning_rate`, `pivot_head_learning_rate`) when they are set."""
+        pivot_rate = self.args.pivot_head_learning_rate
+        rates = {"lm_head.": self.args.head_learning_rate, "pivot_head.": pivot_rate, "pivot_bigrams.": pivot_rate}
         rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
         if self.optimizer is None and rates:
             opt_model = self.model if model is None else model

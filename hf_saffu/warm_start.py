@@ -15,7 +15,9 @@ across processes before every process solves:
    b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over the valid j
       (not the pivot, when a pivot head carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
    c. U again with the solved attention; b-c repeat `attention_iters` times;
-3. the pivot head (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
+3. the pivot's channel: its bigram table (`pivot_bigrams`, interpolated Kneser-Ney from the pair counts;
+   `hf_saffu.explicit.solve_bigram_channel`), or the pivot head (`pivot_head`): F_Q = sum_t v_t^T e_{y_t},
+   Q = ln F_Q (K = 1);
 4. the head: with `log_hidden_head`, O and b_O in closed form from the class codes (`set_class_head`, no
    data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
 
@@ -38,7 +40,7 @@ from .bit_cipher import (
     contextual_vectors,
     frequency_ranks,
 )
-from .explicit import Cooccurrence, ExplicitStatisticsError
+from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel
 from .modeling_saffu import SaffuContextInputs, SaffuForCausalLM, SaffuLayer, banded_dot
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
@@ -54,6 +56,7 @@ class WarmStartReport:
     tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     priming_numbers: dict[str, float] = field(default_factory=dict)
+    pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram channel
 
     @property
     def total_seconds(self) -> float:
@@ -221,7 +224,7 @@ class ExplicitWarmStart:
         pivot head, the pivot's own evidence already reaches the logits, so the first layer's responsibilities
         go to the other positions (the pivot keeps them only where it is the one valid position)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
-        skip_pivot = self.model.pivot_head is not None and layer_index == 0
+        skip_pivot = self.model.has_pivot_channel and layer_index == 0
         statistics = [Cooccurrence.zeros(window.window, window.window, self.device) for window in layer.windows]
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention", []):
@@ -259,7 +262,7 @@ class ExplicitWarmStart:
         num_contexts, beta = self.config.num_contexts, self.config.explicit_context_weight
         weight = beta * codes.repeat(1, num_contexts)
         bias = -beta * num_contexts * (codes @ torch.log(class_prior))
-        if self.model.pivot_head is None:  # with a pivot head, v_t Q carries P(y | pivot) instead of P(y)
+        if not self.model.has_pivot_channel:  # with a pivot channel, it carries P(y | pivot) instead of P(y)
             bias += torch.log(unigram)
         self.model.lm_head.weight.copy_(weight.to(self.model.lm_head.weight.dtype))
         self.model.lm_head.bias.copy_(bias.to(self.model.lm_head.bias.dtype))
@@ -276,6 +279,28 @@ class ExplicitWarmStart:
         self.reduce(statistic)
         self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
+
+    def solve_pivot_bigrams(self) -> None:
+        """The pivot's bigram channel (`SaffuPivotBigrams`): pair counts n_xy of this process's shard, merged over
+        the processes, the `capacity` most frequent pairs kept (ties: the smaller key), and the closed form of
+        `solve_bigram_channel` over the kept pairs."""
+        channel = self.model.pivot_bigrams
+        vocab_size = self.config.vocab_size
+        start = time.perf_counter()
+        pairs = PairCounts(vocab_size)
+        for input_ids, _, weight in self.iterate("pivot bigrams"):
+            pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
+        keys, counts = pairs.merged(self.accelerator)
+        seen, capacity = len(keys), len(channel.columns)
+        if seen > capacity:  # the most frequent pairs: a stable sort by count, descending, over sorted keys
+            kept = torch.sort(torch.argsort(counts, descending=True, stable=True)[:capacity]).values
+            keys, counts = keys[kept], counts[kept]
+        self.report.pivot_bigrams = {"pairs_seen": seen, "pairs_kept": len(keys)}
+        values, bias = solve_bigram_channel(
+            keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
+        )
+        channel.set_pairs(keys.to(channel.columns.device), values, bias)
+        self.timed("pivot bigrams", start)
 
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
@@ -322,6 +347,8 @@ class ExplicitWarmStart:
                 self.solve_hidden(index, list(range(len(layer.windows))), f"layer {index} hidden")
         if self.model.pivot_head is not None:
             self.solve_pivot_head()
+        if self.model.pivot_bigrams is not None:
+            self.solve_pivot_bigrams()
         if self.config.log_hidden_head:
             self.set_class_head(counts)
         else:
@@ -329,6 +356,49 @@ class ExplicitWarmStart:
         self.model.config.warm_started = True
         self.model.train(was_training)
         return self.report
+
+
+class PairCounts:
+    """Counts of (pivot, next token) pairs as sorted unique keys x V + y with float64 counts; batches are merged
+    into the running table whenever the pending keys outgrow it, so memory follows the distinct pairs."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.keys = torch.zeros(0, dtype=torch.long)
+        self.counts = torch.zeros(0, dtype=torch.float64)
+        self.pending: list[torch.Tensor] = []
+        self.pending_size = 0
+
+    def add(self, pivots: torch.Tensor, nexts: torch.Tensor) -> None:
+        self.pending.append((pivots.reshape(-1) * self.vocab_size + nexts.reshape(-1)).cpu())
+        self.pending_size += self.pending[-1].numel()
+        if self.pending_size > max(len(self.keys), 2**20):
+            self.compress()
+
+    def compress(self) -> None:
+        keys, counts = torch.unique(torch.cat(self.pending), return_counts=True)
+        self.keys, self.counts = merge_counts(self.keys, self.counts, keys, counts.to(torch.float64))
+        self.pending, self.pending_size = [], 0
+
+    def merged(self, accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, counts) of all processes: each process's table padded to the longest, gathered and merged."""
+        if self.pending:
+            self.compress()
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.keys, self.counts
+        device = accelerator.device
+        keys = accelerator.pad_across_processes(self.keys.to(device), pad_index=-1)
+        counts = accelerator.pad_across_processes(self.counts.to(device), pad_index=0)
+        keys, counts = accelerator.gather(keys).cpu(), accelerator.gather(counts).cpu()
+        real = keys >= 0
+        empty = PairCounts(self.vocab_size)
+        return merge_counts(empty.keys, empty.counts, keys[real], counts[real])
+
+
+def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted unique union of two (keys, counts) tables, counts of equal keys added."""
+    union, inverse = torch.unique(torch.cat([keys, more_keys]), return_inverse=True)
+    return union, torch.zeros(len(union), dtype=torch.float64).index_add_(0, inverse, torch.cat([counts, more_counts]))
 
 
 def inputs_behind(layer: SaffuLayer, computed: SaffuContextInputs, context: int) -> torch.Tensor:

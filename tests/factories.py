@@ -54,6 +54,21 @@ def saffu_config(**overrides) -> SaffuConfig:
     return SaffuConfig(**values)
 
 
+def fill_pivot_bigrams(model: SaffuForCausalLM, num_pairs: int, scale: float = 1.0, seed: int = 0) -> None:
+    """Give the model's bigram table `num_pairs` random (pivot, next) pairs with normal(0, scale) values and
+    bias, so that the channel changes the logits (a fresh table holds no pairs)."""
+    channel = model.pivot_bigrams
+    vocab_size = channel.bias.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randperm(vocab_size**2, generator=generator)[: min(num_pairs, len(channel.columns))].sort().values
+    with torch.no_grad():
+        channel.set_pairs(
+            keys,
+            scale * torch.randn(len(keys), generator=generator, dtype=torch.float64),
+            scale * torch.randn(vocab_size, generator=generator, dtype=torch.float64),
+        )
+
+
 def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:
     values = dict(
         output_dir=str(tmp_path / "run"),

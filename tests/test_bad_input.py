@@ -134,7 +134,6 @@ def huge_loss_model() -> SaffuForCausalLM:
     model = SaffuForCausalLM(saffu_config())
     with torch.no_grad():
         model.lm_head.weight.zero_()
-        model.pivot_head.weight.zero_()
         model.lm_head.bias.zero_()
         model.lm_head.bias[0] = 1000.0
     return model

@@ -12,7 +12,9 @@ from hf_saffu.explicit import (
     Cooccurrence,
     ExplicitStatisticsError,
     discounted_counts,
+    kneser_ney_discounts,
     softmax_cross_entropy,
+    solve_bigram_channel,
     solve_softmax,
 )
 from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
@@ -392,3 +394,35 @@ def test_discounted_counts_are_interpolated_absolute_discounting():
     weight, bias = solve_softmax(counts, priming=1.0, smoothing=alpha, discount=discount)
     torch.testing.assert_close(torch.softmax(weight + bias, dim=1), expected / expected.sum(1, keepdim=True))
     assert (smoothed > 0).all()
+
+
+@pytest.mark.parametrize("discount", [True, False])
+def test_bigram_channel_is_the_interpolated_kneser_ney_bigram(discount):
+    """softmax(b + S[x]) of the sparse solution equals the dense estimate row for row: interpolated modified
+    Kneser-Ney, P(y | x) ~ max(n_xy - D(n_xy), 0) + gamma_x P_c(y) with P_c from distinct predecessors, or the
+    additive floor n_xy + alpha; a pivot never seen gets P_c (or uniform)."""
+    vocab, alpha = 7, 0.01
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.poisson(torch.rand(vocab, vocab, generator=generator) * 3, generator=generator).double()
+    dense[vocab - 1] = 0  # a pivot never seen
+    keys = torch.nonzero(dense.flatten()).flatten()
+    values, bias = solve_bigram_channel(keys, dense.flatten()[keys], vocab, alpha, discount=discount)
+    logits = torch.zeros(vocab * vocab, dtype=torch.float64).index_put((keys,), values).view(vocab, vocab) + bias
+    if discount:
+        d = kneser_ney_discounts(dense[dense > 0])
+        per_entry = torch.where(dense == 0, 0.0, d[(dense.clamp(1, 3) - 1).long()])
+        predecessors = (dense > 0).sum(0).double()
+        continuation = (predecessors + alpha) / (predecessors.sum() + alpha * vocab)
+        expected = (dense - per_entry) + per_entry.sum(1, keepdim=True) * continuation
+        expected[vocab - 1] = continuation
+    else:
+        expected = dense + alpha
+    torch.testing.assert_close(torch.softmax(logits, 1), expected / expected.sum(1, keepdim=True))
+    assert (values > 0).all()
+
+
+def test_kneser_ney_discounts_follow_the_count_of_counts():
+    counts = torch.tensor([1.0] * 10 + [2.0] * 4 + [3.0] * 2 + [4.0] * 1)
+    y = 10 / (10 + 2 * 4)
+    expected = [1 - 2 * y * 4 / 10, 2 - 3 * y * 2 / 4, 3 - 4 * y * 1 / 2]
+    torch.testing.assert_close(kneser_ney_discounts(counts), torch.tensor(expected, dtype=torch.float64))

@@ -6,11 +6,12 @@ import textwrap
 
 import pytest
 import torch
+from factories import fill_pivot_bigrams
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
 from hf_saffu.bit_cipher import bit_cipher_codes, bit_cipher_vectors, codes_to_vectors, frequency_ranks
-from hf_saffu.modeling_saffu import document_means
+from hf_saffu.modeling_saffu import SaffuPivotBigrams, document_means
 
 VOCAB = 50
 EOS = 1
@@ -42,8 +43,13 @@ def tiny_config(**overrides) -> SaffuConfig:
 
 
 def tiny_model(seed: int = 0, **overrides) -> SaffuForCausalLM:
+    """A random tiny model; its bigram table (when configured) holds 400 random pairs, so the pivot's channel
+    matters in every comparison."""
     torch.manual_seed(seed)
-    return SaffuForCausalLM(tiny_config(**overrides)).eval()
+    model = SaffuForCausalLM(tiny_config(**overrides)).eval()
+    if model.pivot_bigrams is not None:
+        fill_pivot_bigrams(model, 400, scale=model.config.initializer_range, seed=seed)
+    return model
 
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -429,6 +435,62 @@ def test_pivot_head_by_distinct_token_equals_the_dense_product():
         strict=True,
     ):
         assert expected.abs().max() > 0.1 and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_pivot_bigram_table_equals_its_dense_matrix():
+    """b + S[x] from the sparse table (once per distinct pivot) equals the dense V x V matrix's rows, in values
+    and in the gradients of the values and the bias."""
+    model = tiny_model().train()
+    channel = model.pivot_bigrams
+    used = int(channel.rows[-1])
+    assert used == 400
+    pivots = torch.repeat_interleave(torch.arange(VOCAB), channel.rows.diff())
+    ids = random_ids(4, 30)
+    weights = torch.linspace(-1, 1, 4 * 30 * VOCAB).view(4, 30, VOCAB)
+    dense = torch.zeros(VOCAB, VOCAB).index_put((pivots, channel.columns[:used]), channel.values[:used])
+    expected = (dense + channel.bias)[ids]
+    got = model.pivot_logits(ids)
+    assert torch.allclose(got, expected, atol=1e-6) and expected.std() > 0.3
+    parameters = (channel.values, channel.bias)
+    for grad_got, grad_expected in zip(
+        torch.autograd.grad((got * weights).sum(), parameters),
+        torch.autograd.grad((expected * weights).sum(), parameters),
+        strict=True,
+    ):
+        assert grad_expected.abs().max() > 0.1 and torch.allclose(grad_got, grad_expected, atol=1e-5)
+    # the unused entries past rows[-1] get no gradient
+    unused = torch.autograd.grad(model.pivot_logits(ids).sum(), channel.values)[0][used:]
+    assert not unused.any()
+
+
+def test_pivot_bigram_table_round_trips_and_resizes(tmp_path):
+    model = tiny_model()
+    ids = random_ids(2, 20)
+    model.save_pretrained(tmp_path)
+    loaded = SaffuForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.pivot_bigrams.rows, model.pivot_bigrams.rows)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    before = model.pivot_logits(ids)
+    model.resize_token_embeddings(VOCAB + 6)
+    assert model.pivot_bigrams.bias.shape == (VOCAB + 6,) and len(model.pivot_bigrams.rows) == VOCAB + 7
+    assert torch.allclose(model.pivot_logits(ids)[..., :VOCAB], before)
+    new_token = model.pivot_logits(torch.tensor([[VOCAB + 3]]))[0, 0]  # no pairs: the bias, 0 for new tokens
+    assert torch.equal(new_token, model.pivot_bigrams.bias) and not new_token[VOCAB:].any()
+    model.save_pretrained(tmp_path / "resized")
+    assert SaffuForCausalLM.from_pretrained(tmp_path / "resized").pivot_bigrams.bias.shape == (VOCAB + 6,)
+
+
+def test_pivot_channel_is_one_of_two_forms():
+    assert tiny_config().pivot_bigrams > 0 and not tiny_config().pivot_head
+    assert tiny_config(pivot_head=True).pivot_bigrams == 0  # asking for the pivot head alone gets it alone
+    assert tiny_config().pivot_bigram_capacity == VOCAB**2
+    with pytest.raises(ValueError, match="pivot_head and SaffuConfig.pivot_bigrams"):
+        tiny_config(pivot_head=True, pivot_bigrams=10)
+    with pytest.raises(ValueError, match="pivot_bigrams must be an integer >= 0"):
+        tiny_config(pivot_bigrams=-1)
+    assert (
+        isinstance(tiny_model().pivot_bigrams, SaffuPivotBigrams) and tiny_model(pivot_bigrams=0).pivot_bigrams is None
+    )
 
 
 def test_frozen_input_cache_stops_storing_at_its_memory_bound():

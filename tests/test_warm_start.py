@@ -60,9 +60,10 @@ def test_warm_start_is_far_better_than_untrained(overrides, max_ratio):
 
 
 def test_pivot_warm_start_reaches_the_true_perplexity_of_a_markov_chain():
-    """A pivot-only model with one-bit codes and the pivot head: its warm start is the (discounted) bigram, so
-    on a first-order chain it must come within 3% of the chain's true perplexity on held-out text; the
-    paper's form (probability head on bit-cipher label codes) stays far from it."""
+    """Pivot-only models (no context evidence) whose pivot channel is the bigram table, or the pivot head on
+    one-bit codes: their warm start is the (discounted) bigram, so on a first-order chain it must come within
+    3% of the chain's true perplexity on held-out text; the paper's form (probability head on bit-cipher label
+    codes) stays far from it."""
     vocab, length = 24, 200
     generator = torch.Generator().manual_seed(7)
     transitions = torch.distributions.Dirichlet(torch.full((vocab,), 0.2)).sample((vocab,))
@@ -86,8 +87,9 @@ def test_pivot_warm_start_reaches_the_true_perplexity_of_a_markov_chain():
         explicit_discount=0.75,
         explicit_context_weight=0.0,
     )
+    bigram_table = {**redesign, "pivot_head": False, "pivot_bigrams": vocab**2}
     losses = {}
-    for name, overrides in (("redesign", redesign), ("paper", SaffuConfig.PAPER_FORM)):
+    for name, overrides in (("redesign", redesign), ("bigrams", bigram_table), ("paper", SaffuConfig.PAPER_FORM)):
         torch.manual_seed(0)
         model = SaffuForCausalLM(SaffuConfig(**common, **overrides)).eval()
         batches = [
@@ -98,7 +100,28 @@ def test_pivot_warm_start_reaches_the_true_perplexity_of_a_markov_chain():
         with torch.no_grad():
             losses[name] = model(held_out, labels=held_out).loss.item()
     assert math.exp(losses["redesign"]) < 1.03 * math.exp(true_nll), (losses, true_nll)
+    assert math.exp(losses["bigrams"]) < 1.03 * math.exp(true_nll), (losses, true_nll)
     assert math.exp(losses["paper"]) > 1.2 * math.exp(true_nll), (losses, true_nll)
+
+
+def test_a_full_bigram_table_keeps_the_most_frequent_pairs():
+    """With fewer entries than distinct pairs, the warm start keeps the most frequent pairs (ties: the smaller
+    key) and solves them as the full table would; the report says how many pairs it saw and kept."""
+    train = packed_dataset(60)
+    batch = train.with_format("torch")[:]
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    pairs = mask[:, :-1] & mask[:, 1:]
+    keys, counts = torch.unique(ids[:, :-1][pairs] * VOCAB + ids[:, 1:][pairs], return_counts=True)
+    order = sorted(range(len(keys)), key=lambda i: (-int(counts[i]), int(keys[i])))
+    capacity = len(keys) // 3
+    assert counts[order[capacity - 1]] > counts[order[-1]]  # a real choice
+    model = SaffuForCausalLM(saffu_config(pivot_bigrams=capacity)).eval()
+    report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
+    assert report.pivot_bigrams == {"pairs_seen": len(keys), "pairs_kept": capacity}
+    channel = model.pivot_bigrams
+    pivots = torch.repeat_interleave(torch.arange(VOCAB), channel.rows.diff())
+    stored = pivots * VOCAB + channel.columns
+    assert torch.equal(stored, keys[sorted(order[:capacity])])
 
 
 def test_class_head_is_the_class_based_factorisation():
@@ -106,7 +129,7 @@ def test_class_head_is_the_class_based_factorisation():
     h the context's class distribution and P(y | k) the smoothed unigram within the class."""
     train = packed_dataset(80)
     config = saffu_config(
-        windows=[4], use_document_context=False, pivot_head=False, explicit_context_weight=1.0, hidden_bits=6
+        windows=[4], use_document_context=False, pivot_bigrams=0, explicit_context_weight=1.0, hidden_bits=6
     )
     model = SaffuForCausalLM(config).eval()
     explicit_warm_start(model, batches_of(train, 16), attention_iters=1, show_progress=False)

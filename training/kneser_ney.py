@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hf_saffu.explicit import kneser_ney_discounts
+
 
 def ngram_keys(ids: torch.Tensor, valid: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
     """Integer keys sum_i ids[t - order + 1 + i] V^(order - 1 - i) of every n-gram of real tokens in the rows."""
@@ -46,16 +48,6 @@ def lookup(table_keys: torch.Tensor, table_values: torch.Tensor, keys: torch.Ten
     return torch.where(table_keys[position] == keys, table_values[position], torch.zeros((), dtype=table_values.dtype))
 
 
-def discounts(counts: torch.Tensor) -> torch.Tensor:
-    """(D1, D2, D3+) of modified Kneser-Ney from the count-of-counts of one order."""
-    n = [float((counts == k).sum()) for k in range(1, 5)]
-    if n[0] == 0 or n[1] == 0:
-        return torch.tensor([0.5, 0.75, 0.9], dtype=torch.float64)
-    y = n[0] / (n[0] + 2 * n[1])
-    values = [k - (k + 1) * y * n[k] / n[k - 1] if n[k - 1] > 0 else 0.9 for k in range(1, 4)]
-    return torch.tensor([min(max(v, 0.05), k) for k, v in zip(range(1, 4), values, strict=True)], dtype=torch.float64)
-
-
 @dataclass
 class Level:
     """Counts of one order: n-gram keys and their (raw or continuation) counts, and per history h the total
@@ -71,7 +63,7 @@ class Level:
 
 def build_level(keys: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> Level:
     """One order's table from its sorted unique n-gram keys and counts."""
-    discount = discounts(counts)
+    discount = kneser_ney_discounts(counts)
     history, inverse = torch.unique(keys // vocab_size, return_inverse=True)
     totals = torch.zeros(len(history), dtype=torch.float64).index_add_(0, inverse, counts)
     per_gram = discount[(counts.clamp(1, 3) - 1).long()]
