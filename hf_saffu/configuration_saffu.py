@@ -11,6 +11,7 @@ HIDDEN_TARGETS = ("bit_cipher", "clusters")
 SMOOTHING_RANGE = (1e-30, 1e30)
 MAX_HIDDEN_PRIMING = 1e6
 DEFAULT_PIVOT_BIGRAMS = 2**19  # every distinct pair of Brown's 1.2M tokens (about 350,000) fits
+DEFAULT_PIVOT_TRIGRAMS = 2**20  # every distinct triple of Brown's 1.2M tokens fits
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -60,6 +61,10 @@ class SaffuConfig(PreTrainedConfig):
             vocab_size^2) (pivot, next token) pairs, the most frequent ones of the warm-start data
             (`SaffuPivotBigrams`). An alternative to `pivot_head`: one of the two may be set. `None`: 2^19
             entries, or 0 with `pivot_head` (so a config that asks for the pivot head gets it alone).
+        pivot_trigrams (`int`): capacity of the next level, logits += T[(x_{t-1}, x_t)] (0: none): Kneser-Ney
+            corrections of the (previous, pivot) history over the bigram table's distribution, for at most
+            min(pivot_trigrams, vocab_size^3) triples, the most frequent ones (`SaffuPivotTrigrams`). Needs
+            `pivot_bigrams`. `None`: 2^20 entries with a bigram table, else 0.
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
         explicit_discount (`float`, *optional*): absolute discount D of every explicit solution,
             ln(max(F - D, 0) + (R + alpha) pi), the closed form behind Kneser-Ney
@@ -85,6 +90,7 @@ class SaffuConfig(PreTrainedConfig):
         "log_hidden_head": False,
         "pivot_head": False,
         "pivot_bigrams": 0,
+        "pivot_trigrams": 0,
         "explicit_discount": None,
     }
 
@@ -106,6 +112,7 @@ class SaffuConfig(PreTrainedConfig):
         log_hidden_head: bool = True,
         pivot_head: bool = False,
         pivot_bigrams: int | None = None,
+        pivot_trigrams: int | None = None,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -132,6 +139,9 @@ class SaffuConfig(PreTrainedConfig):
         self.log_hidden_head = log_hidden_head
         self.pivot_head = pivot_head
         self.pivot_bigrams = (0 if pivot_head else DEFAULT_PIVOT_BIGRAMS) if pivot_bigrams is None else pivot_bigrams
+        self.pivot_trigrams = (
+            (DEFAULT_PIVOT_TRIGRAMS if self.pivot_bigrams else 0) if pivot_trigrams is None else pivot_trigrams
+        )
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -156,6 +166,11 @@ class SaffuConfig(PreTrainedConfig):
     def pivot_bigram_capacity(self) -> int:
         """Entries of the pivot's bigram table: pivot_bigrams, at most one per (pivot, next token) pair."""
         return min(self.pivot_bigrams, self.vocab_size**2)
+
+    @property
+    def pivot_trigram_capacity(self) -> int:
+        """Entries of the trigram table: pivot_trigrams, at most one per (previous, pivot, next token) triple."""
+        return min(self.pivot_trigrams, self.vocab_size**3)
 
     @property
     def max_window(self) -> int:
@@ -214,6 +229,15 @@ class SaffuConfig(PreTrainedConfig):
                 raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.pivot_bigrams, bool) or not isinstance(self.pivot_bigrams, int) or self.pivot_bigrams < 0:
             raise ValueError(f"SaffuConfig.pivot_bigrams must be an integer >= 0 (0: none), got {self.pivot_bigrams!r}")
+        if isinstance(self.pivot_trigrams, bool) or not isinstance(self.pivot_trigrams, int) or self.pivot_trigrams < 0:
+            raise ValueError(
+                f"SaffuConfig.pivot_trigrams must be an integer >= 0 (0: none), got {self.pivot_trigrams!r}"
+            )
+        if self.pivot_trigrams and not self.pivot_bigrams:
+            raise ValueError(
+                "SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got "
+                f"pivot_trigrams={self.pivot_trigrams} and pivot_bigrams={self.pivot_bigrams}"
+            )
         if self.pivot_head and self.pivot_bigrams:
             raise ValueError(
                 "SaffuConfig.pivot_head and SaffuConfig.pivot_bigrams are two forms of the pivot's channel; set one "

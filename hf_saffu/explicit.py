@@ -179,6 +179,27 @@ def solve_bigram_channel(
     return values, torch.log(continuation)
 
 
+def solve_trigram_channel(
+    keys: torch.Tensor, counts: torch.Tensor, lower: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """The values T of the triples `keys` = (w V + x) V + y (sorted, unique) with counts n_wxy, such that
+    softmax(bigram logits of x + T[w x]) is the interpolated modified Kneser-Ney trigram over the lower-order
+    distribution `lower` = P2(y | x) of each triple (`SaffuPivotTrigrams`):
+
+        P3(y | w x) ~ max(n_wxy - D(n_wxy), 0) + gamma_wx P2(y | x),   gamma_wx = sum_y D(n_wxy),
+        T_wxy = ln(1 + (n_wxy - D(n_wxy)) / (gamma_wx P2(y | x))).
+    """
+    counts = counts.to(torch.float64)
+    check_statistics("trigram counts", counts)
+    check_statistics("lower-order probabilities", lower)
+    histories = torch.unique_consecutive(keys // vocab_size, return_inverse=True)[1]
+    discounts = kneser_ney_discounts(counts)[(counts.clamp(1, 3) - 1).long()].clamp(max=counts)
+    gamma = torch.zeros(int(histories.max()) + 1 if len(keys) else 0, dtype=torch.float64)
+    gamma.index_add_(0, histories, discounts)
+    tiny = torch.finfo(torch.float64).tiny
+    return torch.log1p((counts - discounts) / (gamma[histories] * lower.to(torch.float64)).clamp_min(tiny))
+
+
 def solve_softmax(
     counts: torch.Tensor, priming: float, smoothing: float, weight_scale: float = 1.0, discount: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,9 +116,10 @@ class SaffuDecodingState:
     Memory per sequence: sum over layers of (max_window - 1 + 1) * input_dim floats, whatever the length.
     """
 
-    def __init__(self, layers: list[SaffuLayerState], seen_tokens: int):
+    def __init__(self, layers: list[SaffuLayerState], seen_tokens: int, last_tokens: torch.Tensor | None = None):
         self.layers = layers
         self.seen_tokens = seen_tokens
+        self.last_tokens = last_tokens  # (batch,) the last token read, -1 where it was padding (trigram history)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -126,9 +127,29 @@ class SaffuDecodingState:
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the states of the selected beams (used by beam search)."""
         self.layers = [layer.select(beam_idx) for layer in self.layers]
+        if self.last_tokens is not None:
+            self.last_tokens = self.last_tokens.index_select(0, beam_idx.to(self.last_tokens.device))
 
     def nbytes(self) -> int:
-        return sum(tensor.numel() * tensor.element_size() for layer in self.layers for tensor in layer.tensors())
+        tensors = [tensor for layer in self.layers for tensor in layer.tensors()]
+        tensors += [self.last_tokens] if self.last_tokens is not None else []
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def previous_tokens(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, state: "SaffuDecodingState | None"
+) -> torch.LongTensor:
+    """(batch, T): the token before each position, -1 where it is padding or unknown (the first position of a
+    text read without a state)."""
+    length = input_ids.shape[1]
+    valid = (
+        torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -length:].bool()
+    )
+    before = torch.where(valid, input_ids, -1)
+    first = input_ids.new_full((len(input_ids), 1), -1)
+    if state is not None and state.last_tokens is not None:
+        first = state.last_tokens[:, None].to(input_ids.device)
+    return torch.cat([first, before[:, :-1]], dim=1)
 
 
 def decoding_state(cache, past_key_values) -> "SaffuDecodingState | None":
@@ -346,6 +367,18 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
+def dense_rows(
+    starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, width: int
+) -> torch.Tensor:
+    """(len(starts), width) rows of a CSR table: row i holds values[starts[i] + k] at columns[starts[i] + k] for
+    k < lengths[i], zeros elsewhere (differentiable in `values`)."""
+    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
+    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
+    entries = torch.arange(len(owners), device=starts.device) - first_of_owner
+    rows = torch.zeros(len(starts), width, dtype=values.dtype, device=values.device)
+    return rows.index_put((owners, columns[entries]), values[entries])
+
+
 class SaffuPivotBigrams(nn.Module):
     """The pivot's exact bigram channel: logits_y += b_y + S[x_t, y], with S sparse.
 
@@ -372,12 +405,10 @@ class SaffuPivotBigrams(nn.Module):
     def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
         """(len(tokens), V) logits b + S[x] of the given pivot tokens (the dense rows, built from their entries)."""
         starts = self.rows[tokens]
-        lengths = self.rows[tokens + 1] - starts
-        owners = torch.repeat_interleave(torch.arange(len(tokens), device=tokens.device), lengths)
-        first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
-        entries = torch.arange(len(owners), device=tokens.device) - first_of_owner
-        logits = torch.zeros(len(tokens), self.bias.shape[0], dtype=self.values.dtype, device=self.values.device)
-        return logits.index_put((owners, self.columns[entries]), self.values[entries]) + self.bias
+        return (
+            dense_rows(starts, self.rows[tokens + 1] - starts, self.columns, self.values, self.bias.shape[0])
+            + self.bias
+        )
 
     @torch.no_grad()
     def set_pairs(self, keys: torch.LongTensor, values: torch.Tensor, bias: torch.Tensor) -> None:
@@ -410,6 +441,66 @@ class SaffuPivotBigrams(nn.Module):
         return new
 
 
+class SaffuPivotTrigrams(nn.Module):
+    """The next level of the pivot's channel: logits_y += T[(x_{t-1}, x_t), y], with T sparse.
+
+    Interpolated Kneser-Ney one order up, with the bigram table's distribution P2(y | x) = softmax(b + S[x]) as
+    the lower order: from triple counts n_wxy (discounts D(n) of `kneser_ney_discounts`),
+
+        P3(y | w x) ~ max(n_wxy - D(n_wxy), 0) + gamma_wx P2(y | x),    gamma_wx = sum_y D(n_wxy),
+
+    so ln P3 = ln P2(y | x) + const_wx + [w x y seen] ln(1 + (n_wxy - D(n_wxy)) / (gamma_wx P2(y | x))): the
+    bigram logits plus non-negative corrections T of the seen triples. Stored in CSR form over the histories
+    h = w V + x (`histories`: sorted, padded with V^2; history i owns entries rows[i] : rows[i + 1]). A position
+    whose previous token is unknown (the first of a block, or after padding) gets no correction.
+    """
+
+    def __init__(self, vocab_size: int, capacity: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.register_buffer("histories", torch.full((capacity,), vocab_size**2, dtype=torch.long))
+        self.register_buffer("rows", torch.zeros(capacity + 1, dtype=torch.long))
+        self.register_buffer("columns", torch.zeros(capacity, dtype=torch.long))
+        self.values = nn.Parameter(torch.zeros(capacity))
+
+    def forward(self, histories: torch.LongTensor) -> torch.Tensor:
+        """(len(histories), V) corrections T[h] of the given history keys w V + x (-1: none)."""
+        index = torch.searchsorted(self.histories, histories).clamp_max(len(self.histories) - 1)
+        found = (self.histories[index] == histories) & (histories >= 0)
+        starts = torch.where(found, self.rows[index], 0)
+        lengths = torch.where(found, self.rows[index + 1] - self.rows[index], 0)
+        return dense_rows(starts, lengths, self.columns, self.values, self.vocab_size)
+
+    @torch.no_grad()
+    def set_triples(self, keys: torch.LongTensor, values: torch.Tensor) -> None:
+        """Store the triples `keys` = (w V + x) V + y (sorted, unique, at most `capacity`) with their values."""
+        if len(keys) > len(self.columns):
+            raise ValueError(f"{len(keys)} triples do not fit the trigram table's {len(self.columns)} entries")
+        histories, counts = torch.unique_consecutive(keys // self.vocab_size, return_counts=True)
+        self.histories.fill_(self.vocab_size**2)
+        self.histories[: len(histories)] = histories
+        self.rows.zero_()
+        self.rows[1 : len(histories) + 1] = torch.cumsum(counts, 0)
+        self.rows[len(histories) + 1 :] = len(keys)
+        self.columns.zero_()
+        self.columns[: len(keys)] = keys % self.vocab_size
+        self.values.zero_()
+        self.values[: len(keys)] = values.to(self.values.dtype)
+
+    @torch.no_grad()
+    def resized(self, vocab_size: int, capacity: int) -> "SaffuPivotTrigrams":
+        """A copy for a vocabulary of `vocab_size` tokens and `capacity` entries, keeping the triples of tokens
+        below both sizes."""
+        used = int(self.rows[-1])
+        owners = torch.repeat_interleave(self.histories[: len(self.rows) - 1], self.rows.diff())
+        w, x, y = owners // self.vocab_size, owners % self.vocab_size, self.columns[:used]
+        keep = (w < vocab_size) & (x < vocab_size) & (y < vocab_size)
+        keys = ((w * vocab_size + x) * vocab_size + y)[keep][:capacity]
+        new = SaffuPivotTrigrams(vocab_size, capacity).to(device=self.values.device, dtype=self.values.dtype)
+        new.set_triples(keys, self.values[:used][keep][:capacity])
+        return new
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -439,6 +530,9 @@ class SaffuPreTrainedModel(PreTrainedModel):
         bigrams = getattr(self, "pivot_bigrams", None)
         if bigrams is not None and bigrams.bias.shape[0] != self.config.vocab_size:
             self.pivot_bigrams = bigrams.resized(self.config.vocab_size, self.config.pivot_bigram_capacity)
+        trigrams = getattr(self, "pivot_trigrams", None)
+        if trigrams is not None and trigrams.vocab_size != self.config.vocab_size:
+            self.pivot_trigrams = trigrams.resized(self.config.vocab_size, self.config.pivot_trigram_capacity)
         return embeddings
 
     @torch.no_grad()
@@ -449,11 +543,13 @@ class SaffuPreTrainedModel(PreTrainedModel):
         `config.warm_started` follows the weights: a freshly initialised layer (a model built from a config,
         or a weight missing from a checkpoint) resets it; `from_pretrained` initialises only missing weights,
         so a complete warm-started checkpoint keeps it."""
-        if isinstance(module, (nn.Embedding, nn.Linear, SaffuPivotBigrams)):
+        if isinstance(module, (nn.Embedding, nn.Linear, SaffuPivotBigrams, SaffuPivotTrigrams)):
             self.config.warm_started = False
-        if isinstance(module, SaffuPivotBigrams):  # no pairs: the channel adds nothing until the warm start
-            for tensor in (module.rows, module.columns, module.values, module.bias):
+        if isinstance(module, (SaffuPivotBigrams, SaffuPivotTrigrams)):  # empty tables until the warm start
+            for tensor in module.parameters(recurse=False):
                 init.zeros_(tensor)
+            for name, tensor in module.named_buffers(recurse=False):
+                init.constant_(tensor, self.config.vocab_size**2) if name == "histories" else init.zeros_(tensor)
         if isinstance(module, nn.Embedding):
             ranks = torch.arange(module.num_embeddings)
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
@@ -572,7 +668,7 @@ class SaffuModel(SaffuPreTrainedModel):
         new_cache = None
         if use_cache:
             seen = state.seen_tokens if state is not None else 0
-            new_cache = SaffuDecodingState(new_states, seen + length)
+            new_cache = SaffuDecodingState(new_states, seen + length, torch.where(valid[:, -1], input_ids[:, -1], -1))
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
@@ -592,6 +688,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.pivot_head = nn.Linear(config.embed_bits, config.vocab_size, bias=False) if config.pivot_head else None
         capacity = config.pivot_bigram_capacity
         self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
+        capacity = config.pivot_trigram_capacity
+        self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -640,17 +738,20 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         """Next-token logits (batch, T, vocab_size); `loss` is the mean token cross-entropy when `labels`
         are given (labels are shifted inside; -100 is ignored; see `causal_lm_loss` for labels with no
         target). `cache` (or `past_key_values`): the decoding state to continue from."""
+        state = decoding_state(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=decoding_state(cache, past_key_values),
+            cache=state,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
+        previous = previous_tokens(input_ids, attention_mask, state) if self.pivot_trigrams is not None else None
         if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.output_logits(hidden, input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids)
+            hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
+            previous = previous[:, -logits_to_keep:] if previous is not None else None
+        logits = self.output_logits(hidden, input_ids, previous)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
@@ -661,11 +762,22 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
-    def output_logits(self, hidden: torch.Tensor, pivots: torch.LongTensor) -> torch.Tensor:
+    def output_logits(
+        self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor | None = None
+    ) -> torch.Tensor:
         """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus the pivot's
-        channel."""
+        channel (and, with a trigram table, the corrections of the (previous, pivot) history; `previous`: the
+        token before each pivot, -1 where there is none)."""
         logits = self.lm_head(hidden)
-        return logits if not self.has_pivot_channel else logits + self.pivot_logits(pivots)
+        if self.has_pivot_channel:
+            logits = logits + self.pivot_logits(pivots)
+        if self.pivot_trigrams is not None:
+            if previous is None:
+                raise ValueError("a model with a trigram table needs the previous token of every position")
+            histories = torch.where(previous >= 0, previous * self.config.vocab_size + pivots, -1)
+            distinct, index = torch.unique(histories, return_inverse=True)
+            logits = logits + self.pivot_trigrams(distinct)[index]
+        return logits
 
     @property
     def has_pivot_channel(self) -> bool:
@@ -700,4 +812,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
 
-__all__ = ["SaffuPreTrainedModel", "SaffuModel", "SaffuForCausalLM", "SaffuDecodingState", "SaffuPivotBigrams"]
+__all__ = [
+    "SaffuPreTrainedModel",
+    "SaffuModel",
+    "SaffuForCausalLM",
+    "SaffuDecodingState",
+    "SaffuPivotBigrams",
+    "SaffuPivotTrigrams",
+]

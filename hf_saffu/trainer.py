@@ -232,7 +232,8 @@ class ExplicitTrainer(Trainer):
         """`Trainer.create_optimizer`, with the output layer and the pivot's channel in parameter groups of their
         own learning rates (`head_learning_rate`, `pivot_head_learning_rate`) when they are set."""
         pivot_rate = self.args.pivot_head_learning_rate
-        rates = {"lm_head.": self.args.head_learning_rate, "pivot_head.": pivot_rate, "pivot_bigrams.": pivot_rate}
+        rates = {"lm_head.": self.args.head_learning_rate}
+        rates |= dict.fromkeys(("pivot_head.", "pivot_bigrams.", "pivot_trigrams."), pivot_rate)
         rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
         if self.optimizer is None and rates:
             opt_model = self.model if model is None else model

@@ -40,7 +40,7 @@ from .bit_cipher import (
     contextual_vectors,
     frequency_ranks,
 )
-from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel
+from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_trigram_channel
 from .modeling_saffu import SaffuContextInputs, SaffuForCausalLM, SaffuLayer, banded_dot
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
@@ -56,7 +56,8 @@ class WarmStartReport:
     tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     priming_numbers: dict[str, float] = field(default_factory=dict)
-    pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram channel
+    pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram table
+    pivot_trigrams: dict[str, int] = field(default_factory=dict)  # triples seen and kept by the trigram table
 
     @property
     def total_seconds(self) -> float:
@@ -280,27 +281,62 @@ class ExplicitWarmStart:
         self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
 
-    def solve_pivot_bigrams(self) -> None:
+    def solve_pivot_bigrams(self, triples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """The pivot's bigram channel (`SaffuPivotBigrams`): pair counts n_xy of this process's shard, merged over
         the processes, the `capacity` most frequent pairs kept (ties: the smaller key), and the closed form of
-        `solve_bigram_channel` over the kept pairs."""
+        `solve_bigram_channel` over the kept pairs. Under a trigram table (`triples`: its counted keys), the
+        bigram level is the lower order of Kneser-Ney: n_xy = the continuation count, the number of distinct
+        tokens w seen before x y."""
         channel = self.model.pivot_bigrams
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
-        pairs = PairCounts(vocab_size)
-        for input_ids, _, weight in self.iterate("pivot bigrams"):
-            pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
-        keys, counts = pairs.merged(self.accelerator)
-        seen, capacity = len(keys), len(channel.columns)
-        if seen > capacity:  # the most frequent pairs: a stable sort by count, descending, over sorted keys
-            kept = torch.sort(torch.argsort(counts, descending=True, stable=True)[:capacity]).values
-            keys, counts = keys[kept], counts[kept]
+        if triples is None:
+            pairs = PairCounts(vocab_size)
+            for input_ids, _, weight in self.iterate("pivot bigrams"):
+                pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
+            keys, counts = pairs.merged(self.accelerator)
+        else:
+            keys, counts = torch.unique(triples[0] % vocab_size**2, return_counts=True)
+            counts = counts.to(torch.float64)
+        keys, counts, seen = most_frequent(keys, counts, len(channel.columns))
         self.report.pivot_bigrams = {"pairs_seen": seen, "pairs_kept": len(keys)}
         values, bias = solve_bigram_channel(
             keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
         )
         channel.set_pairs(keys.to(channel.columns.device), values, bias)
         self.timed("pivot bigrams", start)
+
+    def count_triples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (w V + x) V + y and counts of the triples of real tokens in one block, merged over the processes."""
+        vocab_size = self.config.vocab_size
+        start = time.perf_counter()
+        triples = PairCounts(vocab_size)
+        for input_ids, valid, _ in self.iterate("pivot trigrams"):
+            real = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
+            triples.add(input_ids[:, :-2][real] * vocab_size + input_ids[:, 1:-1][real], input_ids[:, 2:][real])
+        merged = triples.merged(self.accelerator)
+        self.timed("pivot trigrams", start)
+        return merged
+
+    def solve_pivot_trigrams(self, triples: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The trigram table (`SaffuPivotTrigrams`) from the counted `triples`: the `capacity` most frequent kept,
+        and the closed form of `solve_trigram_channel` over the solved bigram table's distribution P2(y | x)."""
+        vocab_size = self.config.vocab_size
+        start = time.perf_counter()
+        keys, counts = triples
+        keys, counts, seen = most_frequent(keys, counts, len(self.model.pivot_trigrams.columns))
+        self.report.pivot_trigrams = {"triples_seen": seen, "triples_kept": len(keys)}
+        lower = torch.zeros(len(keys), dtype=torch.float64)
+        pivots, nexts = (keys // vocab_size) % vocab_size, keys % vocab_size
+        distinct, index = torch.unique(pivots, return_inverse=True)
+        channel = self.model.pivot_bigrams
+        for first in range(0, len(distinct), 256):  # P2(y | x) row by row, 256 pivots at a time
+            rows = torch.softmax(channel(distinct[first : first + 256].to(channel.rows.device)).double(), -1).cpu()
+            chunk = (index >= first) & (index < first + 256)
+            lower[chunk] = rows[index[chunk] - first, nexts[chunk]]
+        values = solve_trigram_channel(keys, counts, lower, vocab_size)
+        self.model.pivot_trigrams.set_triples(keys.to(channel.rows.device), values)
+        self.timed("pivot trigrams", start)
 
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
@@ -347,8 +383,11 @@ class ExplicitWarmStart:
                 self.solve_hidden(index, list(range(len(layer.windows))), f"layer {index} hidden")
         if self.model.pivot_head is not None:
             self.solve_pivot_head()
+        triples = self.count_triples() if self.model.pivot_trigrams is not None else None
         if self.model.pivot_bigrams is not None:
-            self.solve_pivot_bigrams()
+            self.solve_pivot_bigrams(triples)
+        if triples is not None:
+            self.solve_pivot_trigrams(triples)
         if self.config.log_hidden_head:
             self.set_class_head(counts)
         else:
@@ -359,7 +398,7 @@ class ExplicitWarmStart:
 
 
 class PairCounts:
-    """Counts of (pivot, next token) pairs as sorted unique keys x V + y with float64 counts; batches are merged
+    """Counts of (history, next token) keys h V + y (h: a pivot, or a (previous, pivot) key) with float64 counts; merged
     into the running table whenever the pending keys outgrow it, so memory follows the distinct pairs."""
 
     def __init__(self, vocab_size: int):
@@ -393,6 +432,16 @@ class PairCounts:
         real = keys >= 0
         empty = PairCounts(self.vocab_size)
         return merge_counts(empty.keys, empty.counts, keys[real], counts[real])
+
+
+def most_frequent(keys, counts, capacity: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The `capacity` most frequent of the sorted keys (a stable sort by count, so ties keep the smaller key),
+    still sorted; and how many there were."""
+    seen = len(keys)
+    if seen > capacity:
+        kept = torch.sort(torch.argsort(counts, descending=True, stable=True)[:capacity]).values
+        keys, counts = keys[kept], counts[kept]
+    return keys, counts, seen
 
 
 def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, torch.Tensor]:
