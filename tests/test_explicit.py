@@ -16,6 +16,7 @@ from hf_saffu.explicit import (
     softmax_cross_entropy,
     solve_bigram_channel,
     solve_softmax,
+    solve_trigram_channel,
 )
 from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 
@@ -419,6 +420,25 @@ def test_bigram_channel_is_the_interpolated_kneser_ney_bigram(discount):
         expected = dense + alpha
     torch.testing.assert_close(torch.softmax(logits, 1), expected / expected.sum(1, keepdim=True))
     assert (values > 0).all()
+
+
+def test_trigram_channel_is_kneser_ney_over_the_lower_order():
+    """softmax(ln P2(. | x) + T[w x]) equals max(n_wxy - D, 0) + gamma_wx P2(y | x), normalised, for every seen
+    history (w, x), with any lower-order distribution P2."""
+    vocab, generator = 5, torch.Generator().manual_seed(1)
+    dense = torch.poisson(torch.rand(vocab, vocab, vocab, generator=generator) * 2, generator=generator).double()
+    lower = torch.softmax(torch.randn(vocab, vocab, generator=generator, dtype=torch.float64), 1)  # P2(y | x)
+    keys = torch.nonzero(dense.flatten()).flatten()
+    x, y = (keys // vocab) % vocab, keys % vocab
+    values = solve_trigram_channel(keys, dense.flatten()[keys], lower[x, y], vocab)
+    corrections = torch.zeros(vocab**3, dtype=torch.float64).index_put((keys,), values).view(vocab, vocab, vocab)
+    d = kneser_ney_discounts(dense[dense > 0])
+    per_entry = torch.where(dense == 0, 0.0, d[(dense.clamp(1, 3) - 1).long()])
+    expected = (dense - per_entry) + per_entry.sum(2, keepdim=True) * lower[None]
+    seen = dense.sum(2) > 0
+    got = torch.softmax(torch.log(lower)[None] + corrections, 2)
+    torch.testing.assert_close(got[seen], (expected / expected.sum(2, keepdim=True))[seen])
+    assert seen.sum() > 10 and (values > 0).all()
 
 
 def test_kneser_ney_discounts_follow_the_count_of_counts():

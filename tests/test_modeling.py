@@ -484,6 +484,31 @@ def test_pivot_bigram_table_round_trips_and_resizes(tmp_path):
     assert SaffuForCausalLM.from_pretrained(tmp_path / "resized").pivot_bigrams.bias.shape == (VOCAB + 6,)
 
 
+def test_trigram_table_adds_its_rows_by_previous_and_pivot(tmp_path):
+    """The logits of a model with a trigram table minus those of the same model without it are T[(w, x)] of each
+    position's (previous, pivot) history, zero at the first position; a saved model gives the same logits."""
+    model = tiny_model()
+    table = model.pivot_trigrams
+    ids = random_ids(3, 12)
+    with torch.no_grad():
+        full = model(ids).logits
+        model.pivot_trigrams = None
+        without = model(ids).logits
+        model.pivot_trigrams = table
+    histories = torch.repeat_interleave(table.histories[: len(table.rows) - 1], table.rows.diff())
+    dense = torch.zeros(VOCAB * VOCAB, VOCAB).index_put(
+        (histories, table.columns[: int(table.rows[-1])]), table.values.detach()[: int(table.rows[-1])]
+    )
+    expected = dense[ids[:, :-1] * VOCAB + ids[:, 1:]]
+    assert torch.allclose(full[:, 1:] - without[:, 1:], expected, atol=1e-5) and expected.abs().max() > 0.1
+    assert torch.allclose(full[:, 0], without[:, 0])
+    model.save_pretrained(tmp_path)
+    assert torch.equal(SaffuForCausalLM.from_pretrained(tmp_path).eval()(ids).logits, full)
+    before = model(ids).logits
+    model.resize_token_embeddings(VOCAB + 3)
+    assert torch.allclose(model(ids).logits[..., :VOCAB], before[..., :VOCAB], atol=1e-5)
+
+
 def test_pivot_channel_is_one_of_two_forms():
     assert tiny_config().pivot_bigrams > 0 and not tiny_config().pivot_head
     assert tiny_config(pivot_head=True).pivot_bigrams == 0  # asking for the pivot head alone gets it alone
@@ -492,6 +517,9 @@ def test_pivot_channel_is_one_of_two_forms():
         tiny_config(pivot_head=True, pivot_bigrams=10)
     with pytest.raises(ValueError, match="pivot_bigrams must be an integer >= 0"):
         tiny_config(pivot_bigrams=-1)
+    with pytest.raises(ValueError, match="pivot_trigrams needs the bigram table"):
+        tiny_config(pivot_bigrams=0, pivot_trigrams=100)
+    assert tiny_config(pivot_head=True).pivot_trigrams == 0 and tiny_config().pivot_trigram_capacity == VOCAB**3
     assert (
         isinstance(tiny_model().pivot_bigrams, SaffuPivotBigrams) and tiny_model(pivot_bigrams=0).pivot_bigrams is None
     )

@@ -6,8 +6,8 @@ of a training config (default configs/brown.yaml), timed in process CPU seconds 
 - unfrozen: the embeddings train;
 - frozen: detached embeddings, similarities recomputed every step;
 - frozen + cached: the trainer's frozen phase (`FrozenInputCache`, every block seen once before);
-- output layer alone: forward + backward of ln H O + b, the pivot head and the cross-entropy on fixed inputs;
-- the pivot head as one dense product v_t Q instead of once per distinct pivot token (the former code).
+- output layer alone: forward + backward of ln H O + b, the pivot's channel and the cross-entropy on fixed inputs;
+- with a pivot head: the head as one dense product v_t Q instead of once per distinct pivot token.
 
 Then the ten costliest operators of an unfrozen step (torch.profiler).
 
@@ -22,7 +22,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hf_saffu.modeling_saffu import FrozenInputCache
+from hf_saffu.modeling_saffu import FrozenInputCache, previous_tokens
 
 from . import harness
 
@@ -55,7 +55,8 @@ def output_layer_step(model, optimizer):
         if key not in hidden:
             with torch.no_grad():
                 hidden[key] = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-        logits = model.output_logits(hidden[key], batch["input_ids"])
+        previous = previous_tokens(batch["input_ids"], batch["attention_mask"], None)
+        logits = model.output_logits(hidden[key], batch["input_ids"], previous)
         model.causal_lm_loss(logits, batch["labels"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
