@@ -120,6 +120,8 @@ def describe_architecture(config: Any) -> str:
     pivot = " + a pivot path" if getattr(config, "pivot_head", False) else ""
     if getattr(config, "pivot_bigrams", 0):
         pivot = f" + the pivot's bigram table ({config.pivot_bigrams:,} entries)"
+    if getattr(config, "pivot_trigrams", 0):
+        pivot += f" and trigram table ({config.pivot_trigrams:,} entries)"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "
