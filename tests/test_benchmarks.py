@@ -181,6 +181,19 @@ def test_read_config_uses_the_cli_parser(corpus):
     assert recipe.vocab_size == 300 and recipe.block_size == 32 and recipe.learning_rate == 0.03
     default = harness.read_config()  # configs/brown.yaml: a valid SaffuConfig
     assert SaffuConfig(vocab_size=300, **default.model).windows == default.model["windows"]
+    assert default.frozen_fraction == 0.5  # freeze_embeddings_steps 150 of max_steps 300
+
+
+def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
+    """Backprop after the warm start uses the config's learning rates per part and its frozen phase."""
+    calls = []
+    monkeypatch.setattr(harness, "train_with_budget", lambda *args, **kwargs: calls.append((args, kwargs)))
+    recipe = harness.read_config()
+    harness.train_warm_saffu("model", "data", "budget", recipe, offset=12.5)
+    ((args, kwargs),) = calls
+    assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
+    assert kwargs["group_rates"] == {"head_learning_rate": 1e-5, "pivot_head_learning_rate": 1e-4}
+    assert kwargs["frozen_fraction"] == 0.5
 
 
 def test_missing_data_is_one_clear_line(tmp_path):

@@ -3,8 +3,9 @@
 Arms, all on one BPE and the same packed blocks: the additive bigram (alpha chosen on validation);
 interpolated modified Kneser-Ney of orders 2, 3 and 4; the SAFFU of the training config (default
 configs/brown.yaml) after the explicit warm start alone, after backprop alone, and after warm start +
-backprop; a small GPT-2 (no more parameters than the SAFFU). Every backprop arm gets the same budget of
-process CPU seconds (the warm start counts against it, evaluation does not).
+backprop (the config's learning rates per part and frozen phase); a small GPT-2 (no more parameters than the
+SAFFU). Every backprop arm gets the same budget of process CPU seconds (the warm start counts against it,
+evaluation does not).
 
     python -m training.benchmark --quick                       # a reduced run, minutes on 2 cores
     python -m training.benchmark                               # the full run (about an hour)
@@ -63,7 +64,7 @@ def run_arms(settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data) -
     backprop_lr = settings.backprop_only_learning_rate or recipe.learning_rate
     backprop = harness.train_with_budget(initial, data, budget, backprop_lr)
     results.append({"arm": "SAFFU backprop only", **backprop})
-    both = harness.train_with_budget(warm, data, budget, recipe.learning_rate, offset=ws_seconds)
+    both = harness.train_warm_saffu(warm, data, budget, recipe, offset=ws_seconds)
     results.append({"arm": "SAFFU warm start + backprop", "warm_start_cpu_seconds": ws_seconds, **both})
     torch.manual_seed(recipe.seed)
     gpt2 = harness.gpt2_model(
@@ -176,8 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         f"- data: {data_dir}, train {len(data['train'])} blocks, validation {len(data['validation'])}, test "
         f"{len(data['test'])} (blocks of {recipe.block_size} tokens, one {len(tokenizer)}-token BPE for every arm)",
-        f"- SAFFU: `{args.config.name}` model `{recipe.model}`, lr {recipe.learning_rate}, warm start on at most "
-        f"{recipe.warm_start_max_tokens} tokens",
+        f"- SAFFU: `{args.config.name}` model `{recipe.model}`; warm start on "
+        f"{recipe.warm_start_max_tokens or 'all the'} training tokens; after it, backprop as the config trains: lr "
+        f"{recipe.learning_rate}, per part {recipe.group_learning_rates()}, embeddings frozen for the first "
+        f"{recipe.frozen_fraction:.0%} of the steps",
         f"- settings: `{asdict(settings)}`; time = process CPU seconds, evaluation excluded",
         "",
         "## Results",

@@ -29,7 +29,7 @@ def run_fractions(fractions, recipe: harness.SaffuRecipe, budget: harness.Budget
         warm = copy.deepcopy(initial)
         ws = harness.warm_start_arm(warm, subset, recipe, budget)
         bp = {"arm": "SAFFU backprop only", **harness.train_with_budget(initial, subset, budget, recipe.learning_rate)}
-        wsbp = harness.train_with_budget(warm, subset, budget, recipe.learning_rate, offset=ws["cpu_seconds"])
+        wsbp = harness.train_warm_saffu(warm, subset, budget, recipe, offset=ws["cpu_seconds"])
         tokens = harness.real_tokens(subset["train"])
         for row in (ws, bp, {"arm": "SAFFU warm start + backprop", **wsbp}):
             rows.append({**row, "fraction": fraction, "train_tokens": tokens})

@@ -144,7 +144,10 @@ class SaffuRecipe:
     warm_start_batch_size: int
     seed: int
     head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
-    pivot_head_learning_rate: float | None = None  # the pivot head's (None: learning_rate)
+    pivot_head_learning_rate: float | None = None  # the pivot channel's (None: learning_rate)
+    frozen_fraction: float = (
+        0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
+    )
 
     def group_learning_rates(self) -> dict:
         return {
@@ -168,6 +171,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         seed=training_args.seed,
         head_learning_rate=training_args.head_learning_rate,
         pivot_head_learning_rate=training_args.pivot_head_learning_rate,
+        frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 
 
@@ -498,6 +502,15 @@ def train_with_budget(
         "best_point": callback.best if budget.patience is not None else None,
         **{f"{split}_perplexity": perplexity(model, dataset) for split, dataset in evaluated.items()},
     }
+
+
+def train_warm_saffu(model, data, budget: Budget, recipe: SaffuRecipe, offset: float, **kwargs) -> dict:
+    """Backprop after the warm start as the training config does it: its learning rates per part and its frozen
+    phase (the same fraction of the steps); `train_with_budget`."""
+    kwargs.setdefault("frozen_fraction", recipe.frozen_fraction)
+    return train_with_budget(
+        model, data, budget, recipe.learning_rate, offset=offset, group_rates=recipe.group_learning_rates(), **kwargs
+    )
 
 
 def warm_start_arm(model, data, recipe: SaffuRecipe, budget: Budget, name: str = "SAFFU warm start") -> dict:

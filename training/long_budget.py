@@ -113,14 +113,13 @@ def run_arm(
     scoring = {"extra_eval": extra_eval, "on_point": writer.on_point}
     if arm == "saffu-warm":
         head["warm_start"] = harness.warm_start_arm(saffu, data, recipe, budget)
-        result = harness.train_with_budget(
+        result = harness.train_warm_saffu(
             saffu,
             data,
             budget,
-            recipe.learning_rate,
-            offset=head["warm_start"]["cpu_seconds"],
+            recipe,
+            head["warm_start"]["cpu_seconds"],
             frozen_fraction=settings.frozen_fraction,
-            group_rates=recipe.group_learning_rates(),
             **scoring,
         )
     elif arm == "saffu-backprop":
