@@ -367,16 +367,16 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
-def dense_rows(
-    starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, width: int
+def add_csr_rows(
+    logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
-    """(len(starts), width) rows of a CSR table: row i holds values[starts[i] + k] at columns[starts[i] + k] for
-    k < lengths[i], zeros elsewhere (differentiable in `values`)."""
+    """logits (N, V) plus, in row i, values[starts[i] + k] at columns[starts[i] + k] for k < lengths[i] (a CSR
+    table's rows; differentiable in `logits` and `values`). Only the stored entries are touched: a batch's rows
+    hold far fewer entries than N x V."""
     owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
     first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
     entries = torch.arange(len(owners), device=starts.device) - first_of_owner
-    rows = torch.zeros(len(starts), width, dtype=values.dtype, device=values.device)
-    return rows.index_put((owners, columns[entries]), values[entries])
+    return logits.index_put((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
 class SaffuPivotBigrams(nn.Module):
@@ -402,13 +402,10 @@ class SaffuPivotBigrams(nn.Module):
         self.values = nn.Parameter(torch.zeros(capacity))
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """(len(tokens), V) logits b + S[x] of the given pivot tokens (the dense rows, built from their entries)."""
+    def forward(self, logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
+        """logits (N, V) + b + S[x_i] for the pivot tokens x (N,)."""
         starts = self.rows[tokens]
-        return (
-            dense_rows(starts, self.rows[tokens + 1] - starts, self.columns, self.values, self.bias.shape[0])
-            + self.bias
-        )
+        return add_csr_rows(logits + self.bias, starts, self.rows[tokens + 1] - starts, self.columns, self.values)
 
     @torch.no_grad()
     def set_pairs(self, keys: torch.LongTensor, values: torch.Tensor, bias: torch.Tensor) -> None:
@@ -463,13 +460,13 @@ class SaffuPivotTrigrams(nn.Module):
         self.register_buffer("columns", torch.zeros(capacity, dtype=torch.long))
         self.values = nn.Parameter(torch.zeros(capacity))
 
-    def forward(self, histories: torch.LongTensor) -> torch.Tensor:
-        """(len(histories), V) corrections T[h] of the given history keys w V + x (-1: none)."""
+    def forward(self, logits: torch.Tensor, histories: torch.LongTensor) -> torch.Tensor:
+        """logits (N, V) + T[h_i] for the history keys h = w V + x (N,; -1: none)."""
         index = torch.searchsorted(self.histories, histories).clamp_max(len(self.histories) - 1)
         found = (self.histories[index] == histories) & (histories >= 0)
         starts = torch.where(found, self.rows[index], 0)
         lengths = torch.where(found, self.rows[index + 1] - self.rows[index], 0)
-        return dense_rows(starts, lengths, self.columns, self.values, self.vocab_size)
+        return add_csr_rows(logits, starts, lengths, self.columns, self.values)
 
     @torch.no_grad()
     def set_triples(self, keys: torch.LongTensor, values: torch.Tensor) -> None:
@@ -766,36 +763,37 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor | None = None
     ) -> torch.Tensor:
         """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus the pivot's
-        channel (and, with a trigram table, the corrections of the (previous, pivot) history; `previous`: the
-        token before each pivot, -1 where there is none)."""
-        logits = self.lm_head(hidden)
-        if self.has_pivot_channel:
-            logits = logits + self.pivot_logits(pivots)
-        if self.pivot_trigrams is not None:
-            if previous is None:
-                raise ValueError("a model with a trigram table needs the previous token of every position")
-            histories = torch.where(previous >= 0, previous * self.config.vocab_size + pivots, -1)
-            distinct, index = torch.unique(histories, return_inverse=True)
-            logits = logits + self.pivot_trigrams(distinct)[index]
-        return logits
+        channel (`pivot_logits`)."""
+        return self.pivot_logits(pivots, previous, self.lm_head(hidden))
 
     @property
     def has_pivot_channel(self) -> bool:
         return self.pivot_head is not None or self.pivot_bigrams is not None
 
-    def pivot_logits(self, pivots: torch.LongTensor) -> torch.Tensor:
-        """The pivot channel's logits (v_t Q, or b + S[x_t]) for every position, computed once per distinct pivot
-        token u and gathered: (logits of u)[index of x_t in u].
+    def pivot_logits(
+        self, pivots: torch.LongTensor, previous: torch.LongTensor | None = None, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`logits` (default zeros, shape pivots.shape + (V,)) plus the pivot's channel: v_t Q, or b + S[x_t] and,
+        with a trigram table, T[(x_{t-1}, x_t)] (`previous`: the token before each pivot, -1 where there is none).
 
-        A batch of N positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks),
-        and the V-wide rows are the costliest part of the step after the output layer; the result is the same,
-        row for row."""
-        distinct, index = torch.unique(pivots, return_inverse=True)
+        v_t Q is computed once per distinct pivot token u and gathered, (E[u] Q)[index of x_t in u]: a batch of N
+        positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks). The tables
+        add only their stored entries to the logits. Both give the dense result, row for row."""
+        vocab_size = self.config.vocab_size
+        if logits is None:
+            logits = torch.zeros(*pivots.shape, vocab_size, device=pivots.device, dtype=self.lm_head.weight.dtype)
         if self.pivot_head is not None:
-            logits = self.pivot_head(self.model.input_vectors(distinct))
-        else:
-            logits = self.pivot_bigrams(distinct)
-        return logits[index]
+            distinct, index = torch.unique(pivots, return_inverse=True)
+            return logits + self.pivot_head(self.model.input_vectors(distinct))[index]
+        if self.pivot_bigrams is None:
+            return logits
+        flat = self.pivot_bigrams(logits.reshape(-1, vocab_size), pivots.reshape(-1))
+        if self.pivot_trigrams is not None:
+            if previous is None:
+                raise ValueError("a model with a trigram table needs the previous token of every position")
+            histories = torch.where(previous >= 0, previous * vocab_size + pivots, -1)
+            flat = self.pivot_trigrams(flat, histories.reshape(-1))
+        return flat.view(logits.shape)
 
     def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
         """Summed next-token cross-entropy / number of targets (`num_items_in_batch` when Trainer gives it).

@@ -331,7 +331,9 @@ class ExplicitWarmStart:
         distinct, index = torch.unique(pivots, return_inverse=True)
         channel = self.model.pivot_bigrams
         for first in range(0, len(distinct), 256):  # P2(y | x) row by row, 256 pivots at a time
-            rows = torch.softmax(channel(distinct[first : first + 256].to(channel.rows.device)).double(), -1).cpu()
+            tokens = distinct[first : first + 256].to(channel.rows.device)
+            zeros = torch.zeros(len(tokens), vocab_size, dtype=channel.values.dtype, device=tokens.device)
+            rows = torch.softmax(channel(zeros, tokens).double(), -1).cpu()
             chunk = (index >= first) & (index < first + 256)
             lower[chunk] = rows[index[chunk] - first, nexts[chunk]]
         values = solve_trigram_channel(keys, counts, lower, vocab_size)
