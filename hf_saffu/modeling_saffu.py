@@ -367,16 +367,16 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
-def add_csr_rows(
+def add_csr_rows_(
     logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
-    """logits (N, V) plus, in row i, values[starts[i] + k] at columns[starts[i] + k] for k < lengths[i] (a CSR
-    table's rows; differentiable in `logits` and `values`). Only the stored entries are touched: a batch's rows
-    hold far fewer entries than N x V."""
+    """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
+    lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
+    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made."""
     owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
     first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
     entries = torch.arange(len(owners), device=starts.device) - first_of_owner
-    return logits.index_put((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
+    return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
 class SaffuPivotBigrams(nn.Module):
@@ -405,7 +405,7 @@ class SaffuPivotBigrams(nn.Module):
     def forward(self, logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
         """logits (N, V) + b + S[x_i] for the pivot tokens x (N,)."""
         starts = self.rows[tokens]
-        return add_csr_rows(logits + self.bias, starts, self.rows[tokens + 1] - starts, self.columns, self.values)
+        return add_csr_rows_(logits + self.bias, starts, self.rows[tokens + 1] - starts, self.columns, self.values)
 
     @torch.no_grad()
     def set_pairs(self, keys: torch.LongTensor, values: torch.Tensor, bias: torch.Tensor) -> None:
@@ -461,12 +461,12 @@ class SaffuPivotTrigrams(nn.Module):
         self.values = nn.Parameter(torch.zeros(capacity))
 
     def forward(self, logits: torch.Tensor, histories: torch.LongTensor) -> torch.Tensor:
-        """logits (N, V) + T[h_i] for the history keys h = w V + x (N,; -1: none)."""
+        """logits (N, V) + T[h_i] for the history keys h = w V + x (N,; -1: none), added in place."""
         index = torch.searchsorted(self.histories, histories).clamp_max(len(self.histories) - 1)
         found = (self.histories[index] == histories) & (histories >= 0)
         starts = torch.where(found, self.rows[index], 0)
         lengths = torch.where(found, self.rows[index + 1] - self.rows[index], 0)
-        return add_csr_rows(logits, starts, lengths, self.columns, self.values)
+        return add_csr_rows_(logits, starts, lengths, self.columns, self.values)
 
     @torch.no_grad()
     def set_triples(self, keys: torch.LongTensor, values: torch.Tensor) -> None:
