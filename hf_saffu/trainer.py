@@ -165,17 +165,24 @@ class WarmStartLog(TrainerCallback):
         state.log_history[:0] = self.entries
 
 
-def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """The checkpoint to resume from: a path as given, or for True (or "true", as the command line gives it)
-    the last checkpoint-N in output_dir; None for a new run (None, False, "false")."""
+def resume_request(resume_from_checkpoint: str | bool | None) -> str | bool | None:
+    """`resume_from_checkpoint` as the command line or Python gives it: None for a new run (None, False,
+    "false"), True for the last checkpoint (True, "true"), else the path as given."""
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "false"):
         resume_from_checkpoint = resume_from_checkpoint.lower() == "true"
+    return resume_from_checkpoint or None
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint to resume from (`resume_request`): a path as given, or the last checkpoint-N in
+    output_dir for True; None for a new run."""
+    resume_from_checkpoint = resume_request(resume_from_checkpoint)
     if resume_from_checkpoint is True:
         last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
         if last is None:
             raise ValueError(f"resume_from_checkpoint=true, but output_dir {output_dir} holds no checkpoint-N folder")
         return last
-    return resume_from_checkpoint or None
+    return resume_from_checkpoint
 
 
 def checkpoint_warm_started(checkpoint: str) -> bool:
@@ -437,7 +444,7 @@ class ExplicitTrainer(Trainer):
 def check_output_dir(args: ExplicitTrainingArguments, resume_from_checkpoint) -> None:
     """A new run (not resuming, no `overwrite_output_dir`) must not replace a previous run's model or rotate
     away its checkpoints: a FileExistsError naming them."""
-    if resume_from_checkpoint or args.overwrite_output_dir:
+    if resume_request(resume_from_checkpoint) is not None or args.overwrite_output_dir:
         return
     previous = previous_run_files(Path(args.output_dir))
     if previous:

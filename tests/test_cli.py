@@ -1,6 +1,7 @@
 """The `hf-saffu` command line: one module per command under hf_saffu/commands, cli.py only dispatches."""
 
 import pytest
+import torch
 
 from hf_saffu.cli import build_parser
 from hf_saffu.cli import main as cli_main
@@ -44,3 +45,34 @@ def test_the_shipped_configs_parse_into_valid_arguments(name, tmp_path):
     if name == "brown.yaml":  # the rates and schedule chosen from the probes (docs/DESIGN.md)
         assert (training_args.head_learning_rate, training_args.pivot_head_learning_rate) == (1e-5, 1e-4)
         assert 0 < training_args.freeze_embeddings_steps < training_args.max_steps
+
+
+def test_train_resumes_from_the_command_line(tmp_path, capsys):
+    """`--resume_from_checkpoint true` continues the last checkpoint (no second warm start) and saves a model
+    flagged warm_started; `--resume_from_checkpoint false` is a new run, refused in a used output_dir."""
+    import json
+
+    words = "the cat sat on a mat and dog ran to his red hat".split()
+    generator = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (9,), generator=generator)) for _ in range(120)]
+    train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
+    train.write_text("\n".join(lines[:100]) + "\n")
+    validation.write_text("\n".join(lines[100:]) + "\n")
+    run = tmp_path / "run"
+    flags = [
+        *("train", "--train_files", str(train), "--tokenizer_vocab_size", "300", "--block_size", "24"),
+        *("--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4", "--output_dir", str(run)),
+        *("--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps", "--save_steps", "2"),
+        *("--per_device_train_batch_size", "4", "--validation_files", str(validation)),
+    ]
+    cli_main([*flags, "--max_steps", "2"])
+    assert (run / "checkpoint-2").is_dir()
+    with pytest.raises(SystemExit) as refused:
+        cli_main([*flags, "--max_steps", "4", "--resume_from_checkpoint", "false"])
+    assert refused.value.code == 2 and "holds a previous run (checkpoint-2" in capsys.readouterr().err
+    cli_main([*flags, "--max_steps", "4", "--resume_from_checkpoint", "true"])
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["warm_start_seconds"] is None  # resumed: the warm start did not run again
+    assert json.loads((run / "config.json").read_text())["warm_started"] is True

@@ -348,12 +348,26 @@ def test_trust_remote_code_without_the_package(tmp_path):
         # float64: equal up to BLAS summation order (the kernel can depend on where the weights sit in memory)
         logits = model(reference["ids"]).logits
         assert torch.allclose(logits, reference["logits"], rtol=0, atol=1e-10), "logits differ"
-        prompt = reference["ids"][:1, :5]
-        out = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id={PAD},
-                             output_logits=True, return_dict_in_generate=True)
-        for end, cached in enumerate(out.logits, start=prompt.shape[1]):
-            full = model(out.sequences[:, :end], use_cache=False).logits[:, -1].float()
-            assert torch.allclose(cached, full, atol=1e-5), f"cached generation differs at length {{end}}"
+        def check(prompt, mask=None, **kwargs):
+            out = model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id={PAD},
+                                 output_logits=True, return_dict_in_generate=True, **kwargs)
+            for end, cached in enumerate(out.logits, start=prompt.shape[1]):
+                full_mask = None if mask is None else torch.cat(
+                    [mask, mask.new_ones(len(mask), end - prompt.shape[1])], 1)
+                full = model(out.sequences[:, :end], attention_mask=full_mask, use_cache=False).logits[:, -1]
+                assert torch.allclose(cached, full.float(), atol=1e-5), f"{{kwargs}}: differs at length {{end}}"
+
+        ids = reference["ids"]
+        check(ids[:1, :5], do_sample=False)
+        torch.manual_seed(0)
+        check(ids[:, :5], do_sample=True, top_k=0)
+        left_padded = torch.cat([torch.full((1, 3), {PAD}), ids[1:, :4]], 1)
+        check(torch.cat([ids[:1, :7], left_padded]), torch.tensor([[1] * 7, [0] * 3 + [1] * 4]), do_sample=False)
+        beams = dict(max_new_tokens=6, num_beams=3, num_return_sequences=3, do_sample=False, pad_token_id={PAD},
+                     output_scores=True, return_dict_in_generate=True)
+        cached, full = (model.generate(ids[:1, :5], use_cache=use, **beams) for use in (True, False))
+        assert torch.equal(cached.sequences, full.sequences), "beam search: sequences differ"
+        assert torch.allclose(cached.sequences_scores, full.sequences_scores, atol=1e-5), "beam scores differ"
         print("remote code ok", type(model).__module__)
         """
     )
@@ -536,3 +550,17 @@ def test_frozen_input_cache_stops_storing_at_its_memory_bound():
     for _ in range(2):  # the second pass reads three rows from the cache and recomputes the fourth
         assert torch.allclose(model(ids).logits, expected, atol=1e-6)
         assert len(model.model.frozen_inputs) == 3 and model.model.frozen_inputs.nbytes == 3 * row_bytes
+
+
+@pytest.mark.parametrize("form", ["paper form", "tables"])
+def test_forward_compiles_as_one_graph_with_the_same_logits(form):
+    """torch.compile traces the whole forward (the input checks read no value back to the host). The tables' add
+    has a data-dependent size: it is one graph when dynamo captures such sizes (otherwise it breaks there)."""
+    model = tiny_model(**(SaffuConfig.PAPER_FORM if form == "paper form" else {}))
+    ids = random_ids(2, 9)
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=form == "tables"):
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(ids, labels=ids)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        assert torch.equal(compiled(ids, labels=ids).logits, model(ids, labels=ids).logits)
