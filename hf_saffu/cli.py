@@ -17,7 +17,7 @@ import sys
 from importlib import import_module
 
 from .commands import COMMANDS
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, raise_usage_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,11 +40,16 @@ def report_user_error(command: str, error: BaseException) -> None:
     raise SystemExit(2)
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """An ArgumentParser (and sub-parsers) whose errors are one line (`UsageError`), not the usage and exit."""
+
+    def error(self, message: str):
+        raise_usage_error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`hf-saffu` with one sub-parser per module of hf_saffu.commands; `args.run` is that module's `main`."""
-    parser = argparse.ArgumentParser(
-        prog="hf-saffu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = CommandLineParser(prog="hf-saffu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (first argument)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:

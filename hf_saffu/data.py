@@ -53,6 +53,12 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for datasets.map"})
 
     def __post_init__(self):
+        self.dataset_name = self.dataset_name or None  # `--dataset_name ''` clears a config's dataset
+        if self.dataset_name is not None and (self.train_files or self.validation_files or self.test_files):
+            raise ValueError(
+                f"DataArguments: dataset_name ({self.dataset_name!r}) and local files (train_files, validation_files, "
+                "test_files) are both set; give one source (--dataset_name '' clears a config's dataset_name)"
+            )
         if self.dataset_name is None and not self.train_files:
             raise ValueError(f"DataArguments: give dataset_name (e.g. '{BUILTIN_CORPUS}') or train_files")
         if self.block_size < 2:

@@ -14,6 +14,15 @@ class NonFiniteError(ValueError):
     """A model's weights (or a run's loss) hold NaN or infinity: nothing about it may be saved or reported."""
 
 
+class UsageError(ValueError):
+    """A command-line flag or argument argparse could not read."""
+
+
+def raise_usage_error(message: str):
+    """An `ArgumentParser.error` that raises `UsageError` (reported as one line) instead of printing the usage."""
+    raise UsageError(f"{message} (see --help)")
+
+
 # What a user can cause by bad input: ValueError (bad values, NonFiniteError), OSError (missing or unreadable
 # files, HfHubHTTPError), httpx2.HTTPError (an unreachable Hub endpoint).
 USER_ERRORS = (ValueError, OSError, httpx2.HTTPError)

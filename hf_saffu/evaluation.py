@@ -302,6 +302,10 @@ def packed_perplexity(
     if n_tokens == 0:
         raise ValueError("perplexity needs at least one predicted token; the texts are (nearly) empty")
     loss = (nll_sum / n_tokens).item()
+    if math.isnan(loss):
+        raise ValueError(
+            "the model's log-probabilities on these texts are NaN: its logits overflow (weights too large)"
+        )
     return {
         "perplexity": perplexity_from_loss(loss),
         "loss": loss,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -95,7 +96,10 @@ def push_model_dir(
     if revision is not None and (not revision.strip() or _COMMIT_SHA_RE.match(revision)):
         raise PushError(f"--revision must name a branch, got {revision!r}")
     api = HfApi()
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except httpx2.TransportError as error:  # no connection at all: say where it tried
+        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with folder_with_card(path, repo_id) as folder:

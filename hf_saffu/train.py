@@ -6,10 +6,13 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 """
 
 import json
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import httpx2
 import yaml
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
@@ -26,7 +29,7 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
-from .errors import check_finite
+from .errors import check_finite, raise_usage_error
 from .generation import sample_text
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
@@ -110,6 +113,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4, with no dot, as a string.
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"
+    ),
+    list("-+0123456789."),
+)
+
+
 def yaml_to_flags(config: dict) -> list[str]:
     """{"windows": [2, 8], "warm_start": true} -> ["--windows", "2", "8", "--warm_start", "true"]."""
     flags = []
@@ -121,12 +134,25 @@ def yaml_to_flags(config: dict) -> list[str]:
     return flags
 
 
+def check_yaml_numbers(parser: HfArgumentParser, config: dict, path: Path) -> None:
+    """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean):
+    flags are strings, so after `yaml_to_flags` the parser could no longer tell."""
+    types = {action.dest: action.type for action in parser._actions}
+    for key, value in config.items():
+        if types.get(key) not in (int, float):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
+                raise ValueError(f"{path}: {key} must hold numbers, got {item!r}")
+
+
 def argument_parser() -> HfArgumentParser:
     """The parser of the job's flags: the fields of the three argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataArguments, ExplicitTrainingArguments))
     for action in parser._actions:  # a list flag may be empty: YAML `windows: []` is `--windows` alone
         if action.nargs == "+":
             action.nargs = "*"
+    parser.error = raise_usage_error  # one line, not argparse's usage and exit
     return parser
 
 
@@ -144,8 +170,21 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             raise ValueError(f"{path}: {error}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
-        flags = yaml_to_flags(config) + argv[1:]
+        check_yaml_numbers(parser, config, path)
+        flags = yaml_to_flags(without_replaced_source(config, argv[1:])) + argv[1:]
     return parser.parse_args_into_dataclasses(args=flags)
+
+
+# The data source: a dataset (name and configuration) or local files. A flag naming one replaces a config's other.
+DATASET_KEYS, FILE_KEYS = ("dataset_name", "dataset_config"), ("train_files", "validation_files", "test_files")
+
+
+def without_replaced_source(config: dict, flags: list[str]) -> dict:
+    """The YAML `config` without its data source when the command-line `flags` name the other kind:
+    `hf-saffu train configs/shakespeare.yaml --train_files my.txt` trains on my.txt."""
+    given = {flag.removeprefix("--").split("=", 1)[0] for flag in flags if flag.startswith("--")}
+    replaced = FILE_KEYS if given & {"dataset_name"} else DATASET_KEYS if given & {"train_files"} else ()
+    return {key: value for key, value in config.items() if key not in replaced}
 
 
 def check_pretrained_source(name: str, value: str | None) -> None:
@@ -164,15 +203,27 @@ def check_pretrained_source(name: str, value: str | None) -> None:
         raise FileNotFoundError(f"{name} {value} does not exist (its folder {path.parent} does)")
 
 
+@contextmanager
+def naming_the_source(name: str, value: str):
+    """An OSError of loading `value` (a local folder or a Hub repo id) names the argument it came from."""
+    try:
+        yield
+    except (OSError, httpx2.HTTPError) as error:
+        where = "a local folder" if Path(value).is_dir() else "not a local folder; as a Hub repo id"
+        raise OSError(f"{name} {value} ({where}) could not be loaded: {error}") from error
+
+
 def build_tokenizer(data_args: DataArguments, raw):
     if data_args.tokenizer_name_or_path:
-        return AutoTokenizer.from_pretrained(data_args.tokenizer_name_or_path)
+        with naming_the_source("tokenizer_name_or_path", data_args.tokenizer_name_or_path):
+            return AutoTokenizer.from_pretrained(data_args.tokenizer_name_or_path)
     return train_tokenizer(text_batches(raw["train"], data_args.text_column), data_args.tokenizer_vocab_size)
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     if model_args.model_name_or_path:
-        model = SaffuForCausalLM.from_pretrained(model_args.model_name_or_path)
+        with naming_the_source("model_name_or_path", model_args.model_name_or_path):
+            model = SaffuForCausalLM.from_pretrained(model_args.model_name_or_path)
         if model.config.vocab_size != len(tokenizer):
             raise ValueError(
                 f"{model_args.model_name_or_path} has vocab_size={model.config.vocab_size} but the tokenizer has "

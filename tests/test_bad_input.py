@@ -125,6 +125,18 @@ def test_push_refuses_nan_weights_and_sends_nothing(hub, saffu_dir, capsys, monk
     assert hub.state.requests == [] and hub.repo_ids() == []
 
 
+def test_evaluate_refuses_finite_weights_whose_logits_overflow(saffu_dir, tmp_path, capsys):
+    weights = saffu_dir / "model.safetensors"
+    tensors = load_file(weights)
+    signs = torch.where(torch.arange(tensors["lm_head.weight"].numel()) % 2 == 0, 1.0, -1.0)
+    tensors["lm_head.weight"] = 3e38 * signs.view_as(tensors["lm_head.weight"])  # finite; logits are not
+    save_file(tensors, weights, metadata={"format": "pt"})
+    data, report = text_file(tmp_path / "eval.txt", 4), tmp_path / "report.json"
+    err = run_cli(["evaluate", str(saffu_dir), "--data", data, "--output", str(report)], capsys)
+    assert "log-probabilities on these texts are NaN" in err
+    assert not report.exists()
+
+
 # -- evaluation never loses a model -----------------------------------------------------------------------------
 
 
@@ -470,9 +482,67 @@ def test_cli_bad_flag_and_bad_config_are_one_line(tmp_path, capsys):
 def test_cli_unreachable_hub_is_one_line(saffu_dir, capsys, monkeypatch):
     monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint="http://127.0.0.1:9", token="hf_test"))
     err = run_cli(["push", str(saffu_dir), "tester/unreachable"], capsys)
-    assert err.startswith("hf-saffu push: error:") and "connect" in err.lower()
+    assert err.startswith("hf-saffu push: error: cannot reach the Hub at http://127.0.0.1:9:")
+    assert "connect" in err.lower()
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match="model directory"):
         cli_main(["--debug", "generate", str(tmp_path / "absent")])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--train_files", "t.txt", "--learning_rate", "abc"], "--learning-rate: invalid float value: 'abc'"),
+        (["train", "--train_files", "t.txt", "--windows", "1.5"], "--windows: invalid int value: '1.5'"),
+        (["evaluate", "m", "--bogus"], "unrecognized arguments: --bogus"),
+        (["generate"], "the following arguments are required: model_dir"),
+    ],
+)
+def test_cli_flag_errors_are_one_line(argv, message, capsys):
+    assert message in run_cli(argv, capsys)
+
+
+def test_cli_nothing_to_evaluate_is_one_line(saffu_dir, capsys):
+    assert "nothing to evaluate: give --data" in run_cli(["evaluate", str(saffu_dir)], capsys)
+
+
+def test_a_dataset_and_files_together_are_refused_and_a_flag_replaces_the_configs_source(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset_name \('shakespeare'\) and local files"):
+        DataArguments(dataset_name="shakespeare", train_files=["t.txt"])
+    assert DataArguments(dataset_name="", train_files=["t.txt"]).dataset_name is None
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset_name: shakespeare\noutput_dir: o\n")
+    _, data_args, _ = parse_arguments([str(config), "--train_files", "t.txt"])
+    assert (data_args.dataset_name, data_args.train_files) == (None, ["t.txt"])
+    config.write_text("train_files: [t.txt]\nvalidation_files: [v.txt]\noutput_dir: o\n")
+    _, data_args, _ = parse_arguments([str(config), "--dataset_name", "shakespeare"])
+    assert (data_args.dataset_name, data_args.train_files, data_args.validation_files) == ("shakespeare", None, None)
+
+
+def test_a_tokenizer_neither_local_nor_on_the_hub_names_the_field(tmp_path, monkeypatch):
+    """A relative path whose folder does not exist is a valid Hub repo id; it is looked up (here offline), and
+    the failure names the field and the value."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    model_args, data_args, training_args = job_arguments(tmp_path)
+    data_args.tokenizer_name_or_path = "outputs/tok"
+    with pytest.raises(OSError, match=r"tokenizer_name_or_path outputs/tok \(not a local folder; as a Hub repo id\)"):
+        run_training(model_args, data_args, training_args)
+
+
+@pytest.mark.parametrize("value", ['["4"]', "[true]", '"0.1"'])
+def test_yaml_numbers_must_be_numbers(tmp_path, value):
+    key = "learning_rate" if value == '"0.1"' else "windows"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"train_files: [t.txt]\noutput_dir: o\n{key}: {value}\n")
+    with pytest.raises(ValueError, match=rf"c.yaml: {key} must hold numbers, got"):
+        parse_arguments([str(config)])
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train_files: [t.txt]\noutput_dir: o\nlearning_rate: 1e-4\n")  # YAML 1.1 reads a string
+    assert parse_arguments([str(config)])[2].learning_rate == 1e-4

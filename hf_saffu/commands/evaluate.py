@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> None:
     """Print a perplexity line and/or the minimal-pair table, and write everything to ``--output`` as JSON
     when given."""
     if args.minimal_pairs is None and not args.data:
-        raise SystemExit("hf-saffu evaluate: nothing to evaluate; give --minimal-pairs PATH and/or --data FILE ...")
+        raise ValueError("nothing to evaluate: give --data FILE ... and/or --minimal-pairs PATH")
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.trust_remote_code)
     model.to(args.device)
     results: dict[str, dict] = {}
