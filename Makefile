@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/hf-saffu train configs/shakespeare.yaml
 
 test: setup
+	$(BIN)/python -c "import torch, transformers, accelerate, datasets, huggingface_hub as h; print('testing with torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'huggingface_hub', h.__version__)"
 	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: setup
