@@ -1,4 +1,4 @@
-"""CoGO experiment: closed-form global optimizers vs. what gradient descent finds (SAFFU.md §6).
+"""CoGO experiment: closed-form global optimizers vs. what gradient descent finds (docs/DESIGN.md, section 7).
 
 1. Constructions: every kind of `hf_saffu.cogo.construct` for each d in --construction-moduli,
    loaded into `CoGOForModularAddition` in float64; loss and accuracy on all d² pairs, node

@@ -1,4 +1,4 @@
-"""Explicit softmax classifiers on digits: the explicit-solution claims (SAFFU.md section 1) measured.
+"""Explicit softmax classifiers on digits: the explicit-solution claims (docs/DESIGN.md, section 1) measured.
 
 Datasets: scikit-learn's bundled 8x8 digits (always available offline) and MNIST through `datasets` when the
 Hugging Face Hub is reachable (otherwise a message and a skip). Features are non-negative pixel intensities in
@@ -539,7 +539,7 @@ def claim_targets(results: list[Results]) -> list[dict]:
 def report_lines(results: list[Results], settings: dict[str, Settings], notes: list[str]) -> list[str]:
     hidden_sizes = sorted({s.hidden_size for s in settings.values()})
     return [
-        "The explicit solution is `hf_saffu.explicit.solve_softmax` (SAFFU.md section 1) through",
+        "The explicit solution is `hf_saffu.explicit.solve_softmax` (docs/DESIGN.md, section 1) through",
         "`hf_saffu.explicit_classifier`. Gradient descent is full-batch, float64, on the mean training",
         "cross-entropy, without regularisation. CE is in nats; KL is the mean over test images of the divergence",
         "between the test predictions of the gradient-descent network and those of the explicit single layer.",
