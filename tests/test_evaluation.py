@@ -311,8 +311,9 @@ def test_cli_evaluate_command(saved_dirs, tmp_path, capsys):
     assert written["minimal_pairs"]["n_pairs"] == 6
     printed = capsys.readouterr().out
     assert "OVERALL" in printed and f"perplexity {expected['perplexity']:.4f}" in printed
-    with pytest.raises(SystemExit, match="nothing to evaluate"):
+    with pytest.raises(SystemExit) as nothing:
         cli_main(["evaluate", model_dir])
+    assert nothing.value.code == 2 and "nothing to evaluate" in capsys.readouterr().err
 
 
 def test_packed_perplexity_scores_documents_packed_into_blocks(tokenizer):
