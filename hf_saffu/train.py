@@ -182,7 +182,7 @@ DATASET_KEYS, FILE_KEYS = ("dataset_name", "dataset_config"), ("train_files", "v
 def without_replaced_source(config: dict, flags: list[str]) -> dict:
     """The YAML `config` without its data source when the command-line `flags` name the other kind:
     `hf-saffu train configs/shakespeare.yaml --train_files my.txt` trains on my.txt."""
-    given = {flag.removeprefix("--").split("=", 1)[0] for flag in flags if flag.startswith("--")}
+    given = {flag.removeprefix("--").split("=", 1)[0].replace("-", "_") for flag in flags if flag.startswith("--")}
     replaced = FILE_KEYS if given & {"dataset_name"} else DATASET_KEYS if given & {"train_files"} else ()
     return {key: value for key, value in config.items() if key not in replaced}
 

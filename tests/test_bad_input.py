@@ -517,7 +517,7 @@ def test_a_dataset_and_files_together_are_refused_and_a_flag_replaces_the_config
     _, data_args, _ = parse_arguments([str(config), "--train_files", "t.txt"])
     assert (data_args.dataset_name, data_args.train_files) == (None, ["t.txt"])
     config.write_text("train_files: [t.txt]\nvalidation_files: [v.txt]\noutput_dir: o\n")
-    _, data_args, _ = parse_arguments([str(config), "--dataset_name", "shakespeare"])
+    _, data_args, _ = parse_arguments([str(config), "--dataset-name", "shakespeare"])
     assert (data_args.dataset_name, data_args.train_files, data_args.validation_files) == ("shakespeare", None, None)
 
 
