@@ -11,6 +11,19 @@ from hf_saffu import ExplicitTrainingArguments, SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import pack_documents
 from hf_saffu.model_card import describe_architecture, write_model_card
 
+# -- text: short documents of a few words, one a line ----------------------------------------------
+
+WORDS = "the cat sat on a mat and dog ran in park with sun".split()
+
+
+def text_file(path: Path, lines: int = 60, seed: int = 0) -> str:
+    """`lines` short documents of WORDS, one a line."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (8,), generator=generator)) for _ in range(lines)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
 # -- token-id data: a sparse Markov chain packed into blocks ----------------------------------------
 
 VOCAB = 40

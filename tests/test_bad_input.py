@@ -17,7 +17,16 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from factories import EOS, VOCAB, build_tokenizer, packed_dataset, saffu_config, save_saffu, training_arguments
+from factories import (
+    EOS,
+    VOCAB,
+    build_tokenizer,
+    packed_dataset,
+    saffu_config,
+    save_saffu,
+    text_file,
+    training_arguments,
+)
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
@@ -31,18 +40,9 @@ from hf_saffu.train import ModelArguments, parse_arguments, run_training
 from hf_saffu.trainer import ExplicitTrainer
 
 HERE = Path(__file__).parent
-WORDS = "the cat sat on a mat and dog ran in park with sun".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def text_file(path: Path, lines: int = 60, seed: int = 0) -> str:
-    """`lines` short documents of WORDS, one a line."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (8,), generator=generator)) for _ in range(lines)]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return str(path)
 
 
 def job_arguments(tmp_path: Path, architecture: dict | None = None, **training):

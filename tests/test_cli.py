@@ -1,7 +1,9 @@
 """The `hf-saffu` command line: one module per command under hf_saffu/commands, cli.py only dispatches."""
 
+import json
+
 import pytest
-import torch
+from factories import text_file
 
 from hf_saffu.cli import build_parser
 from hf_saffu.cli import main as cli_main
@@ -50,20 +52,13 @@ def test_the_shipped_configs_parse_into_valid_arguments(name, tmp_path):
 def test_train_resumes_from_the_command_line(tmp_path, capsys):
     """`--resume_from_checkpoint true` continues the last checkpoint (no second warm start) and saves a model
     flagged warm_started; `--resume_from_checkpoint false` is a new run, refused in a used output_dir."""
-    import json
-
-    words = "the cat sat on a mat and dog ran to his red hat".split()
-    generator = torch.Generator().manual_seed(0)
-    lines = [" ".join(words[i] for i in torch.randint(len(words), (9,), generator=generator)) for _ in range(120)]
-    train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
-    train.write_text("\n".join(lines[:100]) + "\n")
-    validation.write_text("\n".join(lines[100:]) + "\n")
+    train, validation = text_file(tmp_path / "train.txt", 100), text_file(tmp_path / "validation.txt", 20, seed=1)
     run = tmp_path / "run"
     flags = [
-        *("train", "--train_files", str(train), "--tokenizer_vocab_size", "300", "--block_size", "24"),
+        *("train", "--train_files", train, "--tokenizer_vocab_size", "300", "--block_size", "24"),
         *("--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4", "--output_dir", str(run)),
         *("--report_to", "none", "--use_cpu", "true", "--save_strategy", "steps", "--save_steps", "2"),
-        *("--per_device_train_batch_size", "4", "--validation_files", str(validation)),
+        *("--per_device_train_batch_size", "4", "--validation_files", validation),
     ]
     cli_main([*flags, "--max_steps", "2"])
     assert (run / "checkpoint-2").is_dir()
