@@ -6,8 +6,9 @@
 Importing the package registers the SAFFU classes with the Auto classes, and marks them for
 `register_for_auto_class` so `save_pretrained` writes an `auto_map` and copies the self-contained
 modeling code (loadable with `trust_remote_code=True` where hf_saffu is not installed). It registers
-nothing else: the CoGO models (`hf_saffu.cogo`, which registers "cogo" with the Auto classes when it is
-imported) and the explicit classifiers (`hf_saffu.explicit_classifier`) are opt-in subpackages.
+nothing else and re-exports nothing from `hf_saffu.experimental` (research code outside the stability
+promise: the CoGO models, which register "cogo" with the Auto classes when `hf_saffu.experimental.cogo` is
+imported, and the explicit classifiers in `hf_saffu.experimental.explicit_classifier`).
 `ExplicitTrainer`, `ExplicitTrainingArguments` and `explicit_warm_start` are imported on first use.
 """
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from hf_saffu.cogo import (
+from hf_saffu.experimental.cogo import (
     CONSTRUCTION_KINDS,
     CoGOConfig,
     CoGOForModularAddition,
@@ -23,9 +23,9 @@ from hf_saffu.cogo import (
     to_fourier,
     to_weights,
 )
-from hf_saffu.cogo.analysis import read_network, summarize_readings
-from hf_saffu.cogo.building_blocks import nu_block, nu_i_block, syn_block, xi_block
-from hf_saffu.cogo.constructions import mixture, order6_block
+from hf_saffu.experimental.cogo.analysis import read_network, summarize_readings
+from hf_saffu.experimental.cogo.building_blocks import nu_block, nu_i_block, syn_block, xi_block
+from hf_saffu.experimental.cogo.constructions import mixture, order6_block
 
 
 def random_weights(modulus: int, num_nodes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_saffu.experimental.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 from hf_saffu.explicit import (
     Cooccurrence,
     ExplicitStatisticsError,
@@ -18,7 +19,6 @@ from hf_saffu.explicit import (
     solve_softmax,
     solve_trigram_channel,
 )
-from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 
 # --- synthetic problems -------------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from hf_saffu import (
 print(json.dumps({
     "cogo_registered": "cogo" in CONFIG_MAPPING,
     "saffu_registered": "saffu" in CONFIG_MAPPING,
-    "modules": sorted(m for m in sys.modules if m.startswith("hf_saffu.cogo") or m == "hf_saffu.explicit_classifier"),
+    "modules": sorted(m for m in sys.modules if m.startswith("hf_saffu.experimental")),
     "trainer": ExplicitTrainer.__module__,
     "all": sorted(hf_saffu.__all__),
 }))
@@ -56,7 +56,7 @@ def test_import_registers_saffu_only_and_exports_the_api():
 
 def test_cogo_registers_its_auto_classes_when_imported():
     probe = run_probe(
-        "import json, hf_saffu.cogo\n"
+        "import json, hf_saffu.experimental.cogo\n"
         "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
         "print(json.dumps({'cogo': 'cogo' in CONFIG_MAPPING}))"
     )

@@ -1,11 +1,11 @@
 """CoGO experiment: closed-form global optimizers vs. what gradient descent finds (docs/DESIGN.md, section 7).
 
-1. Constructions: every kind of `hf_saffu.cogo.construct` for each d in --construction-moduli,
+1. Constructions: every kind of `hf_saffu.experimental.cogo.construct` for each d in --construction-moduli,
    loaded into `CoGOForModularAddition` in float64; loss and accuracy on all d² pairs, node
    counts, seconds to construct.
 2. The published protocol: d = 23, q = 512, 90/10 split of the d² pairs, Adam (lr 0.01, L2
    weight decay in {1e-5, 5e-5, 1e-4, 2e-4, 5e-4}), full batch, 10,000 steps, several seeds.
-   Each trained net is read frequency by frequency (`hf_saffu.cogo.analysis`): dominant
+   Each trained net is read frequency by frequency (`hf_saffu.experimental.cogo.analysis`): dominant
    frequency per node, factorisation of each block into building blocks, pattern match after
    normalising scale; the share of blocks matching a construction and the block orders are
    tabulated against weight decay.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hf_saffu.cogo import (
+from hf_saffu.experimental.cogo import (
     CONSTRUCTION_KINDS,
     CoGOConfig,
     CoGOForModularAddition,
@@ -39,7 +39,7 @@ from hf_saffu.cogo import (
     expected_num_nodes,
     split_pairs,
 )
-from hf_saffu.cogo.analysis import read_network, summarize_readings
+from hf_saffu.experimental.cogo.analysis import read_network, summarize_readings
 
 from . import harness
 
@@ -361,7 +361,7 @@ def render_report(
         "### How close blocks are to solving their frequency on their own",
         "",
         "Block residual = ‖unwanted potentials at k‖ / |r_kkk| over the block's own nodes "
-        "(0 for every construction; see `hf_saffu.cogo.analysis.block_residual`).",
+        "(0 for every construction; see `hf_saffu.experimental.cogo.analysis.block_residual`).",
         "",
         "| weight decay | matched blocks: median residual | unmatched blocks | unmatched: median residual "
         "| unmatched order-4/6: median factorisation error |",

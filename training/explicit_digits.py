@@ -34,7 +34,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from hf_saffu.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
+from hf_saffu.experimental.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 
 from . import harness
 
@@ -540,7 +540,7 @@ def report_lines(results: list[Results], settings: dict[str, Settings], notes: l
     hidden_sizes = sorted({s.hidden_size for s in settings.values()})
     return [
         "The explicit solution is `hf_saffu.explicit.solve_softmax` (docs/DESIGN.md, section 1) through",
-        "`hf_saffu.explicit_classifier`. Gradient descent is full-batch, float64, on the mean training",
+        "`hf_saffu.experimental.explicit_classifier`. Gradient descent is full-batch, float64, on the mean training",
         "cross-entropy, without regularisation. CE is in nats; KL is the mean over test images of the divergence",
         "between the test predictions of the gradient-descent network and those of the explicit single layer.",
         "",

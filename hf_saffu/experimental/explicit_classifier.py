@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .bit_cipher import bit_cipher_vectors, frequency_ranks
-from .explicit import Cooccurrence, ExplicitStatisticsError, check_statistics, solve_softmax
+from ..bit_cipher import bit_cipher_vectors, frequency_ranks
+from ..explicit import Cooccurrence, ExplicitStatisticsError, check_statistics, solve_softmax
 
 ArrayLike = torch.Tensor | np.ndarray
 CONFIG_NAME = "config.json"

@@ -24,7 +24,7 @@ class CoGOConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from hf_saffu.cogo import CoGOConfig, CoGOForModularAddition
+    >>> from hf_saffu.experimental.cogo import CoGOConfig, CoGOForModularAddition
     >>> model = CoGOForModularAddition(CoGOConfig(modulus=23, hidden_size=512))
     ```"""
 

@@ -7,7 +7,7 @@ networks (sum = concatenate nodes, product = pair nodes), so global optimizers c
 in closed form from partial solutions (`constructions`) and compared with what gradient
 descent finds (`analysis`).
 
-An opt-in subpackage: importing `hf_saffu.cogo` registers "cogo" with `AutoConfig` and `AutoModel`;
+An opt-in subpackage: importing `hf_saffu.experimental.cogo` registers "cogo" with `AutoConfig` and `AutoModel`;
 `import hf_saffu` does not import it.
 """
 
