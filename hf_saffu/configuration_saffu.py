@@ -28,60 +28,108 @@ class SaffuConfig(PreTrainedConfig):
     exact bigram row, `pivot_bigrams`, or v_t Q, `pivot_head`) or, in the paper's form, logits = H_t O + b_O.
 
     The defaults are this project's explicit warm start (docs/DESIGN.md): anchored codes, class targets, a
-    log-reading head, the pivot's bigram channel and discounted counts. `SaffuConfig(**SaffuConfig.PAPER_FORM)` gives
-    the published forms (frequency-rank codes, bit-cipher label targets, a probability-reading head, the
-    additive floor), so results stay comparable.
+    log-reading head, the pivot's bigram and trigram tables and discounted counts.
+    `SaffuConfig(**SaffuConfig.PAPER_FORM)` gives the published forms (frequency-rank codes, bit-cipher label
+    targets, a probability-reading head, the additive floor), so results stay comparable.
 
     Args:
-        vocab_size (`int`): number of tokens.
-        embed_bits (`int`): width of the bit-cipher token embeddings; needs 2^embed_bits - 1 >= vocab_size.
-        hidden_bits (`int`): width of every context's hidden distribution (the number of token classes, or of
-            label-code bits, used as hidden targets in the explicit warm start); needs 2^hidden_bits - 1 >=
-            vocab_size.
-        windows (`list[int]`): sizes K of the window contexts (the last K positions, pivot included).
-        use_document_context (`bool`): add the running mean of the document's inputs as a context.
-        num_layers (`int`): number of stacked SAFFU layers.
-        embedding_codes (`str`): which bit-cipher code each token gets in the explicit warm start.
-            `"frequency_rank"` (paper): the code of its frequency rank. `"anchored"`: the same code levels, but
-            bit i stands for the i-th most frequent token and a rarer token sets the bits of the frequent
-            tokens whose successors resemble its own (`hf_saffu.token_classes`).
-        hidden_targets (`str`): the local targets of the hidden layers in the explicit warm start.
-            `"bit_cipher"` (paper): the next token's `hidden_bits`-bit label code. `"clusters"`: the one-hot
-            class of the next token among `hidden_bits` classes of tokens with similar predecessors, so h_t
-            is a distribution over next-token classes.
-        log_hidden_head (`bool`): the head reads ln H_t instead of H_t: a product of the contexts' hidden
-            distributions. With class targets the warm start sets O and b_O to the class-based factorisation
+        vocab_size (`int`, *optional*, defaults to 8192):
+            Number of tokens.
+        embed_bits (`int`, *optional*, defaults to 128):
+            Width of the bit-cipher token embeddings; needs 2^embed_bits - 1 >= vocab_size.
+        hidden_bits (`int`, *optional*, defaults to 96):
+            Width of every context's hidden distribution (the number of token classes, or of label-code bits,
+            used as hidden targets in the explicit warm start); needs 2^hidden_bits - 1 >= vocab_size.
+        windows (`list[int]`, *optional*, defaults to `[4, 16]`):
+            Sizes K of the window contexts (the last K positions, pivot included).
+        use_document_context (`bool`, *optional*, defaults to `True`):
+            Add the running mean of the document's inputs as a context.
+        num_layers (`int`, *optional*, defaults to 1):
+            Number of stacked SAFFU layers.
+        explicit_smoothing (`float`, *optional*, defaults to 0.01):
+            Additive floor alpha of the co-occurrence counts, ln(F + alpha).
+        explicit_hidden_priming (`float` or `"features"`, *optional*, defaults to `None`):
+            Priming number K of every hidden layer's explicit solution. `None`: K = mean ||z_t||_1 = 1, so
+            U = ln(F + alpha). A number K treats each z_t as K observations (naive Bayes): U = K ln(F + alpha),
+            b = -(K - 1) ln phi, a sharper hidden distribution. `"features"` (the authors' account: the number of
+            features behind one prediction): per context, K = the mean number of inputs z_t mixes (valid window
+            positions; document length).
+        explicit_discount (`float`, *optional*, defaults to 0.75):
+            Absolute discount D of every explicit solution, ln(max(F - D, 0) + (R + alpha) pi), the closed form
+            behind Kneser-Ney (`hf_saffu.explicit.discounted_counts`); `None` (paper): the additive floor
+            ln(F + alpha).
+        embedding_codes (`str`, *optional*, defaults to `"anchored"`):
+            Which bit-cipher code each token gets in the explicit warm start. `"frequency_rank"` (paper): the
+            code of its frequency rank. `"anchored"`: the same code levels, but bit i stands for the i-th most
+            frequent token and a rarer token sets the bits of the frequent tokens whose successors resemble its
+            own (`hf_saffu.token_classes`).
+        hidden_targets (`str`, *optional*, defaults to `"clusters"`):
+            The local targets of the hidden layers in the explicit warm start. `"bit_cipher"` (paper): the next
+            token's `hidden_bits`-bit label code. `"clusters"`: the one-hot class of the next token among
+            `hidden_bits` classes of tokens with similar predecessors, so h_t is a distribution over next-token
+            classes.
+        log_hidden_head (`bool`, *optional*, defaults to `True`):
+            The head reads ln H_t instead of H_t: a product of the contexts' hidden distributions. With class
+            targets the warm start sets O and b_O to the class-based factorisation
             logits_y = beta sum_c (ln h^c(k(y)) - ln pi(k(y))) + ln P(y) (`hf_saffu.warm_start`).
-        pivot_head (`bool`): a direct path from the pivot's embedding to the logits, logits += v_t Q (Q:
-            embed_bits x vocab_size). Its explicit solution is ln P(y | pivot bits): for a pivot with a one-bit
-            code, the (discounted) bigram row of that token; it then replaces ln P(y) in the bias.
-        pivot_bigrams (`int`): capacity of the pivot's exact bigram channel, logits += b + S[x_t] (0: none): the
-            explicit solution of a softmax layer on the one-hot pivot token, ln P(y | x_t) with interpolated
-            Kneser-Ney discounting, stored as a bias and a sparse table of at most min(pivot_bigrams,
-            vocab_size^2) (pivot, next token) pairs, the most frequent ones of the warm-start data
-            (`SaffuPivotBigrams`). An alternative to `pivot_head`: one of the two may be set. `None`: 2^19
-            entries, or 0 with `pivot_head` (so a config that asks for the pivot head gets it alone).
-        pivot_trigrams (`int`): capacity of the next level, logits += T[(x_{t-1}, x_t)] (0: none): Kneser-Ney
-            corrections of the (previous, pivot) history over the bigram table's distribution, for at most
+        pivot_head (`bool`, *optional*, defaults to `False`):
+            A direct path from the pivot's embedding to the logits, logits += v_t Q (Q: embed_bits x
+            vocab_size). Its explicit solution is ln P(y | pivot bits): for a pivot with a one-bit code, the
+            (discounted) bigram row of that token; it then replaces ln P(y) in the bias.
+        pivot_bigrams (`int`, *optional*, defaults to `None`):
+            Capacity of the pivot's exact bigram channel, logits += b + S[x_t] (0: none): the explicit solution
+            of a softmax layer on the one-hot pivot token, ln P(y | x_t) with interpolated Kneser-Ney
+            discounting, stored as a bias and a sparse table of at most min(pivot_bigrams, vocab_size^2)
+            (pivot, next token) pairs, the most frequent ones of the warm-start data (`SaffuPivotBigrams`). An
+            alternative to `pivot_head`: one of the two may be set. `None`: 2^19 entries, or 0 with
+            `pivot_head` (so a config that asks for the pivot head gets it alone).
+        pivot_trigrams (`int`, *optional*, defaults to `None`):
+            Capacity of the next level, logits += T[(x_{t-1}, x_t)] (0: none): Kneser-Ney corrections of the
+            (previous, pivot) history over the bigram table's distribution, for at most
             min(pivot_trigrams, vocab_size^3) triples, the most frequent ones (`SaffuPivotTrigrams`). Needs
             `pivot_bigrams`. `None`: 2^20 entries with a bigram table, else 0.
-        explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
-        explicit_discount (`float`, *optional*): absolute discount D of every explicit solution,
-            ln(max(F - D, 0) + (R + alpha) pi), the closed form behind Kneser-Ney
-            (`hf_saffu.explicit.discounted_counts`); `None` (paper): the additive floor ln(F + alpha).
-        explicit_context_weight (`float`): weight beta of every context's class evidence in a log-reading
-            head; 1 is naive Bayes over the contexts, which overlap, so smaller weights are better calibrated.
-        explicit_hidden_priming (`float` or `"features"`, *optional*): priming number K of every hidden layer's
-            explicit solution. `None`: K = mean ||z_t||_1 = 1, so U = ln(F + alpha). A number K treats each z_t
-            as K observations (naive Bayes): U = K ln(F + alpha), b = -(K - 1) ln phi, a sharper hidden
-            distribution. `"features"` (the authors' account: the number of features behind one prediction):
-            per context, K = the mean number of inputs z_t mixes (valid window positions; document length).
-        freeze_embeddings (`bool`): keep the bit-cipher embeddings fixed during backprop.
-        contextual_embeddings (`bool`): the warm start replaces the bit-cipher vectors by contextual ones
-            (the normalised sum of the neighbours' codes within `contextual_radius`).
-        contextual_radius (`int`): neighbourhood radius of the contextual embeddings.
-        initializer_range (`float`): standard deviation of the random initialisation of the dense layers.
-        warm_started (`bool`): set by the explicit warm start, so it is not redone after reloading.
+        explicit_context_weight (`float`, *optional*, defaults to 0.5):
+            Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
+            contexts, which overlap, so smaller weights are better calibrated.
+        freeze_embeddings (`bool`, *optional*, defaults to `True`):
+            Keep the bit-cipher embeddings fixed during backprop.
+        contextual_embeddings (`bool`, *optional*, defaults to `False`):
+            The warm start replaces the bit-cipher vectors by contextual ones (the normalised sum of the
+            neighbours' codes within `contextual_radius`).
+        contextual_radius (`int`, *optional*, defaults to 2):
+            Neighbourhood radius of the contextual embeddings.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the random initialisation of the dense layers.
+        warm_started (`bool`, *optional*, defaults to `False`):
+            Set by the explicit warm start, so it is not redone after reloading.
+        bos_token_id (`int`, *optional*, defaults to `None`):
+            Id of the beginning-of-sequence token.
+        eos_token_id (`int`, *optional*, defaults to `None`):
+            Id of the end-of-sequence token, which ends a document (the document context restarts after it).
+        pad_token_id (`int`, *optional*, defaults to `None`):
+            Id of the padding token.
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Kept `False`: the SAFFU ties no weights (its head reads the hidden distributions, not the
+            embeddings).
+
+    Example:
+
+    ```python
+    >>> from hf_saffu import SaffuConfig, SaffuForCausalLM
+
+    >>> # Initializing a configuration with this project's explicit warm start (the defaults)
+    >>> configuration = SaffuConfig(vocab_size=4096, windows=[4, 16])
+
+    >>> # Initializing a model (with random weights, before the warm start) from the configuration
+    >>> model = SaffuForCausalLM(configuration)
+
+    >>> # Accessing the model configuration
+    >>> configuration = model.config
+
+    >>> # The papers' forms of the same model
+    >>> paper_configuration = SaffuConfig(vocab_size=4096, **SaffuConfig.PAPER_FORM)
+
+    ```
     """
 
     PAPER_FORM = {
