@@ -13,11 +13,12 @@ across processes before every process solves:
    a. uniform attention (W = 0, c = 0): F_U = sum_t z_t^T l(y_t), U0 = ln F_U (with
       `explicit_hidden_priming` K: U0 = K ln F_U, b0 = -(K - 1) ln phi);
    b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over the valid j
-      (not the pivot, when a pivot head carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
+      (not the pivot, when the pivot's channel carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
    c. U again with the solved attention; b-c repeat `attention_iters` times;
-3. the pivot's channel: its bigram table (`pivot_bigrams`, interpolated Kneser-Ney from the pair counts;
-   `hf_saffu.explicit.solve_bigram_channel`), or the pivot head (`pivot_head`): F_Q = sum_t v_t^T e_{y_t},
-   Q = ln F_Q (K = 1);
+3. the pivot's channel: by default its bigram table (`pivot_bigrams`, interpolated Kneser-Ney from the pair
+   counts; `hf_saffu.explicit.solve_bigram_channel`) and the (previous, pivot) trigram table over it
+   (`pivot_trigrams`, from the triple counts; `hf_saffu.explicit.solve_trigram_channel`); optionally the pivot
+   head instead (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
 4. the head: with `log_hidden_head`, O and b_O in closed form from the class codes (`set_class_head`, no
    data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
 
@@ -222,7 +223,7 @@ class ExplicitWarmStart:
 
     def solve_attention(self, layer_index: int) -> None:
         """W and c of every window context from the responsibilities a*_t of the context positions. With a
-        pivot head, the pivot's own evidence already reaches the logits, so the first layer's responsibilities
+        pivot channel, the pivot's own evidence already reaches the logits, so the first layer's responsibilities
         go to the other positions (the pivot keeps them only where it is the one valid position)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
         skip_pivot = self.model.has_pivot_channel and layer_index == 0
@@ -291,7 +292,7 @@ class ExplicitWarmStart:
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
         if triples is None:
-            pairs = PairCounts(vocab_size)
+            pairs = NgramCounts(vocab_size)
             for input_ids, _, weight in self.iterate("pivot bigrams"):
                 pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
             keys, counts = pairs.merged(self.accelerator)
@@ -310,7 +311,7 @@ class ExplicitWarmStart:
         """Keys (w V + x) V + y and counts of the triples of real tokens in one block, merged over the processes."""
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
-        triples = PairCounts(vocab_size)
+        triples = NgramCounts(vocab_size)
         for input_ids, valid, _ in self.iterate("pivot trigrams"):
             real = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
             triples.add(input_ids[:, :-2][real] * vocab_size + input_ids[:, 1:-1][real], input_ids[:, 2:][real])
@@ -399,7 +400,7 @@ class ExplicitWarmStart:
         return self.report
 
 
-class PairCounts:
+class NgramCounts:
     """Counts of (history, next token) keys h V + y (h: a pivot, or a (previous, pivot) key) with float64 counts; merged
     into the running table whenever the pending keys outgrow it, so memory follows the distinct pairs."""
 
@@ -432,7 +433,7 @@ class PairCounts:
         counts = accelerator.pad_across_processes(self.counts.to(device), pad_index=0)
         keys, counts = accelerator.gather(keys).cpu(), accelerator.gather(counts).cpu()
         real = keys >= 0
-        empty = PairCounts(self.vocab_size)
+        empty = NgramCounts(self.vocab_size)
         return merge_counts(empty.keys, empty.counts, keys[real], counts[real])
 
 
