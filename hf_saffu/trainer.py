@@ -156,13 +156,14 @@ class FrozenEmbeddingPhase(TrainerCallback):
 
 
 class WarmStartLog(TrainerCallback):
-    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one)."""
+    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one, or,
+    resuming, reads the checkpoint's): after what the history holds, at the step training starts from."""
 
     def __init__(self):
         self.entries: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        state.log_history[:0] = self.entries
+        state.log_history.extend({"step": state.global_step, **entry} for entry in self.entries)
 
 
 def resume_request(resume_from_checkpoint: str | bool | None) -> str | bool | None:
@@ -293,6 +294,7 @@ class ExplicitTrainer(Trainer):
             self.run_warm_start()
         if reason is not None:
             self.log({"warm_start_skipped": 1.0})
+            self.warm_start_log.entries.append({"warm_start_skipped": 1.0})
             logger.info(f"explicit warm start {reason}")
         if self.args.warm_start_only:
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))

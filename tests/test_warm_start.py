@@ -263,6 +263,9 @@ def test_resume_does_not_redo_the_warm_start(tmp_path):
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.warm_start_report is None
     assert resumed.state.global_step == 6
+    history = resumed.state.log_history
+    assert {"warm_start_skipped": 1.0, "step": 3} in history  # at the step the resumed run starts from
+    assert history[0] == trainer.state.log_history[0] and "warm_start_tokens" in history[0]  # the original run's
 
     again = ExplicitTrainer(
         model=SaffuForCausalLM.from_pretrained(checkpoint), args=training_arguments(tmp_path / "b"), train_dataset=train
