@@ -24,9 +24,11 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import pyarrow.compute as pc
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -302,7 +304,7 @@ class ExplicitTrainer(Trainer):
 
     def warm_start_shard(self) -> "DatasetBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
-        dataset = self.train_dataset
+        dataset = warm_start_dataset(self.train_dataset)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
@@ -468,6 +470,27 @@ def remove_staged_checkpoints(run_dir: str) -> None:
     """Delete the tmp-checkpoint-* directories an interrupted save left behind."""
     for staged in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
         shutil.rmtree(staged)
+
+
+def warm_start_dataset(dataset):
+    """The training data as the warm start reads it: a `datasets.Dataset` (or an iterable dataset) as given; a
+    list of examples or a map-style torch `Dataset` (dicts with input_ids, from `__len__` and `__getitem__`)
+    converted with `datasets.Dataset.from_list`; anything else a ValueError naming what is supported."""
+    iterable = (datasets.Dataset, datasets.IterableDataset, torch.utils.data.IterableDataset)
+    if dataset is None or isinstance(dataset, iterable):
+        return dataset
+    if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__") and not isinstance(dataset, str | Mapping):
+        rows = [dataset[index] for index in range(len(dataset))]
+        kinds = {type(row).__name__ for row in rows if not isinstance(row, Mapping) or "input_ids" not in row}
+        if kinds:
+            raise ValueError(
+                f"the train_dataset's examples must be dicts with input_ids (packed blocks), got {sorted(kinds)}"
+            )
+        return datasets.Dataset.from_list([dict(row) for row in rows])
+    raise ValueError(
+        f"ExplicitTrainer's train_dataset must be a datasets.Dataset, a datasets.IterableDataset, a torch Dataset "
+        f"or a list of dicts with input_ids, got {type(dataset).__name__}"
+    )
 
 
 def check_block_lengths(dataset) -> int:
