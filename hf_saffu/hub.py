@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
@@ -98,8 +97,10 @@ def push_model_dir(
     api = HfApi()
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    except httpx2.TransportError as error:  # no connection at all: say where it tried
-        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error
+    except HTTPError as error:
+        if isinstance(error, HfHubHTTPError):  # the Hub answered
+            raise
+        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error  # no connection at all
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with folder_with_card(path, repo_id) as folder:

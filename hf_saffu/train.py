@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import httpx2
 import yaml
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
@@ -208,7 +207,7 @@ def naming_the_source(name: str, value: str):
     """An OSError of loading `value` (a local folder or a Hub repo id) names the argument it came from."""
     try:
         yield
-    except (OSError, httpx2.HTTPError) as error:
+    except (OSError, HTTPError) as error:
         where = "a local folder" if Path(value).is_dir() else "not a local folder; as a Hub repo id"
         raise OSError(f"{name} {value} ({where}) could not be loaded: {error}") from error
 

@@ -1,11 +1,21 @@
 """What a Hugging Face user meets: dataset kinds, data sources, cards, generation, export, PEFT, lm-eval."""
 
+import ast
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
 import pytest
+import tomllib
 import torch
 from factories import packed_dataset, saffu_config, training_arguments
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from hf_saffu import ExplicitTrainer, SaffuForCausalLM
 from hf_saffu.data import DataArguments
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,3 +81,39 @@ def test_a_file_format_without_files_is_refused(name, tmp_path, monkeypatch):
         DataArguments(dataset_name=name)
     (tmp_path / name).mkdir()  # a local folder of that name is a dataset
     assert DataArguments(dataset_name=name).dataset_name == name
+
+
+# -- every third-party import is declared ----------------------------------------------------------------
+
+
+def imported_distributions() -> dict[str, set[str]]:
+    """{distribution name: files of hf_saffu/ importing it}, from every absolute import (module level or not)."""
+    distributions = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for file in sorted((ROOT / "hf_saffu").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "hf_saffu":
+                    for name in distributions.get(top, [top]):
+                        found.setdefault(canonicalize_name(name), set()).add(str(file.relative_to(ROOT)))
+    return found
+
+
+def test_every_third_party_import_is_declared_in_pyproject():
+    """A package that only arrives as another one's dependency (httpx2 through huggingface_hub, pyarrow through
+    datasets) can vanish with that package's next release: hf_saffu imports only what pyproject declares, in
+    the dependencies, or in an extra for the opt-in code that imports it inside a function."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    extras = {canonicalize_name(Requirement(r).name) for rs in project["optional-dependencies"].values() for r in rs}
+    imported = imported_distributions()
+    assert {"torch", "transformers", "pyarrow"} <= imported.keys()
+    undeclared = {name: sorted(files) for name, files in imported.items() if name not in declared | extras}
+    assert not undeclared
