@@ -709,14 +709,15 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
 
     def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
         """The upload step of `push_to_hub`, given the saved folder and transformers' card (the repo's own, or a
-        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published."""
+        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published, with
+        the results of the folder the model was loaded from when it still holds these weights."""
         try:
             from hf_saffu.model_card import model_card_for_dir
         except ImportError:  # loaded as remote code where hf_saffu is not installed: keep transformers' card
             pass
         else:
             with open(os.path.join(working_dir, "README.md"), "w", encoding="utf-8") as readme:
-                readme.write(model_card_for_dir(working_dir, repo_id))
+                readme.write(model_card_for_dir(working_dir, repo_id, results_dir=self.name_or_path or None))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def forward(

@@ -45,7 +45,7 @@ from transformers.utils import CONFIG_NAME, logging
 
 from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
-from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
+from .model_card import model_card_for_dir
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start
 
@@ -333,26 +333,36 @@ class ExplicitTrainer(Trainer):
         self.warm_start_log.entries.append({**metrics, "step": 0})
 
     def create_model_card(self, *args, dataset_name: str | None = None, **kwargs) -> None:
-        """The SAFFU model card instead of transformers' generic one (used by `push_to_hub`); a card
-        already in output_dir (written by `hf-saffu train`, with test results) is kept."""
-        if not self.is_world_process_zero() or (Path(self.args.output_dir) / "README.md").exists():
+        """README.md in output_dir: the SAFFU model card (`model_card_for_dir`, what every publishing path writes)
+        instead of transformers' generic one, naming the repo `push_to_hub` publishes to; the results of this
+        run fill in what output_dir's all_results.json (written by `hf-saffu train`) does not hold. A card
+        describes saved weights: the model is saved into output_dir first when it is not there yet."""
+        if not self.is_world_process_zero():
             return
-        model = self.saffu_model
         history = {key: value for log in self.state.log_history for key, value in log.items()}
-        train_tokens = sum(sum(mask) for mask in self.train_dataset["attention_mask"]) if self.train_dataset else 0
-        write_model_card(
-            self.args.output_dir,
-            {
-                "architecture": describe_architecture(model.config),
-                "num_parameters": sum(p.numel() for p in model.parameters()),
-                "dataset_name": dataset_name or UNSPECIFIED_DATASET,
-                "train_tokens": train_tokens,
-                "warm_start_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
-                "final_perplexity": history.get("eval_perplexity"),
-                "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
-                "backprop_seconds": history.get("train_runtime"),
-            },
-        )
+        dataset = kwargs.get("dataset")
+        results = {
+            "train_tokens": self.train_tokens(),
+            "warm_start_validation_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
+            "validation_perplexity": history.get("eval_perplexity"),
+            "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
+            "backprop_seconds": history.get("train_runtime"),
+            "backprop_steps": self.state.global_step,
+            "dataset_name": dataset_name or (dataset if isinstance(dataset, str) else None),
+        }
+        output_dir = Path(self.args.output_dir)
+        if not (output_dir / CONFIG_NAME).is_file():
+            self.save_model(str(output_dir), _internal_call=True)
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        card = model_card_for_dir(output_dir, repo_id, results=results)
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
+
+    def train_tokens(self) -> int | None:
+        """The real (unmasked) tokens of the training data, when it is a map-style dataset."""
+        dataset = warm_start_dataset(self.train_dataset)
+        if not isinstance(dataset, datasets.Dataset) or "attention_mask" not in dataset.column_names:
+            return None
+        return sum(sum(mask) for mask in dataset["attention_mask"])
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

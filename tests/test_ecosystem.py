@@ -14,6 +14,8 @@ from packaging.utils import canonicalize_name
 
 from hf_saffu import ExplicitTrainer, SaffuForCausalLM
 from hf_saffu.data import DataArguments
+from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
+from hf_saffu.train import dataset_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +119,40 @@ def test_every_third_party_import_is_declared_in_pyproject():
     assert {"torch", "transformers", "pyarrow"} <= imported.keys()
     undeclared = {name: sorted(files) for name, files in imported.items() if name not in declared | extras}
     assert not undeclared
+
+
+# -- model cards ------------------------------------------------------------------------------------------
+
+
+def test_file_and_folder_names_are_escaped_in_the_card_body(tmp_path):
+    """Names of local files and folders reach the card's Markdown body as plain text: no HTML, link, image,
+    heading or table cell can start from them (the metadata keeps them as YAML strings)."""
+    names = ["<img src=x onerror=alert(1)>.txt", "[click](javascript:alert(1)).txt", "a\n# Heading | cell.txt"]
+    files = []
+    for index, name in enumerate(names):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        files.append(str(folder / name))
+    results = dataset_results(DataArguments(train_files=files))
+    info = model_run_info(saffu_config(), 10, results, None, "![x](http://e/x.png)\n# run")
+    text = build_model_card(TrainingRunInfo.from_dict(info)).text
+    assert "<img" not in text and "](javascript" not in text and "](http" not in text
+    assert "\n# Heading" not in text and "\n# run" not in text and " | cell" not in text
+    assert r"&lt;img src=x onerror=alert\(1\)&gt;.txt, \[click\]\(javascript:alert\(1\)\).txt" in text
+
+
+@pytest.mark.parametrize(
+    "warm_started, steps, says, never",
+    [
+        (False, None, "Its weights are not trained", ["warm start, computed", "backpropagation ("]),
+        (True, 0, "explicit warm start, computed in closed form", ["refined", "not trained"]),
+        (True, 12, "then refined with backpropagation (12 optimizer steps)", ["not trained"]),
+        (False, 12, "trained with backpropagation (12 optimizer steps) from a random initialisation", ["closed"]),
+    ],
+)
+def test_the_card_says_how_the_weights_were_set(warm_started, steps, says, never):
+    config = saffu_config(warm_started=warm_started)
+    info = model_run_info(config, 10, {"backprop_steps": steps}, "u/r", "run")
+    card = build_model_card(TrainingRunInfo.from_dict(info))
+    assert says in card.text and not any(text in card.text for text in never)
+    assert ("warm-start" in card.data.tags) == warm_started
