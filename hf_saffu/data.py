@@ -153,7 +153,8 @@ def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:
 
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
-    """A ByteLevel BPE tokenizer trained on an iterable of texts; EOS doubles as BOS, plus a pad token."""
+    """A ByteLevel BPE tokenizer trained on an iterable of texts; EOS doubles as BOS, plus a pad token. It pads
+    on the left, as batched generation with a causal model needs (training packs its own blocks)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -165,7 +166,7 @@ def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left"
     )
 
 

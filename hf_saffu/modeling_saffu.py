@@ -720,6 +720,16 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 readme.write(model_card_for_dir(working_dir, repo_id, results_dir=self.name_or_path or None))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
+    def _assisted_decoding(self, *args, **kwargs):
+        """`generate` with an `assistant_model` or `prompt_lookup_num_tokens` (assisted decoding, prompt lookup)
+        would have to return the decoding state to the last accepted draft token; SAFFU's constant-size state keeps
+        no earlier states, so these modes are refused with a ValueError before any step."""
+        raise ValueError(
+            "SAFFU does not support assisted decoding or prompt lookup (assistant_model, prompt_lookup_num_tokens): "
+            "its constant-size decoding state cannot be cropped back to the accepted draft tokens; generate without "
+            "them"
+        )
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -1,6 +1,7 @@
 """What a Hugging Face user meets: dataset kinds, data sources, cards, generation, export, PEFT, lm-eval."""
 
 import ast
+import logging
 import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -8,12 +9,13 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from factories import packed_dataset, saffu_config, training_arguments
+from factories import WORDS, fill_pivot_bigrams, packed_dataset, saffu_config, training_arguments
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_saffu import ExplicitTrainer, SaffuForCausalLM
-from hf_saffu.data import DataArguments
+from hf_saffu.data import DataArguments, config_for_tokenizer, train_tokenizer
 from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
 from hf_saffu.train import dataset_results
 
@@ -156,3 +158,46 @@ def test_the_card_says_how_the_weights_were_set(warm_started, steps, says, never
     card = build_model_card(TrainingRunInfo.from_dict(info))
     assert says in card.text and not any(text in card.text for text in never)
     assert ("warm-start" in card.data.tags) == warm_started
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A saved tiny SAFFU (a tokenizer from `train_tokenizer`, random weights with a filled bigram table), reloaded
+    with the Auto classes: (model, tokenizer, directory)."""
+    directory = tmp_path_factory.mktemp("tiny_lm")
+    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3 + i % 5)) for i in range(200)]
+    tokenizer = train_tokenizer(iter([texts]), 300)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(config_for_tokenizer(tokenizer, embed_bits=12, hidden_bits=12, windows=[1, 4]))
+    fill_pivot_bigrams(model, 2000, scale=2.0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory), directory
+
+
+def test_the_saved_tokenizer_pads_left_and_batched_generation_equals_one_by_one(tiny_lm, caplog):
+    model, tokenizer, _ = tiny_lm
+    assert tokenizer.padding_side == "left"
+    prompts = ["the cat", "a dog ran in the park with", "sun"]
+    with caplog.at_level(logging.WARNING):
+        batch = tokenizer(prompts, padding=True, return_tensors="pt")
+        batched = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert "right-padding" not in caplog.text
+    width = batch.input_ids.shape[1]
+    for row, prompt in enumerate(prompts):
+        single = tokenizer(prompt, return_tensors="pt")
+        alone = model.generate(**single, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert batched[row, width:].tolist() == alone[0, single.input_ids.shape[1] :].tolist(), prompt
+
+
+@pytest.mark.parametrize("mode", ["prompt_lookup_num_tokens", "assistant_model"])
+def test_assisted_decoding_and_prompt_lookup_are_refused_in_one_line(tiny_lm, mode):
+    model, tokenizer, _ = tiny_lm
+    ids = tokenizer("the cat sat on the mat the cat", return_tensors="pt").input_ids
+    option = {"prompt_lookup_num_tokens": 2} if mode == "prompt_lookup_num_tokens" else {"assistant_model": model}
+    with pytest.raises(ValueError, match=r"^SAFFU does not support assisted decoding or prompt lookup") as error:
+        model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id, **option)
+    assert "\n" not in str(error.value)
