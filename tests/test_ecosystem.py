@@ -201,3 +201,28 @@ def test_assisted_decoding_and_prompt_lookup_are_refused_in_one_line(tiny_lm, mo
     with pytest.raises(ValueError, match=r"^SAFFU does not support assisted decoding or prompt lookup") as error:
         model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id, **option)
     assert "\n" not in str(error.value)
+
+
+# -- lm-evaluation-harness -----------------------------------------------------------------------------------
+
+
+def test_lm_eval_loads_a_saved_saffu_without_remote_code_and_scores_as_the_model_does(tiny_lm):
+    """lm_eval's HFLM, in a process that imported hf_saffu (what `python -m hf_saffu.lmeval` is), loads the
+    directory without trust_remote_code and its loglikelihoods equal the model's own log-probabilities."""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    model, tokenizer, directory = tiny_lm
+    lm = huggingface.HFLM(pretrained=str(directory), backend="causal", device="cpu", batch_size=2)
+    assert isinstance(lm.model, SaffuForCausalLM)
+    pairs = [("the cat sat", " on the mat"), ("a dog", " ran in the park"), ("sun", " with")]
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    theirs = [logprob for logprob, _ in lm.loglikelihood(requests)]
+    ours = []
+    for context, continuation in pairs:
+        start = len(tokenizer(context).input_ids)
+        ids = torch.tensor([tokenizer(context + continuation).input_ids])
+        with torch.no_grad():
+            logprobs = model(ids).logits.log_softmax(-1)[0, start - 1 : -1]
+        ours.append(logprobs.gather(1, ids[0, start:, None]).sum().item())
+    assert theirs == pytest.approx(ours, abs=1e-4)

@@ -225,7 +225,9 @@ def test_push_pull_and_offline_reload_are_identical(hub, saffu_dir, reference, t
         ["push", str(saffu_dir), REPO_ID],
         ["push", str(saffu_dir), REPO_ID, "--revision", "dev"],
     ]
-    run_client(PUBLISH, env, work, json.dumps(pushes), saffu_dir, API_REPO_ID)
+    run_client(
+        PUBLISH, env | {"PYTHONPATH": str(ROOT)}, work, json.dumps(pushes), saffu_dir, API_REPO_ID
+    )  # this checkout
     local = dir_files(saffu_dir)
     assert {"README.md", "model.safetensors", "modeling_saffu.py", "tokenizer.json"} <= set(local)
     assert hub.files(REPO_ID) == local, "the second push must replace the files and delete the stale shard"
