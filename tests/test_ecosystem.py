@@ -226,3 +226,42 @@ def test_lm_eval_loads_a_saved_saffu_without_remote_code_and_scores_as_the_model
             logprobs = model(ids).logits.log_softmax(-1)[0, start - 1 : -1]
         ours.append(logprobs.gather(1, ids[0, start:, None]).sum().item())
     assert theirs == pytest.approx(ours, abs=1e-4)
+
+
+# -- PEFT ---------------------------------------------------------------------------------------------------
+
+
+def test_lora_with_saffus_default_targets_trains_saves_reloads_and_merges(tiny_lm, tmp_path):
+    """`LoraConfig(task_type="CAUSAL_LM")` without target_modules adapts the contexts' softmax layers; after a few
+    steps the adapter, reloaded onto a fresh base, gives the trained logits, and so does the merged model."""
+    peft = pytest.importorskip("peft")
+    _, tokenizer, directory = tiny_lm
+    torch.manual_seed(0)
+    model = peft.get_peft_model(
+        AutoModelForCausalLM.from_pretrained(directory), peft.LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False)
+    )
+    adapted = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
+    assert adapted and all(name.endswith((".attention", ".hidden")) for name in adapted)
+    ids = tokenizer(["the cat sat on the mat", "a dog ran in the park"], return_tensors="pt").input_ids
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(directory)
+    reloaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(directory)(input_ids=ids).logits
+        assert not torch.allclose(base_logits, trained, atol=1e-3)
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, rtol=0, atol=1e-5)
+        merged = reloaded.merge_and_unload()
+        assert isinstance(merged, SaffuForCausalLM)
+        torch.testing.assert_close(merged(input_ids=ids).logits, trained, rtol=0, atol=1e-4)
