@@ -162,6 +162,19 @@ def decoding_state(cache, past_key_values) -> "SaffuDecodingState | None":
     return state
 
 
+def last_document_end(ends_document: torch.Tensor) -> torch.Tensor:
+    """(batch, T): the position of the last EOS at or before t, -1 before the first. The k-th EOS of a row is
+    stored at slot k of a table (scatter-max), then read back at k_t = number of EOS up to t: integer ops with
+    static shapes (what torch.export and ONNX take; a running maximum, cummax, has no ONNX operator)."""
+    batch, length = ends_document.shape
+    positions = torch.arange(length, device=ends_document.device).expand(batch, length)
+    count = torch.cumsum(ends_document.long(), dim=1)
+    slots = torch.where(ends_document, count, 0)
+    table = positions.new_full((batch, length + 1), -1)
+    table = table.scatter_reduce(1, slots, torch.where(ends_document, positions, -1), reduce="amax")
+    return table.gather(1, count)
+
+
 def document_means(
     inputs: torch.Tensor,
     valid: torch.Tensor,
@@ -179,8 +192,7 @@ def document_means(
     batch, length, _ = inputs.shape
     sums = torch.cumsum(inputs.to(torch.float64), dim=1)
     counts = torch.cumsum(valid.to(torch.float64), dim=1)
-    positions = torch.arange(length, device=inputs.device).expand(batch, length)
-    last_end = torch.cummax(torch.where(ends_document, positions, -1), dim=1).values
+    last_end = last_document_end(ends_document)
     previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
     first_segment = previous_end < 0
     gather_at = previous_end.clamp_min(0)
@@ -372,10 +384,13 @@ def add_csr_rows_(
 ) -> torch.Tensor:
     """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
     lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
-    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made."""
-    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
-    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
-    entries = torch.arange(len(owners), device=starts.device) - first_of_owner
+    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made. The number of entries is
+    read once and given to both expansions, so `torch.export` traces them as one data-dependent size."""
+    total = lengths.sum().item()
+    torch._check(total >= 0)
+    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths, output_size=total)
+    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths, output_size=total)
+    entries = torch.arange(total, device=starts.device) - first_of_owner
     return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 

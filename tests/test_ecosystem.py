@@ -9,13 +9,23 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from factories import WORDS, fill_pivot_bigrams, packed_dataset, saffu_config, training_arguments
+from factories import (
+    EOS,
+    VOCAB,
+    WORDS,
+    fill_pivot_bigrams,
+    fill_pivot_trigrams,
+    packed_dataset,
+    saffu_config,
+    training_arguments,
+)
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_saffu import ExplicitTrainer, SaffuForCausalLM
 from hf_saffu.data import DataArguments, config_for_tokenizer, train_tokenizer
+from hf_saffu.export import export_onnx
 from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
 from hf_saffu.train import dataset_results
 
@@ -265,3 +275,52 @@ def test_lora_with_saffus_default_targets_trains_saves_reloads_and_merges(tiny_l
         merged = reloaded.merge_and_unload()
         assert isinstance(merged, SaffuForCausalLM)
         torch.testing.assert_close(merged(input_ids=ids).logits, trained, rtol=0, atol=1e-4)
+
+
+# -- export ---------------------------------------------------------------------------------------------------
+
+
+def table_model(**overrides) -> SaffuForCausalLM:
+    """A tiny SAFFU with the document context and filled bigram and trigram tables (the default channel)."""
+    torch.manual_seed(0)
+    config = saffu_config(**{"use_document_context": True, "pivot_bigrams": 500, "pivot_trigrams": 800} | overrides)
+    model = SaffuForCausalLM(config).eval()
+    if model.pivot_bigrams is not None:
+        fill_pivot_bigrams(model, 500)
+        fill_pivot_trigrams(model, 800)
+    return model
+
+
+def eos_rich_ids(seed: int) -> torch.Tensor:
+    """(2, 12) token ids with documents ending (EOS) inside the rows."""
+    ids = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(seed))
+    ids[0, 3], ids[1, 7], ids[1, 8] = EOS, EOS, EOS
+    return ids
+
+
+def test_torch_export_of_the_causal_lm_with_its_tables_gives_the_eager_logits():
+    model = table_model()
+    program = torch.export.export(model, (eos_rich_ids(0),), kwargs={"use_cache": False})
+    for seed in (1, 2):  # other token ids of the traced shape
+        ids = eos_rich_ids(seed)
+        with torch.no_grad():
+            exported, eager = program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits
+        torch.testing.assert_close(exported, eager, rtol=0, atol=1e-6)
+
+
+def test_onnx_export_without_tables_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = table_model(pivot_bigrams=0, pivot_trigrams=0)
+    path = export_onnx(model, eos_rich_ids(0), tmp_path / "saffu.onnx")
+    session = onnxruntime.InferenceSession(str(path))
+    ids = eos_rich_ids(1)
+    (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_of_a_model_with_tables_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"pivot's bigram/trigram tables .* cannot be exported to ONNX") as error:
+        export_onnx(table_model(), eos_rich_ids(0), tmp_path / "saffu.onnx")
+    assert "\n" not in str(error.value) and not (tmp_path / "saffu.onnx").exists()
