@@ -384,13 +384,12 @@ def add_csr_rows_(
 ) -> torch.Tensor:
     """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
     lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
-    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made. The number of entries is
-    read once and given to both expansions, so `torch.export` traces them as one data-dependent size."""
-    total = lengths.sum().item()
-    torch._check(total >= 0)
-    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths, output_size=total)
-    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths, output_size=total)
-    entries = torch.arange(total, device=starts.device) - first_of_owner
+    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made. The only data-dependent
+    size is the number of entries (one expansion, the rest gathered from it), so `torch.export` and
+    `torch.compile` trace the add."""
+    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
+    first_of_owner = (torch.cumsum(lengths, 0) - lengths - starts)[owners]
+    entries = torch.arange(owners.shape[0], device=starts.device) - first_of_owner
     return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
