@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu
+from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu, text_file
 from huggingface_hub import HfApi, ModelCard
 from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +31,7 @@ from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
 from hf_saffu.model_card import (
     NOT_MEASURED,
+    RESULTS_FILE,
     TrainingRunInfo,
     build_model_card,
     describe_architecture,
@@ -323,6 +324,29 @@ def test_push_publishes_only_what_a_model_repo_holds(hub, saffu_dir, tmp_path):
     published = hub.files(REPO_ID)
     assert published == dir_files(saffu_dir)  # what save_pretrained, the tokenizer and the training run wrote
     assert not any(b"hf_secret" in content for content in published.values())
+
+
+def test_train_with_push_to_hub_publishes_the_finished_run_with_its_card(hub, tmp_path):
+    """`hf-saffu train --push_to_hub true` pushes after the model, tokenizer, all_results.json and card are saved:
+    the published card is the local one naming the repo, with the run's test perplexity and training data."""
+    text_file(tmp_path / "train.txt", 60)
+    text_file(tmp_path / "valid.txt", 10, seed=1)
+    text_file(tmp_path / "test.txt", 10, seed=2)
+    out, repo_id = tmp_path / "out", "tester/trained-saffu"
+    argv = ["train", "--train_files", "train.txt", "--validation_files", "valid.txt", "--test_files", "test.txt"]
+    argv += ["--tokenizer_vocab_size", "300", "--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4"]
+    argv += ["--block_size", "16", "--max_steps", "2", "--save_strategy", "no", "--report_to", "none"]
+    argv += ["--use_cpu", "true", "--output_dir", str(out), "--push_to_hub", "true", "--hub_model_id", repo_id]
+    run_client(PUSH_ONE.replace('"push", ', ""), hub.env(tmp_path), tmp_path, *argv)
+    results = json.loads((out / RESULTS_FILE).read_text())
+    published = hub.files(repo_id)
+    assert {RESULTS_FILE, "tokenizer.json", "model.safetensors"} <= published.keys()
+    card = published["README.md"].decode()
+    local = (out / "README.md").read_text()
+    title = ("# out\n\nout is", "# trained-saffu\n\ntrained-saffu is")
+    assert card == local.replace("<namespace>/out", repo_id).replace(*title)
+    assert f"| {results['test_perplexity']:,.2f} |" in card and "| Training data | local text files train.txt |" in card
+    assert "then refined with backpropagation (2 optimizer steps)" in card
 
 
 PUSH_ONE = """
