@@ -341,15 +341,16 @@ class ExplicitTrainer(Trainer):
             return
         history = {key: value for log in self.state.log_history for key, value in log.items()}
         dataset = kwargs.get("dataset")
-        results = {
-            "train_tokens": self.train_tokens(),
-            "warm_start_validation_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
-            "validation_perplexity": history.get("eval_perplexity"),
-            "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
-            "backprop_seconds": history.get("train_runtime"),
-            "backprop_steps": self.state.global_step,
-            "dataset_name": dataset_name or (dataset if isinstance(dataset, str) else None),
-        }
+        results = {"dataset_name": dataset_name or (dataset if isinstance(dataset, str) else None)}
+        if self.state.global_step or self.warm_start_report is not None:  # this trainer trained the weights
+            results |= {
+                "train_tokens": self.train_tokens(),
+                "warm_start_validation_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
+                "validation_perplexity": history.get("eval_perplexity"),
+                "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
+                "backprop_seconds": history.get("train_runtime"),
+                "backprop_steps": self.state.global_step,
+            }
         output_dir = Path(self.args.output_dir)
         if not (output_dir / CONFIG_NAME).is_file():
             self.save_model(str(output_dir), _internal_call=True)
@@ -486,8 +487,8 @@ def warm_start_dataset(dataset):
     """The training data as the warm start reads it: a `datasets.Dataset` (or an iterable dataset) as given; a
     list of examples or a map-style torch `Dataset` (dicts with input_ids, from `__len__` and `__getitem__`)
     converted with `datasets.Dataset.from_list`; anything else a ValueError naming what is supported."""
-    iterable = (datasets.Dataset, datasets.IterableDataset, torch.utils.data.IterableDataset)
-    if dataset is None or isinstance(dataset, iterable):
+    as_given = (datasets.Dataset, datasets.IterableDataset, torch.utils.data.IterableDataset)
+    if dataset is None or isinstance(dataset, as_given):
         return dataset
     if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__") and not isinstance(dataset, str | Mapping):
         rows = [dataset[index] for index in range(len(dataset))]
