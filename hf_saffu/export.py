@@ -33,7 +33,7 @@ def export_onnx(model, input_ids: torch.LongTensor, path: str | Path) -> Path:
             "pivot_trigrams=0"
         )
     program = torch.onnx.export(
-        LogitsOnly(model.eval()), (input_ids,), dynamo=True, input_names=["input_ids"], output_names=["logits"]
+        LogitsOnly(model).eval(), (input_ids,), dynamo=True, input_names=["input_ids"], output_names=["logits"]
     )
     path = Path(path)
     program.save(str(path))
