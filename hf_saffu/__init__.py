@@ -10,9 +10,12 @@ nothing else and re-exports nothing from `hf_saffu.experimental` (research code 
 promise: the CoGO models, which register "cogo" with the Auto classes when `hf_saffu.experimental.cogo` is
 imported, and the explicit classifiers in `hf_saffu.experimental.explicit_classifier`).
 `ExplicitTrainer`, `ExplicitTrainingArguments` and `explicit_warm_start` are imported on first use.
+Where peft is installed, it also registers SAFFU's default LoRA targets (`LORA_TARGET_MODULES`), so that
+`get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))` needs no `target_modules`.
 """
 
 from importlib import import_module
+from importlib.util import find_spec
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -25,6 +28,20 @@ AutoModelForCausalLM.register(SaffuConfig, SaffuForCausalLM, exist_ok=True)
 SaffuConfig.register_for_auto_class()
 SaffuModel.register_for_auto_class("AutoModel")
 SaffuForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+# The softmax layers of every context: the attention a = softmax(s W + c) and the hidden h = softmax(z U + b).
+LORA_TARGET_MODULES = ["attention", "hidden"]
+
+
+def register_peft_targets() -> None:
+    """peft's default LoRA target modules for model_type "saffu" (nothing when peft is not installed)."""
+    if find_spec("peft") is not None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault(SaffuConfig.model_type, LORA_TARGET_MODULES)
+
+
+register_peft_targets()
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets import config as datasets_config
+from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -61,6 +62,7 @@ class DataArguments:
             )
         if self.dataset_name is None and not self.train_files:
             raise ValueError(f"DataArguments: give dataset_name (e.g. '{BUILTIN_CORPUS}') or train_files")
+        check_not_a_file_format(self.dataset_name)
         if self.block_size < 2:
             raise ValueError(f"DataArguments.block_size must be >= 2, got {self.block_size}")
         if self.tokenizer_vocab_size < 260:
@@ -68,6 +70,16 @@ class DataArguments:
                 "DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), "
                 f"got {self.tokenizer_vocab_size}"
             )
+
+
+def check_not_a_file_format(dataset_name: str | None) -> None:
+    """`dataset_name` must not be one of datasets' file formats ("text", "json", "csv", ...): loaded without
+    data files, those read every matching file under the current folder."""
+    if dataset_name in _PACKAGED_DATASETS_MODULES and not Path(dataset_name).exists():
+        raise ValueError(
+            f"DataArguments: dataset_name {dataset_name!r} is a file format, not a dataset (it would read every "
+            f"file of the current folder): give the files with train_files (and validation_files, test_files)"
+        )
 
 
 def load_text_datasets(data_args: DataArguments) -> DatasetDict:
@@ -141,7 +153,8 @@ def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:
 
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
-    """A ByteLevel BPE tokenizer trained on an iterable of texts; EOS doubles as BOS, plus a pad token."""
+    """A ByteLevel BPE tokenizer trained on an iterable of texts; EOS doubles as BOS, plus a pad token. It pads
+    on the left, as batched generation with a causal model needs (training packs its own blocks)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -153,7 +166,7 @@ def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left"
     )
 
 

@@ -6,8 +6,8 @@ diverged runs) as one line on stderr and exit status 2 (`hf_saffu.cli.main`).
 
 from collections.abc import Iterable
 
-import httpx2
 import torch
+from huggingface_hub.errors import HTTPError
 
 
 class NonFiniteError(ValueError):
@@ -24,8 +24,9 @@ def raise_usage_error(message: str):
 
 
 # What a user can cause by bad input: ValueError (bad values, NonFiniteError), OSError (missing or unreadable
-# files, HfHubHTTPError), httpx2.HTTPError (an unreachable Hub endpoint).
-USER_ERRORS = (ValueError, OSError, httpx2.HTTPError)
+# files, HfHubHTTPError), HTTPError (an unreachable Hub endpoint: the base of huggingface_hub's HTTP errors, taken
+# from huggingface_hub so that a change of its HTTP client does not break the import).
+USER_ERRORS = (ValueError, OSError, HTTPError)
 
 
 def non_finite_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:

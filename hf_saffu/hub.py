@@ -17,31 +17,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .errors import NonFiniteError, check_finite
-from .model_card import model_card_for_dir
+from .model_card import RESULTS_FILE, model_card_for_dir, model_weight_files
 
 DEFAULT_COMMIT_MESSAGE = "Upload SAFFU model with hf-saffu push"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
-# Training leftovers that do not belong in a published model repo.
-IGNORE_PATTERNS = [
-    "checkpoint-*",
-    "tmp-checkpoint-*",
-    "runs/*",
-    "*__pycache__*",
-    "*.pyc",
-    "optimizer.pt",
-    "scheduler.pt",
-    "rng_state*.pth",
-    "training_args.bin",
-]
+# What a model repo holds besides the weights and the code (README.md is the card written for the repo). Nothing
+# else of the directory is published: no dotfiles (.env), staging leftovers (.tmp*), checkpoints or logs.
+PUBLISHED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    RESULTS_FILE,
+    *TOKENIZER_FILES,
+)
 # Remote weight files not in the pushed directory are deleted, so a re-push never mixes shards.
 DELETE_PATTERNS = ["*.safetensors", "model.safetensors.index.json"]
 _COMMIT_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -98,8 +100,10 @@ def push_model_dir(
     api = HfApi()
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    except httpx2.TransportError as error:  # no connection at all: say where it tried
-        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error
+    except HTTPError as error:
+        if isinstance(error, HfHubHTTPError):  # the Hub answered
+            raise
+        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error  # no connection at all
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with folder_with_card(path, repo_id) as folder:
@@ -108,22 +112,33 @@ def push_model_dir(
             folder_path=folder,
             revision=revision,
             commit_message=commit_message,
-            ignore_patterns=IGNORE_PATTERNS,
             delete_patterns=DELETE_PATTERNS,
         )
 
 
 @contextmanager
 def folder_with_card(path: Path, repo_id: str) -> Iterator[Path]:
-    """A temporary folder of links to the files of ``path`` (subfolders are training leftovers) whose
+    """A temporary folder of links to the files of ``path`` a model repo holds (`published_files`), whose
     ``README.md`` is the model card to publish as ``repo_id``."""
     with tempfile.TemporaryDirectory() as staging:
         folder = Path(staging)
-        for file in path.iterdir():
-            if file.is_file() and file.name != "README.md":
-                os.symlink(file.resolve(), folder / file.name)
+        for file in published_files(path):
+            os.symlink(file.resolve(), folder / file.name)
         (folder / "README.md").write_text(model_card_for_dir(path, repo_id), encoding="utf-8")
         yield folder
+
+
+def published_files(path: Path) -> list[Path]:
+    """The files of a model directory that are published: `PUBLISHED_FILES`, the weights the model loads (an
+    index and its shards, or model.safetensors) and the code files of ``auto_map`` with the files they import."""
+    files = [path / name for name in PUBLISHED_FILES if (path / name).is_file()]
+    files += model_weight_files(path)
+    index = path / "model.safetensors.index.json"
+    files += [index] if index.is_file() else []
+    for module in sorted(_auto_map_modules(_read_config(path))):
+        code = path / f"{module}.py"
+        files += [code, *map(Path, get_relative_import_files(str(code)))]
+    return sorted(file for file in set(files) if file.parent.resolve() == path.resolve())
 
 
 def _read_config(path: Path) -> dict:
@@ -140,18 +155,9 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _model_weight_files(path: Path) -> list[Path]:
-    """The weight files the model loads: model.safetensors, or the shards its index names (other files in the
-    directory, such as a leftover shard of an earlier save, are not part of the model)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
-    return [path / "model.safetensors"]
-
-
 def _check_finite_weights(path: Path) -> None:
     """The model's safetensors files must hold only finite numbers (read one tensor at a time)."""
-    for weights in _model_weight_files(path):
+    for weights in model_weight_files(path):
         with safe_open(weights, framework="pt") as tensors:
             try:
                 check_finite(((name, tensors.get_tensor(name)) for name in tensors.keys()), str(weights))
@@ -168,7 +174,12 @@ def _check_auto_map(path: Path, config: dict) -> None:
             f"{path / 'config.json'} has no auto_map entry for {', '.join(absent)}: save the model with "
             "hf_saffu imported (model.save_pretrained) so the code is stored for trust_remote_code"
         )
-    modules = {str(auto_map[name]).split("--")[-1].rsplit(".", 1)[0] for name in REQUIRED_AUTO_CLASSES}
-    missing = sorted(f"{module}.py" for module in modules if not (path / f"{module}.py").is_file())
+    missing = sorted(f"{module}.py" for module in _auto_map_modules(config) if not (path / f"{module}.py").is_file())
     if missing:
         raise PushError(f"{path} lacks the code files named in auto_map: {', '.join(missing)}")
+
+
+def _auto_map_modules(config: dict) -> set[str]:
+    """The module names (``modeling_saffu``) of the classes ``auto_map`` names for the Auto classes."""
+    auto_map = config.get("auto_map") or {}
+    return {str(auto_map[name]).split("--")[-1].rsplit(".", 1)[0] for name in REQUIRED_AUTO_CLASSES if name in auto_map}

@@ -3,16 +3,20 @@
 The card is rendered with :class:`huggingface_hub.ModelCard` from the Jinja template shipped in
 ``hf_saffu/templates/model_card.md``. Its YAML metadata (library_name, tags, datasets, license,
 pipeline_tag and a ``model-index`` with the validation/test perplexities) is built with
-:class:`huggingface_hub.ModelCardData`, so it validates on the Hub. The training CLI calls
-:func:`write_model_card` to write ``README.md`` into the output directory. Publishing
-(``hf-saffu push``, ``model.push_to_hub``) uploads :func:`model_card_for_dir`: that card with the
-loading examples naming the repo, or for a directory without a SAFFU card, one written from its
-config and whatever results it holds.
+:class:`huggingface_hub.ModelCardData`, so it validates on the Hub.
+
+Every card of a saved model is :func:`model_card_for_dir`: written from what the directory holds, its
+``config.json`` (the architecture, whether it was warm-started), its weights (the parameters) and the
+``all_results.json`` that ``hf-saffu train`` writes beside them (results, training data, backprop steps),
+with the title and loading examples naming the repo it is published as. ``hf-saffu train`` writes it as
+``README.md``; ``hf-saffu push``, ``model.push_to_hub`` and ``ExplicitTrainer.push_to_hub`` publish it, so
+the three publish the same card. Names that come from files or folders are escaped (:func:`markdown_text`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 import re
@@ -26,11 +30,10 @@ from safetensors import safe_open
 from .configuration_saffu import SaffuConfig
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+RESULTS_FILE = "all_results.json"
 BASE_TAGS = ("saffu", "explicit-optimization", "warm-start", "causal-lm", "text-generation")
 NOT_MEASURED = "not measured"
 UNSPECIFIED_DATASET = "unspecified"
-# The loading examples of a card written before the repo was known: "<namespace>/MODEL_NAME".
-REPO_ID_PLACEHOLDER = re.compile(r"<namespace>/[\w.-]+")
 DEFAULT_INTENDED_USE = (
     "Research on explicitly optimised language models and fast warm starts, and as a small, cheap "
     "baseline for text generation and perplexity comparisons on text like the training data."
@@ -62,6 +65,8 @@ class TrainingRunInfo:
         final_perplexity: validation perplexity after backpropagation.
         test_perplexity: test perplexity of the final model.
         warm_start_seconds / backprop_seconds: wall-clock time of each stage.
+        warm_started: the weights were set by the explicit warm start (``config.warm_started``).
+        backprop_steps: optimizer steps of backpropagation (0: none; ``None``: not recorded).
         license: SPDX-like license id for the metadata (default ``"mit"``).
         tags: extra tags added to the standard SAFFU tags.
         intended_use / limitations: text of those sections.
@@ -80,6 +85,8 @@ class TrainingRunInfo:
     test_perplexity: float | None = None
     warm_start_seconds: float | None = None
     backprop_seconds: float | None = None
+    warm_started: bool | None = None
+    backprop_steps: int | None = None
     license: str = "mit"
     tags: list[str] = field(default_factory=list)
     intended_use: str = DEFAULT_INTENDED_USE
@@ -100,7 +107,7 @@ class TrainingRunInfo:
         if missing:
             raise ValueError(f"model card info is missing required keys {missing}")
         info = cls(**run_info)
-        for name in ("num_parameters", "train_tokens"):
+        for name in ("num_parameters", "train_tokens", "backprop_steps"):
             value = getattr(info, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"model card key {name!r} must be a non-negative integer, got {value!r}")
@@ -133,33 +140,65 @@ def describe_architecture(config: Any) -> str:
 def build_model_card(info: TrainingRunInfo) -> ModelCard:
     """Render the card for ``info`` from the packaged template."""
     eval_results = _eval_results(info)
+    tags = [tag for tag in BASE_TAGS if tag != "warm-start" or info.warm_started is not False]
     card_data = ModelCardData(
         model_name=info.model_name if eval_results else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         license=info.license,
-        tags=list(dict.fromkeys([*BASE_TAGS, *info.tags])),
+        tags=list(dict.fromkeys([*tags, *info.tags])),
         datasets=[info.dataset_id] if info.dataset_id else None,
         eval_results=eval_results or None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_name=info.model_name,
+        model_name=markdown_text(info.model_name),
+        training_summary=training_summary(info.warm_started, info.backprop_steps),
         architecture=info.architecture,
         num_parameters=f"{info.num_parameters:,}",
         license=info.license,
-        dataset_name=info.dataset_name,
+        dataset_name=markdown_text(info.dataset_name),
         train_tokens=NOT_MEASURED if info.train_tokens is None else f"{info.train_tokens:,}",
         warm_start_seconds=_seconds(info.warm_start_seconds),
         backprop_seconds=_seconds(info.backprop_seconds),
         warm_start_perplexity=_perplexity(info.warm_start_perplexity),
         final_perplexity=_perplexity(info.final_perplexity),
         test_perplexity=_perplexity(info.test_perplexity),
-        repo_id=info.repo_id or f"<namespace>/{info.model_name}",  # see REPO_ID_PLACEHOLDER
+        repo_id=info.repo_id or "<namespace>/" + re.sub(r"[^\w.-]+", "-", info.model_name),  # before publishing
         intended_use=info.intended_use,
         limitations=info.limitations,
     )
+
+
+def markdown_text(value: str) -> str:
+    """``value`` as literal text of the card's Markdown body: control characters (a newline would open a heading
+    or a table row) become spaces, HTML is escaped, and Markdown's punctuation is backslash-escaped, so no
+    link, image, heading, emphasis, code span or table cell starts from a file or folder name."""
+    value = re.sub(r"[\x00-\x1f\x7f]+", " ", str(value))
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", html.escape(value, quote=False))
+
+
+def training_summary(warm_started: bool | None, backprop_steps: int | None) -> str:
+    """How the weights were set, as far as the saved model records it."""
+    warm = (
+        "Its weights were first set by an explicit warm start, computed in closed form from co-occurrence "
+        "statistics of the training data"
+    )
+    if warm_started:
+        if backprop_steps:
+            return f"{warm}, and then refined with backpropagation ({backprop_steps:,} optimizer steps)."
+        if backprop_steps == 0:
+            return f"{warm}; no backpropagation followed."
+        return f"{warm}; whether backpropagation followed is not recorded."
+    if backprop_steps:
+        return (
+            f"Its weights were trained with backpropagation ({backprop_steps:,} optimizer steps) from a random "
+            "initialisation, without the explicit warm start."
+        )
+    if backprop_steps == 0 or warm_started is False:
+        return "Its weights are not trained: a random initialisation (no warm start, no recorded training)."
+    return "How its weights were set is not recorded."
 
 
 def write_model_card(output_dir: str | Path, run_info: dict[str, Any] | TrainingRunInfo) -> ModelCard:
@@ -186,35 +225,76 @@ def results_run_info(results: dict[str, Any]) -> dict[str, Any]:
         "test_perplexity": results.get("test_perplexity"),
         "warm_start_seconds": results.get("warm_start_seconds"),
         "backprop_seconds": results.get("backprop_seconds"),
+        "backprop_steps": results.get("backprop_steps"),
+        "dataset_name": results.get("dataset_name") or UNSPECIFIED_DATASET,
+        "dataset_id": results.get("dataset_id"),
+        "dataset_config": results.get("dataset_config"),
     }
 
 
-def model_card_for_dir(model_dir: str | Path, repo_id: str) -> str:
-    """The model card to publish a saved SAFFU directory as ``repo_id``: its SAFFU ``README.md`` with the
-    loading examples naming ``repo_id``, or else a card written from ``config.json``, the stored weights and
-    the results ``all_results.json`` holds (what was not recorded reads "not measured")."""
-    path = Path(model_dir)
-    readme = path / "README.md"
-    if readme.is_file() and "saffu" in (ModelCard.load(readme).data.tags or []):
-        return REPO_ID_PLACEHOLDER.sub(repo_id, readme.read_text(encoding="utf-8"))
-    results_file = path / "all_results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    run_info = {
-        "model_name": repo_id.split("/")[-1],
-        "architecture": describe_architecture(SaffuConfig.from_pretrained(path)),
-        "num_parameters": stored_parameters(path),
-        "dataset_name": UNSPECIFIED_DATASET,
+def model_run_info(config: Any, num_parameters: int, results: dict[str, Any], repo_id: str | None, name: str) -> dict:
+    """The card's :class:`TrainingRunInfo` keys for a model (its config and parameter count) and its ``results``
+    (the keys of ``all_results.json``), titled with the repo's name when it is published (else ``name``)."""
+    return {
+        "model_name": repo_id.split("/")[-1] if repo_id else name,
         "repo_id": repo_id,
+        "architecture": describe_architecture(config),
+        "num_parameters": num_parameters,
+        "warm_started": bool(getattr(config, "warm_started", False)),
         **results_run_info(results),
     }
-    return build_model_card(TrainingRunInfo.from_dict(run_info)).content
+
+
+def model_card_for_dir(
+    model_dir: str | Path,
+    repo_id: str | None = None,
+    results_dir: str | Path | None = None,
+    results: dict[str, Any] | None = None,
+) -> str:
+    """The card of a saved SAFFU directory, published as ``repo_id`` (None: a placeholder in the loading
+    examples): written from its ``config.json``, its stored weights and the results of ``all_results.json`` in
+    ``model_dir``, else in ``results_dir`` when that holds the same weights (the folder a model was loaded from),
+    over ``results`` (what a trainer knows of its run); what was not recorded reads "not measured"."""
+    path = Path(model_dir)
+    recorded = dict(results or {})
+    for folder in (Path(results_dir) if results_dir else None, path):
+        if folder is not None and (folder / RESULTS_FILE).is_file() and same_weights(folder, path):
+            recorded |= {k: v for k, v in json.loads((folder / RESULTS_FILE).read_text()).items() if v is not None}
+    config = SaffuConfig.from_pretrained(path)
+    info = model_run_info(config, stored_parameters(path), recorded, repo_id, path.resolve().name)
+    return build_model_card(TrainingRunInfo.from_dict(info)).content
+
+
+def same_weights(folder: Path, model_dir: Path) -> bool:
+    """``folder`` holds the weights of ``model_dir`` (tensor for tensor), so its results describe them."""
+    if folder.resolve() == model_dir.resolve():
+        return True
+    mine, theirs = model_weight_files(model_dir), model_weight_files(folder)
+    if [f.name for f in mine] != [f.name for f in theirs] or not all(f.is_file() for f in mine + theirs):
+        return False
+    for a, b in zip(mine, theirs, strict=True):
+        with safe_open(a, framework="pt") as left, safe_open(b, framework="pt") as right:
+            if set(left.keys()) != set(right.keys()):
+                return False
+            if not all(left.get_tensor(k).equal(right.get_tensor(k)) for k in left.keys()):
+                return False
+    return True
+
+
+def model_weight_files(path: Path) -> list[Path]:
+    """The weight files the model loads: model.safetensors, or the shards its index names (other files in the
+    directory, such as a leftover shard of an earlier save, are not part of the model)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return [path / "model.safetensors"]
 
 
 def stored_parameters(model_dir: Path) -> int:
     """The number of parameters in a directory's safetensors weights: its floating-point tensors (integer
     tensors, such as the bigram table's row pointers and columns, are indices, not parameters)."""
     total = 0
-    for weights_file in sorted(model_dir.glob("*.safetensors")):
+    for weights_file in model_weight_files(model_dir):
         with safe_open(weights_file, framework="pt") as weights:
             slices = [weights.get_slice(name) for name in weights.keys()]
             total += sum(math.prod(s.get_shape()) for s in slices if s.get_dtype().startswith(("F", "BF")))
@@ -228,7 +308,7 @@ def _eval_results(info: TrainingRunInfo) -> list[EvalResult]:
         EvalResult(
             task_type="text-generation",
             task_name="Causal language modeling",
-            dataset_type=info.dataset_id or info.dataset_name,
+            dataset_type=info.dataset_id or "local",
             dataset_name=info.dataset_name,
             dataset_config=info.dataset_config,
             dataset_split=split,

@@ -162,6 +162,19 @@ def decoding_state(cache, past_key_values) -> "SaffuDecodingState | None":
     return state
 
 
+def last_document_end(ends_document: torch.Tensor) -> torch.Tensor:
+    """(batch, T): the position of the last EOS at or before t, -1 before the first. The k-th EOS of a row is
+    stored at slot k of a table (scatter-max), then read back at k_t = number of EOS up to t: integer ops with
+    static shapes (what torch.export and ONNX take; a running maximum, cummax, has no ONNX operator)."""
+    batch, length = ends_document.shape
+    positions = torch.arange(length, device=ends_document.device).expand(batch, length)
+    count = torch.cumsum(ends_document.long(), dim=1)
+    slots = torch.where(ends_document, count, 0)
+    table = positions.new_full((batch, length + 1), -1)
+    table = table.scatter_reduce(1, slots, torch.where(ends_document, positions, -1), reduce="amax")
+    return table.gather(1, count)
+
+
 def document_means(
     inputs: torch.Tensor,
     valid: torch.Tensor,
@@ -179,8 +192,7 @@ def document_means(
     batch, length, _ = inputs.shape
     sums = torch.cumsum(inputs.to(torch.float64), dim=1)
     counts = torch.cumsum(valid.to(torch.float64), dim=1)
-    positions = torch.arange(length, device=inputs.device).expand(batch, length)
-    last_end = torch.cummax(torch.where(ends_document, positions, -1), dim=1).values
+    last_end = last_document_end(ends_document)
     previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
     first_segment = previous_end < 0
     gather_at = previous_end.clamp_min(0)
@@ -372,10 +384,12 @@ def add_csr_rows_(
 ) -> torch.Tensor:
     """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
     lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
-    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made."""
+    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made. The only data-dependent
+    size is the number of entries (one expansion, the rest gathered from it), so `torch.export` and
+    `torch.compile` trace the add."""
     owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
-    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
-    entries = torch.arange(len(owners), device=starts.device) - first_of_owner
+    first_of_owner = (torch.cumsum(lengths, 0) - lengths - starts)[owners]
+    entries = torch.arange(owners.shape[0], device=starts.device) - first_of_owner
     return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
@@ -709,15 +723,26 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
 
     def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
         """The upload step of `push_to_hub`, given the saved folder and transformers' card (the repo's own, or a
-        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published."""
+        generic one): with the hf_saffu package, the SAFFU model card (`model_card_for_dir`) is published, with
+        the results of the folder the model was loaded from when it still holds these weights."""
         try:
             from hf_saffu.model_card import model_card_for_dir
         except ImportError:  # loaded as remote code where hf_saffu is not installed: keep transformers' card
             pass
         else:
             with open(os.path.join(working_dir, "README.md"), "w", encoding="utf-8") as readme:
-                readme.write(model_card_for_dir(working_dir, repo_id))
+                readme.write(model_card_for_dir(working_dir, repo_id, results_dir=self.name_or_path or None))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
+    def _assisted_decoding(self, *args, **kwargs):
+        """`generate` with an `assistant_model` or `prompt_lookup_num_tokens` (assisted decoding, prompt lookup)
+        would have to return the decoding state to the last accepted draft token; SAFFU's constant-size state keeps
+        no earlier states, so these modes are refused with a ValueError before any step."""
+        raise ValueError(
+            "SAFFU does not support assisted decoding or prompt lookup (assistant_model, prompt_lookup_num_tokens): "
+            "its constant-size decoding state cannot be cropped back to the accepted draft tokens; generate without "
+            "them"
+        )
 
     def forward(
         self,

@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import httpx2
 import yaml
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
@@ -31,7 +30,7 @@ from .data import (
 )
 from .errors import check_finite, raise_usage_error
 from .generation import sample_text
-from .model_card import describe_architecture, results_run_info, write_model_card
+from .model_card import RESULTS_FILE, model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM
 from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
 
@@ -208,7 +207,7 @@ def naming_the_source(name: str, value: str):
     """An OSError of loading `value` (a local folder or a Hub repo id) names the argument it came from."""
     try:
         yield
-    except (OSError, httpx2.HTTPError) as error:
+    except (OSError, HTTPError) as error:
         where = "a local folder" if Path(value).is_dir() else "not a local folder; as a Hub repo id"
         raise OSError(f"{name} {value} ({where}) could not be loaded: {error}") from error
 
@@ -293,22 +292,21 @@ def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, traini
     """Model, tokenizer, results and model card into output_dir."""
     output_dir = Path(training_args.output_dir)
     check_finite(trainer.model.named_parameters(), "the trained model", hint="nothing was saved")
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir), _internal_call=True)
     tokenizer.save_pretrained(str(output_dir))
-    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    write_model_card(output_dir, run_info_from_results(results, data_args, training_args.output_dir, trainer.model))
+    results |= dataset_results(data_args)
+    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    (output_dir / "README.md").write_text(model_card_for_dir(output_dir), encoding="utf-8")
+    if training_args.push_to_hub:  # after the results and the card, which the push publishes
+        trainer.push_to_hub()
 
 
-def run_info_from_results(results: dict, data_args: DataArguments, output_dir: str, model) -> dict:
-    """The model card's `TrainingRunInfo` keys from this run's results."""
+def dataset_results(data_args: DataArguments) -> dict:
+    """How all_results.json (and so the model card) names the training data."""
     return {
-        "model_name": Path(output_dir).name,
-        "architecture": describe_architecture(model.config),
-        "num_parameters": results["parameters"],
         "dataset_name": dataset_title(data_args),
         "dataset_id": hub_dataset_id(data_args),
         "dataset_config": data_args.dataset_config,
-        **results_run_info(results),
     }
 
 
@@ -325,4 +323,6 @@ def dataset_title(data_args: DataArguments) -> str:
     name = data_args.dataset_name
     if name is not None and not Path(name).exists():
         return name
-    return ", ".join(Path(path).name for path in ([name] if name else data_args.train_files))
+    if name is not None:
+        return f"local dataset folder {Path(name).name}"
+    return "local text files " + ", ".join(Path(path).name for path in data_args.train_files)

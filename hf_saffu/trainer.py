@@ -24,9 +24,11 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import pyarrow.compute as pc
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -43,7 +45,7 @@ from transformers.utils import CONFIG_NAME, logging
 
 from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
-from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
+from .model_card import model_card_for_dir
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start
 
@@ -156,13 +158,14 @@ class FrozenEmbeddingPhase(TrainerCallback):
 
 
 class WarmStartLog(TrainerCallback):
-    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one)."""
+    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one, or,
+    resuming, reads the checkpoint's): after what the history holds, at the step training starts from."""
 
     def __init__(self):
         self.entries: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        state.log_history[:0] = self.entries
+        state.log_history.extend({"step": state.global_step, **entry} for entry in self.entries)
 
 
 def resume_request(resume_from_checkpoint: str | bool | None) -> str | bool | None:
@@ -293,6 +296,7 @@ class ExplicitTrainer(Trainer):
             self.run_warm_start()
         if reason is not None:
             self.log({"warm_start_skipped": 1.0})
+            self.warm_start_log.entries.append({"warm_start_skipped": 1.0})
             logger.info(f"explicit warm start {reason}")
         if self.args.warm_start_only:
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
@@ -300,7 +304,7 @@ class ExplicitTrainer(Trainer):
 
     def warm_start_shard(self) -> "DatasetBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
-        dataset = self.train_dataset
+        dataset = warm_start_dataset(self.train_dataset)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
@@ -329,26 +333,37 @@ class ExplicitTrainer(Trainer):
         self.warm_start_log.entries.append({**metrics, "step": 0})
 
     def create_model_card(self, *args, dataset_name: str | None = None, **kwargs) -> None:
-        """The SAFFU model card instead of transformers' generic one (used by `push_to_hub`); a card
-        already in output_dir (written by `hf-saffu train`, with test results) is kept."""
-        if not self.is_world_process_zero() or (Path(self.args.output_dir) / "README.md").exists():
+        """README.md in output_dir: the SAFFU model card (`model_card_for_dir`, what every publishing path writes)
+        instead of transformers' generic one, naming the repo `push_to_hub` publishes to; the results of this
+        run fill in what output_dir's all_results.json (written by `hf-saffu train`) does not hold. A card
+        describes saved weights: the model is saved into output_dir first when it is not there yet."""
+        if not self.is_world_process_zero():
             return
-        model = self.saffu_model
         history = {key: value for log in self.state.log_history for key, value in log.items()}
-        train_tokens = sum(sum(mask) for mask in self.train_dataset["attention_mask"]) if self.train_dataset else 0
-        write_model_card(
-            self.args.output_dir,
-            {
-                "architecture": describe_architecture(model.config),
-                "num_parameters": sum(p.numel() for p in model.parameters()),
-                "dataset_name": dataset_name or UNSPECIFIED_DATASET,
-                "train_tokens": train_tokens,
-                "warm_start_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
-                "final_perplexity": history.get("eval_perplexity"),
+        dataset = kwargs.get("dataset")
+        results = {"dataset_name": dataset_name or (dataset if isinstance(dataset, str) else None)}
+        if self.state.global_step or self.warm_start_report is not None:  # this trainer trained the weights
+            results |= {
+                "train_tokens": self.train_tokens(),
+                "warm_start_validation_perplexity": self.warm_start_metrics.get("warm_start_eval_perplexity"),
+                "validation_perplexity": history.get("eval_perplexity"),
                 "warm_start_seconds": self.warm_start_metrics.get("warm_start_seconds"),
                 "backprop_seconds": history.get("train_runtime"),
-            },
-        )
+                "backprop_steps": self.state.global_step,
+            }
+        output_dir = Path(self.args.output_dir)
+        if not (output_dir / CONFIG_NAME).is_file():
+            self.save_model(str(output_dir), _internal_call=True)
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id
+        card = model_card_for_dir(output_dir, repo_id, results=results)
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
+
+    def train_tokens(self) -> int | None:
+        """The real (unmasked) tokens of the training data, when it is a map-style dataset."""
+        dataset = warm_start_dataset(self.train_dataset)
+        if not isinstance(dataset, datasets.Dataset) or "attention_mask" not in dataset.column_names:
+            return None
+        return sum(sum(mask) for mask in dataset["attention_mask"])
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -466,6 +481,27 @@ def remove_staged_checkpoints(run_dir: str) -> None:
     """Delete the tmp-checkpoint-* directories an interrupted save left behind."""
     for staged in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
         shutil.rmtree(staged)
+
+
+def warm_start_dataset(dataset):
+    """The training data as the warm start reads it: a `datasets.Dataset` (or an iterable dataset) as given; a
+    list of examples or a map-style torch `Dataset` (dicts with input_ids, from `__len__` and `__getitem__`)
+    converted with `datasets.Dataset.from_list`; anything else a ValueError naming what is supported."""
+    as_given = (datasets.Dataset, datasets.IterableDataset, torch.utils.data.IterableDataset)
+    if dataset is None or isinstance(dataset, as_given):
+        return dataset
+    if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__") and not isinstance(dataset, str | Mapping):
+        rows = [dataset[index] for index in range(len(dataset))]
+        kinds = {type(row).__name__ for row in rows if not isinstance(row, Mapping) or "input_ids" not in row}
+        if kinds:
+            raise ValueError(
+                f"the train_dataset's examples must be dicts with input_ids (packed blocks), got {sorted(kinds)}"
+            )
+        return datasets.Dataset.from_list([dict(row) for row in rows])
+    raise ValueError(
+        f"ExplicitTrainer's train_dataset must be a datasets.Dataset, a datasets.IterableDataset, a torch Dataset "
+        f"or a list of dicts with input_ids, got {type(dataset).__name__}"
+    )
 
 
 def check_block_lengths(dataset) -> int:

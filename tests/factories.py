@@ -1,5 +1,6 @@
 """Tiny configs, models, datasets and tokenizers shared by several test files."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_saffu import ExplicitTrainingArguments, SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import pack_documents
-from hf_saffu.model_card import describe_architecture, write_model_card
+from hf_saffu.model_card import RESULTS_FILE, model_card_for_dir
 
 # -- text: short documents of a few words, one a line ----------------------------------------------
 
@@ -133,6 +134,19 @@ RUN_INFO = {
 }
 
 
+# RUN_INFO as `hf-saffu train` records it in all_results.json, from which every card of a saved model is written.
+RESULTS = {
+    "dataset_name": RUN_INFO["dataset_name"],
+    "dataset_id": RUN_INFO["dataset_id"],
+    "train_tokens": RUN_INFO["train_tokens"],
+    "warm_start_validation_perplexity": RUN_INFO["warm_start_perplexity"],
+    "validation_perplexity": RUN_INFO["final_perplexity"],
+    "test_perplexity": RUN_INFO["test_perplexity"],
+    "warm_start_seconds": RUN_INFO["warm_start_seconds"],
+    "backprop_seconds": RUN_INFO["backprop_seconds"],
+}
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A tiny BPE tokenizer trained on ``CORPUS`` (no download)."""
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -144,7 +158,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def save_saffu(directory: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -> Path:
-    """Save a tiny random SAFFU model, its tokenizer and model card into ``directory``."""
+    """Save a tiny random SAFFU model, its tokenizer, the results of its run (`RESULTS`) and its model card
+    (naming `REPO_ID`) into ``directory``."""
     torch.manual_seed(seed)
     config = SaffuConfig(
         vocab_size=len(tokenizer), embed_bits=7, hidden_bits=7, windows=[2, 4], eos_token_id=tokenizer.eos_token_id
@@ -152,6 +167,6 @@ def save_saffu(directory: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -
     model = SaffuForCausalLM(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    run_info = RUN_INFO | {"architecture": describe_architecture(config), "repo_id": REPO_ID}
-    write_model_card(directory, run_info | {"num_parameters": model.num_parameters()})
+    (directory / RESULTS_FILE).write_text(json.dumps(RESULTS))
+    (directory / "README.md").write_text(model_card_for_dir(directory, REPO_ID))
     return directory

@@ -22,11 +22,14 @@ from training import (  # noqa: E402
     ablate,
     benchmark,
     capacity_probe,
+    cogo_experiment,
     data_efficiency,
+    forward_throughput,
     generation_benchmark,
     harness,
     long_budget,
     step_profile,
+    warm_start_ablation,
 )
 from training.kneser_ney import KneserNeyLM  # noqa: E402
 
@@ -54,6 +57,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def step_clock(monkeypatch):
+    """The harness's budgets read a clock that advances 0.01 "CPU second" a reading: where a run stops and
+    where its curve points fall depend on the code alone, never on the machine's speed or load."""
+    clock = harness.StepClock(0.01)
+    monkeypatch.setattr(harness.CLOCK, "now", clock)
+    return clock
 
 
 def sentences(count: int, seed: int) -> list[str]:
@@ -215,7 +227,12 @@ def test_cpu_budget_stops_training_and_records_the_curve(corpus):
     tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
     model = harness.saffu_model(tokenizer, recipe.model)
     budget = harness.Budget(1.0, (0.5, 100.0), batch_size=4, curve_blocks=2)
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     result = harness.train_with_budget(model, data, budget, recipe.learning_rate)
+    model.load_state_dict(initial)
+    harness.CLOCK.now.time = 0.0
+    again = harness.train_with_budget(model, data, budget, recipe.learning_rate)
+    assert again["curve"] == result["curve"] and again["steps"] == result["steps"]  # the clock, not the machine
     assert result["curve"][0]["step"] == 0 and result["curve"][-1]["step"] == result["steps"] >= 1
     assert result["cpu_seconds"] < 10
     assert all(p["cpu_seconds"] <= 100 for p in result["curve"])  # the 100 CPU-s point is past the budget
@@ -227,8 +244,8 @@ def test_early_stopping_restores_the_best_weights(corpus):
     recipe = harness.read_config(config)
     tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
     model = harness.saffu_model(tokenizer, recipe.model)
-    # a curve point every step on the whole validation split; a learning rate that overshoots after a few steps
-    # a curve point every step; stop 0.05 CPU-s after the best point
+    # a curve point every step on the whole validation split; a learning rate that overshoots after a few steps;
+    # stop 0.05 (clock) seconds after the best point
     budget = harness.Budget(30.0, (), batch_size=4, curve_blocks=10_000, eval_every=1e-6, patience=50_000)
     result = harness.train_with_budget(model, data, budget, 0.3, frozen_fraction=0.5)
     curve = [p["validation_perplexity"] for p in result["curve"]]
@@ -246,7 +263,9 @@ def test_early_stopping_restores_the_best_weights(corpus):
 def test_benchmark_script(corpus, tmp_path):
     data_dir, config = corpus
     argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
-    payload = benchmark.main([*argv, "--budget-cpu-seconds", "0.5", "--gpt2-dims", "16", "--eval-checkpoints", "0.2"])
+    payload = benchmark.main(
+        [*argv, "--quick", "--budget-cpu-seconds", "0.5", "--gpt2-dims", "16", "--eval-checkpoints", "0.2"]
+    )
     arms = [r["arm"] for r in payload["results"]]
     assert arms == [
         "additive bigram",
@@ -262,7 +281,7 @@ def test_benchmark_script(corpus, tmp_path):
     assert ppl["Kneser-Ney 2-gram"] < ppl["additive bigram"] * 1.5 and all(p > 1 for p in ppl.values())
     assert payload["settings"]["eval_checkpoints"] == [0.2] or payload["settings"]["eval_checkpoints"] == (0.2,)
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| Kneser-Ney 3-gram |" in report and "python -m training.benchmark" in report
+    assert "| Kneser-Ney 3-gram |" in report and "python -m training.benchmark" in report and "(--quick)" in report
     assert json.loads((tmp_path / "brown.json").read_text())["run"]["command"].startswith("python -m training")
     assert (tmp_path / "brown.png").stat().st_size > 0
 
@@ -270,10 +289,11 @@ def test_benchmark_script(corpus, tmp_path):
 def test_data_efficiency_script(corpus, tmp_path):
     data_dir, config = corpus
     argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
-    rows = data_efficiency.main([*argv, "--fractions", "0.5", "1", "--budget-cpu-seconds", "0.3"])
+    rows = data_efficiency.main([*argv, "--quick", "--fractions", "0.5", "1", "--budget-cpu-seconds", "0.3"])
     assert [r["fraction"] for r in rows] == [0.5] * 3 + [1.0] * 3
     assert rows[0]["train_tokens"] < rows[3]["train_tokens"]
-    assert (tmp_path / "DATA_EFFICIENCY.md").is_file() and (tmp_path / "data_efficiency.json").is_file()
+    assert "(--quick)" in (tmp_path / "DATA_EFFICIENCY.md").read_text()
+    assert json.loads((tmp_path / "data_efficiency.json").read_text())["rows"] == rows
 
 
 def test_ablation_centres_on_the_config_and_resumes(corpus, tmp_path):
@@ -302,6 +322,42 @@ def test_generation_benchmark_rows(corpus):
     assert generation_benchmark.targets(rows)[0]["met"]
 
 
+def test_generation_benchmark_script_quick(corpus, tmp_path):
+    rows = generation_benchmark.main(["--quick", "--config", str(corpus[1]), "--output-dir", str(tmp_path)])
+    assert sorted({r["prompt_length"] for r in rows}) == [16, 64, 256]
+    assert "(--quick)" in (tmp_path / "GENERATION.md").read_text()
+    assert json.loads((tmp_path / "generation.json").read_text())["rows"] == rows
+
+
+def test_forward_throughput_script(corpus, tmp_path):
+    argv = ["--config", str(corpus[1]), "--output-dir", str(tmp_path), "--batch-size", "2", "--length", "16"]
+    result = forward_throughput.main([*argv, "--repeats", "1"])
+    assert result["parameters"] > 0 and result["forward_tokens_per_second"] > 0
+    assert "| parameters | forward tokens/s |" in (tmp_path / "FORWARD_THROUGHPUT.md").read_text()
+    assert json.loads((tmp_path / "forward_throughput.json").read_text())["parameters"] == result["parameters"]
+
+
+def test_warm_start_ablation_script(corpus, tmp_path):
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    rows = warm_start_ablation.main([*argv, "--max-tokens", "2000", "--rows", warm_start_ablation.ROWS[0][0]])
+    assert len(rows) == 1 and 1 < rows[0]["validation_perplexity"] < float("inf")
+    assert json.loads((tmp_path / "warm_start.json").read_text())["rows"][0]["row"] == rows[0]["row"]
+    assert (tmp_path / "WARM_START.md").is_file()
+
+
+def test_cogo_experiment_script_quick_writes_its_report(tmp_path):
+    """--quick with the runs cut down (one weight decay, 200 steps, d = 7); the JSON holds the summaries (whose
+    factor patterns were tuple keys, which json refused)."""
+    output = tmp_path / "COGO.md"
+    argv = ["--quick", "--modulus", "7", "--hidden-size", "32", "--steps", "200", "--construction-moduli", "7"]
+    cogo_experiment.main([*argv, "--weight-decays", "1e-4", "--workers", "1", "--output", str(output)])
+    payload = json.loads((tmp_path / "cogo.json").read_text())
+    assert payload["arguments"]["quick"] and len(payload["runs"]) == 1 and len(payload["constructions"]) >= 1
+    assert all(isinstance(key, str) for key in payload["runs"][0]["summary"]["factor_counts"])
+    assert "## 3. Seconds: constructing vs training" in output.read_text()
+
+
 def test_datasets_dict_is_what_the_harness_packs(corpus):
     data_dir, config = corpus
     tokenizer, data = harness.load_data(data_dir, 300, 32, train_documents=50, eval_documents=5)
@@ -323,6 +379,15 @@ def test_explicit_digits_report_and_targets():
         "\n".join(lines)
     )
     assert json.dumps(digits.summary(results, {"digits": settings}), default=str)
+
+
+def test_explicit_digits_script_quick(tmp_path):
+    from training import explicit_digits as digits
+
+    digits.main(["--quick", "--datasets", "digits", "--output-dir", str(tmp_path)])
+    payload = json.loads((tmp_path / "digits.json").read_text())
+    assert payload["settings"]["digits"]["seeds"] == digits.SETTINGS["digits", True].seeds
+    assert "(--quick)" in (tmp_path / "DIGITS.md").read_text() and (tmp_path / "digits.png").stat().st_size > 0
 
 
 def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):

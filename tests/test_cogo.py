@@ -1,6 +1,7 @@
 """CoGO (docs/DESIGN.md section 7): network and loss, Fourier view, semi-ring, constructions, HF model."""
 
 import cmath
+import json
 
 import pytest
 import torch
@@ -216,6 +217,9 @@ def test_reading_rejects_blocks_that_are_not_constructions():
     assert by_frequency[5].factorization_error < 1e-12  # a product, but not of building blocks
     assert by_frequency[5].residual > 1e-2
     assert by_frequency[1].construction == "order6: z_nu * z_syn"
+    summary = summarize_readings(readings)
+    assert summary["factor_counts"] == {" * ".join(by_frequency[5].factors): 1}
+    assert json.loads(json.dumps(summary))["factor_counts"] == summary["factor_counts"]  # cogo.json takes it
 
 
 # --- Hugging Face integration --------------------------------------------------------------------

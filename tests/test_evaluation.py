@@ -411,8 +411,9 @@ def run_lm_eval(model_dir: Path, tmp_path: Path) -> dict[str, list[dict]]:
     """Run lm_eval in an offline subprocess; return the logged samples per task."""
     write_tasks(tmp_path / "tasks", PAIRS_DIR / "agreement.jsonl")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    command = [sys.executable, "-m", "lm_eval", "--model", "hf"]
-    command += ["--model_args", f"pretrained={model_dir},trust_remote_code=True", "--device", "cpu"]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PAIRS_DIR.parents[2]), env.get("PYTHONPATH")]))  # checkout
+    command = [sys.executable, "-m", "hf_saffu.lmeval", "--model", "hf"]  # lm_eval with hf_saffu imported
+    command += ["--model_args", f"pretrained={model_dir},backend=causal", "--device", "cpu"]  # no remote code
     command += ["--tasks", ",".join(TASK_YAMLS), "--include_path", str(tmp_path / "tasks"), "--batch_size", "2"]
     command += ["--output_path", str(tmp_path / "results"), "--log_samples"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -451,10 +452,10 @@ def make_byte_level_tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.mark.slow
 def test_lm_eval_harness_matches_package_on_saved_saffu(tmp_path):
-    """`lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True` on a saved SAFFU
-    directory with a byte-level BPE tokenizer: its loglikelihoods and accuracy equal ours and its
-    generations equal greedy `generate`. (GPT-2 is supported by lm-eval natively; one CLI run costs
-    ~20 s, mostly indexing lm-eval's built-in tasks.)"""
+    """`python -m hf_saffu.lmeval --model hf --model_args pretrained=DIR,backend=causal` (lm_eval with the SAFFU
+    classes registered, no trust_remote_code) on a saved SAFFU directory with a byte-level BPE tokenizer: its
+    loglikelihoods and accuracy equal ours and its generations equal greedy `generate`. (GPT-2 is supported by
+    lm-eval natively; one CLI run costs ~20 s, mostly indexing lm-eval's built-in tasks.)"""
     pytest.importorskip("lm_eval")
     tokenizer = make_byte_level_tokenizer()
     torch.manual_seed(0)

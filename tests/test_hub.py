@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu
+from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu, text_file
 from huggingface_hub import HfApi, ModelCard
 from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +31,7 @@ from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
 from hf_saffu.model_card import (
     NOT_MEASURED,
+    RESULTS_FILE,
     TrainingRunInfo,
     build_model_card,
     describe_architecture,
@@ -38,6 +39,7 @@ from hf_saffu.model_card import (
 )
 
 API_REPO_ID = "tester/tiny-saffu-push-to-hub"
+ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TIMEOUT_S = 180
 
 # Prepended to every client script: only loopback connections are possible.
@@ -224,12 +226,14 @@ def test_push_pull_and_offline_reload_are_identical(hub, saffu_dir, reference, t
         ["push", str(saffu_dir), REPO_ID],
         ["push", str(saffu_dir), REPO_ID, "--revision", "dev"],
     ]
-    run_client(PUBLISH, env, work, json.dumps(pushes), saffu_dir, API_REPO_ID)
+    run_client(
+        PUBLISH, env | {"PYTHONPATH": str(ROOT)}, work, json.dumps(pushes), saffu_dir, API_REPO_ID
+    )  # this checkout
     local = dir_files(saffu_dir)
     assert {"README.md", "model.safetensors", "modeling_saffu.py", "tokenizer.json"} <= set(local)
     assert hub.files(REPO_ID) == local, "the second push must replace the files and delete the stale shard"
     first_push = hub.files(REPO_ID, hub.commits(REPO_ID)[1])
-    assert set(first_push) == set(local) | {"model-00002-of-00002.safetensors"}, "checkpoints are not pushed"
+    assert set(first_push) == set(local), "neither checkpoints nor a shard the model does not load are pushed"
     assert hub.files(REPO_ID, "dev") == local
     assert hub.is_private(REPO_ID)
     assert hub.repo_ids() == sorted([REPO_ID, API_REPO_ID])
@@ -258,43 +262,98 @@ def assert_push_to_hub_published(stored: dict[str, bytes], local: dict[str, byte
 
 
 PUBLISH_CARDS = """
-import json
+from hf_saffu import ExplicitTrainer, ExplicitTrainingArguments
 from hf_saffu.cli import main
 from transformers import AutoModelForCausalLM
 
-placeholder_dir, bare_dir, repo_id, bare_repo_id, api_repo_id = sys.argv[1:]
-main(["push", placeholder_dir, repo_id])
-main(["push", bare_dir, bare_repo_id])
-AutoModelForCausalLM.from_pretrained(bare_dir).push_to_hub(api_repo_id)
+model_dir, trainer_dir, cli_repo, api_repo, trainer_repo = sys.argv[1:]
+main(["push", model_dir, cli_repo])
+AutoModelForCausalLM.from_pretrained(model_dir).push_to_hub(api_repo)
+model = AutoModelForCausalLM.from_pretrained(trainer_dir)
+args = ExplicitTrainingArguments(trainer_dir, hub_model_id=trainer_repo, report_to="none", use_cpu=True)
+ExplicitTrainer(model=model, args=args).push_to_hub()
 """
 
 
-def test_every_push_publishes_the_saffu_card_naming_the_repo(hub, saffu_dir, tmp_path):
-    """``hf-saffu push`` writes the repo id into the card's loading examples (the directory stays as it was);
-    a directory saved with save_pretrained (no card) and ``model.push_to_hub`` publish the SAFFU card written
-    from the config and the results the directory holds, not transformers' generic card or none."""
-    placeholder = copy_model_dir(saffu_dir, tmp_path / "placeholder-dir")
-    run_info = RUN_INFO | {"architecture": "SAFFU", "num_parameters": 1}
-    local_card = write_model_card(placeholder, run_info).content
-    assert '"<namespace>/placeholder-dir"' in local_card
-    bare = copy_model_dir(saffu_dir, tmp_path / "bare", remove=("README.md",))
-    results = {"train_tokens": 512, "validation_perplexity": 17.25, "test_perplexity": 18.125}
-    (bare / "all_results.json").write_text(json.dumps(results))
-    bare_repo, api_repo = "tester/bare-saffu", "tester/api-saffu"
+def test_every_push_publishes_the_same_true_card(hub, saffu_dir, tmp_path):
+    """``hf-saffu push``, ``model.push_to_hub`` (of the model loaded from the directory) and
+    ``ExplicitTrainer.push_to_hub(hub_model_id=...)`` publish the same card, written from the directory: titled
+    and loaded as the repo it is published to, with the results and training data of its all_results.json, and,
+    for these untrained weights, no claim of a warm start or of backpropagation."""
+    model_dir = copy_model_dir(saffu_dir, tmp_path / "local-folder-name")
+    trainer_dir = copy_model_dir(saffu_dir, tmp_path / "trainer-output")
+    repos = {"cli": "tester/cli-saffu", "api": "tester/api-saffu", "trainer": "tester/trainer-saffu"}
     # hub.env keeps PYTHONPATH: the client publishes with this checkout's hf_saffu
-    run_client(PUBLISH_CARDS, hub.env(tmp_path), tmp_path / "work", placeholder, bare, REPO_ID, bare_repo, api_repo)
+    run_client(PUBLISH_CARDS, hub.env(tmp_path), tmp_path / "work", model_dir, trainer_dir, *repos.values())
 
-    assert hub.files(REPO_ID)["README.md"].decode() == local_card.replace("<namespace>/placeholder-dir", REPO_ID)
-    assert (placeholder / "README.md").read_text() == local_card
-    architecture = describe_architecture(SaffuConfig.from_pretrained(saffu_dir))
-    parameters = f"{SaffuForCausalLM.from_pretrained(saffu_dir).num_parameters():,}"
-    for repo_id, metrics in ((bare_repo, {"validation": 17.25, "test": 18.125}), (api_repo, {})):
-        card = ModelCard(hub.files(repo_id)["README.md"].decode())
-        assert "saffu" in card.data.tags
-        assert {r.dataset_split: r.metric_value for r in card.data.eval_results or []} == metrics
-        for text in (architecture, parameters, f'from_pretrained("{repo_id}", trust_remote_code=True)'):
-            assert text in card.text, (repo_id, text)
-    assert "| Training tokens | 512 |" in ModelCard(hub.files(bare_repo)["README.md"].decode()).text
+    cards = {kind: hub.files(repo_id)["README.md"].decode() for kind, repo_id in repos.items()}
+    same = {
+        card.replace(repos[kind], "REPO").replace(repos[kind].split("/")[1], "NAME") for kind, card in cards.items()
+    }
+    assert len(same) == 1, "one card for every path"
+    for repo_id, text in ((repos[kind], card) for kind, card in cards.items()):
+        card = ModelCard(text)
+        assert "saffu" in card.data.tags and "warm-start" not in card.data.tags
+        assert card.text.count(f'from_pretrained("{repo_id}"') == 4 and "<namespace>" not in card.text
+        assert f"# {repo_id.split('/')[1]}\n" in card.text and "local-folder-name" not in card.text
+        assert {r.dataset_split: r.metric_value for r in card.data.eval_results} == {
+            "validation": 17.25,
+            "test": 18.125,
+        }
+        assert card.data.datasets == [RUN_INFO["dataset_id"]] and "| Training data | Tiny test corpus |" in card.text
+        assert (
+            "| Training tokens | 4,096 |" in card.text
+            and "| Final (after backpropagation) | 17.25 | 18.12 |" in card.text
+        )
+        assert "Its weights are not trained" in card.text
+        assert "warm start, computed" not in card.text and "refined" not in card.text
+    assert (model_dir / "README.md").read_bytes() == (saffu_dir / "README.md").read_bytes()  # the folder unchanged
+
+
+def test_push_publishes_only_what_a_model_repo_holds(hub, saffu_dir, tmp_path):
+    """``hf-saffu push`` publishes the config, the weights the model loads, the code, the tokenizer, the results
+    and the card: no dotfiles, staging leftovers, checkpoints, logs, stray scripts or orphan shards."""
+    model_dir = copy_model_dir(saffu_dir, tmp_path / "model")
+    leftovers = [".env", ".tmpab12cd", "training_args.bin", "notes.py", "model-00002-of-00002.safetensors"]
+    for name in leftovers:
+        (model_dir / name).write_bytes(b"HF_TOKEN=hf_secret")
+    for folder in ("checkpoint-3", "tmp-checkpoint-6", "runs", ".git"):
+        (model_dir / folder).mkdir()
+        (model_dir / folder / "optimizer.pt").write_bytes(b"leftover")
+    run_client(PUSH_ONE, client_env(hub, tmp_path) | {"PYTHONPATH": str(ROOT)}, tmp_path / "w", model_dir, REPO_ID)
+    published = hub.files(REPO_ID)
+    assert published == dir_files(saffu_dir)  # what save_pretrained, the tokenizer and the training run wrote
+    assert not any(b"hf_secret" in content for content in published.values())
+
+
+def test_train_with_push_to_hub_publishes_the_finished_run_with_its_card(hub, tmp_path):
+    """`hf-saffu train --push_to_hub true` pushes after the model, tokenizer, all_results.json and card are saved:
+    the published card is the local one naming the repo, with the run's test perplexity and training data."""
+    text_file(tmp_path / "train.txt", 60)
+    text_file(tmp_path / "valid.txt", 10, seed=1)
+    text_file(tmp_path / "test.txt", 10, seed=2)
+    out, repo_id = tmp_path / "out", "tester/trained-saffu"
+    argv = ["train", "--train_files", "train.txt", "--validation_files", "valid.txt", "--test_files", "test.txt"]
+    argv += ["--tokenizer_vocab_size", "300", "--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4"]
+    argv += ["--block_size", "16", "--max_steps", "2", "--save_strategy", "no", "--report_to", "none"]
+    argv += ["--use_cpu", "true", "--output_dir", str(out), "--push_to_hub", "true", "--hub_model_id", repo_id]
+    run_client(PUSH_ONE.replace('"push", ', ""), hub.env(tmp_path), tmp_path, *argv)
+    results = json.loads((out / RESULTS_FILE).read_text())
+    published = hub.files(repo_id)
+    assert {RESULTS_FILE, "tokenizer.json", "model.safetensors"} <= published.keys()
+    card = published["README.md"].decode()
+    local = (out / "README.md").read_text()
+    title = ("# out\n\nout is", "# trained-saffu\n\ntrained-saffu is")
+    assert card == local.replace("<namespace>/out", repo_id).replace(*title)
+    assert f"| {results['test_perplexity']:,.2f} |" in card and "| Training data | local text files train.txt |" in card
+    assert "then refined with backpropagation (2 optimizer steps)" in card
+
+
+PUSH_ONE = """
+from hf_saffu.cli import main
+
+main(["push", *sys.argv[1:]])
+"""
 
 
 REMOTE_CODE = """

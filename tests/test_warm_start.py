@@ -17,8 +17,8 @@ from transformers import AutoTokenizer, Trainer
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import DataArguments, config_for_tokenizer, load_text_datasets, tokenize_and_pack
 from hf_saffu.explicit import ExplicitStatisticsError
-from hf_saffu.model_card import TrainingRunInfo, build_model_card
-from hf_saffu.train import ModelArguments, parse_arguments, run_info_from_results, run_training
+from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
+from hf_saffu.train import ModelArguments, dataset_results, parse_arguments, run_training
 from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, FrozenEmbeddingPhase, resolve_checkpoint
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -263,6 +263,9 @@ def test_resume_does_not_redo_the_warm_start(tmp_path):
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.warm_start_report is None
     assert resumed.state.global_step == 6
+    history = resumed.state.log_history
+    assert {"warm_start_skipped": 1.0, "step": 3} in history  # at the step the resumed run starts from
+    assert history[0] == trainer.state.log_history[0] and "warm_start_tokens" in history[0]  # the original run's
 
     again = ExplicitTrainer(
         model=SaffuForCausalLM.from_pretrained(checkpoint), args=training_arguments(tmp_path / "b"), train_dataset=train
@@ -366,12 +369,12 @@ def test_the_model_card_publishes_no_local_path(tmp_path, source):
     data = tmp_path / "private" / "corpus"
     data.mkdir(parents=True)
     if source == "saved_folder":
-        data_args, title = DataArguments(dataset_name=str(data)), "corpus"
+        data_args, title = DataArguments(dataset_name=str(data)), "local dataset folder corpus"
     else:
         train = write_lines(data / "train.txt", ["to be or not to be"])
-        data_args, title = DataArguments(train_files=[train]), "train.txt"
-    results = {"parameters": 10, "train_tokens": 100, "validation_perplexity": 12.5}
-    info = run_info_from_results(results, data_args, str(tmp_path / "run"), SaffuForCausalLM(saffu_config()))
+        data_args, title = DataArguments(train_files=[train]), "local text files train.txt"
+    results = {"train_tokens": 100, "validation_perplexity": 12.5, **dataset_results(data_args)}
+    info = model_run_info(saffu_config(), 10, results, None, "run")
     card = build_model_card(TrainingRunInfo.from_dict(info))
     assert card.data.datasets is None
     assert str(tmp_path) not in card.content

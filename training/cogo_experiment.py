@@ -350,7 +350,7 @@ def render_report(
         found, unmatched = Counter(), Counter()
         for run in runs:
             found.update(run["summary"]["construction_counts"])
-            unmatched.update({" * ".join(key): value for key, value in run["summary"]["factor_counts"].items()})
+            unmatched.update(run["summary"]["factor_counts"])
         lines.append(
             f"| {decay:g} | {', '.join(f'{name}: {count}' for name, count in sorted(found.items())) or '—'} "
             f"| {', '.join(f'{name}: {count}' for name, count in sorted(unmatched.items())) or '—'} |"

@@ -224,7 +224,8 @@ def read_network(
 def summarize_readings(readings: list[BlockReading]) -> dict[str, float | int | dict]:
     """Counts and shares over blocks: `match_share` is matched blocks over all used frequencies
     (order ≥ 1); `match_share_of_factorable` divides by the factorable order-4/6 blocks instead
-    (the denominator of the published analysis code)."""
+    (the denominator of the published analysis code). Keys are strings (the summary is written as JSON):
+    `factor_counts` names a pair of factors "A * B"."""
     used = [r for r in readings if r.order > 0]
     order46 = [r for r in used if r.order in (4, 6)]
     factorable = [r for r in order46 if r.factorable]
@@ -237,7 +238,7 @@ def summarize_readings(readings: list[BlockReading]) -> dict[str, float | int | 
         "factorable_blocks": len(factorable),
         "matched_blocks": len(matched),
         "construction_counts": dict(Counter(r.construction for r in matched)),
-        "factor_counts": dict(Counter(r.factors for r in factorable if r.construction is None)),
+        "factor_counts": dict(Counter(" * ".join(r.factors) for r in factorable if r.construction is None)),
         "match_share": len(matched) / max(len(used), 1),
         "match_share_of_factorable": len(matched) / max(len(factorable), 1),
     }
