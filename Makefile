@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch first, pinned: the CPU build (an unpinned torch may pull a multi-GB CUDA build)
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,bench,lmeval]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,lmeval,onnx]"
 	$(BIN)/hf-saffu fetch-corpus
 
 # The main job: train (explicit warm start + backprop), evaluate and sample a SAFFU on the built-in corpus
