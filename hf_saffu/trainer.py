@@ -114,6 +114,14 @@ class ExplicitTrainingArguments(TrainingArguments):
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
 
+    def __getstate__(self) -> dict:
+        """The arguments as pickled (Trainer saves them with `torch.save` as training_args.bin in every checkpoint,
+        the final model and each Hub push) without the secrets: every `*_token` string (hub_token) is None."""
+        return {
+            key: None if key.endswith("_token") and isinstance(value, str) else value
+            for key, value in vars(self).items()
+        }
+
 
 class DatasetBatches:
     """Re-iterable batches of a dataset, read one at a time (memory does not grow with the data)."""

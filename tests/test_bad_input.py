@@ -546,3 +546,21 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("train_files: [t.txt]\noutput_dir: o\nlearning_rate: 1e-4\n")  # YAML 1.1 reads a string
     assert parse_arguments([str(config)])[2].learning_rate == 1e-4
+
+
+# -- secrets -------------------------------------------------------------------------------------------------------
+
+SECRET = "hf_SeCrEtToKeN0123456789abcdef"
+
+
+def test_hub_token_is_never_written_to_disk(tmp_path):
+    """A run given --hub_token saves training_args.bin in every checkpoint and next to the final model: none of
+    the files written holds the token (the pickled arguments carry hub_token=None)."""
+    model_args, data_args, training_args = job_arguments(tmp_path, max_steps=2, save_steps=1, hub_token=SECRET)
+    run_training(model_args, data_args, training_args)
+    assert training_args.hub_token == SECRET  # the running job keeps it
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in written)
+    assert [path for path in written if SECRET.encode() in path.read_bytes()] == []
+    saved = torch.load(Path(training_args.output_dir) / "training_args.bin", weights_only=False)
+    assert saved.hub_token is None and saved.learning_rate == training_args.learning_rate
