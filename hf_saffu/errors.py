@@ -18,14 +18,18 @@ class UsageError(ValueError):
     """A command-line flag or argument argparse could not read."""
 
 
+class OutputDirInUseError(RuntimeError):
+    """Another training run holds the output_dir's lock (a user error: reported as one line, exit status 2)."""
+
+
 def raise_usage_error(message: str):
     """An `ArgumentParser.error` that raises `UsageError` (reported as one line) instead of printing the usage."""
     raise UsageError(f"{message} (see --help)")
 
 
 # What a user can cause by bad input: ValueError (bad values, NonFiniteError), OSError (missing or unreadable
-# files, HfHubHTTPError), httpx2.HTTPError (an unreachable Hub endpoint).
-USER_ERRORS = (ValueError, OSError, httpx2.HTTPError)
+# files, HfHubHTTPError), httpx2.HTTPError (an unreachable Hub endpoint), OutputDirInUseError (a concurrent run).
+USER_ERRORS = (ValueError, OSError, httpx2.HTTPError, OutputDirInUseError)
 
 
 def non_finite_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:

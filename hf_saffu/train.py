@@ -5,6 +5,7 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 (`hf-saffu train`, hf_saffu/commands/train.py, runs `run_training(*parse_arguments(argv))`).
 """
 
+import functools
 import json
 import re
 import time
@@ -33,7 +34,7 @@ from .errors import check_finite, raise_usage_error
 from .generation import sample_text
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir, output_dir_lock, staged_folder
 
 
 def architecture_field(help: str):
@@ -233,6 +234,19 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
 
 
+def holding_the_output_dir(run):
+    """`run(model_args, data_args, training_args)` with training_args.output_dir locked throughout
+    (`hf_saffu.trainer.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
+
+    @functools.wraps(run)
+    def locked(model_args, data_args, training_args):
+        with output_dir_lock(training_args.output_dir, training_args.should_save):
+            return run(model_args, data_args, training_args)
+
+    return locked
+
+
+@holding_the_output_dir
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: ExplicitTrainingArguments
 ) -> dict:
@@ -290,13 +304,18 @@ def run_training(
 
 
 def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, training_args) -> None:
-    """Model, tokenizer, results and model card into output_dir."""
+    """Model, tokenizer, results and model card into output_dir, written into a staging folder first and moved
+    into place once all are written (`staged_folder`); then pushed to the Hub with `push_to_hub`."""
     output_dir = Path(training_args.output_dir)
     check_finite(trainer.model.named_parameters(), "the trained model", hint="nothing was saved")
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    write_model_card(output_dir, run_info_from_results(results, data_args, training_args.output_dir, trainer.model))
+    with staged_folder(output_dir) as staging:
+        trainer.save_model(str(staging), _internal_call=True)
+        tokenizer.save_pretrained(str(staging))
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2))
+        run_info = run_info_from_results(results, data_args, training_args.output_dir, trainer.model)
+        write_model_card(staging, run_info)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Model save")
 
 
 def run_info_from_results(results: dict, data_args: DataArguments, output_dir: str, model) -> dict:

