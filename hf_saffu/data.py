@@ -17,12 +17,17 @@ from transformers import PreTrainedTokenizerFast
 
 from .configuration_saffu import SaffuConfig
 from .corpus import load_shakespeare
+from .errors import check_regular_file
 
 EOS_TOKEN = "<|endoftext|>"
 # Documents packed together: blocks never span two packing batches (the last block of each is padded).
 PACKING_BATCH = 10_000
 PAD_TOKEN = "<pad>"
 BUILTIN_CORPUS = "shakespeare"
+# Upper bounds checked before any data is read: a block is one row of every (batch, block, ...) activation, and a
+# BPE vocabulary beyond 2^20 tokens exceeds any corpus this package trains on (and the model's matrices).
+MAX_BLOCK_SIZE = 2**20
+MAX_TOKENIZER_VOCAB_SIZE = 2**20
 
 
 @dataclass
@@ -61,12 +66,12 @@ class DataArguments:
             )
         if self.dataset_name is None and not self.train_files:
             raise ValueError(f"DataArguments: give dataset_name (e.g. '{BUILTIN_CORPUS}') or train_files")
-        if self.block_size < 2:
-            raise ValueError(f"DataArguments.block_size must be >= 2, got {self.block_size}")
-        if self.tokenizer_vocab_size < 260:
+        if not 2 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"DataArguments.block_size must be >= 2 and <= {MAX_BLOCK_SIZE}, got {self.block_size}")
+        if not 260 <= self.tokenizer_vocab_size <= MAX_TOKENIZER_VOCAB_SIZE:
             raise ValueError(
-                "DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), "
-                f"got {self.tokenizer_vocab_size}"
+                f"DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials) and <= "
+                f"{MAX_TOKENIZER_VOCAB_SIZE}, got {self.tokenizer_vocab_size}"
             )
 
 
@@ -120,10 +125,7 @@ def is_saved_dataset(path: str) -> bool:
 def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:
     """A `split` file must be a readable UTF-8 text file with at least one non-blank line (read in chunks)."""
     file = Path(path)
-    if file.is_dir():
-        raise IsADirectoryError(f"{split} file {path} is a directory, not a text file")
-    if not file.is_file():
-        raise FileNotFoundError(f"{split} file {path} does not exist")
+    check_regular_file(file, f"{split} file")
     decoder = codecs.getincrementaldecoder("utf-8")()
     has_text, offset = False, 0
     with file.open("rb") as stream:

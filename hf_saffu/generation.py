@@ -2,8 +2,22 @@
 `hf-saffu generate`)."""
 
 import itertools
+import math
 
 import torch
+
+
+def check_sampling(prompt: str, max_new_tokens, greedy: bool, temperature, top_k, documents) -> None:
+    """A ValueError naming the first argument of `sample_text` no sampling could use."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the prompt is not UTF-8 text (at character {error.start}: {error.reason})") from None
+    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("documents", documents, 1), ("top_k", top_k, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not greedy and not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0 (or use greedy decoding), got {temperature!r}")
 
 
 def sample_text(
@@ -20,8 +34,7 @@ def sample_text(
     """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
     tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
     are separated by blank lines."""
-    if documents < 1:
-        raise ValueError(f"documents must be >= 1, got {documents}")
+    check_sampling(prompt, max_new_tokens, greedy, temperature, top_k, documents)
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])

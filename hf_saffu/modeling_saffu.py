@@ -507,6 +507,37 @@ class SaffuPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing (a `ValueError` naming them) weights that disagree with the
+        config: a tensor the model needs that the checkpoint lacks (it would be left random), a tensor of another
+        shape, or, for the causal LM, a tensor the model has no place for (e.g. num_layers=2 in the config of a
+        one-layer model). A base `SaffuModel` may leave a causal LM checkpoint's head unused."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights' shapes do not match its config (e.g. vocab_size, "
+                "embed_bits, hidden_bits, windows or the table sizes)"
+            ) from None
+        problems = {
+            "missing": info["missing_keys"],
+            "unexpected": info["unexpected_keys"] if cls is not SaffuModel else [],
+        }
+        problems = {kind: sorted(keys) for kind, keys in problems.items() if keys}
+        if problems:
+            listed = "; ".join(
+                f"{kind}: {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
+                for kind, keys in problems.items()
+            )
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match its config ({listed})")
+        return (model, info) if output_loading_info else model
+
+    @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         """SAFFU keeps its own constant-size `SaffuDecodingState`, not a key/value cache."""
         return False

@@ -18,6 +18,7 @@ import yaml
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
+from transformers.hf_argparser import string_to_bool
 
 from .configuration_saffu import SaffuConfig
 from .data import (
@@ -102,15 +103,29 @@ def number_or_word(name: str, value: str, words: dict):
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last silently; a
+    flag's two spellings, embed_bits and embed-bits, are one key) and aliases (`*name`: a config needs none, and
+    nested aliases expand exponentially)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ValueError(
+                f"the alias *{event.anchor} (line {event.start_mark.line + 1}) is not allowed: write the value out"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
+        seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ValueError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
+            name = key.replace("-", "_") if isinstance(key, str) else key
+            if name in seen:
+                twice = (
+                    f"key {key!r} is" if seen[name] == key else f"keys {seen[name]!r} and {key!r} (one argument) are"
+                )
+                raise ValueError(f"the {twice} given twice (line {key_node.start_mark.line + 1})")
+            seen[name] = key
         return super().construct_mapping(node, deep)
 
 
@@ -136,15 +151,24 @@ def yaml_to_flags(config: dict) -> list[str]:
 
 
 def check_yaml_numbers(parser: HfArgumentParser, config: dict, path: Path) -> None:
-    """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean):
-    flags are strings, so after `yaml_to_flags` the parser could no longer tell."""
+    """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean), of an
+    integer argument an integer (not 1e23), and of a boolean argument a YAML boolean (not "no"): flags are strings,
+    so after `yaml_to_flags` the parser could no longer tell. A YAML null is refused for a required-path argument
+    (output_dir), which would otherwise fall back to transformers' default folder."""
     types = {action.dest: action.type for action in parser._actions}
     for key, value in config.items():
-        if types.get(key) not in (int, float):
-            continue
+        kind = types.get(key.replace("-", "_") if isinstance(key, str) else key)
+        if value is None and key in ("output_dir",):
+            raise ValueError(f"{path}: {key} must be a folder name, got null")
         for item in value if isinstance(value, list) else [value]:
-            if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
+            if item is None:
+                continue
+            if kind in (int, float) and (isinstance(item, bool) or not isinstance(item, int | float)):
                 raise ValueError(f"{path}: {key} must hold numbers, got {item!r}")
+            if kind is int and isinstance(item, float):
+                raise ValueError(f"{path}: {key} must hold integers, got {item!r}")
+            if kind is string_to_bool and not isinstance(item, bool):
+                raise ValueError(f"{path}: {key} must be true or false, got {item!r}")
 
 
 def argument_parser() -> HfArgumentParser:
@@ -161,7 +185,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
     """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
     parser = argument_parser()
     flags = argv
-    if argv and argv[0].endswith((".yaml", ".yml")):
+    if argv and argv[0].lower().endswith((".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
@@ -169,6 +193,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             config = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         check_yaml_numbers(parser, config, path)

@@ -19,7 +19,6 @@ name that is renamed once complete, so a `checkpoint-N` directory is either whol
 """
 
 import fcntl
-import json
 import math
 import os
 import re
@@ -45,7 +44,7 @@ from transformers.trainer_utils import (
 )
 from transformers.utils import CONFIG_NAME, logging
 
-from .errors import OutputDirInUseError, check_finite
+from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
@@ -113,7 +112,7 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
-        for name in ("head_learning_rate", "pivot_head_learning_rate"):
+        for name in ("learning_rate", "head_learning_rate", "pivot_head_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
@@ -207,7 +206,7 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
 def checkpoint_warm_started(checkpoint: str) -> bool:
     """`warm_started` of the model saved in a checkpoint (False when it has no config)."""
     config_file = Path(checkpoint) / CONFIG_NAME
-    return config_file.is_file() and bool(json.loads(config_file.read_text()).get("warm_started", False))
+    return config_file.is_file() and bool(load_json(config_file).get("warm_started", False))
 
 
 class DivergenceGuard(TrainerCallback):
@@ -301,6 +300,8 @@ class ExplicitTrainer(Trainer):
     def train_locked(self, resume_from_checkpoint=None, **kwargs):
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         check_output_dir(self.args, checkpoint)
+        if checkpoint is not None:
+            check_saved_files(checkpoint)
         if self.args.should_save:
             remove_staged_saves(self.args.output_dir)
             if checkpoint is None and self.args.overwrite_output_dir:
@@ -334,7 +335,7 @@ class ExplicitTrainer(Trainer):
         state_file = Path(checkpoint) / TRAINER_STATE_NAME
         if not state_file.is_file():
             return False
-        state = TrainerState.load_from_json(str(state_file))
+        state = TrainerState(**load_json(state_file))
         last = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
         return 0 < last <= state.global_step
 
@@ -456,15 +457,20 @@ class ExplicitTrainer(Trainer):
         if self.args.should_save:
             remove_staged_checkpoints(run_dir)
         self.accelerator.wait_for_everyone()
-        self.save_model(staging, _internal_call=True)
-        self.note_best_checkpoint(run_dir)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
-        if self.args.should_save:
-            self.store_callback_states()
-            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        try:
+            self.save_model(staging, _internal_call=True)
+            self.note_best_checkpoint(run_dir)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(staging)
+                self._save_scaler(staging)
+                self._save_rng_state(staging)
+            if self.args.should_save:
+                self.store_callback_states()
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        except BaseException:
+            if self.args.should_save:  # a full disk or an error: the partial checkpoint goes, the earlier ones stay
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):

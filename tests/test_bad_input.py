@@ -33,15 +33,16 @@ from factories import (
     training_arguments,
 )
 from huggingface_hub import HfApi
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import hf_saffu.corpus as corpus
 import hf_saffu.hub as saffu_hub
-from hf_saffu import SaffuConfig, SaffuForCausalLM
+from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
 from hf_saffu.cli import main as cli_main
 from hf_saffu.data import DataArguments, load_text_datasets
-from hf_saffu.errors import NonFiniteError, OutputDirInUseError
-from hf_saffu.evaluation import perplexity
+from hf_saffu.errors import NonFiniteError, OutputDirInUseError, check_saved_files
+from hf_saffu.evaluation import load_model_and_tokenizer, perplexity
 from hf_saffu.train import ModelArguments, parse_arguments, run_training
 from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
 
@@ -467,7 +468,9 @@ def test_unpacked_ragged_rows_are_named_before_the_warm_start(tmp_path):
 
 def test_cli_missing_file_is_one_line(saffu_dir, tmp_path, capsys):
     missing = tmp_path / "absent.txt"
-    assert f"text file not found: {missing}" in run_cli(["evaluate", str(saffu_dir), "--data", str(missing)], capsys)
+    assert f"text file {missing} does not exist" in run_cli(
+        ["evaluate", str(saffu_dir), "--data", str(missing)], capsys
+    )
     assert f"model directory {missing} does not exist" in run_cli(["generate", str(missing)], capsys)
 
 
@@ -773,3 +776,218 @@ def test_an_unwritable_output_dir_is_refused_before_the_data_is_read(tmp_path, m
 def test_max_steps_zero_is_refused():
     with pytest.raises(ValueError, match="max_steps must be >= 1, or -1 for num_train_epochs, got 0"):
         ExplicitTrainingArguments(output_dir="o", max_steps=0, use_cpu=True, report_to="none")
+
+
+# -- weights and configs that disagree -------------------------------------------------------------------------------
+
+
+def edit_config(model_dir: Path, **values) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | values))
+
+
+def drop_tensor(model_dir: Path, name: str) -> None:
+    tensors = load_file(model_dir / "model.safetensors")
+    del tensors[name]
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda d: edit_config(d, num_layers=2), "the weights do not match its config (missing: model.layers.1."),
+        (
+            lambda d: drop_tensor(d, "pivot_bigrams.rows"),
+            "the weights do not match its config (missing: pivot_bigrams.rows)",
+        ),
+        (lambda d: edit_config(d, vocab_size=70), "the weights' shapes do not match its config"),
+        (
+            lambda d: edit_config(d, freeze_embeddings="no"),
+            "SaffuConfig.freeze_embeddings must be true or false, got 'no'",
+        ),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors is not a whole safetensors file"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+            "model.safetensors is not a whole safetensors file",
+        ),
+        (lambda d: (d / "tokenizer.json").write_text('{"version": '), "tokenizer.json is not valid JSON"),
+    ],
+)
+def test_a_model_whose_files_disagree_is_refused(saffu_dir, tmp_path, capsys, spoil, message):
+    """evaluate and generate (and the API) refuse a model directory whose weights would be partly random or whose
+    files are corrupt, with one line naming the problem, instead of scoring a wrong model."""
+    spoil(saffu_dir)
+    data = text_file(tmp_path / "eval.txt", 4)
+    assert message in run_cli(["evaluate", str(saffu_dir), "--data", data], capsys)
+    assert message in run_cli(["generate", str(saffu_dir)], capsys)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_model_and_tokenizer(saffu_dir)
+
+
+def test_further_training_refuses_a_model_with_missing_weights(tmp_path):
+    model_dir = tmp_path / "model"
+    SaffuForCausalLM(saffu_config()).save_pretrained(model_dir)
+    drop_tensor(model_dir, "lm_head.bias")
+    with pytest.raises(ValueError, match=r"the weights do not match its config \(missing: lm_head\.bias\)"):
+        SaffuForCausalLM.from_pretrained(model_dir)
+    base, info = SaffuModel.from_pretrained(tmp_path / "model", output_loading_info=True)  # the head is not needed
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(warm_started="yes"), "SaffuConfig.warm_started must be true or false, got 'yes'"),
+        (dict(use_document_context="false"), "SaffuConfig.use_document_context must be true or false, got 'false'"),
+        (dict(embed_bits=10**9), "SaffuConfig.embed_bits must be <= 65536"),
+        (dict(windows=[1, 10**9]), "SaffuConfig.windows[1] must be <= 65536"),
+        (dict(num_layers=100_000), "SaffuConfig.num_layers must be <= 256"),
+        (
+            dict(vocab_size=10**9, embed_bits=30, hidden_bits=30, eos_token_id=None),
+            "SaffuConfig.vocab_size x embed_bits",
+        ),
+        (dict(hidden_bits=60_000, num_layers=2), "SaffuConfig.hidden_bits x C x hidden_bits"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_size_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        saffu_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ('freeze_embeddings: "no"', "freeze_embeddings must be true or false, got 'no'"),
+        ('use_document_context: "false"', "use_document_context must be true or false, got 'false'"),
+        (
+            "embed_bits: 12\nembed-bits: 64",
+            "the keys 'embed_bits' and 'embed-bits' (one argument) are given twice (line 5)",
+        ),
+        ("seed: 1e23", "seed must hold integers, got 1e+23"),
+        ("output_dir: null", "output_dir must be a folder name, got null"),
+        ("a: &x [1, 2]\nb: *x", "the alias *x (line 5) is not allowed"),
+        ("windows: [1, 4\n", "is not valid YAML"),
+        ("windows:\n\t- 1", "is not valid YAML"),
+    ],
+)
+def test_yaml_configs_are_read_strictly(tmp_path, capsys, yaml_text, message):
+    config = tmp_path / "cfg.YAML"
+    config.write_text(f"train_files: [t.txt]\ntokenizer_vocab_size: 300\n{yaml_text}\n")
+    if not yaml_text.startswith("output_dir"):
+        config.write_text(config.read_text().replace("train_files", "output_dir: o\ntrain_files"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_arguments([str(config)])
+    assert message in run_cli(["train", str(config)], capsys)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(levels) + "\n")
+    with pytest.raises(ValueError, match=r"the alias \*a0 \(line 2\) is not allowed"):
+        parse_arguments([str(config)])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--block_size", "1000000000"], "DataArguments.block_size must be >= 2 and <= 1048576"),
+        (["--tokenizer_vocab_size", "1000000000"], "DataArguments.tokenizer_vocab_size must be >= 260"),
+        (["--learning_rate", "-1"], "learning_rate must be a finite number >= 0 or None, got -1"),
+        (["--learning_rate", "nan"], "learning_rate must be a finite number >= 0 or None, got nan"),
+        (["--max_steps", "0"], "max_steps must be >= 1, or -1 for num_train_epochs, got 0"),
+    ],
+)
+def test_bad_training_flags_are_refused_before_any_data_is_read(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr("hf_saffu.train.load_text_datasets", lambda *args: pytest.fail("the data was read"))
+    train = text_file(tmp_path / "train.txt")
+    argv = ["train", "--train_files", train, "--output_dir", str(tmp_path / "o"), "--use_cpu", "true", *flags]
+    assert message in run_cli(argv, capsys)
+    assert not (tmp_path / "o").exists()
+
+
+# -- messages ----------------------------------------------------------------------------------------------------
+
+
+def test_fifo_and_symlink_loop_are_named_as_such(tmp_path, saffu_dir, capsys):
+    fifo, loop = tmp_path / "pipe.txt", tmp_path / "loop.txt"
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    for path, kind in ((fifo, "is a FIFO (named pipe), not a regular file"), (loop, "is a symlink loop")):
+        with pytest.raises(OSError, match=re.escape(f"train file {path} {kind}")):
+            load_text_datasets(DataArguments(train_files=[str(path)]))
+        assert f"text file {path} {kind}" in run_cli(["evaluate", str(saffu_dir), "--data", str(path)], capsys)
+
+
+def test_corrupt_run_files_are_named(saffu_dir, tmp_path, capsys):
+    (saffu_dir / "all_results.json").write_text("{bad")
+    data = text_file(tmp_path / "eval.txt", 4)
+    assert f"{saffu_dir / 'all_results.json'} is not valid JSON" in run_cli(
+        ["evaluate", str(saffu_dir), "--data", data], capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("spoil", "named"),
+    [
+        (lambda c: (c / "trainer_state.json").write_text('{"global_step": '), "trainer_state.json is not valid JSON"),
+        (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt is not a whole torch.save file"),
+        (
+            lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:1000]),
+            "optimizer.pt is not a whole torch.save file",
+        ),
+        (lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 7), "model.safetensors is not a whole safetensors"),
+    ],
+)
+def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, spoil, named):
+    four_steps(tmp_path, max_steps=2, save_steps=1)
+    spoil(tmp_path / "run" / "checkpoint-2")
+    with pytest.raises(ValueError, match=re.escape(named)):
+        four_steps(tmp_path, resume=True, max_steps=3)
+
+
+def test_evaluate_on_a_missing_device_is_one_line(saffu_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = text_file(tmp_path / "eval.txt", 4)
+    assert "--device cuda: this machine has no such device" in run_cli(
+        ["evaluate", str(saffu_dir), "--data", data, "--device", "cuda"], capsys
+    )
+    assert "--device 'gpu0' is not a torch device" in run_cli(
+        ["evaluate", str(saffu_dir), "--data", data, "--device", "gpu0"], capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-new-tokens", "-1"], "max_new_tokens must be an integer >= 1, got -1"),
+        (["--temperature", "inf"], "temperature must be a finite number > 0"),
+        (["--temperature", "0"], "temperature must be a finite number > 0"),
+        (["--top-k", "-3"], "top_k must be an integer >= 0, got -3"),
+        (["--prompt", "caf\udce9"], "the prompt is not UTF-8 text"),
+    ],
+)
+def test_generate_refuses_settings_it_cannot_sample_with(saffu_dir, capsys, flags, message):
+    assert message in run_cli(["generate", str(saffu_dir), *flags], capsys)
+
+
+def test_disk_full_while_saving_weights_is_one_line_and_keeps_earlier_checkpoints(tmp_path, monkeypatch, capsys):
+    """safetensors reports a full disk as a SafetensorError (not an OSError); simulated while writing the weights
+    of checkpoint-2: one line, exit status 2, and checkpoint-1 stays whole (nothing half written under a
+    checkpoint name)."""
+    from safetensors.torch import save_file as real_save_file
+
+    def full_at_step_two(tensors, filename, metadata=None):
+        if "checkpoint-2" in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full_at_step_two)
+    train, output_dir = text_file(tmp_path / "train.txt"), tmp_path / "run"
+    argv = ["train", "--train_files", train, "--output_dir", str(output_dir), "--use_cpu", "true"]
+    argv += ["--tokenizer_vocab_size", "300", "--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4"]
+    argv += ["--block_size", "16", "--max_steps", "3", "--save_steps", "1", "--report_to", "none"]
+    assert "No space left on device" in run_cli(argv, capsys)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-1"]
+    check_saved_files(output_dir / "checkpoint-1")
