@@ -33,17 +33,19 @@ def sample_text(
 ) -> str:
     """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
     tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
-    are separated by blank lines."""
+    are separated by blank lines. Each document's generate() continues from the decoding state (cache) the
+    previous one returned, so every token is read once, however many documents there are."""
     check_sampling(prompt, max_new_tokens, greedy, temperature, top_k, documents)
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     prefix_length = ids.shape[1]
+    state = {}  # {"cache" (or "past_key_values", before transformers 5.24): the decoding state so far}
     for _ in range(documents):
         remaining = max_new_tokens - (ids.shape[1] - prefix_length)
         if remaining <= 0:
             break
-        ids = model.generate(
+        output = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=remaining,
@@ -51,7 +53,12 @@ def sample_text(
             temperature=temperature if not greedy else None,
             top_k=top_k if not greedy else None,
             pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            **state,
         )
+        ids = output.sequences
+        key = "cache" if output.get("cache") is not None else "past_key_values"
+        state = {key: output.get(key)}
         if ids[0, -1].item() != eos:
             break
     pieces = (list(run) for is_eos, run in itertools.groupby(ids[0, 1:].tolist(), lambda t: t == eos) if not is_eos)

@@ -7,6 +7,7 @@ command-line cases assert one line on stderr and exit status 2.
 import errno
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -991,3 +992,58 @@ def test_disk_full_while_saving_weights_is_one_line_and_keeps_earlier_checkpoint
     assert "No space left on device" in run_cli(argv, capsys)
     assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-1"]
     check_saved_files(output_dir / "checkpoint-1")
+
+
+# -- generation of many documents ----------------------------------------------------------------------------------
+
+
+def split_at(ids: list[int], eos: int) -> list[list[int]]:
+    return [list(run) for is_eos, run in itertools.groupby(ids, lambda t: t == eos) if not is_eos]
+
+
+def documents_by_rereading(model, tokenizer, prompt_ids, max_new_tokens, documents, greedy, seed):
+    """The former `sample_text` loop: every document's generate() reads the whole history again."""
+    torch.manual_seed(seed)
+    ids = torch.tensor([prompt_ids])
+    for _ in range(documents):
+        remaining = max_new_tokens - (ids.shape[1] - len(prompt_ids))
+        if remaining <= 0:
+            break
+        ids = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=remaining,
+            do_sample=not greedy,
+            temperature=None if greedy else 0.8,
+            top_k=None if greedy else 50,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if ids[0, -1].item() != tokenizer.eos_token_id:
+            break
+    return ids[0].tolist()
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_many_documents_read_every_token_once_and_match_rereading(saffu_dir, monkeypatch, greedy):
+    """generate --documents N carries the decoding state from one document to the next: the same tokens as
+    re-reading the whole history for every document (the former loop), with each token read once."""
+    from hf_saffu.generation import sample_text
+
+    model, tokenizer = load_model_and_tokenizer(saffu_dir)
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eos_token_id] += 2.5  # documents of a few tokens
+    model.eval()
+    eos = tokenizer.eos_token_id
+    expected = documents_by_rereading(model, tokenizer, [eos], 120, 12, greedy, seed=3)
+    assert expected.count(eos) >= 4  # several documents
+    read = []
+    forward = model.forward
+    monkeypatch.setattr(
+        model,
+        "forward",
+        lambda input_ids=None, **kw: read.append(input_ids.shape[1]) or forward(input_ids=input_ids, **kw),
+    )
+    text = sample_text(model, tokenizer, "", max_new_tokens=120, greedy=greedy, seed=3, documents=12)
+    pieces = [tokenizer.decode(p, skip_special_tokens=True).strip() for p in split_at(expected[1:], eos)]
+    assert text == "\n\n".join(piece for piece in pieces if piece)
+    assert sum(read) == len(expected) - 1  # the last token is never read
