@@ -7,6 +7,7 @@ evaluation covers every token.
 """
 
 import codecs
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ BUILTIN_CORPUS = "shakespeare"
 # BPE vocabulary beyond 2^20 tokens exceeds any corpus this package trains on (and the model's matrices).
 MAX_BLOCK_SIZE = 2**20
 MAX_TOKENIZER_VOCAB_SIZE = 2**20
+# A document longer than this is tokenised (and counted for the tokenizer) in pieces cut before a word
+# (`document_pieces`); its ids are joined back into one document. Tokenising one 50 MB line whole took 12 GB.
+MAX_PIECE_CHARS = 2**16
+LAST_WORD_START = re.compile(r".*\s(?=\S)", re.DOTALL)  # up to the last whitespace that precedes a word
 
 
 @dataclass
@@ -171,8 +176,49 @@ def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
 
 
 def text_batches(dataset, column: str, batch_size: int = 1000):
+    """The texts of `column`, a batch at a time, long documents in pieces (`document_pieces`)."""
     for start in range(0, len(dataset), batch_size):
-        yield dataset[start : start + batch_size][column]
+        yield [piece for text in dataset[start : start + batch_size][column] for piece in document_pieces(text)]
+
+
+def document_pieces(text: str) -> list[str]:
+    """`text` cut into pieces of at most `MAX_PIECE_CHARS` characters, each cut just before the whitespace that precedes
+    a word (the last one in the piece's span; a span without one is cut at MAX_PIECE_CHARS). A ByteLevel (GPT-2)
+    pre-tokenizer never joins two words across such a cut, so the pieces' tokens are the whole text's."""
+    pieces, start, max_chars = [], 0, MAX_PIECE_CHARS
+    while len(text) - start > max_chars:
+        match = LAST_WORD_START.match(text, start + 1, start + max_chars)
+        cut = match.end() - 1 if match else start + max_chars
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def tokenize_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each document, long ones tokenised in pieces (`document_pieces`) and joined; the pieces
+    go to the tokenizer in calls of at most about `MAX_PIECE_CHARS` * 16 characters, so the memory of its
+    encodings is bounded, not that of the longest document (or batch)."""
+    ids: list[list[int]] = [[] for _ in texts]
+    group: list[tuple[int, str]] = []
+    characters = 0
+    for owner, text in enumerate(texts):
+        for piece in document_pieces(text):
+            group.append((owner, piece))
+            characters += len(piece)
+            if characters > 16 * MAX_PIECE_CHARS:
+                extend_with_ids(tokenizer, group, ids)
+                group, characters = [], 0
+    extend_with_ids(tokenizer, group, ids)
+    return ids
+
+
+def extend_with_ids(tokenizer, group: list[tuple[int, str]], ids: list[list[int]]) -> None:
+    """Tokenise the (document index, piece) pairs of `group` in one call; append each piece's ids to its document's."""
+    if group:
+        encoded = tokenizer([piece for _, piece in group], add_special_tokens=False)["input_ids"]
+        for (owner, _), piece_ids in zip(group, encoded, strict=True):
+            ids[owner].extend(piece_ids)
 
 
 def pack_documents(batch: dict, block_size: int, eos_id: int, pad_id: int) -> dict:
@@ -204,7 +250,7 @@ def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> 
     column = data_args.text_column
     workers = data_args.preprocessing_num_workers
     tokenized = raw.map(
-        lambda batch: {"input_ids": tokenizer(batch[column], add_special_tokens=False)["input_ids"]},
+        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
         batched=True,
         remove_columns=raw["train"].column_names,
         num_proc=workers,

@@ -48,6 +48,7 @@ from hf_saffu.train import ModelArguments, parse_arguments, run_training
 from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
 
 HERE = Path(__file__).parent
+WORDS_FOR_LONG = "the cat sat on a mat, and dog's run; 42 parks (with sun) ... naïve café".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -1047,3 +1048,39 @@ def test_many_documents_read_every_token_once_and_match_rereading(saffu_dir, mon
     pieces = [tokenizer.decode(p, skip_special_tokens=True).strip() for p in split_at(expected[1:], eos)]
     assert text == "\n\n".join(piece for piece in pieces if piece)
     assert sum(read) == len(expected) - 1  # the last token is never read
+
+
+# -- one very long line ----------------------------------------------------------------------------------------------
+
+
+def test_a_very_long_document_is_tokenised_in_pieces_to_the_same_ids(monkeypatch):
+    """A document longer than MAX_PIECE_CHARS is tokenised (and counted for the tokenizer's training) in pieces
+    cut before a word, in tokenizer calls of bounded size: the ids (and the trained vocabulary) are those of the
+    whole document, and no call sees the whole document."""
+    import hf_saffu.data as data
+
+    generator = torch.Generator().manual_seed(0)
+    spaces = [" ", " ", " ", "  ", "\t", " \t  "]
+    words = [
+        data_word + spaces[int(torch.randint(len(spaces), (1,), generator=generator))]
+        for data_word in (
+            WORDS_FOR_LONG[int(i)] for i in torch.randint(len(WORDS_FOR_LONG), (1500,), generator=generator)
+        )
+    ]
+    long_document, short = "".join(words), "the cat sat"
+    whole_tokenizer = data.train_tokenizer([[long_document, short]], 300)
+    expected = whole_tokenizer([long_document, short], add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(data, "MAX_PIECE_CHARS", 200)
+    assert len(data.document_pieces(long_document)) > 20
+    calls = []
+
+    def recording(texts, **kwargs):
+        calls.append(sum(map(len, texts)))
+        return whole_tokenizer(texts, **kwargs)
+
+    assert data.tokenize_documents(recording, [long_document, short]) == expected
+    assert max(calls) <= 17 * 200 < len(long_document)
+    pieces_tokenizer = data.train_tokenizer(
+        data.text_batches(Dataset.from_dict({"text": [long_document, short]}), "text"), 300
+    )
+    assert pieces_tokenizer.get_vocab() == whole_tokenizer.get_vocab()
