@@ -31,7 +31,7 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
-from .errors import check_finite, raise_usage_error
+from .errors import UsageError, check_finite, raise_usage_error
 from .generation import sample_text
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
@@ -199,7 +199,18 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         check_yaml_numbers(parser, config, path)
         flags = yaml_to_flags(without_replaced_source(config, argv[1:])) + argv[1:]
+    check_single_dash_values(argv)
     return parser.parse_args_into_dataclasses(args=flags)
+
+
+def check_single_dash_values(argv: list[str]) -> None:
+    """A value such as `-dash.txt` would be read as an (unknown) option by argparse, which then takes the flag
+    before it as given no value: refused, naming the value and the way to write it."""
+    for value in argv:
+        if value.startswith("-") and not value.startswith("--") and not re.fullmatch(r"-[0-9.eE+-]+|-inf|-nan", value):
+            raise UsageError(
+                f"{value!r} starts with '-', so it would be read as an option: write a file name as ./{value}"
+            )
 
 
 # The data source: a dataset (name and configuration) or local files. A flag naming one replaces a config's other.

@@ -116,6 +116,8 @@ class ExplicitTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer >= 0 and < 2**32 (numpy's range), got {self.seed}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
                 f"max_steps must be >= 1, or -1 for num_train_epochs, got {self.max_steps} (warm_start_only=true "

@@ -1084,3 +1084,14 @@ def test_a_very_long_document_is_tokenised_in_pieces_to_the_same_ids(monkeypatch
         data.text_batches(Dataset.from_dict({"text": [long_document, short]}), "text"), 300
     )
     assert pieces_tokenizer.get_vocab() == whole_tokenizer.get_vocab()
+
+
+def test_a_file_name_starting_with_a_dash_and_a_huge_seed_are_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    text_file(tmp_path / "-dash.txt")
+    argv = ["train", "--train_files", "-dash.txt", "--output_dir", "o"]
+    assert "'-dash.txt' starts with '-', so it would be read as an option: write a file name as ./-dash.txt" in run_cli(
+        argv, capsys
+    )
+    argv = ["train", "--train_files", "./-dash.txt", "--output_dir", "o", "--use_cpu", "true", "--seed", str(10**23)]
+    assert f"seed must be an integer >= 0 and < 2**32 (numpy's range), got {10**23}" in run_cli(argv, capsys)
