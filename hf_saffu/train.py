@@ -31,7 +31,7 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
-from .errors import UsageError, check_finite, raise_usage_error
+from .errors import UsageError, check_finite, check_saved_files, raise_usage_error
 from .generation import sample_text
 from .model_card import describe_architecture, results_run_info, write_model_card
 from .modeling_saffu import SaffuForCausalLM
@@ -260,6 +260,8 @@ def build_tokenizer(data_args: DataArguments, raw):
 
 def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     if model_args.model_name_or_path:
+        if Path(model_args.model_name_or_path).is_dir():
+            check_saved_files(model_args.model_name_or_path)
         with naming_the_source("model_name_or_path", model_args.model_name_or_path):
             model = SaffuForCausalLM.from_pretrained(model_args.model_name_or_path)
         if model.config.vocab_size != len(tokenizer):
