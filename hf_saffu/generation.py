@@ -5,6 +5,21 @@ import itertools
 import math
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+
+class EndOfDocuments(StoppingCriteria):
+    """Stops generation at the `documents`-th EOS token generated (counted as the tokens arrive)."""
+
+    def __init__(self, eos: int, documents: int):
+        self.eos = eos
+        self.documents = documents
+        self.ended: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        ended = input_ids[:, -1] == self.eos
+        self.ended = ended.long() if self.ended is None else self.ended + ended
+        return self.ended >= self.documents
 
 
 def check_sampling(prompt: str, max_new_tokens, greedy: bool, temperature, top_k, documents) -> None:
@@ -33,34 +48,23 @@ def sample_text(
 ) -> str:
     """Generate a continuation of `prompt` (an empty prompt starts a new document): at most `max_new_tokens`
     tokens and `documents` documents (a document ends at EOS; the next one starts after it). Documents
-    are separated by blank lines. Each document's generate() continues from the decoding state (cache) the
-    previous one returned, so every token is read once, however many documents there are."""
+    are separated by blank lines. One generate() call produces them all: EOS does not stop it, the
+    `documents`-th EOS does (`EndOfDocuments`), so every token is read once, however many documents there are."""
     check_sampling(prompt, max_new_tokens, greedy, temperature, top_k, documents)
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     ids = torch.tensor([[eos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    prefix_length = ids.shape[1]
-    state = {}  # {"cache" (or "past_key_values", before transformers 5.24): the decoding state so far}
-    for _ in range(documents):
-        remaining = max_new_tokens - (ids.shape[1] - prefix_length)
-        if remaining <= 0:
-            break
-        output = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=remaining,
-            do_sample=not greedy,
-            temperature=temperature if not greedy else None,
-            top_k=top_k if not greedy else None,
-            pad_token_id=tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            **state,
-        )
-        ids = output.sequences
-        key = "cache" if output.get("cache") is not None else "past_key_values"
-        state = {key: output.get(key)}
-        if ids[0, -1].item() != eos:
-            break
+    ids = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_k=top_k if not greedy else None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=None,
+        stopping_criteria=StoppingCriteriaList([EndOfDocuments(eos, documents)]),
+    )
     pieces = (list(run) for is_eos, run in itertools.groupby(ids[0, 1:].tolist(), lambda t: t == eos) if not is_eos)
     texts = (tokenizer.decode(piece, skip_special_tokens=True).strip() for piece in pieces)
     return "\n\n".join(text for text in texts if text)

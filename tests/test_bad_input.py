@@ -1026,7 +1026,7 @@ def documents_by_rereading(model, tokenizer, prompt_ids, max_new_tokens, documen
 
 @pytest.mark.parametrize("greedy", [False, True])
 def test_many_documents_read_every_token_once_and_match_rereading(saffu_dir, monkeypatch, greedy):
-    """generate --documents N carries the decoding state from one document to the next: the same tokens as
+    """generate --documents N runs one generate() that EOS does not stop (the N-th EOS does): the same tokens as
     re-reading the whole history for every document (the former loop), with each token read once."""
     from hf_saffu.generation import sample_text
 
