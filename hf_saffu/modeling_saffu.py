@@ -116,8 +116,6 @@ class SaffuDecodingState:
     Memory per sequence: sum over layers of (max_window - 1 + 1) * input_dim floats, whatever the length.
     """
 
-    is_compileable = False  # generate() asks a cache it is given back (continuing a generation) before using it
-
     def __init__(self, layers: list[SaffuLayerState], seen_tokens: int, last_tokens: torch.Tensor | None = None):
         self.layers = layers
         self.seen_tokens = seen_tokens
