@@ -150,7 +150,7 @@ def yaml_to_flags(config: dict) -> list[str]:
     return flags
 
 
-def check_yaml_numbers(parser: HfArgumentParser, config: dict, path: Path) -> None:
+def check_yaml_values(parser: HfArgumentParser, config: dict, path: Path) -> None:
     """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean), of an
     integer argument an integer (not 1e23), and of a boolean argument a YAML boolean (not "no"): flags are strings,
     so after `yaml_to_flags` the parser could no longer tell. A YAML null is refused for a required-path argument
@@ -158,7 +158,7 @@ def check_yaml_numbers(parser: HfArgumentParser, config: dict, path: Path) -> No
     types = {action.dest: action.type for action in parser._actions}
     for key, value in config.items():
         kind = types.get(key.replace("-", "_") if isinstance(key, str) else key)
-        if value is None and key in ("output_dir",):
+        if value is None and key == "output_dir":
             raise ValueError(f"{path}: {key} must be a folder name, got null")
         for item in value if isinstance(value, list) else [value]:
             if item is None:
@@ -197,7 +197,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
-        check_yaml_numbers(parser, config, path)
+        check_yaml_values(parser, config, path)
         flags = yaml_to_flags(without_replaced_source(config, argv[1:])) + argv[1:]
     check_single_dash_values(argv)
     return parser.parse_args_into_dataclasses(args=flags)

@@ -15,7 +15,11 @@ predicted tokens), with every eval sample counted exactly once across processes 
 A run loses nothing it already has: it refuses an output_dir holding a previous run's model or
 checkpoints (unless resuming, or `overwrite_output_dir`), stops at the first step that makes a weight
 NaN or infinite (before that step is logged or saved), and writes every checkpoint under a staging
-name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent.
+name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent. The final save
+into output_dir is staged the same way (`staged_folder`); the output_dir is locked while a run trains
+(`output_dir_lock`: a second run there is refused) and checked writable before anything is read; a resume
+from a checkpoint that already holds the run's last step trains no further step. The saved arguments
+(training_args.bin) never hold `hub_token`.
 """
 
 import fcntl
@@ -128,7 +132,8 @@ class ExplicitTrainingArguments(TrainingArguments):
 
     def __getstate__(self) -> dict:
         """The arguments as pickled (Trainer saves them with `torch.save` as training_args.bin in every checkpoint,
-        the final model and each Hub push) without the secrets: every `*_token` string (hub_token) is None."""
+        the final model and each Hub push) without the secrets: every `*_token` string (hub_token) is None. A
+        `copy.deepcopy` of the arguments drops the token too (the running object keeps it)."""
         return {
             key: None if key.endswith("_token") and isinstance(value, str) else value
             for key, value in vars(self).items()
