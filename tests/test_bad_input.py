@@ -788,6 +788,20 @@ def edit_config(model_dir: Path, **values) -> None:
     (model_dir / "config.json").write_text(json.dumps(config | values))
 
 
+def set_tensor(model_dir: Path, name: str, index, value) -> None:
+    tensors = load_file(model_dir / "model.safetensors")
+    tensors[name][index] = value
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+def corrupt_columns(model_dir: Path) -> None:
+    """One stored pair (pivot 0) whose next token is far outside the vocabulary."""
+    tensors = load_file(model_dir / "model.safetensors")
+    tensors["pivot_bigrams.rows"][1:] = 1
+    tensors["pivot_bigrams.columns"][0] = 10**6
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
 def drop_tensor(model_dir: Path, name: str) -> None:
     tensors = load_file(model_dir / "model.safetensors")
     del tensors[name]
@@ -813,6 +827,8 @@ def drop_tensor(model_dir: Path, name: str) -> None:
             "model.safetensors is not a whole safetensors file",
         ),
         (lambda d: (d / "tokenizer.json").write_text('{"version": '), "tokenizer.json is not valid JSON"),
+        (lambda d: set_tensor(d, "pivot_bigrams.rows", 3, -5), "pivot_bigrams.rows must rise from 0"),
+        (lambda d: corrupt_columns(d), "pivot_bigrams.columns must hold token ids < vocab_size=60"),
     ],
 )
 def test_a_model_whose_files_disagree_is_refused(saffu_dir, tmp_path, capsys, spoil, message):
