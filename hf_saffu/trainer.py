@@ -354,6 +354,14 @@ class ExplicitTrainer(Trainer):
         logger.info(f"{checkpoint} holds the run's last step ({self.state.global_step}): no step to train")
         return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), {})
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint whose weights do not match the model (missing or unexpected tensors) is refused, where
+        Trainer only warns: resuming from it would continue from partly random weights."""
+        problems = {"missing": load_result.missing_keys, "unexpected": load_result.unexpected_keys}
+        listed = "; ".join(f"{kind}: {', '.join(sorted(keys)[:4])}" for kind, keys in problems.items() if keys)
+        if listed:
+            raise ValueError(f"the checkpoint's weights do not match the model ({listed})")
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """`Trainer._save` (model, tokenizer, training_args.bin); into output_dir itself (the final model, and
         `push_to_hub`'s save) through a staging folder (`staged_folder`), so a kill or a full disk leaves the

@@ -956,6 +956,10 @@ def test_corrupt_run_files_are_named(saffu_dir, tmp_path, capsys):
             "optimizer.pt is not a whole torch.save file",
         ),
         (lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 7), "model.safetensors is not a whole safetensors"),
+        (
+            lambda c: drop_tensor(c, "lm_head.bias"),
+            "the checkpoint's weights do not match the model (missing: lm_head.bias)",
+        ),
     ],
 )
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path, spoil, named):
