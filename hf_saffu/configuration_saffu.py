@@ -12,6 +12,19 @@ SMOOTHING_RANGE = (1e-30, 1e30)
 MAX_HIDDEN_PRIMING = 1e6
 DEFAULT_PIVOT_BIGRAMS = 2**19  # every distinct pair of Brown's 1.2M tokens (about 350,000) fits
 DEFAULT_PIVOT_TRIGRAMS = 2**20  # every distinct triple of Brown's 1.2M tokens fits
+# Sizes refused before anything is allocated: beyond them a model cannot be built in memory (or, for num_layers,
+# trained in any reasonable time). 2^32 tensor elements are 16 GiB of float32 (32 GiB for the int64 tables).
+MAX_TENSOR_ELEMENTS = 2**32
+MAX_BITS = 2**16
+MAX_NUM_LAYERS = 256
+BOOLEAN_FIELDS = (
+    "log_hidden_head",
+    "pivot_head",
+    "use_document_context",
+    "freeze_embeddings",
+    "contextual_embeddings",
+    "warm_started",
+)
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -232,13 +245,22 @@ class SaffuConfig(PreTrainedConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SaffuConfig.{name} must be an integer >= 1, got {value!r}")
 
+        def at_most(name: str, value: int, bound: int, reason: str) -> None:
+            if value > bound:
+                raise ValueError(f"SaffuConfig.{name} must be <= {bound} ({reason}), got {value!r}")
+
+        for name in BOOLEAN_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
         positive_int("vocab_size", self.vocab_size)
         positive_int("num_layers", self.num_layers)
+        at_most("num_layers", self.num_layers, MAX_NUM_LAYERS, "every layer reads all contexts of every token")
         positive_int("contextual_radius", self.contextual_radius)
         for name in ("embed_bits", "hidden_bits"):
             bits = getattr(self, name)
             positive_int(name, bits)
-            if 2**bits - 1 < self.vocab_size:
+            at_most(name, bits, MAX_BITS, "the width of a bit-cipher code")
+            if bits < self.vocab_size.bit_length():  # 2^bits - 1 < vocab_size
                 needed = self.vocab_size.bit_length()
                 raise ValueError(
                     f"SaffuConfig.{name}={bits} gives only 2^{bits} - 1 = {2**bits - 1} bit-cipher codes for "
@@ -248,6 +270,7 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(f"SaffuConfig.windows must be a list of integers >= 1, got {self.windows!r}")
         for index, k in enumerate(self.windows):
             positive_int(f"windows[{index}]", k)
+            at_most(f"windows[{index}]", k, math.isqrt(MAX_TENSOR_ELEMENTS), "its attention matrix is windows^2")
         if len(set(self.windows)) != len(self.windows):
             raise ValueError(f"SaffuConfig.windows must not repeat a size, got {self.windows}")
         if self.num_contexts == 0:
@@ -272,9 +295,7 @@ class SaffuConfig(PreTrainedConfig):
         if self.explicit_discount is not None:
             bounded_number("explicit_discount", self.explicit_discount, 0, MAX_HIDDEN_PRIMING, "or None: no discount")
         bounded_number("explicit_context_weight", self.explicit_context_weight, 0, MAX_HIDDEN_PRIMING, closed=True)
-        for name in ("log_hidden_head", "pivot_head"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SaffuConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        check_matrix_sizes(self)
         if isinstance(self.pivot_bigrams, bool) or not isinstance(self.pivot_bigrams, int) or self.pivot_bigrams < 0:
             raise ValueError(f"SaffuConfig.pivot_bigrams must be an integer >= 0 (0: none), got {self.pivot_bigrams!r}")
         if isinstance(self.pivot_trigrams, bool) or not isinstance(self.pivot_trigrams, int) or self.pivot_trigrams < 0:
@@ -292,12 +313,34 @@ class SaffuConfig(PreTrainedConfig):
                 f"(pivot_head=true with pivot_bigrams=0), got pivot_head=true and pivot_bigrams={self.pivot_bigrams}"
             )
         bounded_number("initializer_range", self.initializer_range, 0, math.inf)
+        for name in ("pivot_bigram_capacity", "pivot_trigram_capacity"):
+            if getattr(self, name) > MAX_TENSOR_ELEMENTS:
+                raise ValueError(
+                    f"SaffuConfig.{name.removesuffix('_capacity')}s must be <= {MAX_TENSOR_ELEMENTS} (entries of the "
+                    f"table), got {getattr(self, name.removesuffix('_capacity') + 's')}"
+                )
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name, None)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
                 raise ValueError(
                     f"SaffuConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
                 )
+
+
+def check_matrix_sizes(config: SaffuConfig) -> None:
+    """The largest matrices, vocab_size x embed_bits (embeddings), vocab_size x C * hidden_bits (the head) and,
+    from the second layer on, hidden_bits x C * hidden_bits, must hold at most `MAX_TENSOR_ELEMENTS` entries."""
+    concatenated = config.num_contexts * config.hidden_bits
+    matrices = [("vocab_size", "embed_bits", config.embed_bits), ("vocab_size", "C x hidden_bits", concatenated)]
+    if config.num_layers > 1:
+        matrices.append(("hidden_bits", "C x hidden_bits", concatenated))
+    for rows, columns, width in matrices:
+        height = getattr(config, rows)
+        if height * width > MAX_TENSOR_ELEMENTS:
+            raise ValueError(
+                f"SaffuConfig.{rows} x {columns} (C = {config.num_contexts} contexts) = {height} x {width} must be "
+                f"<= {MAX_TENSOR_ELEMENTS} entries (a matrix that large cannot be allocated)"
+            )
 
 
 def bounded_number(name: str, value, low: float, high: float, note: str = "", closed: bool = False) -> None:

@@ -7,6 +7,7 @@ evaluation covers every token.
 """
 
 import codecs
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +19,21 @@ from transformers import PreTrainedTokenizerFast
 
 from .configuration_saffu import SaffuConfig
 from .corpus import load_shakespeare
+from .errors import check_regular_file
 
 EOS_TOKEN = "<|endoftext|>"
 # Documents packed together: blocks never span two packing batches (the last block of each is padded).
 PACKING_BATCH = 10_000
 PAD_TOKEN = "<pad>"
 BUILTIN_CORPUS = "shakespeare"
+# Upper bounds checked before any data is read: a block is one row of every (batch, block, ...) activation, and a
+# BPE vocabulary beyond 2^20 tokens exceeds any corpus this package trains on (and the model's matrices).
+MAX_BLOCK_SIZE = 2**20
+MAX_TOKENIZER_VOCAB_SIZE = 2**20
+# A document longer than this is tokenised (and counted for the tokenizer) in pieces cut before a word
+# (`document_pieces`); its ids are joined back into one document. Tokenising one 50 MB line whole took 12 GB.
+MAX_PIECE_CHARS = 2**16
+LAST_WORD_START = re.compile(r".*\s(?=\S)", re.DOTALL)  # up to the last whitespace that precedes a word
 
 
 @dataclass
@@ -63,12 +73,12 @@ class DataArguments:
         if self.dataset_name is None and not self.train_files:
             raise ValueError(f"DataArguments: give dataset_name (e.g. '{BUILTIN_CORPUS}') or train_files")
         check_not_a_file_format(self.dataset_name)
-        if self.block_size < 2:
-            raise ValueError(f"DataArguments.block_size must be >= 2, got {self.block_size}")
-        if self.tokenizer_vocab_size < 260:
+        if not 2 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"DataArguments.block_size must be >= 2 and <= {MAX_BLOCK_SIZE}, got {self.block_size}")
+        if not 260 <= self.tokenizer_vocab_size <= MAX_TOKENIZER_VOCAB_SIZE:
             raise ValueError(
-                "DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials), "
-                f"got {self.tokenizer_vocab_size}"
+                f"DataArguments.tokenizer_vocab_size must be >= 260 (256 bytes + specials) and <= "
+                f"{MAX_TOKENIZER_VOCAB_SIZE}, got {self.tokenizer_vocab_size}"
             )
 
 
@@ -132,10 +142,7 @@ def is_saved_dataset(path: str) -> bool:
 def check_text_file(split: str, path: str, chunk_bytes: int = 1 << 20) -> None:
     """A `split` file must be a readable UTF-8 text file with at least one non-blank line (read in chunks)."""
     file = Path(path)
-    if file.is_dir():
-        raise IsADirectoryError(f"{split} file {path} is a directory, not a text file")
-    if not file.is_file():
-        raise FileNotFoundError(f"{split} file {path} does not exist")
+    check_regular_file(file, f"{split} file")
     decoder = codecs.getincrementaldecoder("utf-8")()
     has_text, offset = False, 0
     with file.open("rb") as stream:
@@ -182,8 +189,49 @@ def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
 
 
 def text_batches(dataset, column: str, batch_size: int = 1000):
+    """The texts of `column`, a batch at a time, long documents in pieces (`document_pieces`)."""
     for start in range(0, len(dataset), batch_size):
-        yield dataset[start : start + batch_size][column]
+        yield [piece for text in dataset[start : start + batch_size][column] for piece in document_pieces(text)]
+
+
+def document_pieces(text: str) -> list[str]:
+    """`text` cut into pieces of at most `MAX_PIECE_CHARS` characters, each cut just before the whitespace that precedes
+    a word (the last one in the piece's span; a span without one is cut at MAX_PIECE_CHARS). A ByteLevel (GPT-2)
+    pre-tokenizer never joins two words across such a cut, so the pieces' tokens are the whole text's."""
+    pieces, start, max_chars = [], 0, MAX_PIECE_CHARS
+    while len(text) - start > max_chars:
+        match = LAST_WORD_START.match(text, start + 1, start + max_chars)
+        cut = match.end() - 1 if match else start + max_chars
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def tokenize_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each document, long ones tokenised in pieces (`document_pieces`) and joined; the pieces
+    go to the tokenizer in calls of at most about `MAX_PIECE_CHARS` * 16 characters, so the memory of its
+    encodings is bounded, not that of the longest document (or batch)."""
+    ids: list[list[int]] = [[] for _ in texts]
+    group: list[tuple[int, str]] = []
+    characters = 0
+    for owner, text in enumerate(texts):
+        for piece in document_pieces(text):
+            group.append((owner, piece))
+            characters += len(piece)
+            if characters > 16 * MAX_PIECE_CHARS:
+                extend_with_ids(tokenizer, group, ids)
+                group, characters = [], 0
+    extend_with_ids(tokenizer, group, ids)
+    return ids
+
+
+def extend_with_ids(tokenizer, group: list[tuple[int, str]], ids: list[list[int]]) -> None:
+    """Tokenise the (document index, piece) pairs of `group` in one call; append each piece's ids to its document's."""
+    if group:
+        encoded = tokenizer([piece for _, piece in group], add_special_tokens=False)["input_ids"]
+        for (owner, _), piece_ids in zip(group, encoded, strict=True):
+            ids[owner].extend(piece_ids)
 
 
 def pack_documents(batch: dict, block_size: int, eos_id: int, pad_id: int) -> dict:
@@ -215,7 +263,7 @@ def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> 
     column = data_args.text_column
     workers = data_args.preprocessing_num_workers
     tokenized = raw.map(
-        lambda batch: {"input_ids": tokenizer(batch[column], add_special_tokens=False)["input_ids"]},
+        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
         batched=True,
         remove_columns=raw["train"].column_names,
         num_proc=workers,

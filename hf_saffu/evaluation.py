@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .errors import check_finite
+from .errors import check_finite, check_regular_file, check_saved_files
 
 IGNORE_INDEX = -100
 PAIR_FIELDS = ("sentence_good", "sentence_bad")
@@ -202,6 +202,7 @@ def load_model_and_tokenizer(model_dir: str | Path, trust_remote_code: bool = Fa
     `NonFiniteError` if its weights hold NaN or infinity (nothing computed from them would mean anything)."""
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    check_saved_files(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     check_finite(model.named_parameters(), f"the model in {model_dir}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -332,9 +333,12 @@ def read_texts(path: str | Path) -> list[str]:
     """Texts for perplexity: the ``text`` field of each line of a ``.jsonl`` file, otherwise
     every non-blank line of a plain-text file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    check_regular_file(path, "text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"text file {path} is not UTF-8 text (near byte {error.start}: {error.reason})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         return [_parse_json_line(line, f"{path}:{i}", ("text",))["text"] for i, line in enumerate(lines, 1)]
     return lines

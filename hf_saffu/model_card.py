@@ -250,18 +250,20 @@ def model_card_for_dir(
     repo_id: str | None = None,
     results_dir: str | Path | None = None,
     results: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> str:
     """The card of a saved SAFFU directory, published as ``repo_id`` (None: a placeholder in the loading
     examples): written from its ``config.json``, its stored weights and the results of ``all_results.json`` in
     ``model_dir``, else in ``results_dir`` when that holds the same weights (the folder a model was loaded from),
-    over ``results`` (what a trainer knows of its run); what was not recorded reads "not measured"."""
+    over ``results`` (what a trainer knows of its run); what was not recorded reads "not measured". ``name``: the
+    model's name when no repo is given (default: the folder's name; a staged save gives its final folder's)."""
     path = Path(model_dir)
     recorded = dict(results or {})
     for folder in (Path(results_dir) if results_dir else None, path):
         if folder is not None and (folder / RESULTS_FILE).is_file() and same_weights(folder, path):
             recorded |= {k: v for k, v in json.loads((folder / RESULTS_FILE).read_text()).items() if v is not None}
     config = SaffuConfig.from_pretrained(path)
-    info = model_run_info(config, stored_parameters(path), recorded, repo_id, path.resolve().name)
+    info = model_run_info(config, stored_parameters(path), recorded, repo_id, name or path.resolve().name)
     return build_model_card(TrainingRunInfo.from_dict(info)).content
 
 

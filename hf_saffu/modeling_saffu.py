@@ -512,6 +512,24 @@ class SaffuPivotTrigrams(nn.Module):
         return new
 
 
+def table_index_problem(table: "SaffuPivotBigrams | SaffuPivotTrigrams", vocab_size: int) -> str | None:
+    """What makes a loaded table's CSR index tensors unusable (the forward pass would index out of range or read
+    another pivot's entries), or None: rows start at 0, never decrease and end within the entries; the used
+    columns are token ids; the trigram histories are sorted keys w V + x (V^2 pads)."""
+    rows, columns = table.rows, table.columns
+    used = int(rows[-1])
+    if int(rows[0]) != 0 or bool((rows.diff() < 0).any()) or used > len(columns):
+        return f"rows must rise from 0 to at most {len(columns)} entries, got {rows.tolist()[:8]}..."
+    if used and not (0 <= int(columns[:used].min()) and int(columns[:used].max()) < vocab_size):
+        return f"columns must hold token ids < vocab_size={vocab_size}"
+    histories = getattr(table, "histories", None)
+    if histories is not None and (
+        bool((histories.diff() < 0).any()) or int(histories.min()) < 0 or int(histories.max()) > vocab_size**2
+    ):
+        return f"histories must be sorted keys in [0, {vocab_size**2}]"
+    return None
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -519,6 +537,44 @@ class SaffuPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SaffuLayer"]
     _supports_sdpa = False
     _supports_flash_attn = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing (a `ValueError` naming them) weights that disagree with the
+        config: a tensor the model needs that the checkpoint lacks (it would be left random), a tensor of another
+        shape, or, for the causal LM, a tensor the model has no place for (e.g. num_layers=2 in the config of a
+        one-layer model). A base `SaffuModel` may leave a causal LM checkpoint's head unused."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights' shapes do not match its config (e.g. vocab_size, "
+                "embed_bits, hidden_bits, windows or the table sizes)"
+            ) from None
+        problems = {
+            "missing": info["missing_keys"],
+            "unexpected": info["unexpected_keys"] if cls is not SaffuModel else [],
+        }
+        problems = {kind: sorted(keys) for kind, keys in problems.items() if keys}
+        if problems:
+            listed = "; ".join(
+                f"{kind}: {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
+                for kind, keys in problems.items()
+            )
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match its config ({listed})")
+        for name, table in (
+            ("pivot_bigrams", getattr(model, "pivot_bigrams", None)),
+            ("pivot_trigrams", getattr(model, "pivot_trigrams", None)),
+        ):
+            problem = table_index_problem(table, model.config.vocab_size) if table is not None else None
+            if problem:
+                raise ValueError(f"{pretrained_model_name_or_path}: {name}.{problem} (corrupt index tensors)")
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -5,6 +5,7 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 (`hf-saffu train`, hf_saffu/commands/train.py, runs `run_training(*parse_arguments(argv))`).
 """
 
+import functools
 import json
 import re
 import time
@@ -16,6 +17,7 @@ import yaml
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
+from transformers.hf_argparser import string_to_bool
 
 from .configuration_saffu import SaffuConfig
 from .data import (
@@ -28,11 +30,11 @@ from .data import (
     tokenize_and_pack,
     train_tokenizer,
 )
-from .errors import check_finite, raise_usage_error
+from .errors import UsageError, check_finite, check_saved_files, raise_usage_error
 from .generation import sample_text
 from .model_card import RESULTS_FILE, model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir, output_dir_lock, staged_folder
 
 
 def architecture_field(help: str):
@@ -100,15 +102,29 @@ def number_or_word(name: str, value: str, words: dict):
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last silently; a
+    flag's two spellings, embed_bits and embed-bits, are one key) and aliases (`*name`: a config needs none, and
+    nested aliases expand exponentially)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ValueError(
+                f"the alias *{event.anchor} (line {event.start_mark.line + 1}) is not allowed: write the value out"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
+        seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ValueError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
+            name = key.replace("-", "_") if isinstance(key, str) else key
+            if name in seen:
+                twice = (
+                    f"key {key!r} is" if seen[name] == key else f"keys {seen[name]!r} and {key!r} (one argument) are"
+                )
+                raise ValueError(f"the {twice} given twice (line {key_node.start_mark.line + 1})")
+            seen[name] = key
         return super().construct_mapping(node, deep)
 
 
@@ -133,16 +149,25 @@ def yaml_to_flags(config: dict) -> list[str]:
     return flags
 
 
-def check_yaml_numbers(parser: HfArgumentParser, config: dict, path: Path) -> None:
-    """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean):
-    flags are strings, so after `yaml_to_flags` the parser could no longer tell."""
+def check_yaml_values(parser: HfArgumentParser, config: dict, path: Path) -> None:
+    """A YAML value of a numeric argument must be a YAML number (not a string such as "4", nor a boolean), of an
+    integer argument an integer (not 1e23), and of a boolean argument a YAML boolean (not "no"): flags are strings,
+    so after `yaml_to_flags` the parser could no longer tell. A YAML null is refused for a required-path argument
+    (output_dir), which would otherwise fall back to transformers' default folder."""
     types = {action.dest: action.type for action in parser._actions}
     for key, value in config.items():
-        if types.get(key) not in (int, float):
-            continue
+        kind = types.get(key.replace("-", "_") if isinstance(key, str) else key)
+        if value is None and key == "output_dir":
+            raise ValueError(f"{path}: {key} must be a folder name, got null")
         for item in value if isinstance(value, list) else [value]:
-            if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
+            if item is None:
+                continue
+            if kind in (int, float) and (isinstance(item, bool) or not isinstance(item, int | float)):
                 raise ValueError(f"{path}: {key} must hold numbers, got {item!r}")
+            if kind is int and isinstance(item, float):
+                raise ValueError(f"{path}: {key} must hold integers, got {item!r}")
+            if kind is string_to_bool and not isinstance(item, bool):
+                raise ValueError(f"{path}: {key} must be true or false, got {item!r}")
 
 
 def argument_parser() -> HfArgumentParser:
@@ -159,7 +184,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
     """`CONFIG.yaml [--key value ...]`: the YAML's values first, flags after them win."""
     parser = argument_parser()
     flags = argv
-    if argv and argv[0].endswith((".yaml", ".yml")):
+    if argv and argv[0].lower().endswith((".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
@@ -167,11 +192,24 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Exp
             config = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
-        check_yaml_numbers(parser, config, path)
+        check_yaml_values(parser, config, path)
         flags = yaml_to_flags(without_replaced_source(config, argv[1:])) + argv[1:]
+    check_single_dash_values(argv)
     return parser.parse_args_into_dataclasses(args=flags)
+
+
+def check_single_dash_values(argv: list[str]) -> None:
+    """A value such as `-dash.txt` would be read as an (unknown) option by argparse, which then takes the flag
+    before it as given no value: refused, naming the value and the way to write it."""
+    for value in argv:
+        if value.startswith("-") and not value.startswith("--") and not re.fullmatch(r"-[0-9.eE+-]+|-inf|-nan", value):
+            raise UsageError(
+                f"{value!r} starts with '-', so it would be read as an option: write a file name as ./{value}"
+            )
 
 
 # The data source: a dataset (name and configuration) or local files. A flag naming one replaces a config's other.
@@ -221,6 +259,8 @@ def build_tokenizer(data_args: DataArguments, raw):
 
 def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     if model_args.model_name_or_path:
+        if Path(model_args.model_name_or_path).is_dir():
+            check_saved_files(model_args.model_name_or_path)
         with naming_the_source("model_name_or_path", model_args.model_name_or_path):
             model = SaffuForCausalLM.from_pretrained(model_args.model_name_or_path)
         if model.config.vocab_size != len(tokenizer):
@@ -232,6 +272,19 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
     return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
 
 
+def holding_the_output_dir(run):
+    """`run(model_args, data_args, training_args)` with training_args.output_dir locked throughout
+    (`hf_saffu.trainer.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
+
+    @functools.wraps(run)
+    def locked(model_args, data_args, training_args):
+        with output_dir_lock(training_args.output_dir, training_args.should_save):
+            return run(model_args, data_args, training_args)
+
+    return locked
+
+
+@holding_the_output_dir
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: ExplicitTrainingArguments
 ) -> dict:
@@ -289,14 +342,17 @@ def run_training(
 
 
 def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, training_args) -> None:
-    """Model, tokenizer, results and model card into output_dir."""
+    """Model, tokenizer, results and model card into output_dir, written into a staging folder first and moved
+    into place once all are written (`staged_folder`); then pushed to the Hub with `push_to_hub`."""
     output_dir = Path(training_args.output_dir)
     check_finite(trainer.model.named_parameters(), "the trained model", hint="nothing was saved")
-    trainer.save_model(str(output_dir), _internal_call=True)
-    tokenizer.save_pretrained(str(output_dir))
-    results |= dataset_results(data_args)
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    (output_dir / "README.md").write_text(model_card_for_dir(output_dir), encoding="utf-8")
+    with staged_folder(output_dir) as staging:
+        trainer.save_model(str(staging), _internal_call=True)
+        tokenizer.save_pretrained(str(staging))
+        results |= dataset_results(data_args)
+        (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        card = model_card_for_dir(staging, name=output_dir.resolve().name)
+        (staging / "README.md").write_text(card, encoding="utf-8")
     if training_args.push_to_hub:  # after the results and the card, which the push publishes
         trainer.push_to_hub()
 

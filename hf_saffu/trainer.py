@@ -15,16 +15,22 @@ predicted tokens), with every eval sample counted exactly once across processes 
 A run loses nothing it already has: it refuses an output_dir holding a previous run's model or
 checkpoints (unless resuming, or `overwrite_output_dir`), stops at the first step that makes a weight
 NaN or infinite (before that step is logged or saved), and writes every checkpoint under a staging
-name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent.
+name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent. The final save
+into output_dir is staged the same way (`staged_folder`); the output_dir is locked while a run trains
+(`output_dir_lock`: a second run there is refused) and checked writable before anything is read; a resume
+from a checkpoint that already holds the run's last step trains no further step. The saved arguments
+(training_args.bin) never hold `hub_token`.
 """
 
-import json
+import fcntl
 import math
 import os
 import re
 import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sized
+from collections.abc import Iterator, Mapping, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +39,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     EvalLoopOutput,
@@ -43,7 +49,7 @@ from transformers.trainer_utils import (
 )
 from transformers.utils import CONFIG_NAME, logging
 
-from .errors import check_finite
+from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import model_card_for_dir
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
@@ -54,6 +60,8 @@ logger = logging.get_logger(__name__)
 # A checkpoint is written as tmp-checkpoint-N and renamed to checkpoint-N when complete; Trainer's resume
 # (get_last_checkpoint) and rotation (glob "checkpoint-*") never see the staging name.
 STAGING_PREFIX = "tmp-"
+# The final save (model, tokenizer, results, card) is written into output_dir/tmp-save-XXXX, then moved into place.
+SAVE_STAGING_PREFIX = "tmp-save-"
 # What a new run in a used output_dir would replace (the saved model) or rotate away (the checkpoints).
 PREVIOUS_RUN = re.compile(rf"^(model\.safetensors|model\.safetensors\.index\.json|{PREFIX_CHECKPOINT_DIR}-\d+)$")
 
@@ -109,12 +117,28 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
-        for name in ("head_learning_rate", "pivot_head_learning_rate"):
+        for name in ("learning_rate", "head_learning_rate", "pivot_head_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer >= 0 and < 2**32 (numpy's range), got {self.seed}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps must be >= 1, or -1 for num_train_epochs, got {self.max_steps} (warm_start_only=true "
+                "runs no backprop step)"
+            )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
+
+    def __getstate__(self) -> dict:
+        """The arguments as pickled (Trainer saves them with `torch.save` as training_args.bin in every checkpoint,
+        the final model and each Hub push) without the secrets: every `*_token` string (hub_token) is None. A
+        `copy.deepcopy` of the arguments drops the token too (the running object keeps it)."""
+        return {
+            key: None if key.endswith("_token") and isinstance(value, str) else value
+            for key, value in vars(self).items()
+        }
 
 
 class DatasetBatches:
@@ -191,7 +215,7 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
 def checkpoint_warm_started(checkpoint: str) -> bool:
     """`warm_started` of the model saved in a checkpoint (False when it has no config)."""
     config_file = Path(checkpoint) / CONFIG_NAME
-    return config_file.is_file() and bool(json.loads(config_file.read_text()).get("warm_started", False))
+    return config_file.is_file() and bool(load_json(config_file).get("warm_started", False))
 
 
 class DivergenceGuard(TrainerCallback):
@@ -277,9 +301,20 @@ class ExplicitTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """Warm-start (unless resuming or already warm-started), then `Trainer.train`; with `warm_start_only`,
-        no backprop. `resume_from_checkpoint`: a path, or True / "true" for the last checkpoint in output_dir."""
+        no backprop. `resume_from_checkpoint`: a path, or True / "true" for the last checkpoint in output_dir.
+        The output_dir is locked for the whole call (`output_dir_lock`)."""
+        with output_dir_lock(self.args.output_dir, self.args.should_save):
+            return self.train_locked(resume_from_checkpoint, **kwargs)
+
+    def train_locked(self, resume_from_checkpoint=None, **kwargs):
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         check_output_dir(self.args, checkpoint)
+        if checkpoint is not None:
+            check_saved_files(checkpoint)
+        if self.args.should_save:
+            remove_staged_saves(self.args.output_dir)
+            if checkpoint is None and self.args.overwrite_output_dir:
+                remove_checkpoints(self.args.output_dir)
         model = self.saffu_model
         if checkpoint is not None:
             model.config.warm_started = checkpoint_warm_started(checkpoint)
@@ -300,7 +335,45 @@ class ExplicitTrainer(Trainer):
             logger.info(f"explicit warm start {reason}")
         if self.args.warm_start_only:
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
+        if checkpoint is not None and self.is_finished(checkpoint):
+            return self.load_finished(checkpoint)
         return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+    def is_finished(self, checkpoint: str) -> bool:
+        """The checkpoint already holds the last step of this run (max_steps, else the step count it was saved
+        with): a run killed while saving its final model resumes to that save, with no step past the last."""
+        state_file = Path(checkpoint) / TRAINER_STATE_NAME
+        if not state_file.is_file():
+            return False
+        state = TrainerState(**load_json(state_file))
+        last = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        return 0 < last <= state.global_step
+
+    def load_finished(self, checkpoint: str) -> TrainOutput:
+        """The weights and state of a finished run's last checkpoint, with no training step."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        losses = [entry["train_loss"] for entry in self.state.log_history if "train_loss" in entry]
+        logger.info(f"{checkpoint} holds the run's last step ({self.state.global_step}): no step to train")
+        return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), {})
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint whose weights do not match the model (missing or unexpected tensors) is refused, where
+        Trainer only warns: resuming from it would continue from partly random weights."""
+        problems = {"missing": load_result.missing_keys, "unexpected": load_result.unexpected_keys}
+        listed = "; ".join(f"{kind}: {', '.join(sorted(keys)[:4])}" for kind, keys in problems.items() if keys)
+        if listed:
+            raise ValueError(f"the checkpoint's weights do not match the model ({listed})")
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """`Trainer._save` (model, tokenizer, training_args.bin); into output_dir itself (the final model, and
+        `push_to_hub`'s save) through a staging folder (`staged_folder`), so a kill or a full disk leaves the
+        previous files whole."""
+        target = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save or os.path.abspath(target) != os.path.abspath(self.args.output_dir):
+            return super()._save(target, state_dict)
+        with staged_folder(target) as staging:
+            super()._save(str(staging), state_dict)
 
     def warm_start_shard(self) -> "DatasetBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
@@ -413,15 +486,20 @@ class ExplicitTrainer(Trainer):
         if self.args.should_save:
             remove_staged_checkpoints(run_dir)
         self.accelerator.wait_for_everyone()
-        self.save_model(staging, _internal_call=True)
-        self.note_best_checkpoint(run_dir)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
-        if self.args.should_save:
-            self.store_callback_states()
-            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        try:
+            self.save_model(staging, _internal_call=True)
+            self.note_best_checkpoint(run_dir)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(staging)
+                self._save_scaler(staging)
+                self._save_rng_state(staging)
+            if self.args.should_save:
+                self.store_callback_states()
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        except BaseException:
+            if self.args.should_save:  # a full disk or an error: the partial checkpoint goes, the earlier ones stay
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):
@@ -457,8 +535,9 @@ class ExplicitTrainer(Trainer):
 
 
 def check_output_dir(args: ExplicitTrainingArguments, resume_from_checkpoint) -> None:
-    """A new run (not resuming, no `overwrite_output_dir`) must not replace a previous run's model or rotate
-    away its checkpoints: a FileExistsError naming them."""
+    """output_dir must be writable (`check_writable`), and a new run (not resuming, no `overwrite_output_dir`)
+    must not replace a previous run's model or rotate away its checkpoints: a FileExistsError naming them."""
+    check_writable(args.output_dir)
     if resume_request(resume_from_checkpoint) is not None or args.overwrite_output_dir:
         return
     previous = previous_run_files(Path(args.output_dir))
@@ -502,6 +581,88 @@ def warm_start_dataset(dataset):
         f"ExplicitTrainer's train_dataset must be a datasets.Dataset, a datasets.IterableDataset, a torch Dataset "
         f"or a list of dicts with input_ids, got {type(dataset).__name__}"
     )
+
+
+def remove_staged_saves(output_dir: str) -> None:
+    """Delete the staging folders (`staged_folder`) of final saves an interrupted run left behind."""
+    for staged in Path(output_dir).glob(f"{SAVE_STAGING_PREFIX}*"):
+        shutil.rmtree(staged)
+
+
+def remove_checkpoints(output_dir: str) -> None:
+    """Delete a previous run's checkpoint-N folders (overwrite_output_dir): a later resume_from_checkpoint=true
+    must continue the new run, not the old one."""
+    for checkpoint in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if checkpoint.is_dir() and PREVIOUS_RUN.match(checkpoint.name):
+            shutil.rmtree(checkpoint)
+
+
+@contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """A fresh staging folder inside `target` to write files into; when the block ends, every file moves into
+    `target` (`os.replace`, one rename each; the weights last) and the folder is removed. When the block raises
+    (a full disk, a bad value), the folder is removed and `target` keeps its previous files untouched."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=SAVE_STAGING_PREFIX, dir=target))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir(), key=lambda path: (path.suffix == ".safetensors", path.name)):
+            if (target / path.name).is_dir():
+                shutil.rmtree(target / path.name)
+            os.replace(path, target / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable(output_dir: str) -> None:
+    """output_dir (or, while it does not exist, its nearest existing parent) must be a writable directory: an
+    OSError naming it, raised before any data is read or any warm start runs."""
+    path = Path(output_dir).absolute()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists() or folder == folder.parent)
+    if not existing.is_dir():
+        where = "" if existing == path else f" (its parent {existing} is a file)"
+        raise NotADirectoryError(f"output_dir {output_dir} is not a directory{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (nothing can be created in {existing})"
+        raise PermissionError(f"output_dir {output_dir} is not writable{where}")
+
+
+_LOCKED_OUTPUT_DIRS: set[str] = set()  # the output_dirs this process holds (a nested lock is a no-op)
+
+
+@contextmanager
+def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on output_dir (`flock` of the directory itself: no lock file is written) for the
+    block: a second run in the same output_dir, started while this one holds it, gets an `OutputDirInUseError`
+    and touches nothing. The directory is created for the lock, and removed again when it is still empty at the
+    end (a run that failed before writing anything leaves no trace). Only the process that saves takes it."""
+    path = Path(output_dir)
+    key = os.path.realpath(path)
+    if not enabled or key in _LOCKED_OUTPUT_DIRS:
+        yield
+        return
+    check_writable(output_dir)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputDirInUseError(
+                f"output_dir {output_dir} is in use by another training run (it holds the directory's lock); "
+                "wait for it to finish or choose another output_dir"
+            ) from None
+        _LOCKED_OUTPUT_DIRS.add(key)
+        try:
+            yield
+        finally:
+            _LOCKED_OUTPUT_DIRS.discard(key)
+            if created and not any(path.iterdir()):
+                path.rmdir()
+    finally:
+        os.close(descriptor)
 
 
 def check_block_lengths(dataset) -> int:

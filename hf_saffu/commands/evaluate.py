@@ -7,9 +7,11 @@ test perplexity of that run's all_results.json and model card.
 """
 
 import argparse
-import json
 from pathlib import Path
 
+import torch
+
+from ..errors import load_json
 from ..evaluation import (
     context_length,
     evaluate_minimal_pairs,
@@ -51,10 +53,27 @@ def run_block_size(model_dir: Path, model) -> int:
     """The block size the training run evaluated with, else the model's context length, else the default."""
     results = model_dir / "all_results.json"
     if results.is_file():
-        block_size = json.loads(results.read_text()).get("block_size")
+        block_size = load_json(results).get("block_size")
         if isinstance(block_size, int):
             return block_size
     return context_length(model) or DEFAULT_BLOCK_SIZE
+
+
+def check_device(name: str) -> torch.device:
+    """`--device` as a torch device that this machine has; a ValueError naming it otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = module is not None and hasattr(module, "is_available") and module.is_available()
+        count = module.device_count() if available and hasattr(module, "device_count") else 1
+        if not available or (device.index or 0) >= count:
+            raise ValueError(
+                f"--device {name}: this machine has no such device (torch sees none of type {device.type})"
+            )
+    return device
 
 
 def main(args: argparse.Namespace) -> None:
@@ -62,8 +81,9 @@ def main(args: argparse.Namespace) -> None:
     when given."""
     if args.minimal_pairs is None and not args.data:
         raise ValueError("nothing to evaluate: give --data FILE ... and/or --minimal-pairs PATH")
+    device = check_device(args.device)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.trust_remote_code)
-    model.to(args.device)
+    model.to(device)
     results: dict[str, dict] = {}
     if args.data:
         texts = [text for path in args.data for text in read_texts(path)]

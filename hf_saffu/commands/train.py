@@ -23,7 +23,7 @@ class PassThroughParser(argparse.ArgumentParser):
         if args[:1] in (["-h"], ["--help"]):
             self.print_help()
             self.exit()
-        has_config = bool(args) and args[0].endswith(YAML_SUFFIXES)
+        has_config = bool(args) and args[0].lower().endswith(YAML_SUFFIXES)
         namespace.config = args[0] if has_config else None
         namespace.flags = args[1:] if has_config else args
         return namespace, []
