@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx2
 import yaml
+from datasets import DatasetDict
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
@@ -25,6 +26,8 @@ from .data import (
     config_for_tokenizer,
     count_tokens,
     load_text_datasets,
+    load_text_streams,
+    pack_stream,
     text_batches,
     tokenize_and_pack,
     train_tokenizer,
@@ -58,6 +61,9 @@ class ModelArguments:
     pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
     pivot_bigrams: int | None = architecture_field("entries of the pivot's bigram table (0: none)")
     pivot_trigrams: int | None = architecture_field("entries of the (previous, pivot) trigram table (0: none)")
+    pivot_table_mb: str | None = architecture_field(
+        "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
+    )
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
     explicit_discount: str | None = architecture_field(
         "absolute discount D of the explicit solutions, or 'none' for the additive floor"
@@ -84,6 +90,7 @@ class ModelArguments:
         for name, words in (
             ("explicit_hidden_priming", {"features": "features"}),
             ("explicit_discount", {"none": None}),
+            ("pivot_table_mb", {"none": None}),
         ):
             if name in kwargs:
                 kwargs[name] = number_or_word(name, kwargs[name], words)
@@ -241,13 +248,19 @@ def run_training(
     check_pretrained_source("model_name_or_path", model_args.model_name_or_path)
     check_output_dir(training_args, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
-    raw = load_text_datasets(data_args)
+    raw = load_text_streams(data_args) if data_args.streaming else load_text_datasets(data_args)
     tokenizer = build_tokenizer(data_args, raw)
-    packed = tokenize_and_pack(raw, tokenizer, data_args)
+    if data_args.streaming:
+        evaluation = tokenize_and_pack(
+            DatasetDict({k: v for k, v in raw.items() if k != "train"}), tokenizer, data_args
+        )
+        packed = {**evaluation, "train": pack_stream(raw["train"], tokenizer, data_args)}
+    else:
+        packed = tokenize_and_pack(raw, tokenizer, data_args)
     model = build_model(model_args, tokenizer)
     largest_window = model.config.max_window
-    train_tokens = count_tokens(packed["train"])
-    if train_tokens <= largest_window:
+    train_tokens = None if data_args.streaming else count_tokens(packed["train"])  # a stream is counted as read
+    if train_tokens is not None and train_tokens <= largest_window:
         raise ValueError(
             f"the training data has {train_tokens} tokens, not more than the largest window ({largest_window})"
         )
@@ -266,7 +279,7 @@ def run_training(
     report = trainer.warm_start_report
     results = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_tokens": train_tokens,
+        "train_tokens": trainer.train_tokens(),
         "warm_start_seconds": report.total_seconds if report else None,
         "warm_start_tokens": report.tokens if report else None,
         "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
+from datasets import IterableDataset
+from datasets.distributed import split_dataset_by_node
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
@@ -45,7 +47,7 @@ from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
-from .warm_start import explicit_warm_start
+from .warm_start import explicit_warm_start, set_table_capacity
 
 logger = logging.get_logger(__name__)
 
@@ -130,6 +132,50 @@ class DatasetBatches:
             yield self.dataset[start : start + self.batch_size]
 
 
+class StreamBatches:
+    """Re-iterable batches of a `datasets.IterableDataset` of packed blocks: every pass re-iterates the stream and
+    stacks `batch_size` rows into tensors (memory: one batch, whatever the length of the stream)."""
+
+    def __init__(self, dataset: IterableDataset, batch_size: int):
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for batch in self.dataset.iter(batch_size=self.batch_size):
+            yield {
+                column: stacked_rows(column, batch[column])
+                for column in ("input_ids", "attention_mask")
+                if column in batch
+            }
+
+
+def stacked_rows(column: str, rows: list) -> torch.Tensor:
+    """The rows of a batch of packed blocks as one tensor; a ValueError when their lengths differ (unpacked data)."""
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"the train_dataset's {column} rows have different lengths (from {min(lengths)} to {max(lengths)} "
+            "tokens): pack the documents into equal blocks (hf_saffu.data.tokenize_and_pack) before training"
+        )
+    return torch.as_tensor(rows) if not torch.is_tensor(rows[0]) else torch.stack(rows)
+
+
+def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> StreamBatches:
+    """The warm start's batches of a streamed train_dataset: its first ceil(warm_start_max_tokens / block size)
+    blocks (all without a cap; the block size read from the first block), split between the processes by
+    `datasets.distributed.split_dataset_by_node` (whole shards per process when the stream's shards divide
+    evenly, else every world_size-th block): disjoint parts that cover the stream, so the summed statistics are
+    those of one process reading it all."""
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start (the stream is empty)")
+    if args.warm_start_max_tokens is not None:
+        dataset = dataset.take(math.ceil(args.warm_start_max_tokens / len(first["input_ids"])))
+    if args.world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=args.process_index, world_size=args.world_size)
+    return StreamBatches(dataset, args.warm_start_batch_size)
+
+
 class FrozenEmbeddingPhase(TrainerCallback):
     """The embeddings stay fixed for the first `steps` optimizer steps (all of them for `math.inf`), then train.
 
@@ -189,6 +235,16 @@ def checkpoint_warm_started(checkpoint: str) -> bool:
     """`warm_started` of the model saved in a checkpoint (False when it has no config)."""
     config_file = Path(checkpoint) / CONFIG_NAME
     return config_file.is_file() and bool(json.loads(config_file.read_text()).get("warm_started", False))
+
+
+def match_checkpoint_tables(model: SaffuForCausalLM, checkpoint: str) -> None:
+    """Give the model's pivot tables the sizes the checkpoint's warm start chose (its config's pivot_bigrams and
+    pivot_trigrams), so that its weights load into them."""
+    config_file = Path(checkpoint) / CONFIG_NAME
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    for name in ("pivot_bigrams", "pivot_trigrams"):
+        if getattr(model, name) is not None and saved.get(name):
+            set_table_capacity(model, name, saved[name])
 
 
 class DivergenceGuard(TrainerCallback):
@@ -280,6 +336,7 @@ class ExplicitTrainer(Trainer):
         model = self.saffu_model
         if checkpoint is not None:
             model.config.warm_started = checkpoint_warm_started(checkpoint)
+            match_checkpoint_tables(model, checkpoint)
         if self.args.warm_start_only and checkpoint is not None:
             raise ValueError("warm_start_only runs no backprop: it cannot resume from a checkpoint")
         if not self.args.warm_start:
@@ -298,9 +355,11 @@ class ExplicitTrainer(Trainer):
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
         return super().train(resume_from_checkpoint=checkpoint, **kwargs)
 
-    def warm_start_shard(self) -> "DatasetBatches":
+    def warm_start_shard(self) -> "DatasetBatches | StreamBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
         dataset = self.train_dataset
+        if isinstance(dataset, IterableDataset):
+            return stream_shard(dataset, self.args)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
@@ -335,7 +394,7 @@ class ExplicitTrainer(Trainer):
             return
         model = self.saffu_model
         history = {key: value for log in self.state.log_history for key, value in log.items()}
-        train_tokens = sum(sum(mask) for mask in self.train_dataset["attention_mask"]) if self.train_dataset else 0
+        train_tokens = self.train_tokens()
         write_model_card(
             self.args.output_dir,
             {
@@ -349,6 +408,13 @@ class ExplicitTrainer(Trainer):
                 "backprop_seconds": history.get("train_runtime"),
             },
         )
+
+    def train_tokens(self) -> int | None:
+        """Real tokens of the training data: counted in a map-style dataset; of a stream, the warm start's count
+        (None without a warm start: a stream is not read twice to count it)."""
+        if isinstance(self.train_dataset, IterableDataset):
+            return self.warm_start_report.tokens if self.warm_start_report is not None else None
+        return sum(sum(mask) for mask in self.train_dataset["attention_mask"]) if self.train_dataset else 0
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
