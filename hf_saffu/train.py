@@ -20,6 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 
 from .configuration_saffu import SaffuConfig
+from .counts import save_counts
 from .data import (
     BUILTIN_CORPUS,
     DataArguments,
@@ -258,6 +259,7 @@ def run_training(
     else:
         packed = tokenize_and_pack(raw, tokenizer, data_args)
     model = build_model(model_args, tokenizer)
+    check_counts_request(training_args, model)
     largest_window = model.config.max_window
     train_tokens = None if data_args.streaming else count_tokens(packed["train"])  # a stream is counted as read
     if train_tokens is not None and train_tokens <= largest_window:
@@ -309,7 +311,22 @@ def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, traini
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+    if training_args.save_counts:
+        save_counts(output_dir, trainer.warm_start_report.statistics, tokenizer, data_args.block_size)
     write_model_card(output_dir, run_info_from_results(results, data_args, training_args.output_dir, trainer.model))
+
+
+def check_counts_request(training_args: ExplicitTrainingArguments, model: SaffuForCausalLM) -> None:
+    """save_counts needs this run's warm start (the counts are not kept otherwise) and a pivot table to count for."""
+    if not training_args.save_counts:
+        return
+    if model.pivot_bigrams is None:
+        raise ValueError("save_counts saves the counts of the pivot's tables, and the model has none (pivot_bigrams=0)")
+    if not training_args.warm_start or training_args.resume_from_checkpoint or model.config.warm_started:
+        raise ValueError(
+            "save_counts saves the counts of this run's warm start, and it runs none (warm_start=false, resuming, "
+            "or a model that is already warm-started)"
+        )
 
 
 def run_info_from_results(results: dict, data_args: DataArguments, output_dir: str, model) -> dict:

@@ -70,6 +70,13 @@ class ExplicitTrainingArguments(TrainingArguments):
     explicit_attention_iters: int = field(
         default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
     )
+    save_counts: bool = field(
+        default=False,
+        metadata={
+            "help": "save the warm start's n-gram counts beside the model (saffu_counts.safetensors, 16 bytes per "
+            "distinct n-gram: 13 MB for Brown) for hf-saffu update / forget"
+        },
+    )
     warm_start_only: bool = field(
         default=False, metadata={"help": "warm-start (and evaluate) without any backprop step"}
     )

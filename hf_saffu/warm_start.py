@@ -58,6 +58,7 @@ class WarmStartReport:
     priming_numbers: dict[str, float] = field(default_factory=dict)
     pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram table
     pivot_trigrams: dict[str, int] = field(default_factory=dict)  # triples seen and kept by the trigram table
+    statistics: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # `table_statistics`
 
     @property
     def total_seconds(self) -> float:
@@ -282,19 +283,30 @@ class ExplicitWarmStart:
         self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
 
-    def solve_pivot_bigrams(self, triples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """The pivot's bigram channel (`SaffuPivotBigrams`): pair counts n_xy of this process's shard, merged over
-        the processes, the `capacity` most frequent pairs kept (ties: the smaller key), and the closed form of
-        `solve_bigram_channel` over the kept pairs. Under a trigram table (`triples`: its counted keys), the
-        bigram level is the lower order of Kneser-Ney: n_xy = the continuation count, the number of distinct
-        tokens w seen before x y."""
+    def count_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys x V + y and counts of the pairs of real tokens in one block, merged over the processes."""
+        start = time.perf_counter()
+        pairs = PairCounts(self.config.vocab_size)
+        for input_ids, _, weight in self.iterate("pivot bigrams"):
+            pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
+        merged = pairs.merged(self.accelerator)
+        self.timed("pivot bigrams", start)
+        return merged
+
+    def solve_pivot_bigrams(
+        self,
+        triples: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """The pivot's bigram channel (`SaffuPivotBigrams`) from the pair counts n_xy (`pairs`, counted by
+        `count_pairs` when not given): the closed form of `solve_bigram_channel` over all of them, and the table
+        sized (`sized_table`) and filled with the pairs of largest contribution (`strongest_entries`). Under a
+        trigram table (`triples`: its counted keys), the bigram level is the lower order of Kneser-Ney: n_xy = the
+        continuation count, the number of distinct tokens w seen before x y."""
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
         if triples is None:
-            pairs = PairCounts(vocab_size)
-            for input_ids, _, weight in self.iterate("pivot bigrams"):
-                pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
-            keys, counts = pairs.merged(self.accelerator)
+            keys, counts = self.count_pairs() if pairs is None else pairs
         else:
             keys, counts = torch.unique(triples[0] % vocab_size**2, return_counts=True)
             counts = counts.to(torch.float64)
@@ -406,7 +418,9 @@ class ExplicitWarmStart:
             self.solve_pivot_head()
         triples = self.count_triples() if self.model.pivot_trigrams is not None else None
         if self.model.pivot_bigrams is not None:
-            self.solve_pivot_bigrams(triples)
+            pairs = self.count_pairs() if triples is None else None
+            self.solve_pivot_bigrams(triples, pairs)
+            self.report.statistics = table_statistics(counts, triples, pairs)
         if triples is not None:
             self.solve_pivot_trigrams(triples)
         if self.config.log_hidden_head:
@@ -472,6 +486,14 @@ def strongest_entries(keys, counts, values, capacity: int) -> tuple[torch.Tensor
     scores = counts.to(torch.float64) * values.to(torch.float64)
     kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:capacity]).values
     return keys[kept], values[kept]
+
+
+def table_statistics(token_counts: torch.Tensor, triples=None, pairs=None) -> dict[str, torch.Tensor]:
+    """The sufficient statistics of the pivot's tables (`hf_saffu.counts`): the token counts, and the keys and
+    counts of the triples (with a trigram table; `order` 3) or of the pairs (`order` 2)."""
+    keys, counts = triples if triples is not None else pairs
+    order = torch.tensor(3 if triples is not None else 2)
+    return {"token_counts": token_counts.cpu(), "keys": keys.cpu(), "counts": counts.cpu(), "order": order}
 
 
 def set_table_capacity(model: SaffuForCausalLM, name: str, capacity: int) -> torch.nn.Module:
