@@ -156,9 +156,13 @@ class BlockFile:
         return torch.cat([b["input_ids"] for b in batches]), torch.cat([b["attention_mask"] for b in batches])
 
 
-def validation_dataset(folder: Path) -> Dataset:
+def validation_dataset(folder: Path, blocks: int | None = None, seed: int = 0) -> Dataset:
+    """The packed validation blocks; with `blocks`, a seeded random subset of that many (in order)."""
     arrays = np.load(folder / "validation.npz")
-    return Dataset.from_dict({key: arrays[key] for key in arrays.files}).with_format("torch")
+    rows = np.arange(len(arrays["input_ids"]))
+    if blocks is not None and blocks < len(rows):
+        rows = np.sort(np.random.default_rng(seed).permutation(len(rows))[:blocks])
+    return Dataset.from_dict({key: arrays[key][rows] for key in arrays.files}).with_format("torch")
 
 
 # -- one size, in a fresh process --------------------------------------------------------------------------------
@@ -212,7 +216,8 @@ def run_worker(args, recipe: harness.SaffuRecipe) -> dict:
         model.save_pretrained(saved)
         result["saved_model_mb"] = sum(p.stat().st_size for p in Path(saved).iterdir()) / 2**20
     if args.evaluate:
-        validation = validation_dataset(folder)
+        validation = validation_dataset(folder, args.eval_blocks, recipe.seed)
+        result["validation_tokens"] = int(validation[:]["labels"][:, 1:].ne(-100).sum())
         result["validation_perplexity"] = harness.perplexity(model, validation)
         ids, mask = batches.whole()
         kneser_ney = KneserNeyLM(3, len(tokenizer)).fit(ids, mask)
@@ -264,6 +269,7 @@ def measure_size(args, tokens: int, folder: Path, recipe: harness.SaffuRecipe, t
     command = [
         *(sys.executable, "-m", "training.scale", "--worker", str(output), "--folder", str(folder)),
         *("--stem", str(stem), "--config", str(args.config), "--threads", str(args.threads)),
+        *(["--eval-blocks", str(args.eval_blocks)] if args.eval_blocks else []),
     ]
     if not resampled:
         command += ["--evaluate", *(["--budgets-mb", *map(str, args.budgets_mb)] if tokens == args.prune_at else [])]
@@ -339,6 +345,9 @@ def report_lines(args, recipe, results: list[dict]) -> list[str]:
         f"{results[0]['rss_before_warm_start_mb']:.0f} MB before the warm start at {results[0]['size']})"
         if results
         else "",
+        f"- validation: {'all' if not args.eval_blocks else f'a seeded random {args.eval_blocks}'} packed "
+        f"validation blocks ({next((r['validation_tokens'] for r in results if 'validation_tokens' in r), 0):,} "
+        "predicted tokens), the same for the SAFFU and the KN trigram",
         "- CPU-s = process CPU time; wall s on this shared 2-core machine (other jobs ran at the same time)",
         "",
         *harness.markdown_table(header, rows),
@@ -435,6 +444,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", nargs="+", default=["1M", "4M", "16M", "64M"], help="training tokens per size")
     parser.add_argument("--budgets-mb", type=float, nargs="*", default=[8.0, 16.0, 35.0], help="pruning budgets")
     parser.add_argument("--prune-at", default="4M", help="the (real) size whose tables are pruned to the budgets")
+    parser.add_argument("--eval-blocks", type=int, help="score a seeded random subset of the validation blocks")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="tokenizer, ids and blocks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (2k real, 12k resampled), one budget")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one size, in a fresh process
