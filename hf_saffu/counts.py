@@ -90,6 +90,11 @@ def count_files(model: SaffuForCausalLM, tokenizer, files: list[str], block_size
         {key: torch.tensor(packed[key][start : start + 64]) for key in ("input_ids", "attention_mask")}
         for start in range(0, len(packed["input_ids"]), 64)
     ]
+    return count_batches(model, batches, order)
+
+
+def count_batches(model: SaffuForCausalLM, batches, order: int) -> dict:
+    """The counts of the blocks of `batches` ({"input_ids", "attention_mask"} dicts), as the warm start counts."""
     run = ExplicitWarmStart(model, batches, show_progress=False)
     token_counts = run.count_tokens()
     keys, counts = run.count_triples() if order == 3 else run.count_pairs()

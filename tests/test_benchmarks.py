@@ -413,3 +413,17 @@ def test_scale_script_quick(corpus, tmp_path):
     assert (
         "| 12k (resampled) |" in report and "## Pruning at 2k tokens" in report and (tmp_path / "scale.png").is_file()
     )
+
+
+def test_update_counts_script(corpus, tmp_path):
+    """`python -m training.update_counts`: the tables updated with B's counts equal those of the warm start on A + B."""
+    from training import update_counts
+
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    payload = update_counts.main(argv)
+    arms = {r["arm"]: r for r in payload["results"]}
+    assert list(arms) == ["A", "A, updated with B's counts", "A + B"]
+    assert payload["table_difference"] < 1e-5
+    assert arms["A + B"]["warm_start_tokens"] > arms["A"]["warm_start_tokens"]
+    assert "| A, updated with B's counts |" in (tmp_path / "UPDATE.md").read_text()
