@@ -47,7 +47,7 @@ from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
-from .warm_start import explicit_warm_start, set_table_capacity
+from .warm_start import explicit_warm_start, set_table_capacity, table_limit
 
 logger = logging.get_logger(__name__)
 
@@ -250,8 +250,11 @@ def match_checkpoint_tables(model: SaffuForCausalLM, checkpoint: str) -> None:
     config_file = Path(checkpoint) / CONFIG_NAME
     saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
     for name in ("pivot_bigrams", "pivot_trigrams"):
-        if getattr(model, name) is not None and saved.get(name):
-            set_table_capacity(model, name, saved[name])
+        table = getattr(model, name)
+        if table is not None and saved.get(name):
+            capacity = min(saved[name], table_limit(name, model.config.vocab_size))  # as the config's capacity
+            if capacity != len(table.columns):
+                set_table_capacity(model, name, saved[name])
 
 
 class DivergenceGuard(TrainerCallback):
