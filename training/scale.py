@@ -272,7 +272,7 @@ def measure_size(args, tokens: int, folder: Path, recipe: harness.SaffuRecipe, t
         *(["--eval-blocks", str(args.eval_blocks)] if args.eval_blocks else []),
     ]
     if not resampled:
-        command += ["--evaluate", *(["--budgets-mb", *map(str, args.budgets_mb)] if tokens == args.prune_at else [])]
+        command += ["--evaluate", "--budgets-mb", *(map(str, args.budgets_mb) if tokens == args.prune_at else [])]
     subprocess.run(command, cwd=harness.REPO_ROOT, check=True)
     result = json.loads(output.read_text())
     return {"size": size_name(tokens), "requested_tokens": tokens, "resampled": resampled, **result}
