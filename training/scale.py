@@ -356,9 +356,7 @@ def report_lines(args, recipe, results: list[dict]) -> list[str]:
         "",
         *harness.targets_table(targets(results)),
     ]
-    pruned = [r for r in results if r.get("pruning")]
-    if pruned:
-        r = pruned[0]
+    for r in (r for r in results if r.get("pruning")):
         lines += [
             "",
             f"## Pruning at {r['size']} tokens: perplexity lost against table size",
@@ -401,21 +399,24 @@ def plot(results: list[dict], path: Path) -> None:
     axes[1].plot(tokens, [r["table_mb"] for r in results], marker="s", label="tables")
     axes[1].set(xscale="log", xlabel="training tokens", ylabel="MB", title="memory")
     axes[1].legend()
-    pruned = [r for r in results if r.get("pruning")]
-    if pruned:
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
+    for pruned in (r for r in results if r.get("pruning")):
         for rule in ("contribution", "frequency"):
-            points = [p for p in pruned[0]["pruning"] if p["rule"] == rule]
+            points = [p for p in pruned["pruning"] if p["rule"] == rule]
             axes[2].plot(
-                [p["table_mb"] for p in points], [p["validation_perplexity"] for p in points], marker="o", label=rule
+                [p["table_mb"] for p in points],
+                [p["validation_perplexity"] for p in points],
+                marker="o",
+                label=f"{pruned['size']}, {rule}",
             )
-        axes[2].axhline(pruned[0]["validation_perplexity"], linestyle="--", color="gray", label="unpruned")
-        if "kneser_ney_trigram_perplexity" in pruned[0]:
-            axes[2].axhline(
-                pruned[0]["kneser_ney_trigram_perplexity"], linestyle=":", color="black", label="KN trigram"
-            )
-        axes[2].set(
-            xscale="log", xlabel="table MB", ylabel="validation perplexity", title=f"pruning at {pruned[0]['size']}"
+        axes[2].axhline(
+            pruned["validation_perplexity"], linestyle="--", color="gray", label=f"{pruned['size']} unpruned"
         )
+        axes[2].axhline(
+            pruned["kneser_ney_trigram_perplexity"], linestyle=":", color="black", label=f"{pruned['size']} KN"
+        )
+        axes[2].set(xscale="log", xlabel="table MB", ylabel="validation perplexity", title="pruning")
         axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
@@ -424,9 +425,9 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(args, recipe, results: list[dict]) -> None:
+def write_report(args, recipe, results: list[dict], note: str = "") -> None:
     out = args.output_dir
-    lines = report_lines(args, recipe, results)
+    lines = report_lines(args, recipe, results) + ([f"\n{note}"] if note else [])
     harness.write_results(
         out / "SCALE.md",
         out / "scale.json",
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-blocks", type=int, help="score a seeded random subset of the validation blocks")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="tokenizer, ids and blocks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (2k real, 12k resampled), one budget")
+    parser.add_argument("--rewrite", action="store_true", help="rewrite SCALE.md and the plot from scale.json")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one size, in a fresh process
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stem", type=Path, help=argparse.SUPPRESS)
@@ -458,6 +460,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result = run_worker(args, recipe)
         args.worker.write_text(json.dumps(result, indent=1))
         return [result]
+    if args.rewrite:  # the report of the run that wrote scale.json, with its own command and commit
+        payload = json.loads((args.output_dir / "scale.json").read_text())
+        harness.run_metadata = lambda: payload["run"]
+        args.data_dir, args.eval_blocks = Path(payload["settings"]["data_dir"]), payload["settings"]["eval_blocks"]
+        args.eval_blocks = None if args.eval_blocks == "None" else int(args.eval_blocks)
+        note = "(This report was regenerated from scale.json by `python -m training.scale --rewrite`.)"
+        write_report(args, recipe, payload["results"], note)
+        return payload["results"]
     if args.quick:
         args.sizes, args.budgets_mb, args.prune_at = ["2k", "12k"], [0.005], "2k"
     args.data_dir = DEFAULT_DATA if args.data_dir is None else args.data_dir
