@@ -413,6 +413,9 @@ def test_scale_script_quick(corpus, tmp_path):
     assert (
         "| 12k (resampled) |" in report and "## Pruning at 2k tokens" in report and (tmp_path / "scale.png").is_file()
     )
+    scale.main([*argv, "--rewrite", "--note", "A note."])  # the report again from scale.json, same command line
+    rewritten = (tmp_path / "SCALE.md").read_text()
+    assert rewritten.startswith(report.rstrip("\n")) and rewritten.rstrip().endswith("A note.")
 
 
 def test_update_counts_script(corpus, tmp_path):

@@ -449,6 +449,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="tokenizer, ids and blocks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (2k real, 12k resampled), one budget")
     parser.add_argument("--rewrite", action="store_true", help="rewrite SCALE.md and the plot from scale.json")
+    parser.add_argument("--note", default="", help="with --rewrite: a note appended to the report")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one size, in a fresh process
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stem", type=Path, help=argparse.SUPPRESS)
@@ -465,7 +466,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         harness.run_metadata = lambda: payload["run"]
         args.data_dir, args.eval_blocks = Path(payload["settings"]["data_dir"]), payload["settings"]["eval_blocks"]
         args.eval_blocks = None if args.eval_blocks == "None" else int(args.eval_blocks)
-        note = "(This report was regenerated from scale.json by `python -m training.scale --rewrite`.)"
+        note = f"(This report was regenerated from scale.json by `python -m training.scale --rewrite`.) {args.note}"
         write_report(args, recipe, payload["results"], note)
         return payload["results"]
     if args.quick:
