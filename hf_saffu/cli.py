@@ -1,10 +1,12 @@
-"""The `hf-saffu` command line: train, evaluate, generate, push, fetch-corpus.
+"""The `hf-saffu` command line: train, evaluate, generate, push, fetch-corpus, update, forget.
 
 hf-saffu train configs/shakespeare.yaml [--key value ...]   # YAML values, overridden by flags
 hf-saffu evaluate MODEL_DIR [--data ...] [--minimal-pairs PATH]
 hf-saffu generate MODEL_DIR --prompt "..."
 hf-saffu push MODEL_DIR REPO_ID [--private] [--revision REV]
 hf-saffu fetch-corpus
+hf-saffu update MODEL_DIR --train_files more.txt   # add text's counts, re-solve the pivot's tables
+hf-saffu forget MODEL_DIR --train_files some.txt   # subtract them
 
 Each command is a module hf_saffu/commands/NAME.py with `add_parser(subparsers)` and `main(args)`; this
 module only dispatches. Bad input (a missing or unreadable file, an invalid flag or config value, an

@@ -25,6 +25,7 @@ BOOLEAN_FIELDS = (
     "contextual_embeddings",
     "warm_started",
 )
+DEFAULT_PIVOT_TABLE_MB = 512.0  # the tables' memory budget in the warm start: about 19M trigram entries
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -93,14 +94,22 @@ class SaffuConfig(PreTrainedConfig):
             Capacity of the pivot's exact bigram channel, logits += b + S[x_t] (0: none): the explicit solution
             of a softmax layer on the one-hot pivot token, ln P(y | x_t) with interpolated Kneser-Ney
             discounting, stored as a bias and a sparse table of at most min(pivot_bigrams, vocab_size^2)
-            (pivot, next token) pairs, the most frequent ones of the warm-start data (`SaffuPivotBigrams`). An
-            alternative to `pivot_head`: one of the two may be set. `None`: 2^19 entries, or 0 with
+            (pivot, next token) pairs of the warm-start data (`SaffuPivotBigrams`; how many: see `pivot_table_mb`).
+            An alternative to `pivot_head`: one of the two may be set. `None`: 2^19 entries, or 0 with
             `pivot_head` (so a config that asks for the pivot head gets it alone).
         pivot_trigrams (`int`, *optional*, defaults to `None`):
             Capacity of the next level, logits += T[(x_{t-1}, x_t)] (0: none): Kneser-Ney corrections of the
             (previous, pivot) history over the bigram table's distribution, for at most
-            min(pivot_trigrams, vocab_size^3) triples, the most frequent ones (`SaffuPivotTrigrams`). Needs
+            min(pivot_trigrams, vocab_size^3) triples (`SaffuPivotTrigrams`; see `pivot_table_mb`). Needs
             `pivot_bigrams`. `None`: 2^20 entries with a bigram table, else 0.
+        pivot_table_mb (`float`, *optional*, defaults to 512):
+            The tables follow the data: the warm start sizes both tables to the distinct pairs and triples it
+            sees, within this many megabytes (2^20 bytes) of table memory (the bigram table first), and writes
+            the sizes it chose into `pivot_bigrams` and `pivot_trigrams`, so a saved model reloads with the same
+            shapes. Where entries must be dropped, the warm start keeps those of largest contribution
+            n ln(P / P_backoff) (weighted-difference pruning, `hf_saffu.warm_start.strongest_entries`). `None`:
+            fixed sizes, `pivot_bigrams` and `pivot_trigrams` as given (the warm start then prunes to them in
+            the same way).
         explicit_context_weight (`float`, *optional*, defaults to 0.5):
             Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
             contexts, which overlap, so smaller weights are better calibrated.
@@ -174,6 +183,7 @@ class SaffuConfig(PreTrainedConfig):
         pivot_head: bool = False,
         pivot_bigrams: int | None = None,
         pivot_trigrams: int | None = None,
+        pivot_table_mb: float | None = DEFAULT_PIVOT_TABLE_MB,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -203,6 +213,7 @@ class SaffuConfig(PreTrainedConfig):
         self.pivot_trigrams = (
             (DEFAULT_PIVOT_TRIGRAMS if self.pivot_bigrams else 0) if pivot_trigrams is None else pivot_trigrams
         )
+        self.pivot_table_mb = pivot_table_mb
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -312,6 +323,8 @@ class SaffuConfig(PreTrainedConfig):
                 "SaffuConfig.pivot_head and SaffuConfig.pivot_bigrams are two forms of the pivot's channel; set one "
                 f"(pivot_head=true with pivot_bigrams=0), got pivot_head=true and pivot_bigrams={self.pivot_bigrams}"
             )
+        if self.pivot_table_mb is not None:
+            bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")
         bounded_number("initializer_range", self.initializer_range, 0, math.inf)
         for name in ("pivot_bigram_capacity", "pivot_trigram_capacity"):
             if getattr(self, name) > MAX_TENSOR_ELEMENTS:

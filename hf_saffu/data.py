@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 from datasets import config as datasets_config
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -62,6 +62,13 @@ class DataArguments:
     block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
     max_train_documents: int | None = field(default=None, metadata={"help": "use only the first N train documents"})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for datasets.map"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "read the training text as a stream (a datasets IterableDataset, never held whole): the warm "
+            "start makes its passes over it and backprop needs max_steps; validation and test are read whole"
+        },
+    )
 
     def __post_init__(self):
         self.dataset_name = self.dataset_name or None  # `--dataset_name ''` clears a config's dataset
@@ -132,6 +139,60 @@ def load_text_datasets(data_args: DataArguments) -> DatasetDict:
     return raw
 
 
+def load_text_streams(data_args: DataArguments) -> dict:
+    """`load_text_datasets` with the train split as a `datasets.IterableDataset` read lazily from its source
+    (local files and Hub datasets are streamed; the built-in corpus and saved folders are read from disk as
+    they are) and the validation / test splits as Datasets (evaluation is exact over every token)."""
+    name, column = data_args.dataset_name, data_args.text_column
+    if name == BUILTIN_CORPUS or (name is not None and is_saved_dataset(name)):
+        raw = load_text_datasets(DataArguments(**{**vars(data_args), "streaming": False}))
+        return {**raw, "train": raw["train"].to_iterable_dataset()}
+    if name is not None:
+        streams = load_dataset(name, data_args.dataset_config, streaming=True)
+    else:
+        files = {"train": data_args.train_files, "validation": data_args.validation_files, "test": data_args.test_files}
+        files = {split: paths for split, paths in files.items() if paths}
+        for split, paths in files.items():
+            for path in paths:
+                check_text_file(split, path)
+        streams = load_dataset("text", data_files=files, streaming=True)
+    if "train" not in streams or "validation" not in streams:
+        raise ValueError(
+            f"streaming needs a 'train' and a 'validation' split (a stream is not split; splits: {list(streams)}): "
+            "give validation_files"
+        )
+    first = next(iter(streams["train"]), None)
+    if first is None or column not in first:
+        found = "no documents" if first is None else f"columns: {list(first)}"
+        raise ValueError(f"the training stream has no column '{column}' ({found}); set text_column")
+    streams = {split: stream.filter(lambda row: bool(row[column].strip())) for split, stream in streams.items()}
+    train = streams.pop("train")
+    if data_args.max_train_documents is not None:
+        train = train.take(data_args.max_train_documents)
+    return {"train": train, **{split: Dataset.from_list(list(stream)) for split, stream in streams.items()}}
+
+
+def pack_stream(stream: IterableDataset, tokenizer, data_args: DataArguments) -> IterableDataset:
+    """The blocks `tokenize_and_pack` makes of a train split, as a stream: documents tokenised and packed
+    `PACKING_BATCH` documents at a time, as they are read."""
+    column = data_args.text_column
+    tokenized = stream.map(
+        lambda batch: {"input_ids": tokenizer(batch[column], add_special_tokens=False)["input_ids"]},
+        batched=True,
+        remove_columns=list(next(iter(stream))),
+    )
+    return tokenized.map(
+        pack_documents,
+        batched=True,
+        batch_size=PACKING_BATCH,
+        fn_kwargs={
+            "block_size": data_args.block_size,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id,
+        },
+    )
+
+
 def is_saved_dataset(path: str) -> bool:
     """A folder written by `Dataset.save_to_disk` (one split, used as train) or `DatasetDict.save_to_disk`."""
     folder = Path(path)
@@ -190,6 +251,10 @@ def config_for_tokenizer(tokenizer, **config_kwargs) -> SaffuConfig:
 
 def text_batches(dataset, column: str, batch_size: int = 1000):
     """The texts of `column`, a batch at a time, long documents in pieces (`document_pieces`)."""
+    if isinstance(dataset, IterableDataset):
+        for batch in dataset.iter(batch_size=batch_size):
+            yield [piece for text in batch[column] for piece in document_pieces(text)]
+        return
     for start in range(0, len(dataset), batch_size):
         yield [piece for text in dataset[start : start + batch_size][column] for piece in document_pieces(text)]
 
@@ -265,7 +330,7 @@ def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> 
     tokenized = raw.map(
         lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
         batched=True,
-        remove_columns=raw["train"].column_names,
+        remove_columns=next(iter(raw.values())).column_names,
         num_proc=workers,
         desc="tokenizing",
     )
@@ -281,7 +346,7 @@ def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> 
         num_proc=workers,
         desc=f"packing into blocks of {data_args.block_size}",
     )
-    if len(packed["train"]) == 0:
+    if "train" in packed and len(packed["train"]) == 0:
         raise ValueError("the training data holds no tokens after tokenization")
     return packed
 

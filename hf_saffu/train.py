@@ -14,18 +14,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from datasets import DatasetDict
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 from transformers.hf_argparser import string_to_bool
 
 from .configuration_saffu import SaffuConfig
+from .counts import save_counts
 from .data import (
     BUILTIN_CORPUS,
     DataArguments,
     config_for_tokenizer,
     count_tokens,
     load_text_datasets,
+    load_text_streams,
+    pack_stream,
     text_batches,
     tokenize_and_pack,
     train_tokenizer,
@@ -59,6 +63,9 @@ class ModelArguments:
     pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
     pivot_bigrams: int | None = architecture_field("entries of the pivot's bigram table (0: none)")
     pivot_trigrams: int | None = architecture_field("entries of the (previous, pivot) trigram table (0: none)")
+    pivot_table_mb: str | None = architecture_field(
+        "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
+    )
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
     explicit_discount: str | None = architecture_field(
         "absolute discount D of the explicit solutions, or 'none' for the additive floor"
@@ -85,6 +92,7 @@ class ModelArguments:
         for name, words in (
             ("explicit_hidden_priming", {"features": "features"}),
             ("explicit_discount", {"none": None}),
+            ("pivot_table_mb", {"none": None}),
         ):
             if name in kwargs:
                 kwargs[name] = number_or_word(name, kwargs[name], words)
@@ -293,13 +301,20 @@ def run_training(
     check_pretrained_source("model_name_or_path", model_args.model_name_or_path)
     check_output_dir(training_args, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
-    raw = load_text_datasets(data_args)
+    raw = load_text_streams(data_args) if data_args.streaming else load_text_datasets(data_args)
     tokenizer = build_tokenizer(data_args, raw)
-    packed = tokenize_and_pack(raw, tokenizer, data_args)
+    if data_args.streaming:
+        evaluation = tokenize_and_pack(
+            DatasetDict({k: v for k, v in raw.items() if k != "train"}), tokenizer, data_args
+        )
+        packed = {**evaluation, "train": pack_stream(raw["train"], tokenizer, data_args)}
+    else:
+        packed = tokenize_and_pack(raw, tokenizer, data_args)
     model = build_model(model_args, tokenizer)
+    check_counts_request(training_args, model)
     largest_window = model.config.max_window
-    train_tokens = count_tokens(packed["train"])
-    if train_tokens <= largest_window:
+    train_tokens = None if data_args.streaming else count_tokens(packed["train"])  # a stream is counted as read
+    if train_tokens is not None and train_tokens <= largest_window:
         raise ValueError(
             f"the training data has {train_tokens} tokens, not more than the largest window ({largest_window})"
         )
@@ -318,7 +333,7 @@ def run_training(
     report = trainer.warm_start_report
     results = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_tokens": train_tokens,
+        "train_tokens": trainer.train_tokens(),
         "warm_start_seconds": report.total_seconds if report else None,
         "warm_start_tokens": report.tokens if report else None,
         "backprop_seconds": total_seconds - (report.total_seconds if report else 0.0),
@@ -351,10 +366,25 @@ def save_run(trainer, tokenizer, results: dict, data_args: DataArguments, traini
         tokenizer.save_pretrained(str(staging))
         results |= dataset_results(data_args)
         (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        if training_args.save_counts:
+            save_counts(staging, trainer.warm_start_report.statistics, tokenizer, data_args.block_size)
         card = model_card_for_dir(staging, name=output_dir.resolve().name)
         (staging / "README.md").write_text(card, encoding="utf-8")
     if training_args.push_to_hub:  # after the results and the card, which the push publishes
         trainer.push_to_hub()
+
+
+def check_counts_request(training_args: ExplicitTrainingArguments, model: SaffuForCausalLM) -> None:
+    """save_counts needs this run's warm start (the counts are not kept otherwise) and a pivot table to count for."""
+    if not training_args.save_counts:
+        return
+    if model.pivot_bigrams is None:
+        raise ValueError("save_counts saves the counts of the pivot's tables, and the model has none (pivot_bigrams=0)")
+    if not training_args.warm_start or training_args.resume_from_checkpoint or model.config.warm_started:
+        raise ValueError(
+            "save_counts saves the counts of this run's warm start, and it runs none (warm_start=false, resuming, "
+            "or a model that is already warm-started)"
+        )
 
 
 def dataset_results(data_args: DataArguments) -> dict:

@@ -37,6 +37,8 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 import torch
+from datasets import IterableDataset
+from datasets.distributed import split_dataset_by_node
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
@@ -53,7 +55,7 @@ from .errors import OutputDirInUseError, check_finite, check_saved_files, load_j
 from .evaluation import perplexity_from_loss, token_nll
 from .model_card import model_card_for_dir
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
-from .warm_start import explicit_warm_start
+from .warm_start import explicit_warm_start, set_table_capacity, table_limit
 
 logger = logging.get_logger(__name__)
 
@@ -77,6 +79,13 @@ class ExplicitTrainingArguments(TrainingArguments):
     warm_start_batch_size: int = field(default=64, metadata={"help": "blocks per warm-start forward batch"})
     explicit_attention_iters: int = field(
         default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
+    )
+    save_counts: bool = field(
+        default=False,
+        metadata={
+            "help": "save the warm start's n-gram counts beside the model (saffu_counts.safetensors, 16 bytes per "
+            "distinct n-gram: 13 MB for Brown) for hf-saffu update / forget"
+        },
     )
     warm_start_only: bool = field(
         default=False, metadata={"help": "warm-start (and evaluate) without any backprop step"}
@@ -156,6 +165,50 @@ class DatasetBatches:
             yield self.dataset[start : start + self.batch_size]
 
 
+class StreamBatches:
+    """Re-iterable batches of a `datasets.IterableDataset` of packed blocks: every pass re-iterates the stream and
+    stacks `batch_size` rows into tensors (memory: one batch, whatever the length of the stream)."""
+
+    def __init__(self, dataset: IterableDataset, batch_size: int):
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for batch in self.dataset.iter(batch_size=self.batch_size):
+            yield {
+                column: stacked_rows(column, batch[column])
+                for column in ("input_ids", "attention_mask")
+                if column in batch
+            }
+
+
+def stacked_rows(column: str, rows: list) -> torch.Tensor:
+    """The rows of a batch of packed blocks as one tensor; a ValueError when their lengths differ (unpacked data)."""
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"the train_dataset's {column} rows have different lengths (from {min(lengths)} to {max(lengths)} "
+            "tokens): pack the documents into equal blocks (hf_saffu.data.tokenize_and_pack) before training"
+        )
+    return torch.as_tensor(rows) if not torch.is_tensor(rows[0]) else torch.stack(rows)
+
+
+def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> StreamBatches:
+    """The warm start's batches of a streamed train_dataset: its first ceil(warm_start_max_tokens / block size)
+    blocks (all without a cap; the block size read from the first block), split between the processes by
+    `datasets.distributed.split_dataset_by_node` (whole shards per process when the stream's shards divide
+    evenly, else every world_size-th block): disjoint parts that cover the stream, so the summed statistics are
+    those of one process reading it all."""
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start (the stream is empty)")
+    if args.warm_start_max_tokens is not None:
+        dataset = dataset.take(math.ceil(args.warm_start_max_tokens / len(first["input_ids"])))
+    if args.world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=args.process_index, world_size=args.world_size)
+    return StreamBatches(dataset, args.warm_start_batch_size)
+
+
 class FrozenEmbeddingPhase(TrainerCallback):
     """The embeddings stay fixed for the first `steps` optimizer steps (all of them for `math.inf`), then train.
 
@@ -216,6 +269,19 @@ def checkpoint_warm_started(checkpoint: str) -> bool:
     """`warm_started` of the model saved in a checkpoint (False when it has no config)."""
     config_file = Path(checkpoint) / CONFIG_NAME
     return config_file.is_file() and bool(load_json(config_file).get("warm_started", False))
+
+
+def match_checkpoint_tables(model: SaffuForCausalLM, checkpoint: str) -> None:
+    """Give the model's pivot tables the sizes the checkpoint's warm start chose (its config's pivot_bigrams and
+    pivot_trigrams), so that its weights load into them."""
+    config_file = Path(checkpoint) / CONFIG_NAME
+    saved = load_json(config_file) if config_file.is_file() else {}
+    for name in ("pivot_bigrams", "pivot_trigrams"):
+        table = getattr(model, name)
+        if table is not None and saved.get(name):
+            capacity = min(saved[name], table_limit(name, model.config.vocab_size))  # as the config's capacity
+            if capacity != len(table.columns):
+                set_table_capacity(model, name, saved[name])
 
 
 class DivergenceGuard(TrainerCallback):
@@ -318,6 +384,7 @@ class ExplicitTrainer(Trainer):
         model = self.saffu_model
         if checkpoint is not None:
             model.config.warm_started = checkpoint_warm_started(checkpoint)
+            match_checkpoint_tables(model, checkpoint)
         if self.args.warm_start_only and checkpoint is not None:
             raise ValueError("warm_start_only runs no backprop: it cannot resume from a checkpoint")
         if not self.args.warm_start:
@@ -375,9 +442,11 @@ class ExplicitTrainer(Trainer):
         with staged_folder(target) as staging:
             super()._save(str(staging), state_dict)
 
-    def warm_start_shard(self) -> "DatasetBatches":
+    def warm_start_shard(self) -> "DatasetBatches | StreamBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
         dataset = warm_start_dataset(self.train_dataset)
+        if isinstance(dataset, IterableDataset):
+            return stream_shard(dataset, self.args)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
@@ -432,7 +501,10 @@ class ExplicitTrainer(Trainer):
         (output_dir / "README.md").write_text(card, encoding="utf-8")
 
     def train_tokens(self) -> int | None:
-        """The real (unmasked) tokens of the training data, when it is a map-style dataset."""
+        """Real tokens of the training data: counted in a map-style dataset; of a stream, the warm start's count
+        (None without a warm start: a stream is not read twice to count it)."""
+        if isinstance(self.train_dataset, IterableDataset):
+            return self.warm_start_report.tokens if self.warm_start_report is not None else None
         dataset = warm_start_dataset(self.train_dataset)
         if not isinstance(dataset, datasets.Dataset) or "attention_mask" not in dataset.column_names:
             return None

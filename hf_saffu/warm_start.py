@@ -59,6 +59,7 @@ class WarmStartReport:
     priming_numbers: dict[str, float] = field(default_factory=dict)
     pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram table
     pivot_trigrams: dict[str, int] = field(default_factory=dict)  # triples seen and kept by the trigram table
+    statistics: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # `table_statistics`
 
     @property
     def total_seconds(self) -> float:
@@ -93,6 +94,7 @@ class ExplicitWarmStart:
         self.report = WarmStartReport()
         self.label_vectors: torch.Tensor | None = None  # l(y), (vocab_size, hidden_bits)
         self.target_classes: torch.Tensor | None = None  # class(y) when the targets are one-hot classes
+        self.table_bytes_left = 0.0  # of config.pivot_table_mb, while the tables are sized (`sized_table`)
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -282,29 +284,40 @@ class ExplicitWarmStart:
         self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
 
-    def solve_pivot_bigrams(self, triples: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """The pivot's bigram channel (`SaffuPivotBigrams`): pair counts n_xy of this process's shard, merged over
-        the processes, the `capacity` most frequent pairs kept (ties: the smaller key), and the closed form of
-        `solve_bigram_channel` over the kept pairs. Under a trigram table (`triples`: its counted keys), the
-        bigram level is the lower order of Kneser-Ney: n_xy = the continuation count, the number of distinct
-        tokens w seen before x y."""
-        channel = self.model.pivot_bigrams
+    def count_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys x V + y and counts of the pairs of real tokens in one block, merged over the processes."""
+        start = time.perf_counter()
+        pairs = NgramCounts(self.config.vocab_size)
+        for input_ids, _, weight in self.iterate("pivot bigrams"):
+            pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
+        merged = pairs.merged(self.accelerator)
+        self.timed("pivot bigrams", start)
+        return merged
+
+    def solve_pivot_bigrams(
+        self,
+        triples: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """The pivot's bigram channel (`SaffuPivotBigrams`) from the pair counts n_xy (`pairs`, counted by
+        `count_pairs` when not given): the closed form of `solve_bigram_channel` over all of them, and the table
+        sized (`sized_table`) and filled with the pairs of largest contribution (`strongest_entries`). Under a
+        trigram table (`triples`: its counted keys), the bigram level is the lower order of Kneser-Ney: n_xy = the
+        continuation count, the number of distinct tokens w seen before x y."""
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
         if triples is None:
-            pairs = NgramCounts(vocab_size)
-            for input_ids, _, weight in self.iterate("pivot bigrams"):
-                pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
-            keys, counts = pairs.merged(self.accelerator)
+            keys, counts = self.count_pairs() if pairs is None else pairs
         else:
             keys, counts = torch.unique(triples[0] % vocab_size**2, return_counts=True)
             counts = counts.to(torch.float64)
-        keys, counts, seen = most_frequent(keys, counts, len(channel.columns))
-        self.report.pivot_bigrams = {"pairs_seen": seen, "pairs_kept": len(keys)}
         values, bias = solve_bigram_channel(
             keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
         )
-        channel.set_pairs(keys.to(channel.columns.device), values, bias)
+        channel = self.sized_table("pivot_bigrams", len(keys))
+        kept, values = strongest_entries(keys, counts, values, len(channel.columns))
+        self.report.pivot_bigrams = {"pairs_seen": len(keys), "pairs_kept": len(kept)}
+        channel.set_pairs(kept.to(channel.columns.device), values, bias)
         self.timed("pivot bigrams", start)
 
     def count_triples(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,13 +333,12 @@ class ExplicitWarmStart:
         return merged
 
     def solve_pivot_trigrams(self, triples: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """The trigram table (`SaffuPivotTrigrams`) from the counted `triples`: the `capacity` most frequent kept,
-        and the closed form of `solve_trigram_channel` over the solved bigram table's distribution P2(y | x)."""
+        """The trigram table (`SaffuPivotTrigrams`) from the counted `triples`: the closed form of
+        `solve_trigram_channel` over the solved bigram table's distribution P2(y | x) for every triple, and the
+        table sized (`sized_table`) and filled with the triples of largest contribution (`strongest_entries`)."""
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
         keys, counts = triples
-        keys, counts, seen = most_frequent(keys, counts, len(self.model.pivot_trigrams.columns))
-        self.report.pivot_trigrams = {"triples_seen": seen, "triples_kept": len(keys)}
         lower = torch.zeros(len(keys), dtype=torch.float64)
         pivots, nexts = (keys // vocab_size) % vocab_size, keys % vocab_size
         distinct, index = torch.unique(pivots, return_inverse=True)
@@ -338,8 +350,27 @@ class ExplicitWarmStart:
             chunk = (index >= first) & (index < first + 256)
             lower[chunk] = rows[index[chunk] - first, nexts[chunk]]
         values = solve_trigram_channel(keys, counts, lower, vocab_size)
-        self.model.pivot_trigrams.set_triples(keys.to(channel.rows.device), values)
+        table = self.sized_table("pivot_trigrams", len(keys))
+        kept, values = strongest_entries(keys, counts, values, len(table.columns))
+        self.report.pivot_trigrams = {"triples_seen": len(keys), "triples_kept": len(kept)}
+        table.set_triples(kept.to(channel.rows.device), values)
         self.timed("pivot trigrams", start)
+
+    def sized_table(self, name: str, seen: int) -> torch.nn.Module:
+        """The model's table `name` (pivot_bigrams, pivot_trigrams) with the capacity it keeps: with
+        `config.pivot_table_mb`, every one of the `seen` entries within what is left of the budget (the bigram
+        table is sized first), at least 1, as a new table of that size whose size is written into the config
+        (from_pretrained rebuilds the same shapes); without, the table as it is (a fixed size)."""
+        table = getattr(self.model, name)
+        if self.config.pivot_table_mb is None:
+            return table
+        if name == "pivot_bigrams":
+            self.table_bytes_left = self.config.pivot_table_mb * 2**20
+        per_entry = entry_bytes(type(table), table.values.dtype)
+        limit = table_limit(name, self.config.vocab_size)
+        capacity = max(1, min(seen, int(self.table_bytes_left // per_entry), limit))
+        self.table_bytes_left -= capacity * per_entry
+        return set_table_capacity(self.model, name, capacity)
 
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
@@ -388,7 +419,9 @@ class ExplicitWarmStart:
             self.solve_pivot_head()
         triples = self.count_triples() if self.model.pivot_trigrams is not None else None
         if self.model.pivot_bigrams is not None:
-            self.solve_pivot_bigrams(triples)
+            pairs = self.count_pairs() if triples is None else None
+            self.solve_pivot_bigrams(triples, pairs)
+            self.report.statistics = table_statistics(counts, triples, pairs)
         if triples is not None:
             self.solve_pivot_trigrams(triples)
         if self.config.log_hidden_head:
@@ -437,14 +470,58 @@ class NgramCounts:
         return merge_counts(empty.keys, empty.counts, keys[real], counts[real])
 
 
-def most_frequent(keys, counts, capacity: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The `capacity` most frequent of the sorted keys (a stable sort by count, so ties keep the smaller key),
-    still sorted; and how many there were."""
-    seen = len(keys)
-    if seen > capacity:
-        kept = torch.sort(torch.argsort(counts, descending=True, stable=True)[:capacity]).values
-        keys, counts = keys[kept], counts[kept]
-    return keys, counts, seen
+def strongest_entries(keys, counts, values, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `capacity` entries of the sorted `keys` that contribute most, still sorted, with their `values`.
+
+    A table's value is the log ratio of the full estimate to the back-off estimate the row falls to without the
+    entry, S_xy = ln(P(y | x) / (gamma_x P_lower(y) / n_x)) (`solve_bigram_channel`, `solve_trigram_channel`),
+    so the weighted-difference criterion of n-gram pruning (Seymore & Rosenfeld 1996; SRILM's and KenLM's
+    pruning are of this family) is
+
+        score = n_xy |ln P(y | x) - ln P_backoff(y | x)| = n_xy S_xy   (n: the level's count, S >= 0)
+
+    the log-likelihood the training data loses when the entry goes (back-off weights held fixed; the softmax
+    renormalises each row). Kept entries keep the values solved over all entries. Ties keep the smaller key."""
+    if len(keys) <= capacity:
+        return keys, values
+    scores = counts.to(torch.float64) * values.to(torch.float64)
+    kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:capacity]).values
+    return keys[kept], values[kept]
+
+
+def table_statistics(token_counts: torch.Tensor, triples=None, pairs=None) -> dict[str, torch.Tensor]:
+    """The sufficient statistics of the pivot's tables (`hf_saffu.counts`): the token counts, and the keys and
+    counts of the triples (with a trigram table; `order` 3) or of the pairs (`order` 2)."""
+    keys, counts = triples if triples is not None else pairs
+    order = torch.tensor(3 if triples is not None else 2)
+    return {"token_counts": token_counts.cpu(), "keys": keys.cpu(), "counts": counts.cpu(), "order": order}
+
+
+def set_table_capacity(model: SaffuForCausalLM, name: str, capacity: int) -> torch.nn.Module:
+    """The model's table `name` with `capacity` entries: a new, empty table when its size differs; the size is
+    written into the config (`pivot_bigrams` / `pivot_trigrams`), so a saved model reloads with this shape."""
+    table = getattr(model, name)
+    if capacity != len(table.columns):
+        device, dtype = table.values.device, table.values.dtype
+        table = type(table)(model.config.vocab_size, capacity).to(device=device, dtype=dtype)
+        setattr(model, name, table)
+    setattr(model.config, name, capacity)
+    return table
+
+
+def entry_bytes(table_class: type, dtype: torch.dtype) -> int:
+    """Bytes one more entry takes in a pivot table (its per-entry parameters and buffers)."""
+
+    def size(capacity: int) -> int:
+        table = table_class(1, capacity).to(dtype)
+        return sum(t.numel() * t.element_size() for t in (*table.parameters(), *table.buffers()))
+
+    return size(2) - size(1)
+
+
+def table_limit(name: str, vocab_size: int) -> int:
+    """The most entries a table can hold: one per pair (V^2) or triple (V^3)."""
+    return vocab_size ** (2 if name == "pivot_bigrams" else 3)
 
 
 def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, torch.Tensor]:

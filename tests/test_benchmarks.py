@@ -443,3 +443,55 @@ def test_capacity_probe_script(corpus, tmp_path):
     assert arms["SAFFU, hidden_bits=20"]["parameters"] > arms["SAFFU (config)"]["parameters"]
     assert all(1 < r["validation_perplexity"] < float("inf") for r in arms.values())
     assert "| GPT-2 4x16 |" in (tmp_path / "CAPACITY_PROBE.md").read_text()
+
+
+def test_scale_script_quick(corpus, tmp_path):
+    """`python -m training.scale --quick`: a real size (documents in a seeded order, packed as hf_saffu.data packs
+    them) and a resampled one, each warm-started in its own process; the real size scored against the KN trigram
+    and pruned to a budget by both rules."""
+    from training import scale
+
+    data_dir, config = corpus
+    argv = ["--quick", "--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    real, resampled = scale.main([*argv, "--cache-dir", str(tmp_path / "cache")])
+    assert not real["resampled"] and resampled["resampled"] and resampled["tokens"] == 12_000
+    folder = next((tmp_path / "cache").iterdir())
+    documents = np.load(folder / "documents.npz")
+    flat, offsets = documents["flat"], documents["offsets"]
+    order = np.random.default_rng(0).permutation(len(offsets) - 1)
+    expected = scale.pack_token_ids(
+        [flat[offsets[i] : offsets[i + 1]].tolist() for i in order], 32, 0, 1
+    )  # EOS id 0, pad id 1: the trained tokenizer's special tokens
+    ids, mask = scale.BlockFile(folder / "blocks-2000", 32, 7).whole()
+    assert torch.equal(ids, torch.tensor(expected["input_ids"][: len(ids)]))
+    assert torch.equal(mask, torch.tensor(expected["attention_mask"][: len(ids)], dtype=torch.uint8))
+    assert real["tokens"] == int(mask.sum()) and real["blocks"] == math.ceil(2000 / 32)
+    validation = scale.validation_dataset(folder)[:]
+    kneser_ney = KneserNeyLM(3, 300).fit(ids, mask).perplexity(validation["input_ids"], validation["attention_mask"])
+    assert real["kneser_ney_trigram_perplexity"] == kneser_ney
+    assert real["pivot_trigrams"]["triples_kept"] == real["pivot_trigrams"]["triples_seen"]  # within 512 MB
+    by_rule = {point["rule"]: point for point in real["pruning"]}
+    for point in by_rule.values():  # the budget holds the entries: 12 bytes a pair, 28 a triple
+        assert point["pairs_kept"] * 12 + point["triples_kept"] * 28 <= 0.005 * 2**20 < point["table_mb"] * 2**20
+    assert by_rule["contribution"]["triples_kept"] < real["pivot_trigrams"]["triples_seen"]
+    report = (tmp_path / "SCALE.md").read_text()
+    assert (
+        "| 12k (resampled) |" in report and "## Pruning at 2k tokens" in report and (tmp_path / "scale.png").is_file()
+    )
+    scale.main([*argv, "--rewrite", "--note", "A note."])  # the report again from scale.json, same command line
+    rewritten = (tmp_path / "SCALE.md").read_text()
+    assert rewritten.startswith(report.rstrip("\n")) and rewritten.rstrip().endswith("A note.")
+
+
+def test_update_counts_script(corpus, tmp_path):
+    """`python -m training.update_counts`: the tables updated with B's counts equal those of the warm start on A + B."""
+    from training import update_counts
+
+    data_dir, config = corpus
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path)]
+    payload = update_counts.main(argv)
+    arms = {r["arm"]: r for r in payload["results"]}
+    assert list(arms) == ["A", "A, updated with B's counts", "A + B"]
+    assert payload["table_difference"] < 1e-5
+    assert arms["A + B"]["warm_start_tokens"] > arms["A"]["warm_start_tokens"]
+    assert "| A, updated with B's counts |" in (tmp_path / "UPDATE.md").read_text()

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, Trainer
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.data import DataArguments, config_for_tokenizer, load_text_datasets, tokenize_and_pack
-from hf_saffu.explicit import ExplicitStatisticsError
+from hf_saffu.explicit import ExplicitStatisticsError, solve_bigram_channel
 from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
 from hf_saffu.train import ModelArguments, dataset_results, parse_arguments, run_training
 from hf_saffu.trainer import DatasetBatches, ExplicitTrainer, FrozenEmbeddingPhase, resolve_checkpoint
@@ -134,24 +134,104 @@ def test_trigram_table_reaches_the_true_perplexity_of_a_second_order_chain():
     assert perplexities["trigrams"] < 1.05 * truth < perplexities["bigrams"] / 1.3, (perplexities, truth)
 
 
-def test_a_full_bigram_table_keeps_the_most_frequent_pairs():
-    """With fewer entries than distinct pairs, the warm start keeps the most frequent pairs (ties: the smaller
-    key) and solves them as the full table would; the report says how many pairs it saw and kept."""
-    train = packed_dataset(60)
+def counted(train: Dataset, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted keys and float64 counts of the n-grams (n = `order`) of real tokens inside the blocks."""
     batch = train.with_format("torch")[:]
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    pairs = mask[:, :-1] & mask[:, 1:]
-    keys, counts = torch.unique(ids[:, :-1][pairs] * VOCAB + ids[:, 1:][pairs], return_counts=True)
-    order = sorted(range(len(keys)), key=lambda i: (-int(counts[i]), int(keys[i])))
-    capacity = len(keys) // 3
-    assert counts[order[capacity - 1]] > counts[order[-1]]  # a real choice
-    model = SaffuForCausalLM(saffu_config(pivot_bigrams=capacity, pivot_trigrams=0)).eval()
-    report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
-    assert report.pivot_bigrams == {"pairs_seen": len(keys), "pairs_kept": capacity}
+    length = ids.shape[1] - order + 1
+    keys, real = torch.zeros(ids.shape[0], length, dtype=torch.long), torch.ones(ids.shape[0], length, dtype=torch.bool)
+    for i in range(order):
+        keys, real = keys * VOCAB + ids[:, i : i + length], real & mask[:, i : i + length]
+    keys, counts = torch.unique(keys[real], return_counts=True)
+    return keys, counts.double()
+
+
+def stored_pairs(model: SaffuForCausalLM) -> tuple[torch.Tensor, torch.Tensor]:
     channel = model.pivot_bigrams
+    used = int(channel.rows[-1])
     pivots = torch.repeat_interleave(torch.arange(VOCAB), channel.rows.diff())
-    stored = pivots * VOCAB + channel.columns
-    assert torch.equal(stored, keys[sorted(order[:capacity])])
+    return pivots * VOCAB + channel.columns[:used], channel.values[:used]
+
+
+def test_a_full_bigram_table_keeps_the_pairs_that_contribute_most():
+    """With fewer entries than distinct pairs (a fixed size), the warm start solves every pair and keeps those of
+    largest n_xy S_xy (weighted-difference pruning; ties: the smaller key) with the values solved over all pairs,
+    not the most frequent pairs; a budget in megabytes that holds as many entries keeps the same pairs."""
+    train = packed_dataset(60)
+    keys, counts = counted(train, 2)
+    config = saffu_config(pivot_trigrams=0)
+    values, _ = solve_bigram_channel(keys, counts, VOCAB, config.explicit_smoothing)
+    capacity = len(keys) // 3
+    order = sorted(range(len(keys)), key=lambda i: (-float(counts[i] * values[i]), int(keys[i])))
+    by_count = sorted(range(len(keys)), key=lambda i: (-float(counts[i]), int(keys[i])))
+    assert set(order[:capacity]) != set(by_count[:capacity])  # contribution is not frequency here
+    per_entry = 12  # an int64 column and a float32 value
+    for sizing in (
+        {"pivot_bigrams": capacity, "pivot_table_mb": None},
+        {"pivot_table_mb": capacity * per_entry / 2**20},
+    ):
+        model = SaffuForCausalLM(saffu_config(pivot_trigrams=0, **sizing)).eval()
+        report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
+        assert report.pivot_bigrams == {"pairs_seen": len(keys), "pairs_kept": capacity}
+        assert model.config.pivot_bigrams == capacity
+        kept = sorted(order[:capacity])
+        stored, stored_values = stored_pairs(model)
+        assert torch.equal(stored, keys[kept])
+        torch.testing.assert_close(stored_values, values[kept].float())
+
+
+def test_tables_follow_the_data_and_reload_with_their_size(tmp_path):
+    """By default (`pivot_table_mb`) the warm start sizes both tables to the distinct pairs and triples it saw,
+    records the sizes in the config, and from_pretrained rebuilds the same shapes and logits. Nothing is pruned,
+    so the logits equal those of tables built with room to spare."""
+    train, held_out = packed_dataset(60), packed_dataset(10, seed=1).with_format("torch")[:]
+    triple_keys = counted(train, 3)[0]  # under a trigram table, the pairs are the triples' last two tokens
+    pairs, triples = len(torch.unique(triple_keys % VOCAB**2)), len(triple_keys)
+    models = {}
+    for name, sizing in (("sized", {}), ("spare room", {"pivot_table_mb": None, "pivot_trigrams": 4 * triples})):
+        torch.manual_seed(0)
+        models[name] = SaffuForCausalLM(saffu_config(**sizing)).eval()
+        report = explicit_warm_start(models[name], batches_of(train, 16), show_progress=False)
+        assert report.pivot_trigrams == {"triples_seen": triples, "triples_kept": triples}
+    sized = models["sized"]
+    assert (sized.config.pivot_bigrams, sized.config.pivot_trigrams) == (pairs, triples)
+    assert (len(sized.pivot_bigrams.values), len(sized.pivot_trigrams.values)) == (pairs, triples)
+    sized.save_pretrained(tmp_path / "model")
+    reloaded = SaffuForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert len(reloaded.pivot_trigrams.values) == triples
+    with torch.no_grad():
+        logits = [m(held_out["input_ids"], attention_mask=held_out["attention_mask"]).logits for m in models.values()]
+        again = reloaded(held_out["input_ids"], attention_mask=held_out["attention_mask"]).logits
+    assert torch.equal(logits[0], logits[1]) and torch.equal(again, logits[0])
+
+
+def test_a_table_budget_prunes_the_trigrams_by_contribution():
+    """A budget that holds every pair and a third of the triples keeps all pairs and the triples of largest
+    n_wxy T_wxy, with the values solved over all triples (those of the unpruned table)."""
+    train = packed_dataset(60)
+    triple_keys = counted(train, 3)[0]  # under a trigram table, the pairs are the triples' last two tokens
+    pairs, triples = len(torch.unique(triple_keys % VOCAB**2)), len(triple_keys)
+    full = SaffuForCausalLM(saffu_config()).eval()
+    explicit_warm_start(full, batches_of(train, 16), show_progress=False)
+    pair_bytes, triple_bytes = 12, 28  # + int64 history and row offset per trigram entry
+    budget = pairs * pair_bytes + (triples // 3) * triple_bytes
+    model = SaffuForCausalLM(saffu_config(pivot_table_mb=budget / 2**20)).eval()
+    report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
+    assert report.pivot_trigrams == {"triples_seen": triples, "triples_kept": triples // 3}
+    assert model.config.pivot_bigrams == pairs and model.config.pivot_trigrams == triples // 3
+
+    def entries(table):
+        used = int(table.rows[-1])
+        owners = torch.repeat_interleave(table.histories[: len(table.rows) - 1], table.rows.diff())
+        return owners * VOCAB + table.columns[:used], table.values[:used]
+
+    keys, values = entries(full.pivot_trigrams)
+    keys_counts, counts = counted(train, 3)
+    assert torch.equal(keys, keys_counts)
+    scores = counts * values.double()
+    expected = torch.sort(torch.argsort(scores, descending=True, stable=True)[: triples // 3]).values
+    kept, kept_values = entries(model.pivot_trigrams)
+    assert torch.equal(kept, keys[expected]) and torch.equal(kept_values, values[expected])
 
 
 def test_class_head_is_the_class_based_factorisation():
