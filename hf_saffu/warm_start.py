@@ -265,7 +265,7 @@ class ExplicitWarmStart:
         labels = self.label_vectors.to(torch.float64)
         codes = (labels > 0).to(torch.float64)
         class_prior = (unigram @ labels).clamp_min(torch.finfo(torch.float64).tiny)  # a class no token is in: 0
-        num_contexts, beta = self.config.num_contexts, self.config.explicit_context_weight
+        num_contexts, beta = self.model.model.num_contexts, self.config.explicit_context_weight
         weight = beta * codes.repeat(1, num_contexts)
         bias = -beta * num_contexts * (codes @ torch.log(class_prior))
         if not self.model.has_pivot_channel:  # with a pivot channel, it carries P(y | pivot) instead of P(y)
