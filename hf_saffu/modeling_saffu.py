@@ -19,8 +19,18 @@ head gives logits = H_t O + b_O, or, with `log_hidden_head`, logits = ln(H_t) O 
 the contexts' hidden distributions: with hidden units that are classes of the next token, O can hold
 P(y | class) exactly; see `hf_saffu.warm_start`).
 
+Each kind of context is a class (`SaffuContext`: `SaffuWindowContext`, `SaffuDocumentContext`) that owns its
+z_t, its part of the decoding state and the count of inputs behind z_t that the warm start reads; a new kind
+is one more subclass, added with `register_context_kind`.
+
 Decoding keeps, per layer, the last max(windows) - 1 inputs and the running document sum and count:
 a state whose size does not grow with the text.
+
+This file ships to the Hub with saved models (`register_for_auto_class`), with configuration_saffu.py and
+bit_cipher.py: it imports only the standard library, torch, transformers and those two files (relative
+imports), so a model loads with `trust_remote_code=True` where hf_saffu is not installed. Training-only code
+(the warm start, the frozen phase's cache) lives in the package; the one reference back to it,
+`SaffuForCausalLM._upload_modified_files`, imports hf_saffu.model_card only where the package is installed.
 """
 
 import copy
