@@ -349,10 +349,9 @@ class ExplicitWarmStart:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
         last = len(self.model.model.layers) - 1
         statistic = Cooccurrence.zeros(self.model.lm_head.in_features, self.config.vocab_size, self.device)
-        eos = self.config.eos_token_id
         start = time.perf_counter()
         for input_ids, valid, weight in self.iterate("output layer"):
-            ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
+            ends = self.model.model.document_ends(input_ids, valid)
             inputs = self.layer_inputs(last, input_ids, valid, ends)
             hidden, _ = self.model.model.layers[last](inputs, valid, ends, None)
             statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
