@@ -224,6 +224,16 @@ def document_means(
 
 
 @dataclass
+class ContextVectors:
+    """One context's z_t for the T new positions, how many inputs each mixes (what `explicit_hidden_priming=
+    "features"` averages) and the context's part of the state after them."""
+
+    vectors: torch.Tensor  # (batch, T, input_dim): z_t
+    inputs_behind: torch.Tensor  # (batch, T)
+    state: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass
 class SaffuContextInputs:
     """What one layer computes before its hidden softmaxes, shared by its contexts (the explicit warm start reads
     it too): the layer's inputs after the state's history, the window offsets' validity and similarities, and the
@@ -236,18 +246,8 @@ class SaffuContextInputs:
     extended_valid: torch.Tensor  # (batch, history + T) bool
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
     similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
-    outputs: dict[nn.Module, "ContextVectors"] = field(default_factory=dict)  # per computed context
+    outputs: dict[nn.Module, ContextVectors] = field(default_factory=dict)  # per computed context
     state: SaffuLayerState | None = None  # after these T positions (None when only some contexts were computed)
-
-
-@dataclass
-class ContextVectors:
-    """One context's z_t for the T new positions, how many inputs each mixes (what `explicit_hidden_priming=
-    "features"` averages) and the context's part of the state after them."""
-
-    vectors: torch.Tensor  # (batch, T, input_dim): z_t
-    inputs_behind: torch.Tensor  # (batch, T)
-    state: tuple[torch.Tensor, ...] = ()
 
 
 class SaffuContext(nn.Module):

@@ -47,7 +47,8 @@ def test_the_offset_context_is_a_layer_context_after_the_others(offsets_register
     ]  # fmt: skip
     assert model.model.num_contexts == 5 and layer.history == 6 and layer.input_dim == 5 * 40
     assert "model.layers.1.offsets.1.hidden.weight" in model.state_dict()
-    assert SaffuForCausalLM(saffu_config()).model.num_contexts == 3  # a config without offsets builds none
+    plain = saffu_config()  # a config without offsets builds none
+    assert SaffuForCausalLM(plain).model.num_contexts == plain.num_contexts == 3
 
 
 def test_the_offset_context_gets_its_closed_form_warm_start(offsets_registered):
