@@ -5,6 +5,9 @@ one-bit codes, the next b(b-1)/2 the two-bit codes, and so on. Level k is built 
 taking the basis bits in reverse order and, for each, walking the previous level's codes in reverse
 order and switching that bit on; a code is kept the first time it appears with exactly k bits set.
 The vector of a code is the code divided by its number of set bits.
+
+This file ships to the Hub with saved models, with modeling_saffu.py and configuration_saffu.py: it imports
+nothing but torch, so a saved model loads with `trust_remote_code=True` where hf_saffu is not installed.
 """
 
 import torch

@@ -1,4 +1,9 @@
-"""Configuration of the SAFFU (self-attentive feed-forward unit) causal language model."""
+"""Configuration of the SAFFU (self-attentive feed-forward unit) causal language model.
+
+This file ships to the Hub with saved models, with modeling_saffu.py and bit_cipher.py: it imports nothing
+outside the standard library and transformers (no hf_saffu module), so a saved model loads with
+`trust_remote_code=True` where hf_saffu is not installed.
+"""
 
 import math
 

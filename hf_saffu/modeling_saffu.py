@@ -19,14 +19,24 @@ head gives logits = H_t O + b_O, or, with `log_hidden_head`, logits = ln(H_t) O 
 the contexts' hidden distributions: with hidden units that are classes of the next token, O can hold
 P(y | class) exactly; see `hf_saffu.warm_start`).
 
+Each kind of context is a class (`SaffuContext`: `SaffuWindowContext`, `SaffuDocumentContext`) that owns its
+z_t, its part of the decoding state and the count of inputs behind z_t that the warm start reads; a new kind
+is one more subclass, added with `register_context_kind`.
+
 Decoding keeps, per layer, the last max(windows) - 1 inputs and the running document sum and count:
 a state whose size does not grow with the text.
+
+This file ships to the Hub with saved models (`register_for_auto_class`), with configuration_saffu.py and
+bit_cipher.py: it imports only the standard library, torch, transformers and those two files (relative
+imports), so a model loads with `trust_remote_code=True` where hf_saffu is not installed. Training-only code
+(the warm start, the frozen phase's cache) lives in the package; the one reference back to it,
+`SaffuForCausalLM._upload_modified_files`, imports hf_saffu.model_card only where the package is installed.
 """
 
 import copy
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -96,24 +106,29 @@ def banded_valid(extended_valid: torch.Tensor, length: int, num_offsets: int) ->
 
 @dataclass
 class SaffuLayerState:
-    """Decoding state of one layer: the last max(windows) - 1 inputs and the running document sum."""
+    """Decoding state of one layer: the last inputs (as many as its longest-reaching context reads) and each
+    context's own part (`SaffuContext.empty_state`: the document's running sum and count; a window's is empty)."""
 
-    history: torch.Tensor  # (batch, max_window - 1, input_dim)
-    history_valid: torch.Tensor  # (batch, max_window - 1) bool
-    document_sum: torch.Tensor  # (batch, input_dim) float64
-    document_count: torch.Tensor  # (batch,) float64
+    history: torch.Tensor  # (batch, history, input_dim)
+    history_valid: torch.Tensor  # (batch, history) bool
+    contexts: tuple[tuple[torch.Tensor, ...], ...]  # per context, in the layer's order
 
     def select(self, index: torch.Tensor) -> "SaffuLayerState":
-        return SaffuLayerState(*(tensor.index_select(0, index.to(tensor.device)) for tensor in self.tensors()))
+        def pick(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.index_select(0, index.to(tensor.device))
+
+        parts = tuple(tuple(pick(tensor) for tensor in part) for part in self.contexts)
+        return SaffuLayerState(pick(self.history), pick(self.history_valid), parts)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.history, self.history_valid, self.document_sum, self.document_count
+        return self.history, self.history_valid, *(tensor for part in self.contexts for tensor in part)
 
 
 class SaffuDecodingState:
     """Constant-size generation state of a SAFFU model (what generate() passes as `cache`).
 
-    Memory per sequence: sum over layers of (max_window - 1 + 1) * input_dim floats, whatever the length.
+    Memory per sequence: sum over layers of (history + 1) * input_dim floats (history = max_window - 1 for the
+    window and document contexts), whatever the length.
     """
 
     def __init__(self, layers: list[SaffuLayerState], seen_tokens: int, last_tokens: torch.Tensor | None = None):
@@ -208,107 +223,138 @@ def document_means(
     return means, document_count, carried_sum, carried_count
 
 
-class SaffuWindowContext(nn.Module):
+@dataclass
+class ContextVectors:
+    """One context's z_t for the T new positions, how many inputs each mixes (what `explicit_hidden_priming=
+    "features"` averages) and the context's part of the state after them."""
+
+    vectors: torch.Tensor  # (batch, T, input_dim): z_t
+    inputs_behind: torch.Tensor  # (batch, T)
+    state: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass
+class SaffuContextInputs:
+    """What one layer computes before its hidden softmaxes, shared by its contexts (the explicit warm start reads
+    it too): the layer's inputs after the state's history, the window offsets' validity and similarities, and the
+    output of every computed context."""
+
+    inputs: torch.Tensor  # (batch, T, input_dim): v_t, zero at padding
+    valid: torch.Tensor  # (batch, T) bool
+    ends_document: torch.Tensor  # (batch, T) bool: x_t is the EOS token
+    extended: torch.Tensor  # (batch, history + T, input_dim): the state's history, then the inputs
+    extended_valid: torch.Tensor  # (batch, history + T) bool
+    offset_valid: torch.Tensor  # (batch, T, max_window) bool
+    similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
+    outputs: dict[nn.Module, ContextVectors] = field(default_factory=dict)  # per computed context
+    state: SaffuLayerState | None = None  # after these T positions (None when only some contexts were computed)
+
+
+class SaffuContext(nn.Module):
+    """One context of a layer: a vector z_t >= 0 built from the layer's inputs, then h_t = softmax(z_t U + b).
+
+    A kind of context is a subclass: how many past inputs it reads (`history`; the layer keeps the longest), its
+    part of the decoding state (`empty_state`, carried through `context_vectors`) and its vectors; registered with
+    `register_context_kind`, every layer builds it and the explicit warm start solves its U and b like any other."""
+
+    history = 0
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden = nn.Linear(input_dim, hidden_dim)  # h = softmax(z U + b): weight = U^T
+
+    def empty_state(self, batch_size: int, reference: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This context's part of a fresh decoding state (none by default)."""
+        return ()
+
+    def context_vectors(self, computed: SaffuContextInputs, state: tuple[torch.Tensor, ...]) -> ContextVectors:
+        raise NotImplementedError
+
+
+class SaffuWindowContext(SaffuContext):
     """Pivot attention over the last K positions, then a softmax hidden layer."""
 
     def __init__(self, window: int, input_dim: int, hidden_dim: int):
-        super().__init__()
+        super().__init__(input_dim, hidden_dim)
         self.window = window
+        self.history = window - 1
         self.attention = nn.Linear(window, window)  # a = softmax(s W + c): weight = W^T, bias = c
-        self.hidden = nn.Linear(input_dim, hidden_dim)  # h = softmax(z U + b): weight = U^T
 
     def attention_weights(self, similarities: torch.Tensor, offset_valid: torch.Tensor) -> torch.Tensor:
         """a_t = softmax over the valid offsets of s_t W + c."""
         scores = self.attention(similarities[..., : self.window])
         return torch.softmax(scores.masked_fill(~offset_valid[..., : self.window], float("-inf")), dim=-1)
 
-    def attend(self, extended: torch.Tensor, similarities: torch.Tensor, offset_valid: torch.Tensor) -> torch.Tensor:
-        """z_t = sum_j a_{t,j} v_{t-j}."""
-        return banded_mix(extended, self.attention_weights(similarities, offset_valid))
+    def context_vectors(self, computed: SaffuContextInputs, state: tuple[torch.Tensor, ...]) -> ContextVectors:
+        """z_t = sum_j a_{t,j} v_{t-j}, mixing the valid positions among t - K + 1 ... t."""
+        weights = self.attention_weights(computed.similarities, computed.offset_valid)
+        behind = computed.offset_valid[..., : self.window].sum(-1)
+        return ContextVectors(banded_mix(computed.extended, weights), behind)
+
+    @classmethod
+    def build(cls, config: SaffuConfig, input_dim: int) -> nn.ModuleList:
+        return nn.ModuleList(cls(window, input_dim, config.hidden_bits) for window in config.windows)
 
 
-class SaffuDocumentContext(nn.Module):
-    """The running document mean fed to a softmax hidden layer (no attention)."""
+class SaffuDocumentContext(SaffuContext):
+    """The running document mean fed to a softmax hidden layer (no attention); its state is the running sum and
+    count of the document so far (float64)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int):
-        super().__init__()
-        self.hidden = nn.Linear(input_dim, hidden_dim)
+    def empty_state(self, batch_size: int, reference: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        input_dim, device = self.hidden.in_features, reference.device
+        total = torch.zeros(batch_size, input_dim, dtype=torch.float64, device=device)
+        return total, torch.zeros(batch_size, dtype=torch.float64, device=device)
+
+    def context_vectors(self, computed: SaffuContextInputs, state: tuple[torch.Tensor, ...]) -> ContextVectors:
+        """z_t = the mean of the inputs since the document began (`document_means`)."""
+        means, counts, total, count = document_means(computed.inputs, computed.valid, computed.ends_document, *state)
+        return ContextVectors(means, counts, (total.detach(), count))
+
+    @classmethod
+    def build(cls, config: SaffuConfig, input_dim: int) -> "SaffuDocumentContext | None":
+        return cls(input_dim, config.hidden_bits) if config.use_document_context else None
 
 
-@dataclass
-class SaffuContextInputs:
-    """What one layer computes before its hidden softmaxes (the explicit warm start reads it too)."""
-
-    extended: torch.Tensor  # (batch, max_window - 1 + T, input_dim): state history, then the inputs
-    offset_valid: torch.Tensor  # (batch, T, max_window) bool
-    similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
-    context_vectors: list[torch.Tensor | None]  # per context, (batch, T, input_dim): z_t (None: not computed)
-    document_counts: torch.Tensor | None  # (batch, T): |doc(t)|, the inputs behind the document mean
-    state: SaffuLayerState | None  # the state after these T positions (None when only some contexts were computed)
+# The kinds of context of every layer, in order: attribute name -> build(config, input_dim), giving a context, an
+# nn.ModuleList of them, or None. The attribute names are the weights' names (`layers.N.windows.K.*`,
+# `layers.N.document.*`); the layer output concatenates the contexts' h_t in this order.
+CONTEXT_KINDS = {"windows": SaffuWindowContext.build, "document": SaffuDocumentContext.build}
 
 
-class FrozenInputCache:
-    """The first layer's pivot similarities s_t of each training block, computed once while the embeddings are
-    frozen and reused every epoch (the fast phase of the published recipe).
-
-    s_t of a block read from a fresh state depends only on its tokens, its mask and the frozen embeddings, so
-    the cache is keyed by the block's content: any sampler, shuffling or number of processes hits it, and a
-    block seen again gets exactly the numbers it got the first time. Valid only while the embeddings do not
-    change: `SaffuModel.frozen_inputs` holds it for the frozen phase and drops it when they thaw. It stores
-    max_window floats a training token (64 bytes for windows up to 16) up to `max_bytes`; blocks beyond that
-    are computed every time.
-    """
-
-    def __init__(self, max_bytes: int = 2**31):
-        self.similarities: dict[tuple[bytes, bytes], torch.Tensor] = {}
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-
-    @staticmethod
-    def keys(input_ids: torch.Tensor, valid: torch.Tensor) -> list[tuple[bytes, bytes]]:
-        ids, mask = input_ids.cpu().numpy(), valid.cpu().numpy()
-        return [(row.tobytes(), row_mask.tobytes()) for row, row_mask in zip(ids, mask, strict=True)]
-
-    def lookup(self, input_ids: torch.Tensor, valid: torch.Tensor, compute) -> torch.Tensor:
-        """s of the batch's blocks: the cached rows, or `compute()` for the whole batch when a row is new."""
-        keys = self.keys(input_ids, valid)
-        if all(key in self.similarities for key in keys):
-            return torch.stack([self.similarities[key] for key in keys]).to(input_ids.device)
-        computed = compute()
-        for key, row in zip(keys, computed.detach().cpu(), strict=True):
-            size = row.numel() * row.element_size()
-            if key not in self.similarities and self.nbytes + size <= self.max_bytes:
-                self.similarities[key] = row
-                self.nbytes += size
-        return computed
-
-    def __len__(self) -> int:
-        return len(self.similarities)
+def register_context_kind(name: str, build) -> None:
+    """Add a kind of context (a `SaffuContext` subclass) to the layers built from now on, after the others:
+    `build(config, input_dim)` returns its module(s), or None where the config asks for none."""
+    if name in CONTEXT_KINDS:
+        raise ValueError(f"a context kind named {name!r} is already registered")
+    CONTEXT_KINDS[name] = build
 
 
 class SaffuLayer(nn.Module):
-    """One SAFFU layer: C contexts (windows, then the document), their hidden distributions concatenated."""
+    """One SAFFU layer: C contexts (windows, then the document, then any registered kind), their hidden
+    distributions concatenated."""
 
     def __init__(self, config: SaffuConfig, input_dim: int):
         super().__init__()
         self.input_dim = input_dim
         self.max_window = config.max_window
-        self.windows = nn.ModuleList(
-            SaffuWindowContext(window, input_dim, config.hidden_bits) for window in config.windows
-        )
-        self.document = SaffuDocumentContext(input_dim, config.hidden_bits) if config.use_document_context else None
+        self.kinds = list(CONTEXT_KINDS)
+        for name, build in CONTEXT_KINDS.items():
+            setattr(self, name, build(config, input_dim))
+        self.history = max((context.history for context in self.contexts), default=0)
 
     @property
-    def contexts(self) -> list[nn.Module]:
-        return [*self.windows, *([self.document] if self.document is not None else [])]
+    def contexts(self) -> list[SaffuContext]:
+        found = []
+        for name in self.kinds:
+            module = getattr(self, name)
+            found += list(module) if isinstance(module, nn.ModuleList) else [module] if module is not None else []
+        return found
 
     def empty_state(self, batch_size: int, reference: torch.Tensor) -> SaffuLayerState:
-        history = self.max_window - 1
         return SaffuLayerState(
-            history=reference.new_zeros(batch_size, history, self.input_dim),
-            history_valid=torch.zeros(batch_size, history, dtype=torch.bool, device=reference.device),
-            document_sum=torch.zeros(batch_size, self.input_dim, dtype=torch.float64, device=reference.device),
-            document_count=torch.zeros(batch_size, dtype=torch.float64, device=reference.device),
+            history=reference.new_zeros(batch_size, self.history, self.input_dim),
+            history_valid=torch.zeros(batch_size, self.history, dtype=torch.bool, device=reference.device),
+            contexts=tuple(context.empty_state(batch_size, reference) for context in self.contexts),
         )
 
     def context_inputs(
@@ -317,15 +363,14 @@ class SaffuLayer(nn.Module):
         valid: torch.Tensor,
         ends_document: torch.Tensor,
         state: SaffuLayerState | None,
-        contexts: list[int] | None = None,
+        contexts: list[SaffuContext] | None = None,
         similarities: torch.Tensor | None = None,
     ) -> SaffuContextInputs:
         """z_t of every context for the T new positions, continuing from `state` (None: a fresh start).
 
-        `contexts`: compute z_t only for these context indices (the others are None, and so is the returned
-        state): a warm-start pass that needs some contexts, or only the similarities, skips the rest.
+        `contexts`: compute z_t only for these contexts (`outputs` holds only them, and the returned state is
+        None): a warm-start pass that needs some contexts, or only the similarities, skips the rest.
         `similarities`: s_t already computed for these inputs and state (the frozen phase's cache)."""
-        wanted = set(range(len(self.contexts)) if contexts is None else contexts)
         if state is None:
             state = self.empty_state(inputs.shape[0], inputs)
         inputs = inputs * valid[..., None].to(inputs.dtype)
@@ -335,29 +380,20 @@ class SaffuLayer(nn.Module):
         offset_valid = banded_valid(extended_valid, length, self.max_window)
         if similarities is None:
             similarities = banded_dot(extended, inputs, self.max_window)
-        context_vectors = [
-            window.attend(extended, similarities, offset_valid) if index in wanted else None
-            for index, window in enumerate(self.windows)
-        ]
-        document_sum, document_count = state.document_sum, state.document_count
-        counts = None
-        if self.document is not None:
-            means = None
-            if len(self.windows) in wanted:
-                means, counts, document_sum, document_count = document_means(
-                    inputs, valid, ends_document, state.document_sum, state.document_count
-                )
-            context_vectors.append(means)
-        keep = extended.shape[1] - (self.max_window - 1)
-        new_state = None
+        computed = SaffuContextInputs(
+            inputs, valid, ends_document, extended, extended_valid, offset_valid, similarities
+        )
+        for context, part in zip(self.contexts, state.contexts, strict=True):
+            if contexts is None or context in contexts:
+                computed.outputs[context] = context.context_vectors(computed, part)
         if contexts is None:
-            new_state = SaffuLayerState(
+            keep = extended.shape[1] - self.history
+            computed.state = SaffuLayerState(
                 history=extended[:, keep:].detach(),
                 history_valid=extended_valid[:, keep:],
-                document_sum=document_sum.detach(),
-                document_count=document_count,
+                contexts=tuple(computed.outputs[context].state for context in self.contexts),
             )
-        return SaffuContextInputs(extended, offset_valid, similarities, context_vectors, counts, new_state)
+        return computed
 
     def forward(
         self,
@@ -372,10 +408,7 @@ class SaffuLayer(nn.Module):
         `log_probabilities` (what a log-reading head takes)."""
         computed = self.context_inputs(inputs, valid, ends_document, state, similarities=similarities)
         normalise = torch.log_softmax if log_probabilities else torch.softmax
-        hidden = [
-            normalise(context.hidden(vectors), dim=-1)
-            for context, vectors in zip(self.contexts, computed.context_vectors, strict=True)
-        ]
+        hidden = [normalise(context.hidden(computed.outputs[context].vectors), dim=-1) for context in self.contexts]
         return torch.cat(hidden, dim=-1), computed.state
 
 
@@ -632,10 +665,13 @@ class SaffuModel(SaffuPreTrainedModel):
     def __init__(self, config: SaffuConfig):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.embed_bits)
-        layer_output_dim = config.num_contexts * config.hidden_bits
-        input_dims = [config.embed_bits] + [layer_output_dim] * (config.num_layers - 1)
-        self.layers = nn.ModuleList(SaffuLayer(config, dim) for dim in input_dims)
-        self.frozen_inputs: FrozenInputCache | None = None  # set for the frozen-embedding phase of training
+        first = SaffuLayer(config, config.embed_bits)
+        self.num_contexts = len(first.contexts)  # C
+        above = [SaffuLayer(config, self.num_contexts * config.hidden_bits) for _ in range(config.num_layers - 1)]
+        self.layers = nn.ModuleList([first, *above])
+        # A hook for the frozen-embedding phase of training (`hf_saffu.frozen_phase.FrozenInputCache`): while set, the
+        # embeddings are read detached and the first layer's s_t of a training block comes from its `lookup`.
+        self.frozen_inputs = None
         self.post_init()
         self.embeddings.weight.requires_grad_(not config.freeze_embeddings)
 
@@ -653,6 +689,33 @@ class SaffuModel(SaffuPreTrainedModel):
         return self.frozen_inputs.lookup(
             input_ids, valid, lambda: first.context_inputs(vectors, valid, ends_document, None, []).similarities
         )
+
+    def document_ends(self, input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(batch, T) bool: x_t is the EOS token, after which a new document begins (none without an eos_token_id)."""
+        eos = self.config.eos_token_id
+        return input_ids == eos if eos is not None else torch.zeros_like(valid)
+
+    def layer_input(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What layer `index` reads: v_t for the first, H_t / C of the layer below for the others (unit L1 norm)."""
+        return hidden if index == 0 else hidden / self.num_contexts
+
+    def layer_outputs(
+        self,
+        vectors: torch.Tensor,
+        valid: torch.Tensor,
+        ends_document: torch.Tensor,
+        states: list[SaffuLayerState | None],
+        similarities: torch.Tensor | None = None,
+    ):
+        """Per layer, bottom-up from the input vectors: (H_t, the layer's state after these positions); the last layer
+        gives ln H_t with `log_hidden_head`. `similarities`: the first layer's s_t, when already computed."""
+        hidden, last = vectors, len(self.layers) - 1
+        for index, (layer, state) in enumerate(zip(self.layers, states, strict=True)):
+            log_probabilities = index == last and self.config.log_hidden_head
+            cached = similarities if index == 0 else None
+            inputs = self.layer_input(index, hidden)
+            hidden, new_state = layer(inputs, valid, ends_document, state, log_probabilities, cached)
+            yield hidden, new_state
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings
@@ -714,20 +777,15 @@ class SaffuModel(SaffuPreTrainedModel):
             valid = torch.ones_like(input_ids, dtype=torch.bool)
         else:
             valid = attention_mask[:, -length:].to(torch.bool)
-        eos = self.config.eos_token_id
-        ends_document = input_ids == eos if eos is not None else torch.zeros_like(valid)
+        ends_document = self.document_ends(input_ids, valid)
         layer_states = state.layers if state is not None else [None] * len(self.layers)
 
         hidden = self.input_vectors(input_ids)
         similarities = self.cached_similarities(input_ids, hidden, valid, ends_document, layer_states[0])
         all_hidden = [hidden] if output_hidden_states else None
         new_states = []
-        last = len(self.layers) - 1
-        for index, (layer, layer_state) in enumerate(zip(self.layers, layer_states, strict=True)):
-            inputs = hidden if index == 0 else hidden / self.config.num_contexts
-            log_probabilities = index == last and self.config.log_hidden_head
-            cached = similarities if index == 0 else None
-            hidden, new_state = layer(inputs, valid, ends_document, layer_state, log_probabilities, cached)
+        for output, new_state in self.layer_outputs(hidden, valid, ends_document, layer_states, similarities):
+            hidden = output
             new_states.append(new_state)
             if output_hidden_states:
                 all_hidden.append(hidden)
@@ -751,7 +809,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     def __init__(self, config: SaffuConfig):
         super().__init__(config)
         self.model = SaffuModel(config)
-        self.lm_head = nn.Linear(config.num_contexts * config.hidden_bits, config.vocab_size)
+        self.lm_head = nn.Linear(self.model.num_contexts * config.hidden_bits, config.vocab_size)
         self.pivot_head = nn.Linear(config.embed_bits, config.vocab_size, bias=False) if config.pivot_head else None
         capacity = config.pivot_bigram_capacity
         self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None

@@ -53,8 +53,9 @@ from transformers.utils import CONFIG_NAME, logging
 
 from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
+from .frozen_phase import FrozenInputCache
 from .model_card import model_card_for_dir
-from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
+from .modeling_saffu import SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start, set_table_capacity, table_limit
 
 logger = logging.get_logger(__name__)

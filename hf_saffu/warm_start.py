@@ -29,6 +29,7 @@ fixed-size statistics, whatever the corpus size.
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +43,7 @@ from .bit_cipher import (
     frequency_ranks,
 )
 from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_trigram_channel
-from .modeling_saffu import SaffuContextInputs, SaffuForCausalLM, SaffuLayer, banded_dot
+from .modeling_saffu import SaffuContext, SaffuForCausalLM, SaffuLayer, banded_dot
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
 PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
@@ -176,24 +177,26 @@ class ExplicitWarmStart:
         return successors, predecessors
 
     def layer_inputs(self, layer_index: int, input_ids: torch.Tensor, valid: torch.Tensor, ends: torch.Tensor):
-        """Inputs of layer `layer_index`: the embeddings through the (already solved) layers below."""
-        hidden = self.model.model.embeddings(input_ids)
-        for index, layer in enumerate(self.model.model.layers[:layer_index]):
-            inputs = hidden if index == 0 else hidden / self.config.num_contexts
-            hidden, _ = layer(inputs, valid, ends, None)
-        return hidden if layer_index == 0 else hidden / self.config.num_contexts
+        """Inputs of layer `layer_index`: the embeddings through the (already solved) layers below, stacked by the
+        model's own `SaffuModel.layer_outputs`."""
+        model = self.model.model
+        vectors = model.embeddings(input_ids)
+        below = islice(model.layer_outputs(vectors, valid, ends, [None] * len(model.layers)), layer_index)
+        hidden = vectors
+        for hidden, _ in below:  # noqa: B007 (the last layer below's H_t)
+            pass
+        return model.layer_input(layer_index, hidden)
 
-    def layer_batches(self, layer_index: int, description: str, contexts: list[int]):
+    def layer_batches(self, layer_index: int, description: str, contexts: list[SaffuContext]):
         """Per batch: the layer's computed contexts (z_t of `contexts` only), the next-token labels and weights."""
-        eos = self.config.eos_token_id
         layer = self.model.model.layers[layer_index]
         for input_ids, valid, target_weight in self.iterate(description):
-            ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
+            ends = self.model.model.document_ends(input_ids, valid)
             inputs = self.layer_inputs(layer_index, input_ids, valid, ends)
             computed = layer.context_inputs(inputs, valid, ends, None, contexts)
             yield computed, input_ids[:, 1:], target_weight
 
-    def solve_hidden(self, layer_index: int, contexts: list[int], description: str) -> None:
+    def solve_hidden(self, layer_index: int, contexts: list[SaffuContext], description: str) -> None:
         """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next token
         and mapped through the label embeddings once (`Cooccurrence.map_targets`), or, for one-hot token
         classes, accumulated per class directly."""
@@ -207,18 +210,19 @@ class ExplicitWarmStart:
         for computed, labels, weight in self.layer_batches(layer_index, description, contexts):
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
-                statistic.add(computed.context_vectors[context][:, :-1], targets, weight)
+                output = computed.outputs[context]
+                statistic.add(output.vectors[:, :-1], targets, weight)
                 if count_features:
-                    features[index] += (inputs_behind(layer, computed, context)[:, :-1] * weight).sum()
+                    features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
         for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
             priming = self.config.explicit_hidden_priming
             if count_features:  # K = the mean number of inputs behind z_t
                 priming = (features[index] / statistic.num_rows).item()
             self.set_linear(
-                layer.contexts[context].hidden,
+                context.hidden,
                 statistic if classes is not None else statistic.map_targets(self.label_vectors),
-                f"layer {layer_index} context {context} U",
+                f"layer {layer_index} context {layer.contexts.index(context)} U",
                 priming=priming,
             )
         self.timed(f"layer {layer_index} hidden", start)
@@ -263,7 +267,7 @@ class ExplicitWarmStart:
         labels = self.label_vectors.to(torch.float64)
         codes = (labels > 0).to(torch.float64)
         class_prior = (unigram @ labels).clamp_min(torch.finfo(torch.float64).tiny)  # a class no token is in: 0
-        num_contexts, beta = self.config.num_contexts, self.config.explicit_context_weight
+        num_contexts, beta = self.model.model.num_contexts, self.config.explicit_context_weight
         weight = beta * codes.repeat(1, num_contexts)
         bias = -beta * num_contexts * (codes @ torch.log(class_prior))
         if not self.model.has_pivot_channel:  # with a pivot channel, it carries P(y | pivot) instead of P(y)
@@ -376,10 +380,9 @@ class ExplicitWarmStart:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
         last = len(self.model.model.layers) - 1
         statistic = Cooccurrence.zeros(self.model.lm_head.in_features, self.config.vocab_size, self.device)
-        eos = self.config.eos_token_id
         start = time.perf_counter()
         for input_ids, valid, weight in self.iterate("output layer"):
-            ends = input_ids == eos if eos is not None else torch.zeros_like(valid)
+            ends = self.model.model.document_ends(input_ids, valid)
             inputs = self.layer_inputs(last, input_ids, valid, ends)
             hidden, _ = self.model.model.layers[last](inputs, valid, ends, None)
             statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
@@ -411,10 +414,10 @@ class ExplicitWarmStart:
             for window in layer.windows:
                 window.attention.weight.zero_()
                 window.attention.bias.zero_()
-            self.solve_hidden(index, list(range(len(layer.contexts))), f"layer {index} hidden (uniform attention)")
+            self.solve_hidden(index, layer.contexts, f"layer {index} hidden (uniform attention)")
             for _ in range(self.attention_iters if layer.windows else 0):
                 self.solve_attention(index)
-                self.solve_hidden(index, list(range(len(layer.windows))), f"layer {index} hidden")
+                self.solve_hidden(index, list(layer.windows), f"layer {index} hidden")
         if self.model.pivot_head is not None:
             self.solve_pivot_head()
         triples = self.count_triples() if self.model.pivot_trigrams is not None else None
@@ -528,13 +531,6 @@ def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, to
     """The sorted unique union of two (keys, counts) tables, counts of equal keys added."""
     union, inverse = torch.unique(torch.cat([keys, more_keys]), return_inverse=True)
     return union, torch.zeros(len(union), dtype=torch.float64).index_add_(0, inverse, torch.cat([counts, more_counts]))
-
-
-def inputs_behind(layer: SaffuLayer, computed: SaffuContextInputs, context: int) -> torch.Tensor:
-    """(batch, T): how many inputs z_t of a context mixes: its valid window positions, or |doc(t)|."""
-    if context < len(layer.windows):
-        return computed.offset_valid[..., : layer.windows[context].window].sum(-1)
-    return computed.document_counts
 
 
 def explicit_warm_start(

@@ -540,7 +540,7 @@ def test_pivot_channel_is_one_of_two_forms():
 
 
 def test_frozen_input_cache_stops_storing_at_its_memory_bound():
-    from hf_saffu.modeling_saffu import FrozenInputCache
+    from hf_saffu.frozen_phase import FrozenInputCache
 
     model = tiny_model(freeze_embeddings=False).train()
     ids = random_ids(4, 30)

@@ -22,7 +22,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hf_saffu.modeling_saffu import FrozenInputCache, previous_tokens
+from hf_saffu.frozen_phase import FrozenInputCache
+from hf_saffu.modeling_saffu import previous_tokens
 
 from . import harness
 
