@@ -383,7 +383,8 @@ def mixture_lines(mixture: dict) -> list[str]:
         if point is None:
             rows.append([label + note, *[""] * (2 + 2 * len(splits))])
             continue
-        when = f"{point['cpu_seconds']:.0f}" if "cpu_seconds" in point else ""
+        seconds = point.get("cpu_seconds", (mixture.get("best_point") or {}).get("cpu_seconds"))  # final: the best's
+        when = f"{seconds:.0f}" if seconds is not None else ""
         rows.append(
             [
                 label + note,
