@@ -495,3 +495,82 @@ def test_update_counts_script(corpus, tmp_path):
     assert payload["table_difference"] < 1e-5
     assert arms["A + B"]["warm_start_tokens"] > arms["A"]["warm_start_tokens"]
     assert "| A, updated with B's counts |" in (tmp_path / "UPDATE.md").read_text()
+
+
+# -- the long budget's GPT-2 + Kneser-Ney trigram mixture ----------------------------------------------
+
+
+def test_mixture_is_the_two_models_token_by_token(corpus):
+    data_dir, config = corpus
+    recipe = harness.read_config(config)
+    tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
+    torch.manual_seed(0)
+    gpt2 = harness.gpt2_model(tokenizer, recipe.block_size, 1, 16, 2)
+    train, split = data["train"][:], data["validation"]
+    trigram = KneserNeyLM(3, len(tokenizer)).fit(train["input_ids"], train["attention_mask"])
+    neural = long_budget.token_log_probs(gpt2, split, batch_size=3)
+    counts = trigram.token_log_probs(split[:]["input_ids"], split[:]["attention_mask"])
+    assert long_budget.mixture_perplexity(neural, counts, 1.0) == pytest.approx(harness.perplexity(gpt2, split), 1e-6)
+    kn_alone = trigram.perplexity(split[:]["input_ids"], split[:]["attention_mask"])
+    assert long_budget.mixture_perplexity(neural, counts, 0.0) == pytest.approx(kn_alone, rel=1e-12)
+    nll, tokens = 0.0, 0  # block by block: each model on the block alone, mixed token by token
+    for i in range(len(split)):
+        block = split.select([i])
+        p_neural = long_budget.token_log_probs(gpt2, block).exp()
+        p_counts = trigram.token_log_probs(block[:]["input_ids"], block[:]["attention_mask"]).exp()
+        nll, tokens = nll - torch.log(0.3 * p_neural + 0.7 * p_counts).sum().item(), tokens + len(p_neural)
+    assert long_budget.mixture_perplexity(neural, counts, 0.3) == pytest.approx(math.exp(nll / tokens), rel=1e-9)
+    with pytest.raises(ValueError, match="same tokens"):
+        long_budget.mixture_perplexity(neural, counts[1:], 0.5)
+
+
+def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
+    # three budget points every arm passes at its first curve points (no CPU-time dependence), one past the budget
+    monkeypatch.setattr(long_budget, "BUDGET_POINTS", (1e-9, 2e-9, 3e-9, 1e6))
+    data_dir, config = corpus
+    ood = tmp_path / "ood.txt"
+    ood.write_text("\n".join(sentences(20, 9)[::-1]) + "\n")
+    argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--ood-file", str(ood)]
+    small = ["--budget-cpu-seconds", "1", "--eval-every", "0.2", "--curve-blocks", "4"]
+    long_budget.main([*argv, *small, "--arms", "counts", "saffu-warm", "gpt2-kn3"])
+    arm = json.loads((tmp_path / "long_budget" / "gpt2-kn3.json").read_text())
+    counts = json.loads((tmp_path / "long_budget" / "counts.json").read_text())["results"]
+    trigram = next(r for r in counts if r["arm"] == "Kneser-Ney 3-gram")
+    assert arm["complete"] and arm["arm"] == "GPT-2 2x128 + Kneser-Ney 3-gram" and arm["curve"][0]["step"] == 0
+    assert arm["kneser_ney"]["validation_perplexity"] == pytest.approx(trigram["validation_perplexity"], rel=1e-12)
+    assert arm["kneser_ney"]["test_perplexity"] == pytest.approx(trigram["test_perplexity"], rel=1e-12)
+    assert [p["budget_cpu_seconds"] for p in arm["mixture"]] == [1e-9, 2e-9, 3e-9]
+    curve = {p["cpu_seconds"]: p["validation_perplexity"] for p in arm["curve"]}
+    for point in [*arm["mixture"], arm["mixture_final"]]:
+        assert point["lambda"] in long_budget.LAMBDAS
+        assert point["curve_perplexity"] == min(point["curve_by_lambda"].values())
+        assert point["curve_perplexity"] <= min(
+            point["neural"]["curve_perplexity"], arm["kneser_ney"]["curve_perplexity"]
+        )
+    for point in arm["mixture"]:  # the GPT-2 of the mixture is the GPT-2 of the curve point
+        assert point["cpu_seconds"] >= point["budget_cpu_seconds"]
+        assert point["neural"]["curve_perplexity"] == pytest.approx(curve[point["cpu_seconds"]], rel=1e-6)
+    final = arm["mixture_final"]
+    for split in ("validation", "test", "ood"):
+        assert final["neural"][f"{split}_perplexity"] == pytest.approx(arm[f"{split}_perplexity"], rel=1e-6)
+    long_budget.main(["--output-dir", str(tmp_path), "--report"])
+    payload = json.loads((tmp_path / "long_budget.json").read_text())
+    mixed = [t for t in payload["targets"] if "Kneser-Ney 3-gram mixture" in t["target"]]
+    assert len(mixed) == 4 and all(isinstance(t["met"], bool) for t in mixed)
+    text = (tmp_path / "LONG_BUDGET.md").read_text()
+    assert f"| GPT-2 2x128 + Kneser-Ney 3-gram (lam {final['lambda']:.2f} on GPT-2) |" in text
+    assert (
+        f"{final['validation_perplexity']:.1f} | {final['test_perplexity']:.1f} | {final['ood_perplexity']:.1f} |"
+        in text
+    )
+    assert "## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated" in text
+    # a partial file (the run still going): the points it has not reached are not measured
+    partial = {**arm, "complete": False, "mixture": arm["mixture"][:1]}
+    del partial["mixture_final"]
+    (tmp_path / "long_budget" / "gpt2-kn3.json").write_text(json.dumps(partial))
+    long_budget.main(["--output-dir", str(tmp_path), "--report"])
+    payload = json.loads((tmp_path / "long_budget.json").read_text())
+    mixed = [t["met"] for t in payload["targets"] if "Kneser-Ney 3-gram mixture" in t["target"]]
+    assert isinstance(mixed[0], bool) and mixed[1:] == [None, None, None]
+    assert "(not reached)" in (tmp_path / "LONG_BUDGET.md").read_text()
+    assert (tmp_path / "long_budget.png").stat().st_size > 0

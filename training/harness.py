@@ -376,7 +376,7 @@ class CpuBudget(TrainerCallback):
             if self.budget.patience is not None:
                 self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.on_point is not None:
-            self.on_point(self)
+            self.on_point(self, model)
         self.eval_seconds += CLOCK.now() - eval_start
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -488,7 +488,7 @@ def train_with_budget(
     test perplexity on the full splits, and on each `extra_eval` dataset (e.g. out-of-domain text). A SAFFU
     trains with `ExplicitTrainer`, its embeddings frozen (and the frozen inputs cached) for the first
     `frozen_fraction` of the planned steps, its heads at `group_rates` (`SaffuRecipe.group_learning_rates`).
-    `on_point(callback)` runs after every curve point."""
+    `on_point(callback, model)` runs after every curve point (its CPU time is not counted)."""
     torch.manual_seed(budget.seed)
     train = data["train"]
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))

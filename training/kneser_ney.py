@@ -120,8 +120,8 @@ class KneserNeyLM:
             probs = torch.where(seen, mixed, probs)
         return torch.log(probs)
 
-    def perplexity(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-        """exp(mean NLL) over every real token after the first of its block (the neural models' tokens)."""
+    def token_log_probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """ln P of every real token after the first of its block (the neural models' tokens), row by row."""
         valid = attention_mask.bool()
         batch, length = input_ids.shape
         predicted = valid[:, 1:] & valid[:, :-1]
@@ -135,4 +135,8 @@ class KneserNeyLM:
             shifted_valid[:, k - 1 :] = valid[:, : length - k]
             history = torch.where(shifted_valid & (history >= 0), shifted * self.vocab_size ** (k - 1) + history, -1)
             histories.append(history[predicted])
-        return math.exp(-self.log_probs(histories, targets).mean().item())
+        return self.log_probs(histories, targets)
+
+    def perplexity(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+        """exp(mean NLL) over every real token after the first of its block (the neural models' tokens)."""
+        return math.exp(-self.token_log_probs(input_ids, attention_mask).mean().item())

@@ -4,7 +4,9 @@ Arms, all on one BPE and the same packed blocks: the count-based n-grams (additi
 orders 2-4); the SAFFU of the training config (default configs/brown.yaml) after the explicit warm start and
 then backprop with the staged schedule (embeddings frozen and their similarities cached for the first
 --frozen-fraction of the steps, then trained); the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of
-about the SAFFU's parameter count. Each backprop arm trains (AdamW, cosine over the budget) until validation
+about the SAFFU's parameter count; GPT-2 2x128 interpolated with the Kneser-Ney trigram (gpt2-kn3: the
+GPT-2 trained again, the mixture p = lam p_GPT-2 + (1 - lam) p_KN3 scored at every budget point, lam
+chosen on the curve subset). Each backprop arm trains (AdamW, cosine over the budget) until validation
 perplexity (first --curve-blocks blocks, every --eval-every CPU-s) has not improved for --patience points, or
 the --budget-cpu-seconds cap is spent; its best weights are scored on the full validation and test splits
 and on out-of-domain text it never saw (--ood-file, default Tiny Shakespeare).
@@ -21,6 +23,8 @@ Time = process CPU seconds (the warm start counts; evaluation does not).
 
 import argparse
 import json
+import math
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -32,13 +36,16 @@ from hf_saffu.data import DataArguments, tokenize_and_pack
 
 from . import harness
 from .benchmark import KNESER_NEY_ORDERS
+from .kneser_ney import KneserNeyLM
 
-ARMS = ("counts", "saffu-warm", "saffu-backprop", "gpt2-small", "gpt2-equal")
+MIXTURE = "gpt2-kn3"
+ARMS = ("counts", "saffu-warm", "saffu-backprop", "gpt2-small", "gpt2-equal", MIXTURE)
 ARM_NAMES = {
     "saffu-warm": "SAFFU warm start + backprop (staged)",
     "saffu-backprop": "SAFFU backprop only",
     "gpt2-small": "GPT-2 2x128",
     "gpt2-equal": "GPT-2 of equal size",
+    MIXTURE: "GPT-2 2x128 + Kneser-Ney 3-gram",
 }
 BUDGET_POINTS = (300.0, 600.0, 1200.0, 2400.0)
 SCORED = ("validation", "test", "ood")  # the splits each arm's best checkpoint is scored on at its end
@@ -86,9 +93,93 @@ class ArmWriter:
         payload = {"run": harness.run_metadata(), **self.head, **result, "complete": complete}
         self.path.write_text(json.dumps(payload, indent=1, default=str))
 
-    def on_point(self, callback: harness.CpuBudget) -> None:
+    def on_point(self, callback: harness.CpuBudget, model=None) -> None:
         partial = {"curve": callback.curve, "best_point": callback.best}
         self.write({**partial, "steps_per_cpu_second": callback.steps_per_cpu_second()}, complete=False)
+
+
+# -- GPT-2 + Kneser-Ney trigram, interpolated -------------------------------------------------------
+
+LAMBDAS = tuple(i / 20 for i in range(21))  # the weight of the neural model, chosen on the curve subset
+MIXTURE_ORDER = 3
+
+
+def token_log_probs(model, dataset, batch_size: int = 64) -> torch.Tensor:
+    """ln p(x_t | x_<t) of every predicted token of the packed blocks (labels[t] != -100, t >= 1), row by row:
+    the tokens `harness.perplexity` scores, one by one (float64)."""
+    was_training, chunks = model.training, []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset[start : start + batch_size]
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            targets = batch["labels"][:, 1:]
+            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            picked = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            chunks.append(picked[targets != -100].double())
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def mixture_perplexity(neural: torch.Tensor, counts: torch.Tensor, weight: float) -> float:
+    """exp(-mean_t ln(weight p_neural(t) + (1 - weight) p_counts(t))) from the two models' per-token log-probs."""
+    if neural.shape != counts.shape:
+        raise ValueError(f"the mixture needs the same tokens from both models, got {neural.shape} and {counts.shape}")
+    weight = torch.tensor(weight, dtype=torch.float64)
+    mixed = torch.logaddexp(neural + weight.log(), counts + torch.log1p(-weight))
+    return math.exp(-mixed.mean().item())
+
+
+class KneserNeyMixture:
+    """p = lam p_neural + (1 - lam) p_KN3 per token (linear interpolation, Jelinek & Mercer 1980), the KN3 the
+    counts arm's interpolated modified Kneser-Ney trigram (training/kneser_ney.py) fitted on the same train
+    blocks. At the first curve point at or after each budget point (as `value_at` reads curves), lam is chosen
+    on the curve subset (LAMBDAS; 0 and 1 included, so the mixture is never worse there than either model) and
+    the mixture is scored at that lam on the curve subset, the full validation and test splits and each
+    extra evaluation set (out of domain)."""
+
+    def __init__(self, data, extra_eval: dict, vocab_size: int, curve_blocks: int, points: tuple[float, ...]):
+        train = data["train"][:]
+        start = time.process_time()
+        model = KneserNeyLM(MIXTURE_ORDER, vocab_size).fit(train["input_ids"], train["attention_mask"])
+        seconds = time.process_time() - start
+        curve = data["validation"].select(range(min(curve_blocks, len(data["validation"]))))
+        self.splits = {"curve": curve, "validation": data["validation"], "test": data["test"], **extra_eval}
+        self.counts = {
+            name: model.token_log_probs(split[:]["input_ids"], split[:]["attention_mask"])
+            for name, split in self.splits.items()
+        }
+        self.pending = sorted(points)
+        self.points: list[dict] = []
+        self.kneser_ney = {
+            "arm": f"Kneser-Ney {MIXTURE_ORDER}-gram",
+            "discounting": "interpolated modified Kneser-Ney, D1 D2 D3+ from each order's count-of-counts",
+            "parameters": sum(len(level.keys) for level in model.levels),
+            "cpu_seconds": seconds,
+            **{f"{name}_perplexity": math.exp(-lp.mean().item()) for name, lp in self.counts.items()},
+        }
+
+    def evaluate(self, model) -> dict:
+        """lam on the curve subset; the mixture's and the neural model's perplexities on every split."""
+        neural = {name: token_log_probs(model, split) for name, split in self.splits.items()}
+        scores = {lam: mixture_perplexity(neural["curve"], self.counts["curve"], lam) for lam in LAMBDAS}
+        weight = min(scores, key=scores.get)
+        return {
+            "lambda": weight,
+            **{f"{name}_perplexity": mixture_perplexity(lp, self.counts[name], weight) for name, lp in neural.items()},
+            "neural": {f"{name}_perplexity": math.exp(-lp.mean().item()) for name, lp in neural.items()},
+            "curve_by_lambda": scores,
+        }
+
+    def on_point(self, callback: harness.CpuBudget, model) -> None:
+        """The mixture at every budget point the curve's newest point reaches."""
+        point = callback.curve[-1]
+        reached = [p for p in self.pending if point["cpu_seconds"] >= p]
+        if reached:
+            mixed = self.evaluate(model)
+            for seconds in reached:
+                self.points.append({"budget_cpu_seconds": seconds, "cpu_seconds": point["cpu_seconds"], **mixed})
+                self.pending.remove(seconds)
 
 
 def run_arm(
@@ -127,13 +218,24 @@ def run_arm(
     else:
         shape = (
             (2, 128, 4)
-            if arm == "gpt2-small"
+            if arm in ("gpt2-small", MIXTURE)
             else (settings.gpt2_equal_layers, settings.gpt2_equal_dims, settings.gpt2_equal_heads)
         )
         gpt2 = harness.gpt2_model(tokenizer, positions, *shape)
         head["saffu_parameters"] = harness.count_parameters(saffu)
         head["parameters"] = harness.count_parameters(gpt2)
+        if arm == MIXTURE:
+            mixture = KneserNeyMixture(data, extra_eval, len(tokenizer), settings.curve_blocks, budget.checkpoints)
+            head["kneser_ney"], head["mixture"] = mixture.kneser_ney, mixture.points  # written at every point
+
+            def on_point(callback, model):
+                mixture.on_point(callback, model)
+                writer.on_point(callback, model)
+
+            scoring["on_point"] = on_point
         result = harness.train_with_budget(gpt2, data, budget, settings.gpt2_learning_rate, **scoring)
+        if arm == MIXTURE:  # the best weights, restored by early stopping
+            result["mixture_final"] = mixture.evaluate(gpt2)
     writer.write(result, complete=True)
 
 
@@ -228,6 +330,94 @@ def check_targets(arms: dict, counts: dict, variants: dict) -> list[dict]:
     return rows
 
 
+def mixture_at(mixture: dict, seconds: float) -> tuple[dict | None, str]:
+    """The mixture's scores at a budget point (`KneserNeyMixture`); for a complete run that stopped before it,
+    its best checkpoint's (as `value_at`)."""
+    for point in mixture.get("mixture", []):
+        if point["budget_cpu_seconds"] == seconds:
+            return point, ""
+    if mixture.get("complete"):
+        return mixture["mixture_final"], " (stopped)"
+    return None, " (not reached)"
+
+
+def mixture_final(mixture: dict) -> tuple[dict | None, str]:
+    """The mixture of the best checkpoint; of a partial file, its newest budget point."""
+    if "mixture_final" in mixture:
+        return mixture["mixture_final"], ""
+    points = mixture.get("mixture", [])
+    return (points[-1], f" (partial: at {points[-1]['cpu_seconds']:.0f} CPU-s)") if points else (None, "")
+
+
+def mixture_targets(saffu: dict, mixture: dict) -> list[dict]:
+    """The SAFFU (curve subset) below the GPT-2 + KN3 mixture (curve subset, lam chosen there) at each budget point."""
+    rows = []
+    for seconds in BUDGET_POINTS:
+        ours, note = value_at(saffu, seconds)
+        theirs, their_note = mixture_at(mixture, seconds)
+        measured = ours == ours and theirs is not None
+        numbers = f"{ours:.1f}{note} vs " + (
+            f"{theirs['curve_perplexity']:.1f}{their_note} (lam {theirs['lambda']:.2f} on GPT-2)"
+            if theirs is not None
+            else f"nothing{their_note}"
+        )
+        rows.append(
+            target(
+                f"SAFFU warm start + backprop below the GPT-2 2x128 + Kneser-Ney 3-gram mixture at {seconds:.0f} CPU-s",
+                ours < theirs["curve_perplexity"] if measured else None,
+                numbers,
+            )
+        )
+    return rows
+
+
+def mixture_lines(mixture: dict) -> list[str]:
+    """The mixture at every budget point: lam, and the GPT-2 alone and the mixture on every split."""
+    kn = mixture["kneser_ney"]
+    splits = ("curve", *SCORED)
+    rows = []
+    labelled = [(f"{s:.0f}", *mixture_at(mixture, s)) for s in BUDGET_POINTS] + [
+        ("best checkpoint", *mixture_final(mixture))
+    ]
+    for label, point, note in labelled:
+        if point is None:
+            rows.append([label + note, *[""] * (2 + 2 * len(splits))])
+            continue
+        seconds = point.get("cpu_seconds", (mixture.get("best_point") or {}).get("cpu_seconds"))  # final: the best's
+        when = f"{seconds:.0f}" if seconds is not None else ""
+        rows.append(
+            [
+                label + note,
+                when,
+                f"{point['lambda']:.2f}",
+                *(f"{point['neural'][f'{split}_perplexity']:.1f}" for split in splits),
+                *(f"{point[f'{split}_perplexity']:.1f}" for split in splits),
+            ]
+        )
+    names = {"curve": "curve subset", "validation": "validation", "test": "test", "ood": "out-of-domain"}
+    header = [
+        "budget (CPU-s)",
+        "at CPU-s",
+        "lam (GPT-2)",
+        *(f"GPT-2: {names[s]}" for s in splits),
+        *(f"mixture: {names[s]}" for s in splits),
+    ]
+    return [
+        "",
+        "## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated",
+        "",
+        "- p = lam p_GPT-2 + (1 - lam) p_KN3 per token; lam on a grid of 0.05 steps, chosen on the curve subset at "
+        "each budget point (the first curve point at or after it; evaluation not counted), then scored at that lam; "
+        "the GPT-2 2x128 trained again for this arm (the same recipe and seed as the GPT-2 2x128 arm)",
+        f"- KN3: {kn['discounting']}, fitted on the same train blocks ({kn['parameters']:,} n-grams, "
+        f"{kn['cpu_seconds']:.1f} CPU-s); alone: curve subset {kn['curve_perplexity']:.1f}, validation "
+        f"{kn['validation_perplexity']:.1f}, test {kn['test_perplexity']:.1f}, "
+        f"out-of-domain {kn['ood_perplexity']:.1f}",
+        "",
+        *harness.markdown_table(header, rows),
+    ]
+
+
 def ablation_lines(variants: dict, arms: dict) -> list[str]:
     """Each variant (ARM-TAG) beside its base arm: curve values at the budget points it reached, and its best."""
     if not variants:
@@ -256,25 +446,36 @@ def ablation_lines(variants: dict, arms: dict) -> list[str]:
     ]
 
 
+def arm_row(r: dict) -> list[str]:
+    """A backprop arm's row of the report's main table."""
+    speed = r.get("steps_per_cpu_second", {})
+    return [
+        r["arm"] + ("" if r.get("complete") else " (stopped before its end)"),
+        f"{r['parameters']:,}" if "parameters" in r else "",
+        f"{r['epochs']:.2f}" if "epochs" in r else f"step {r['curve'][-1]['step']}",
+        f"{r['best_point']['cpu_seconds']:.0f}" if r.get("best_point") else "",
+        *(f"{r[f'{split}_perplexity']:.1f}" if f"{split}_perplexity" in r else "" for split in SCORED),
+        ", ".join(f"{phase} {value:.3f}" for phase, value in speed.items()),
+    ]
+
+
 def report(out: Path) -> dict:
     """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget."""
     files = {path.stem: json.loads(path.read_text()) for path in sorted((out / "long_budget").glob("*.json"))}
     counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
+    mixture = files.pop(MIXTURE, None)
     arms = {key: files[key] for key in ARMS if key in files}
     variants = {key: result for key, result in files.items() if key not in arms}
-    rows = []
-    for r in arms.values():
-        speed = r.get("steps_per_cpu_second", {})
-        rows.append(
-            [
-                r["arm"] + ("" if r.get("complete") else " (stopped before its end)"),
-                f"{r['parameters']:,}" if "parameters" in r else "",
-                f"{r['epochs']:.2f}" if "epochs" in r else f"step {r['curve'][-1]['step']}",
-                f"{r['best_point']['cpu_seconds']:.0f}" if r.get("best_point") else "",
-                *(f"{r[f'{split}_perplexity']:.1f}" if f"{split}_perplexity" in r else "" for split in SCORED),
-                ", ".join(f"{phase} {value:.3f}" for phase, value in speed.items()),
-            ]
-        )
+    rows = [arm_row(r) for r in arms.values()]
+    if mixture is not None:
+        alone = {**mixture, "arm": "GPT-2 2x128 (alone, the mixture's run)"}
+        mixed, note = mixture_final(mixture)
+        rows.append(arm_row(alone))
+        if mixed is not None:
+            row = arm_row({**alone, **{f"{s}_perplexity": mixed[f"{s}_perplexity"] for s in SCORED}})
+            row[0] = f"{mixture['arm']} (lam {mixed['lambda']:.2f} on GPT-2){note}"
+            row[1] += f" + {mixture['kneser_ney']['parameters']:,} n-grams"
+            rows.append(row)
     for name, r in counts.items():
         rows.append(
             [
@@ -302,8 +503,21 @@ def report(out: Path) -> dict:
     curve_rows = [
         [r["arm"], *(f"{v:.1f}{note}" for v, note in (value_at(r, s) for s in points))] for r in arms.values()
     ]
+    mixture_curve = []
+    if mixture is not None:
+        curve_rows.append([alone["arm"], *(f"{v:.1f}{note}" for v, note in (value_at(mixture, s) for s in points))])
+        at = [mixture_at(mixture, s) for s in points]
+        curve_rows.append(
+            [mixture["arm"], *(f"{p['curve_perplexity']:.1f}{note}" if p else note.strip() for p, note in at)]
+        )
+        mixture_curve = [
+            {"cpu_seconds": p["cpu_seconds"], "validation_perplexity": p["curve_perplexity"]}
+            for p in mixture["mixture"]
+        ]
     complete = "saffu-warm" in arms and any(k in arms for k in ("gpt2-small", "gpt2-equal")) and counts
     targets = check_targets(arms, counts, variants) if complete else []
+    if mixture is not None and "saffu-warm" in arms:
+        targets += mixture_targets(arms["saffu-warm"], mixture)
     any_arm = next(iter(files.values()), {})
     lines = [
         "- every arm's own command and commit are in its file under long_budget/; this report: "
@@ -324,15 +538,18 @@ def report(out: Path) -> dict:
         "## Targets",
         "",
         *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
+        *(mixture_lines(mixture) if mixture is not None else []),
         *ablation_lines(variants, arms),
         "",
         "![curves](long_budget.png)",
     ]
-    payload = {"arms": arms, "counts": counts, "targets": targets}
+    payload = {"arms": arms, "counts": counts, "mixture": mixture, "targets": targets}
     harness.write_results(
         out / "LONG_BUDGET.md", out / "long_budget.json", "Brown long-budget benchmark", lines, payload
     )
     plot = [*arms.values(), *({**r, "count_based": True} for r in counts.values())]
+    if mixture_curve:
+        plot.append({"arm": f"{mixture['arm']} (lam on the curve subset)", "curve": mixture_curve})
     harness.plot_curves(plot, out / "long_budget.png", "Brown, towards convergence")
     for t in targets:
         print(f"{ {True: 'met', False: 'MISSED', None: 'not measured'}[t['met']]:12} {t['target']}: {t['numbers']}")
