@@ -33,7 +33,9 @@ from factories import (
     text_file,
     training_arguments,
 )
+from hub_server import MAX_BODY_BYTES, HubServer
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -495,6 +497,30 @@ def test_cli_unreachable_hub_is_one_line(saffu_dir, capsys, monkeypatch):
     err = run_cli(["push", str(saffu_dir), "tester/unreachable"], capsys)
     assert err.startswith("hf-saffu push: error: cannot reach the Hub at http://127.0.0.1:9:")
     assert "connect" in err.lower()
+
+
+@pytest.mark.parametrize(
+    "token, max_body_bytes, message",
+    [
+        ("hf_wrong_token", MAX_BODY_BYTES, "401 Unauthorized (Invalid credentials in Authorization header): log in"),
+        (None, 1_000_000, "413 Request Entity Too Large (body of "),  # the commit carries 6 MB of weights
+    ],
+)
+def test_hub_refusals_are_one_line(saffu_dir, capsys, monkeypatch, token, max_body_bytes, message):
+    """The Hub's 401 (a wrong token) and 413 (an upload too large): `hf-saffu push` prints one line naming the
+    status and the Hub's own message and exits 2; push_model_dir raises HfHubHTTPError with that line."""
+    with HubServer(max_body_bytes=max_body_bytes) as hub:
+        monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint=hub.endpoint, token=token or hub.token))
+        refusal = f"the Hub at {hub.endpoint} refused the push to tester/refused: {message}"
+        with pytest.raises(HfHubHTTPError) as error:
+            saffu_hub.push_model_dir(saffu_dir, "tester/refused")
+        assert str(error.value).startswith(refusal) and "\n" not in str(error.value)
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["push", str(saffu_dir), "tester/refused"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hf-saffu push: error: {refusal}") and err.count("\n") == 1, err
+        assert all(len(hub.commits(repo)) == 1 for repo in hub.repo_ids())  # nothing was committed
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):
