@@ -842,7 +842,15 @@ def drop_tensor(model_dir: Path, name: str) -> None:
             lambda d: drop_tensor(d, "pivot_bigrams.rows"),
             "the weights do not match its config (missing: pivot_bigrams.rows)",
         ),
-        (lambda d: edit_config(d, vocab_size=70), "the weights' shapes do not match its config"),
+        (
+            lambda d: edit_config(d, vocab_size=70),
+            "its config's vocab_size=70 does not match the weights' 60 tokens (model.embeddings.weight)",
+        ),
+        (
+            lambda d: edit_config(d, hidden_bits=8),
+            "the weights' shapes do not match its config (e.g. embed_bits, hidden_bits, windows or the table sizes): "
+            "lm_head.weight holds [60, 21], the config makes it [60, 24]",
+        ),
         (
             lambda d: edit_config(d, freeze_embeddings="no"),
             "SaffuConfig.freeze_embeddings must be true or false, got 'no'",
