@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 from datasets import config as datasets_config
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
@@ -177,7 +178,7 @@ def pack_stream(stream: IterableDataset, tokenizer, data_args: DataArguments) ->
     `PACKING_BATCH` documents at a time, as they are read."""
     column = data_args.text_column
     tokenized = stream.map(
-        lambda batch: {"input_ids": tokenizer(batch[column], add_special_tokens=False)["input_ids"]},
+        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
         batched=True,
         remove_columns=list(next(iter(stream))),
     )
@@ -300,27 +301,36 @@ def extend_with_ids(tokenizer, group: list[tuple[int, str]], ids: list[list[int]
 
 
 def pack_documents(batch: dict, block_size: int, eos_id: int, pad_id: int) -> dict:
-    """Concatenate the documents' token ids, EOS after each, and cut into blocks of `block_size`."""
-    stream = [token for ids in batch["input_ids"] for token in (*ids, eos_id)]
-    blocks, masks, labels = [], [], []
-    for start in range(0, len(stream), block_size):
-        block = stream[start : start + block_size]
-        padding = block_size - len(block)
-        blocks.append(block + [pad_id] * padding)
-        masks.append([1] * len(block) + [0] * padding)
-        labels.append(block + [-100] * padding)
-    return {"input_ids": blocks, "attention_mask": masks, "labels": labels}
+    """Concatenate the documents' token ids, EOS after each, and cut into blocks of `block_size`; the last block
+    is padded with `pad_id` (attention_mask 0, labels -100). The blocks are rows of int64 numpy arrays, written
+    in place: 8 bytes a token, not a Python list slot per token for the stream and for each of the three
+    columns (a document of millions of tokens)."""
+    ends = np.cumsum([len(ids) + 1 for ids in batch["input_ids"]], dtype=np.int64)
+    length = int(ends[-1]) if len(ends) else 0
+    shape = (-(-length // block_size), block_size)
+    input_ids = np.full(shape[0] * block_size, pad_id, dtype=np.int64)
+    for ids, end in zip(batch["input_ids"], ends, strict=True):
+        input_ids[end - len(ids) - 1 : end - 1] = ids
+        input_ids[end - 1] = eos_id
+    attention_mask = np.zeros_like(input_ids)
+    attention_mask[:length] = 1
+    labels = input_ids.copy()
+    labels[length:] = -100
+    return {
+        "input_ids": input_ids.reshape(shape),
+        "attention_mask": attention_mask.reshape(shape),
+        "labels": labels.reshape(shape),
+    }
 
 
 def pack_token_ids(token_ids: list[list[int]], block_size: int, eos_id: int, pad_id: int) -> dict:
     """`pack_documents` over consecutive packing batches of `PACKING_BATCH` documents: the blocks
     `tokenize_and_pack` makes of a split whose documents tokenise to `token_ids`."""
-    packed = {"input_ids": [], "attention_mask": [], "labels": []}
-    for start in range(0, len(token_ids), PACKING_BATCH):
-        batch = pack_documents({"input_ids": token_ids[start : start + PACKING_BATCH]}, block_size, eos_id, pad_id)
-        for key, rows in batch.items():
-            packed[key] += rows
-    return packed
+    batches = [
+        pack_documents({"input_ids": token_ids[start : start + PACKING_BATCH]}, block_size, eos_id, pad_id)
+        for start in range(0, max(len(token_ids), 1), PACKING_BATCH)
+    ]
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
 
 
 def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> DatasetDict:

@@ -47,6 +47,12 @@ PUBLISHED_FILES = (
 # Remote weight files not in the pushed directory are deleted, so a re-push never mixes shards.
 DELETE_PATTERNS = ["*.safetensors", "model.safetensors.index.json"]
 _COMMIT_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# What to do about the Hub's usual refusals of a push, by HTTP status.
+REFUSAL_HINTS = {
+    401: ": log in with `hf auth login` or set HF_TOKEN to a valid token",
+    403: ": the token may not write to this repo; use a token with write access",
+    413: ": the upload is larger than the Hub accepts in one request",
+}
 
 
 class PushError(ValueError):
@@ -100,20 +106,31 @@ def push_model_dir(
     api = HfApi()
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    except HTTPError as error:
-        if isinstance(error, HfHubHTTPError):  # the Hub answered
-            raise
-        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error  # no connection at all
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with folder_with_card(path, repo_id) as folder:
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            revision=revision,
-            commit_message=commit_message,
-            delete_patterns=DELETE_PATTERNS,
-        )
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with folder_with_card(path, repo_id) as folder:
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
+                commit_message=commit_message,
+                delete_patterns=DELETE_PATTERNS,
+            )
+    except HfHubHTTPError as error:  # the Hub answered: the same error, its message made one line
+        error.args = (hub_refusal(error, api.endpoint, repo_id),)
+        raise
+    except HTTPError as error:  # no answer at all
+        raise OSError(f"cannot reach the Hub at {api.endpoint}: {error}") from error
+
+
+def hub_refusal(error: HfHubHTTPError, endpoint: str, repo_id: str) -> str:
+    """One line for an HTTP error answer of the Hub: its status, its own message (``X-Error-Message`` or the
+    body) and, for a refused token or a too-large upload, what to do, e.g. ``the Hub at URL refused the push to
+    REPO: 401 Unauthorized (Invalid credentials in Authorization header): ...``."""
+    status = f"{error.response.status_code} {error.response.reason_phrase}".strip()
+    reason = " ".join(str(error.server_message or "").split())
+    line = f"the Hub at {endpoint} refused the push to {repo_id}: {status}" + (f" ({reason})" if reason else "")
+    return line + REFUSAL_HINTS.get(error.response.status_code, "")
 
 
 @contextmanager

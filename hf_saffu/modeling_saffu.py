@@ -575,20 +575,17 @@ class SaffuPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, refusing (a `ValueError` naming them) weights that disagree with the
         config: a tensor the model needs that the checkpoint lacks (it would be left random), a tensor of another
-        shape, or, for the causal LM, a tensor the model has no place for (e.g. num_layers=2 in the config of a
-        one-layer model). A base `SaffuModel` may leave a causal LM checkpoint's head unused."""
+        shape (naming vocab_size when the vocabulary differs; `ignore_mismatched_sizes=True` re-initialises such
+        tensors as transformers does), or, for the causal LM, a tensor the model has no place for (e.g.
+        num_layers=2 in the config of a one-layer model). A base `SaffuModel` may leave a causal LM checkpoint's
+        head unused."""
         output_loading_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-            )
-        except RuntimeError as error:
-            if "ignore_mismatched_sizes" not in str(error):
-                raise
-            raise ValueError(
-                f"{pretrained_model_name_or_path}: the weights' shapes do not match its config (e.g. vocab_size, "
-                "embed_bits, hidden_bits, windows or the table sizes)"
-            ) from None
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        if info["mismatched_keys"] and not ignore_mismatched_sizes:
+            raise ValueError(f"{pretrained_model_name_or_path}: {cls._shape_mismatch(info['mismatched_keys'])}")
         problems = {
             "missing": info["missing_keys"],
             "unexpected": info["unexpected_keys"] if cls is not SaffuModel else [],
@@ -608,6 +605,20 @@ class SaffuPreTrainedModel(PreTrainedModel):
             if problem:
                 raise ValueError(f"{pretrained_model_name_or_path}: {name}.{problem} (corrupt index tensors)")
         return (model, info) if output_loading_info else model
+
+    @staticmethod
+    def _shape_mismatch(mismatched_keys) -> str:
+        """What disagrees, from `from_pretrained`'s (name, checkpoint shape, model shape) triples: vocab_size with
+        both numbers when the embeddings' rows (the vocabulary) differ, else the first tensor and its two shapes."""
+        mismatched = sorted((name, list(stored), list(expected)) for name, stored, expected in mismatched_keys)
+        for name, stored, expected in mismatched:
+            if name.endswith("embeddings.weight") and stored[0] != expected[0]:
+                return f"its config's vocab_size={expected[0]} does not match the weights' {stored[0]} tokens ({name})"
+        name, stored, expected = mismatched[0]
+        return (
+            f"the weights' shapes do not match its config (e.g. embed_bits, hidden_bits, windows or the table sizes): "
+            f"{name} holds {stored}, the config makes it {expected}"
+        )
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -7,8 +7,8 @@ tree listing and ``resolve`` downloads. Every commit keeps a full snapshot of th
 any commit sha can be pinned, and files are served back byte for byte.
 
 The server listens on 127.0.0.1 on an ephemeral port, serves each connection in a daemon
-thread with a socket timeout, rejects bodies larger than ``MAX_BODY_BYTES`` and stops with
-:meth:`HubServer.stop`.
+thread with a socket timeout, answers 413 to bodies larger than ``max_body_bytes`` (default
+``MAX_BODY_BYTES``) and stops with :meth:`HubServer.stop`.
 """
 
 from __future__ import annotations
@@ -217,14 +217,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(status, b"" if head else payload, headers, len(payload))
 
     def _read_body(self) -> bytes:
-        """Read exactly Content-Length bytes (bounded by ``MAX_BODY_BYTES``)."""
+        """Read exactly Content-Length bytes (bounded by the server's ``max_body_bytes``)."""
         length = int(self.headers.get("Content-Length") or 0)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.close_connection = True
             raise HubError(411, "chunked bodies are not supported; send Content-Length")
-        if length > MAX_BODY_BYTES:
+        if length > self.server.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
-            raise HubError(413, f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+            raise HubError(413, f"body of {length} bytes exceeds {self.server.max_body_bytes}")
         return self.rfile.read(length) if length else b""
 
     def _respond(self, status: int, data: bytes, headers: dict[str, str], length: int) -> None:
@@ -490,20 +490,21 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, state: HubState, token: str, user: str):
+    def __init__(self, state: HubState, token: str, user: str, max_body_bytes: int):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.state, self.token, self.user = state, token, user
+        self.state, self.token, self.user, self.max_body_bytes = state, token, user, max_body_bytes
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
 
 
 class HubServer:
     """Start/stop the test Hub and inspect what it stored.
 
-    Use as a context manager or call :meth:`start` / :meth:`stop`.
+    Use as a context manager or call :meth:`start` / :meth:`stop`. Requests whose body exceeds
+    ``max_body_bytes`` are answered 413 (set it small to test how a client reports a too-large upload).
     """
 
-    def __init__(self, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER):
-        self.token, self.user = token, user
+    def __init__(self, token: str = DEFAULT_TOKEN, user: str = DEFAULT_USER, max_body_bytes: int = MAX_BODY_BYTES):
+        self.token, self.user, self.max_body_bytes = token, user, max_body_bytes
         self.state = HubState()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -518,7 +519,7 @@ class HubServer:
 
     def start(self) -> HubServer:
         """Bind an ephemeral port on 127.0.0.1 and serve in a background thread."""
-        self._server = _Server(self.state, self.token, self.user)
+        self._server = _Server(self.state, self.token, self.user, self.max_body_bytes)
         self._endpoint = self._server.endpoint
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()

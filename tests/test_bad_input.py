@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -24,16 +25,21 @@ import torch
 import yaml
 from datasets import Dataset
 from factories import (
+    BLOCK,
     EOS,
+    PAD,
     VOCAB,
     build_tokenizer,
+    markov_documents,
     packed_dataset,
     saffu_config,
     save_saffu,
     text_file,
     training_arguments,
 )
+from hub_server import MAX_BODY_BYTES, HubServer
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -41,7 +47,7 @@ import hf_saffu.corpus as corpus
 import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
 from hf_saffu.cli import main as cli_main
-from hf_saffu.data import DataArguments, load_text_datasets
+from hf_saffu.data import DataArguments, load_text_datasets, pack_documents
 from hf_saffu.errors import NonFiniteError, OutputDirInUseError, check_saved_files
 from hf_saffu.evaluation import load_model_and_tokenizer, perplexity
 from hf_saffu.train import ModelArguments, parse_arguments, run_training
@@ -497,6 +503,30 @@ def test_cli_unreachable_hub_is_one_line(saffu_dir, capsys, monkeypatch):
     assert "connect" in err.lower()
 
 
+@pytest.mark.parametrize(
+    "token, max_body_bytes, message",
+    [
+        ("hf_wrong_token", MAX_BODY_BYTES, "401 Unauthorized (Invalid credentials in Authorization header): log in"),
+        (None, 1_000_000, "413 Request Entity Too Large (body of "),  # the commit carries 6 MB of weights
+    ],
+)
+def test_hub_refusals_are_one_line(saffu_dir, capsys, monkeypatch, token, max_body_bytes, message):
+    """The Hub's 401 (a wrong token) and 413 (an upload too large): `hf-saffu push` prints one line naming the
+    status and the Hub's own message and exits 2; push_model_dir raises HfHubHTTPError with that line."""
+    with HubServer(max_body_bytes=max_body_bytes) as hub:
+        monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint=hub.endpoint, token=token or hub.token))
+        refusal = f"the Hub at {hub.endpoint} refused the push to tester/refused: {message}"
+        with pytest.raises(HfHubHTTPError) as error:
+            saffu_hub.push_model_dir(saffu_dir, "tester/refused")
+        assert str(error.value).startswith(refusal) and "\n" not in str(error.value)
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["push", str(saffu_dir), "tester/refused"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hf-saffu push: error: {refusal}") and err.count("\n") == 1, err
+        assert all(len(hub.commits(repo)) == 1 for repo in hub.repo_ids())  # nothing was committed
+
+
 def test_cli_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match="model directory"):
         cli_main(["--debug", "generate", str(tmp_path / "absent")])
@@ -816,7 +846,15 @@ def drop_tensor(model_dir: Path, name: str) -> None:
             lambda d: drop_tensor(d, "pivot_bigrams.rows"),
             "the weights do not match its config (missing: pivot_bigrams.rows)",
         ),
-        (lambda d: edit_config(d, vocab_size=70), "the weights' shapes do not match its config"),
+        (
+            lambda d: edit_config(d, vocab_size=70),
+            "its config's vocab_size=70 does not match the weights' 60 tokens (model.embeddings.weight)",
+        ),
+        (
+            lambda d: edit_config(d, hidden_bits=8),
+            "the weights' shapes do not match its config (e.g. embed_bits, hidden_bits, windows or the table sizes): "
+            "lm_head.weight holds [60, 21], the config makes it [60, 24]",
+        ),
         (
             lambda d: edit_config(d, freeze_embeddings="no"),
             "SaffuConfig.freeze_embeddings must be true or false, got 'no'",
@@ -1115,3 +1153,34 @@ def test_a_file_name_starting_with_a_dash_and_a_huge_seed_are_named(tmp_path, mo
     )
     argv = ["train", "--train_files", "./-dash.txt", "--output_dir", "o", "--use_cpu", "true", "--seed", str(10**23)]
     assert f"seed must be an integer >= 0 and < 2**32 (numpy's range), got {10**23}" in run_cli(argv, capsys)
+
+
+def pack_documents_in_lists(documents: list[list[int]], block_size: int, eos_id: int, pad_id: int) -> dict:
+    """The packing of hf_saffu.data.pack_documents as it was written before, in Python lists (the reference)."""
+    stream = [token for ids in documents for token in (*ids, eos_id)]
+    blocks, masks, labels = [], [], []
+    for start in range(0, len(stream), block_size):
+        block = stream[start : start + block_size]
+        padding = block_size - len(block)
+        blocks.append(block + [pad_id] * padding)
+        masks.append([1] * len(block) + [0] * padding)
+        labels.append(block + [-100] * padding)
+    return {"input_ids": blocks, "attention_mask": masks, "labels": labels}
+
+
+@pytest.mark.parametrize("block_size", [BLOCK, 7])
+def test_a_very_long_document_is_packed_to_the_same_blocks_without_a_python_list_per_token(block_size):
+    """pack_documents makes the blocks of the list-based packing, bit for bit, of short documents, an empty one
+    and one of 200,000 tokens, and its peak allocation is that of its three int64 columns (24 bytes a token, the
+    list-based packing takes 33.6: a list slot per token for the stream and for each column)."""
+    long_document = [257 + (i * 7919) % 40 for i in range(200_000)]
+    documents = [*markov_documents(30), [], long_document, *markov_documents(5, seed=1)]
+    tracemalloc.start()
+    packed = pack_documents({"input_ids": documents}, block_size, EOS, PAD)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    expected = pack_documents_in_lists(documents, block_size, EOS, PAD)
+    assert {key: rows.tolist() for key, rows in packed.items()} == expected
+    assert all(str(rows.dtype) == "int64" for rows in packed.values())
+    tokens = sum(len(ids) + 1 for ids in documents)
+    assert peak < 25 * tokens, peak / tokens

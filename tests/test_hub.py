@@ -470,12 +470,13 @@ def test_push_rejects_bad_input_and_uploads_nothing(
 
 
 def test_push_reports_a_hub_refusal(hub, saffu_dir, capsys, monkeypatch):
-    """A Hub error (here: a wrong token) ends ``hf-saffu push`` with status 1 and the Hub's message."""
+    """A Hub error (here: a wrong token) ends ``hf-saffu push`` with status 2 and the Hub's message
+    (tests/test_bad_input.py: one line, for 401 and 413)."""
     monkeypatch.setattr(saffu_hub, "HfApi", lambda: HfApi(endpoint=hub.endpoint, token="hf_wrong_token"))
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["push", str(saffu_dir), REPO_ID])
-    assert exit_info.value.code == 1
-    assert "the Hub refused the upload" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"refused the push to {REPO_ID}: 401 Unauthorized" in capsys.readouterr().err
     assert hub.repo_ids() == []
 
 

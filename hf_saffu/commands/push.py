@@ -1,9 +1,6 @@
 """`hf-saffu push MODEL_DIR REPO_ID [--private] [--revision REV]`: publish a saved model (hf_saffu.hub)."""
 
 import argparse
-import sys
-
-from huggingface_hub.errors import HfHubHTTPError
 
 from ..hub import DEFAULT_COMMIT_MESSAGE, push_model_dir
 
@@ -24,14 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> None:
-    """Exits with status 1 when the Hub refuses (invalid input, a PushError, is reported by
-    `hf_saffu.cli.main` with status 2)."""
-    try:
-        commit = push_model_dir(
-            args.model_dir, args.repo_id, args.private, args.revision, commit_message=args.commit_message
-        )
-    except HfHubHTTPError as err:
-        print(f"hf-saffu push: the Hub refused the upload: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
+    """Invalid input (a PushError) and the Hub's refusals (HfHubHTTPError, e.g. 401 or 413) are reported by
+    `hf_saffu.cli.main` as one line with status 2."""
+    commit = push_model_dir(
+        args.model_dir, args.repo_id, args.private, args.revision, commit_message=args.commit_message
+    )
     branch = args.revision or "main"
     print(f"pushed {args.model_dir} to {commit.repo_url.repo_id} ({branch}) at {commit.oid}: {commit.commit_url}")
