@@ -367,15 +367,20 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
+def csr_entries(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owners, entries): for each i and k < lengths[i], the pair (i, starts[i] + k), i ascending."""
+    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
+    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
+    return owners, torch.arange(len(owners), device=starts.device) - first_of_owner
+
+
 def add_csr_rows_(
     logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
     lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
     touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made."""
-    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
-    first_of_owner = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths - starts, lengths)
-    entries = torch.arange(len(owners), device=starts.device) - first_of_owner
+    owners, entries = csr_entries(starts, lengths)
     return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
@@ -687,6 +692,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
         capacity = config.pivot_trigram_capacity
         self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
+        # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
+        # with the tables' values at each training position as if its own occurrence had not been counted.
+        self.table_leave_one_out = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -749,6 +757,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
         logits = self.output_logits(hidden, input_ids, previous)
+        if self.training and labels is not None and self.table_leave_one_out is not None:
+            logits = self.table_leave_one_out(logits, input_ids, previous, labels)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)

@@ -43,6 +43,7 @@ from transformers.utils import CONFIG_NAME, logging
 
 from .errors import check_finite
 from .evaluation import perplexity_from_loss, token_nll
+from .leave_one_out import table_leave_one_out
 from .model_card import UNSPECIFIED_DATASET, describe_architecture, write_model_card
 from .modeling_saffu import FrozenInputCache, SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start
@@ -94,6 +95,14 @@ class ExplicitTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "learning rate of the pivot's channel, its bigram table or Q (None: learning_rate)"},
     )
+    table_leave_one_out: bool = field(
+        default=False,
+        metadata={
+            "help": "train on leave-one-out table values: each training position reads the bigram and trigram "
+            "tables as if its own occurrence had not been counted (hf_saffu.leave_one_out); evaluation reads the "
+            "plain tables. Needs the tables counted from the whole training split (warm_start_max_tokens=None)"
+        },
+    )
 
     def __post_init__(self):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
@@ -111,6 +120,11 @@ class ExplicitTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
+        if self.table_leave_one_out and self.warm_start_max_tokens is not None:
+            raise ValueError(
+                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
+                f"must be None, got {self.warm_start_max_tokens}"
+            )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
 
@@ -296,7 +310,12 @@ class ExplicitTrainer(Trainer):
             logger.info(f"explicit warm start {reason}")
         if self.args.warm_start_only:
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
-        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        if self.args.table_leave_one_out:
+            model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator)
+        try:
+            return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        finally:
+            model.table_leave_one_out = None
 
     def warm_start_shard(self) -> "DatasetBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
