@@ -161,8 +161,11 @@ class TableLeaveOneOut:
             seen = self.seen_before[nexts] - (emptied[owner] & (nexts == y[owner])).double()
             return (seen + self.smoothing) / total[owner]
 
+        # a count above 3 keeps its discount D3+ (gamma unchanged): only the entry itself changes
+        whole = thinned & (pair_count <= 3)
         owner, pair_entry = csr_entries(
-            self.pair_rows[x], torch.where(thinned, self.pair_rows[x + 1] - self.pair_rows[x], 0)
+            torch.where(whole, self.pair_rows[x], pair.clamp_min(0)),
+            torch.where(whole, self.pair_rows[x + 1] - self.pair_rows[x], thinned.long()),
         )
         nexts = self.pair_columns[pair_entry]
         counts = self.pair_counts[pair_entry] - (pair_entry == pair[owner]).double()
@@ -173,7 +176,11 @@ class TableLeaveOneOut:
         seen_y = self.seen_before[y]
         bias_delta = torch.log((seen_y - 1 + self.smoothing) / (seen_y + self.smoothing))
         # trigram level
-        owner_t, triple_entry = csr_entries(self.triple_rows[row], self.triple_rows[row + 1] - self.triple_rows[row])
+        whole = count <= 3
+        owner_t, triple_entry = csr_entries(
+            torch.where(whole, self.triple_rows[row], entry),
+            torch.where(whole, self.triple_rows[row + 1] - self.triple_rows[row], 1),
+        )
         triple_counts = self.triple_counts[triple_entry] - (triple_entry == entry[owner_t]).double()
         triple_gamma = self.triple_gamma[row] - (
             count_discounts(self.triple_discounts, count) - count_discounts(self.triple_discounts, count - 1)

@@ -53,8 +53,8 @@ def tables_without(model, loo, keys, counts, removed: int):
 
 
 def test_leave_one_out_values_equal_tables_counted_without_the_occurrence():
-    """At every kind of training position (its triple seen once or more; its pair's continuation count 1 or more;
-    its history seen once), the leave-one-out channel (tables + corrections) gives the same next-token
+    """At every kind of training position (its triple seen once, 2-3 or 4+ times; its pair's continuation count 1,
+    2-3 or 4+; its history seen once), the leave-one-out channel (tables + corrections) gives the same next-token
     distribution as tables solved from scratch from the counts minus that one occurrence."""
     train = packed_dataset(40)
     model = warm_model(train)
@@ -70,8 +70,10 @@ def test_leave_one_out_values_equal_tables_counted_without_the_occurrence():
     pair_count = continuation[1][torch.searchsorted(continuation[0], triples % VOCAB**2)]
     history_total = torch.zeros(VOCAB**2, dtype=torch.long).index_add_(0, keys // VOCAB, counts)
     kinds = {
-        "triple seen more than once": count > 1,
-        "triple once, pair's continuation count > 1": (count == 1) & (pair_count > 1),
+        "triple seen 2 or 3 times (its discount changes)": (count > 1) & (count <= 3),
+        "triple seen 4 times or more (D3+ either way)": count >= 4,
+        "triple once, pair's continuation count 2 or 3": (count == 1) & (pair_count > 1) & (pair_count <= 3),
+        "triple once, pair's continuation count 4 or more": (count == 1) & (pair_count >= 4),
         "triple once, pair's continuation count 1": (count == 1) & (pair_count == 1),
         "history seen once": history_total[triples // VOCAB] == 1,
     }
