@@ -65,6 +65,9 @@ class SaffuConfig(PreTrainedConfig):
             corrections of the (previous, pivot) history over the bigram table's distribution, for at most
             min(pivot_trigrams, vocab_size^3) triples, the most frequent ones (`SaffuPivotTrigrams`). Needs
             `pivot_bigrams`. `None`: 2^20 entries with a bigram table, else 0.
+        residual_rank (`int`): rank r of a word-level correction of the logits from the last layer's hidden
+            distributions, logits += H_t A B (A: C hidden_bits x r, B: r x vocab_size, B = 0 at initialisation, so
+            the warm start's logits are unchanged; 0: none) [ours]: residual learning over the n-gram logits.
         explicit_smoothing (`float`): additive floor alpha of the co-occurrence counts, ln(F + alpha).
         explicit_discount (`float`, *optional*): absolute discount D of every explicit solution,
             ln(max(F - D, 0) + (R + alpha) pi), the closed form behind Kneser-Ney
@@ -113,6 +116,7 @@ class SaffuConfig(PreTrainedConfig):
         pivot_head: bool = False,
         pivot_bigrams: int | None = None,
         pivot_trigrams: int | None = None,
+        residual_rank: int = 0,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -142,6 +146,7 @@ class SaffuConfig(PreTrainedConfig):
         self.pivot_trigrams = (
             (DEFAULT_PIVOT_TRIGRAMS if self.pivot_bigrams else 0) if pivot_trigrams is None else pivot_trigrams
         )
+        self.residual_rank = residual_rank
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -233,6 +238,8 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.pivot_trigrams must be an integer >= 0 (0: none), got {self.pivot_trigrams!r}"
             )
+        if isinstance(self.residual_rank, bool) or not isinstance(self.residual_rank, int) or self.residual_rank < 0:
+            raise ValueError(f"SaffuConfig.residual_rank must be an integer >= 0 (0: none), got {self.residual_rank!r}")
         if self.pivot_trigrams and not self.pivot_bigrams:
             raise ValueError(
                 "SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got "

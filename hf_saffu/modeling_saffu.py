@@ -503,6 +503,23 @@ class SaffuPivotTrigrams(nn.Module):
         return new
 
 
+class SaffuResidualHead(nn.Module):
+    """A word-level correction of the logits from the hidden distributions H_t (`config.residual_rank` = r):
+
+        logits += H_t A B,   A: (C hidden_bits, r),   B: (r, V),   B = 0 at initialisation,
+
+    residual learning over the n-gram logits (as NgramRes, Li et al. 2022): the warm start's logits are unchanged,
+    and backprop learns what the tables and the class evidence cannot hold."""
+
+    def __init__(self, input_dim: int, rank: int, vocab_size: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.zeros(input_dim, rank))  # A
+        self.up = nn.Parameter(torch.zeros(rank, vocab_size))  # B
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.down @ self.up
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -559,6 +576,9 @@ class SaffuPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        if isinstance(module, SaffuResidualHead):  # B = 0 leaves the logits (and the warm start) unchanged
+            init.normal_(module.down, mean=0.0, std=1.0)  # z = H A of unit scale: a random projection of H
+            init.zeros_(module.up)
 
 
 class SaffuModel(SaffuPreTrainedModel):
@@ -692,6 +712,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
         capacity = config.pivot_trigram_capacity
         self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
+        hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
+        self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted.
         self.table_leave_one_out = None
@@ -772,9 +794,12 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     def output_logits(
         self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor | None = None
     ) -> torch.Tensor:
-        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus the pivot's
-        channel (`pivot_logits`)."""
-        return self.pivot_logits(pivots, previous, self.lm_head(hidden))
+        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus H_t A B
+        (`residual_head`) and the pivot's channel (`pivot_logits`)."""
+        logits = self.lm_head(hidden)
+        if self.residual_head is not None:
+            logits = logits + self.residual_head(hidden.exp() if self.config.log_hidden_head else hidden)
+        return self.pivot_logits(pivots, previous, logits)
 
     @property
     def has_pivot_channel(self) -> bool:
@@ -827,4 +852,5 @@ __all__ = [
     "SaffuDecodingState",
     "SaffuPivotBigrams",
     "SaffuPivotTrigrams",
+    "SaffuResidualHead",
 ]

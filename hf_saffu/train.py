@@ -58,6 +58,7 @@ class ModelArguments:
     pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
     pivot_bigrams: int | None = architecture_field("entries of the pivot's bigram table (0: none)")
     pivot_trigrams: int | None = architecture_field("entries of the (previous, pivot) trigram table (0: none)")
+    residual_rank: int | None = architecture_field("rank of the word-level correction H_t A B of the logits (0: none)")
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
     explicit_discount: str | None = architecture_field(
         "absolute discount D of the explicit solutions, or 'none' for the additive floor"

@@ -141,3 +141,23 @@ def test_leave_one_out_needs_the_tables_of_this_data(tmp_path):
         table_leave_one_out(model, batches_of(packed_dataset(40, seed=5), 16))
     with pytest.raises(ValueError, match="warm_start_max_tokens"):
         training_arguments(tmp_path, table_leave_one_out=True, warm_start_max_tokens=100)
+
+
+def test_residual_head_starts_at_the_warm_start_and_learns():
+    """residual_rank: B = 0, so the warm-started logits equal those of the model without the residual path, bit for
+    bit; the loss's gradient reaches B."""
+    train = packed_dataset(40)
+    models = {}
+    for rank in (0, 4):
+        torch.manual_seed(0)
+        models[rank] = SaffuForCausalLM(saffu_config(residual_rank=rank)).eval()
+        explicit_warm_start(models[rank], batches_of(train, 16), show_progress=False)
+    batch = train.with_format("torch")[:8]
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    residual = models[4]
+    output = residual(**inputs)
+    with torch.no_grad():
+        assert torch.equal(output.logits, models[0](**inputs).logits)
+    output.loss.backward()
+    assert residual.residual_head.up.grad.abs().max() > 0
+    assert residual.residual_head.down.abs().max() > 0
