@@ -115,6 +115,10 @@ class SaffuConfig(PreTrainedConfig):
             n ln(P / P_backoff) (weighted-difference pruning, `hf_saffu.warm_start.strongest_entries`). `None`:
             fixed sizes, `pivot_bigrams` and `pivot_trigrams` as given (the warm start then prunes to them in
             the same way).
+        residual_rank (`int`, *optional*, defaults to 0):
+            Rank r of a word-level correction of the logits from the last layer's hidden distributions,
+            logits += H_t A B (A: C hidden_bits x r, B: r x vocab_size, B = 0 at initialisation, so the warm
+            start's logits are unchanged; 0: none) [ours]: residual learning over the n-gram logits.
         explicit_context_weight (`float`, *optional*, defaults to 0.5):
             Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
             contexts, which overlap, so smaller weights are better calibrated.
@@ -189,6 +193,7 @@ class SaffuConfig(PreTrainedConfig):
         pivot_bigrams: int | None = None,
         pivot_trigrams: int | None = None,
         pivot_table_mb: float | None = DEFAULT_PIVOT_TABLE_MB,
+        residual_rank: int = 0,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -219,6 +224,7 @@ class SaffuConfig(PreTrainedConfig):
             (DEFAULT_PIVOT_TRIGRAMS if self.pivot_bigrams else 0) if pivot_trigrams is None else pivot_trigrams
         )
         self.pivot_table_mb = pivot_table_mb
+        self.residual_rank = residual_rank
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -318,6 +324,8 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.pivot_trigrams must be an integer >= 0 (0: none), got {self.pivot_trigrams!r}"
             )
+        if isinstance(self.residual_rank, bool) or not isinstance(self.residual_rank, int) or self.residual_rank < 0:
+            raise ValueError(f"SaffuConfig.residual_rank must be an integer >= 0 (0: none), got {self.residual_rank!r}")
         if self.pivot_trigrams and not self.pivot_bigrams:
             raise ValueError(
                 "SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got "

@@ -151,8 +151,18 @@ def kneser_ney_discounts(counts: torch.Tensor) -> torch.Tensor:
     return torch.tensor([min(max(v, 0.05), k) for k, v in zip(range(1, 4), values, strict=True)], dtype=torch.float64)
 
 
+def count_discounts(discounts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """D(n) of each count n from (D1, D2, D3+): D(0) = 0, D(n) = min(D_min(n, 3), n)."""
+    return discounts.to(counts.dtype)[(counts.clamp(1, 3) - 1).long()].clamp(max=counts)
+
+
 def solve_bigram_channel(
-    keys: torch.Tensor, counts: torch.Tensor, vocab_size: int, smoothing: float, discount: bool = True
+    keys: torch.Tensor,
+    counts: torch.Tensor,
+    vocab_size: int,
+    smoothing: float,
+    discount: bool = True,
+    discounts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The explicit solution of a softmax layer on one-hot pivots x, stored sparsely (`SaffuPivotBigrams`):
     from the pair counts n_xy (`keys` = x V + y, sorted and unique, with `counts`), the bias b (V,) and the
@@ -163,6 +173,8 @@ def solve_bigram_channel(
             P_c(y) = (N(. y) + alpha) / (sum_y N(. y) + alpha V)   (N(. y): distinct pivots seen before y),
             b = ln P_c,   S_xy = ln(1 + (n_xy - D(n_xy)) / (gamma_x P_c(y)));
         no discount (the additive floor alpha): P(y | x) ~ n_xy + alpha,   b = 0,   S_xy = ln(1 + n_xy / alpha).
+
+    `discounts`: (D1, D2, D3+) to use instead of those of `kneser_ney_discounts(counts)`.
     """
     counts = counts.to(torch.float64)
     check_statistics("bigram counts", counts)
@@ -173,14 +185,18 @@ def solve_bigram_channel(
     pivots, nexts = keys // vocab_size, keys % vocab_size
     seen_before = torch.bincount(nexts, minlength=vocab_size).to(torch.float64)
     continuation = (seen_before + smoothing) / (seen_before.sum() + smoothing * vocab_size)
-    discounts = kneser_ney_discounts(counts)[(counts.clamp(1, 3) - 1).long()].clamp(max=counts)
+    discounts = count_discounts(kneser_ney_discounts(counts) if discounts is None else discounts, counts)
     gamma = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, pivots, discounts)
     values = torch.log1p((counts - discounts) / (gamma[pivots] * continuation[nexts]))
     return values, torch.log(continuation)
 
 
 def solve_trigram_channel(
-    keys: torch.Tensor, counts: torch.Tensor, lower: torch.Tensor, vocab_size: int
+    keys: torch.Tensor,
+    counts: torch.Tensor,
+    lower: torch.Tensor,
+    vocab_size: int,
+    discounts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The values T of the triples `keys` = (w V + x) V + y (sorted, unique) with counts n_wxy, such that
     softmax(bigram logits of x + T[w x]) is the interpolated modified Kneser-Ney trigram over the lower-order
@@ -188,12 +204,14 @@ def solve_trigram_channel(
 
         P3(y | w x) ~ max(n_wxy - D(n_wxy), 0) + gamma_wx P2(y | x),   gamma_wx = sum_y D(n_wxy),
         T_wxy = ln(1 + (n_wxy - D(n_wxy)) / (gamma_wx P2(y | x))).
+
+    `discounts`: (D1, D2, D3+) to use instead of those of `kneser_ney_discounts(counts)`.
     """
     counts = counts.to(torch.float64)
     check_statistics("trigram counts", counts)
     check_statistics("lower-order probabilities", lower)
     histories = torch.unique_consecutive(keys // vocab_size, return_inverse=True)[1]
-    discounts = kneser_ney_discounts(counts)[(counts.clamp(1, 3) - 1).long()].clamp(max=counts)
+    discounts = count_discounts(kneser_ney_discounts(counts) if discounts is None else discounts, counts)
     gamma = torch.zeros(int(histories.max()) + 1 if len(keys) else 0, dtype=torch.float64)
     gamma.index_add_(0, histories, discounts)
     tiny = torch.finfo(torch.float64).tiny

@@ -412,17 +412,22 @@ class SaffuLayer(nn.Module):
         return torch.cat(hidden, dim=-1), computed.state
 
 
+def csr_entries(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owners, entries): for each i and k < lengths[i], the pair (i, starts[i] + k), i ascending. The only
+    data-dependent size is the number of entries (one expansion, the rest gathered from it), so `torch.export`
+    and `torch.compile` trace it."""
+    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
+    first_of_owner = (torch.cumsum(lengths, 0) - lengths - starts)[owners]
+    return owners, torch.arange(owners.shape[0], device=starts.device) - first_of_owner
+
+
 def add_csr_rows_(
     logits: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, columns: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """Adds to logits (N, V), in place, in row i, values[starts[i] + k] at columns[starts[i] + k] for k <
     lengths[i] (a CSR table's rows; differentiable in `logits` and `values`). Only the stored entries are
-    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made. The only data-dependent
-    size is the number of entries (one expansion, the rest gathered from it), so `torch.export` and
-    `torch.compile` trace the add."""
-    owners = torch.repeat_interleave(torch.arange(len(starts), device=starts.device), lengths)
-    first_of_owner = (torch.cumsum(lengths, 0) - lengths - starts)[owners]
-    entries = torch.arange(owners.shape[0], device=starts.device) - first_of_owner
+    touched: a batch's rows hold far fewer entries than N x V, and no N x V copy is made."""
+    owners, entries = csr_entries(starts, lengths)
     return logits.index_put_((owners, columns[entries]), values[entries].to(logits.dtype), accumulate=True)
 
 
@@ -563,6 +568,23 @@ def table_index_problem(table: "SaffuPivotBigrams | SaffuPivotTrigrams", vocab_s
     return None
 
 
+class SaffuResidualHead(nn.Module):
+    """A word-level correction of the logits from the hidden distributions H_t (`config.residual_rank` = r):
+
+        logits += H_t A B,   A: (C hidden_bits, r),   B: (r, V),   B = 0 at initialisation,
+
+    residual learning over the n-gram logits (as NgramRes, Li et al. 2022): the warm start's logits are unchanged,
+    and backprop learns what the tables and the class evidence cannot hold."""
+
+    def __init__(self, input_dim: int, rank: int, vocab_size: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.zeros(input_dim, rank))  # A
+        self.up = nn.Parameter(torch.zeros(rank, vocab_size))  # B
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.down @ self.up
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -668,6 +690,9 @@ class SaffuPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        if isinstance(module, SaffuResidualHead):  # B = 0 leaves the logits (and the warm start) unchanged
+            init.normal_(module.down, mean=0.0, std=1.0)  # z = H A of unit scale: a random projection of H
+            init.zeros_(module.up)
 
 
 class SaffuModel(SaffuPreTrainedModel):
@@ -826,6 +851,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
         capacity = config.pivot_trigram_capacity
         self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
+        hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
+        self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
+        # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
+        # with the tables' values at each training position as if its own occurrence had not been counted.
+        self.table_leave_one_out = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -899,6 +929,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
         logits = self.output_logits(hidden, input_ids, previous)
+        if self.training and labels is not None and self.table_leave_one_out is not None:
+            logits = self.table_leave_one_out(logits, input_ids, previous, labels)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
@@ -912,9 +944,12 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     def output_logits(
         self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor | None = None
     ) -> torch.Tensor:
-        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus the pivot's
-        channel (`pivot_logits`)."""
-        return self.pivot_logits(pivots, previous, self.lm_head(hidden))
+        """The output layer: H_t O + b_O (ln H_t O + b_O when `hidden` is the log-hidden output), plus H_t A B
+        (`residual_head`) and the pivot's channel (`pivot_logits`)."""
+        logits = self.lm_head(hidden)
+        if self.residual_head is not None:
+            logits = logits + self.residual_head(hidden.exp() if self.config.log_hidden_head else hidden)
+        return self.pivot_logits(pivots, previous, logits)
 
     @property
     def has_pivot_channel(self) -> bool:
@@ -967,4 +1002,5 @@ __all__ = [
     "SaffuDecodingState",
     "SaffuPivotBigrams",
     "SaffuPivotTrigrams",
+    "SaffuResidualHead",
 ]

@@ -66,6 +66,7 @@ class ModelArguments:
     pivot_table_mb: str | None = architecture_field(
         "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
     )
+    residual_rank: int | None = architecture_field("rank of the word-level correction H_t A B of the logits (0: none)")
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
     explicit_discount: str | None = architecture_field(
         "absolute discount D of the explicit solutions, or 'none' for the additive floor"

@@ -54,6 +54,7 @@ from transformers.utils import CONFIG_NAME, logging
 from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .frozen_phase import FrozenInputCache
+from .leave_one_out import table_leave_one_out
 from .model_card import model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start, set_table_capacity, table_limit
@@ -114,6 +115,14 @@ class ExplicitTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "learning rate of the pivot's channel, its bigram table or Q (None: learning_rate)"},
     )
+    table_leave_one_out: bool = field(
+        default=False,
+        metadata={
+            "help": "train on leave-one-out table values: each training position reads the bigram and trigram "
+            "tables as if its own occurrence had not been counted (hf_saffu.leave_one_out); evaluation reads the "
+            "plain tables. Needs the tables counted from the whole training split (warm_start_max_tokens=None)"
+        },
+    )
 
     def __post_init__(self):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
@@ -137,6 +146,11 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"max_steps must be >= 1, or -1 for num_train_epochs, got {self.max_steps} (warm_start_only=true "
                 "runs no backprop step)"
+            )
+        if self.table_leave_one_out and self.warm_start_max_tokens is not None:
+            raise ValueError(
+                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
+                f"must be None, got {self.warm_start_max_tokens}"
             )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
@@ -405,7 +419,12 @@ class ExplicitTrainer(Trainer):
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
         if checkpoint is not None and self.is_finished(checkpoint):
             return self.load_finished(checkpoint)
-        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        if self.args.table_leave_one_out:
+            model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator)
+        try:
+            return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        finally:
+            model.table_leave_one_out = None
 
     def is_finished(self, checkpoint: str) -> bool:
         """The checkpoint already holds the last step of this run (max_steps, else the step count it was saved
