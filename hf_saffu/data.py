@@ -176,11 +176,18 @@ def load_text_streams(data_args: DataArguments) -> dict:
 def pack_stream(stream: IterableDataset, tokenizer, data_args: DataArguments) -> IterableDataset:
     """The blocks `tokenize_and_pack` makes of a train split, as a stream: documents tokenised and packed
     `PACKING_BATCH` documents at a time, as they are read."""
-    column = data_args.text_column
-    tokenized = stream.map(
-        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
+    return pack_blocks(stream, list(next(iter(stream))), tokenizer, data_args)
+
+
+def pack_blocks(data, columns: list[str], tokenizer, data_args: DataArguments, **map_options):
+    """`data` (a DatasetDict or an IterableDataset) tokenised (`tokenize_documents`, its `columns` removed) and
+    packed into blocks (`pack_documents`); `map_options` (e.g. num_proc) go to both `map` calls."""
+    text = data_args.text_column
+    tokenized = data.map(
+        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[text])},
         batched=True,
-        remove_columns=list(next(iter(stream))),
+        remove_columns=columns,
+        **map_options,
     )
     return tokenized.map(
         pack_documents,
@@ -191,6 +198,7 @@ def pack_stream(stream: IterableDataset, tokenizer, data_args: DataArguments) ->
             "eos_id": tokenizer.eos_token_id,
             "pad_id": tokenizer.pad_token_id,
         },
+        **map_options,
     )
 
 
@@ -335,27 +343,8 @@ def pack_token_ids(token_ids: list[list[int]], block_size: int, eos_id: int, pad
 
 def tokenize_and_pack(raw: DatasetDict, tokenizer, data_args: DataArguments) -> DatasetDict:
     """Every split as packed blocks: input_ids, attention_mask, labels (-100 at padding)."""
-    column = data_args.text_column
-    workers = data_args.preprocessing_num_workers
-    tokenized = raw.map(
-        lambda batch: {"input_ids": tokenize_documents(tokenizer, batch[column])},
-        batched=True,
-        remove_columns=next(iter(raw.values())).column_names,
-        num_proc=workers,
-        desc="tokenizing",
-    )
-    packed = tokenized.map(
-        pack_documents,
-        batched=True,
-        batch_size=PACKING_BATCH,
-        fn_kwargs={
-            "block_size": data_args.block_size,
-            "eos_id": tokenizer.eos_token_id,
-            "pad_id": tokenizer.pad_token_id,
-        },
-        num_proc=workers,
-        desc=f"packing into blocks of {data_args.block_size}",
-    )
+    columns = next(iter(raw.values())).column_names
+    packed = pack_blocks(raw, columns, tokenizer, data_args, num_proc=data_args.preprocessing_num_workers)
     if "train" in packed and len(packed["train"]) == 0:
         raise ValueError("the training data holds no tokens after tokenization")
     return packed
