@@ -10,7 +10,7 @@ so for texts A and B packed into blocks each on its own
     tables(counts(A + B) - counts(B)) = tables of a warm start on the blocks of A alone
 
 (exactly the same tables, to float rounding). The same sum merges shards counted by different processes or
-machines (the torchrun all-reduce of `PairCounts.merged`).
+machines (the torchrun all-reduce of `NgramCounts.merged`).
 
 What the counts do not determine, and update / forget leave as they are: the embeddings (codes from token
 frequency ranks and pair profiles), the contexts' U and W and the head (solved from later passes over the
@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .data import check_text_file, pack_token_ids
+from .data import check_text_file, pack_token_ids, tokenize_documents
 from .modeling_saffu import SaffuForCausalLM
 from .warm_start import ExplicitWarmStart, merge_counts
 
@@ -84,7 +84,7 @@ def count_files(model: SaffuForCausalLM, tokenizer, files: list[str], block_size
     texts = []
     for path in files:
         texts += [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = tokenize_documents(tokenizer, texts)
     packed = pack_token_ids(ids, block_size, tokenizer.eos_token_id, tokenizer.pad_token_id)
     batches = [
         {key: torch.tensor(packed[key][start : start + 64]) for key in ("input_ids", "attention_mask")}

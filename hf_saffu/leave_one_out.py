@@ -224,7 +224,11 @@ class TableLeaveOneOut:
         return flat.view(logits.shape)
 
 
-def table_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None) -> TableLeaveOneOut:
-    """The leave-one-out corrections of `model`'s tables for training on `batches` (the warm start's data)."""
+def table_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, statistics=None) -> TableLeaveOneOut:
+    """The leave-one-out corrections of `model`'s tables for training on `batches` (the warm start's data):
+    from the triples the warm start counted (`statistics`, `WarmStartReport.statistics`, when it ran in this
+    process), else counted again from `batches`."""
+    if statistics and int(statistics["order"]) == 3:
+        return TableLeaveOneOut(model, statistics["keys"], statistics["counts"])
     keys, counts = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_triples()
     return TableLeaveOneOut(model, keys, counts)

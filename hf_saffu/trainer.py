@@ -420,7 +420,8 @@ class ExplicitTrainer(Trainer):
         if checkpoint is not None and self.is_finished(checkpoint):
             return self.load_finished(checkpoint)
         if self.args.table_leave_one_out:
-            model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator)
+            counted = self.warm_start_report.statistics if self.warm_start_report is not None else None
+            model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
         try:
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:
