@@ -119,6 +119,13 @@ class SaffuConfig(PreTrainedConfig):
             Rank r of a word-level correction of the logits from the last layer's hidden distributions,
             logits += H_t A B (A: C hidden_bits x r, B: r x vocab_size, B = 0 at initialisation, so the warm
             start's logits are unchanged; 0: none) [ours]: residual learning over the n-gram logits.
+        neural_mixture_dim (`int`, *optional*, defaults to 0):
+            Width d of a neural word model mixed linearly with the rest (`SaffuNeuralMixture`; 0: none) [ours]:
+            p(y) = (1 - lambda_t) softmax(logits)_y + lambda_t softmax(g_t W + b_W)_y, g_t = GELU(u_t A + a) from
+            u_t = [H_t, v_t, v_{t-1}] (the last layer's hidden distributions, the pivot's and the previous
+            token's embeddings), lambda_t = sigmoid(g_t w + c). The model's logits are then ln p.
+        neural_mixture_weight (`float`, *optional*, defaults to 0.05):
+            lambda before training (c = logit of it, w = 0).
         explicit_context_weight (`float`, *optional*, defaults to 0.5):
             Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
             contexts, which overlap, so smaller weights are better calibrated.
@@ -194,6 +201,8 @@ class SaffuConfig(PreTrainedConfig):
         pivot_trigrams: int | None = None,
         pivot_table_mb: float | None = DEFAULT_PIVOT_TABLE_MB,
         residual_rank: int = 0,
+        neural_mixture_dim: int = 0,
+        neural_mixture_weight: float = 0.05,
         explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
         contextual_embeddings: bool = False,
@@ -225,6 +234,8 @@ class SaffuConfig(PreTrainedConfig):
         )
         self.pivot_table_mb = pivot_table_mb
         self.residual_rank = residual_rank
+        self.neural_mixture_dim = neural_mixture_dim
+        self.neural_mixture_weight = neural_mixture_weight
         self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
         self.contextual_embeddings = contextual_embeddings
@@ -326,6 +337,12 @@ class SaffuConfig(PreTrainedConfig):
             )
         if isinstance(self.residual_rank, bool) or not isinstance(self.residual_rank, int) or self.residual_rank < 0:
             raise ValueError(f"SaffuConfig.residual_rank must be an integer >= 0 (0: none), got {self.residual_rank!r}")
+        dim = self.neural_mixture_dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ValueError(f"SaffuConfig.neural_mixture_dim must be an integer >= 0 (0: none), got {dim!r}")
+        bounded_number("neural_mixture_weight", self.neural_mixture_weight, 0, 1)
+        if self.neural_mixture_weight == 1:
+            raise ValueError("SaffuConfig.neural_mixture_weight must be < 1 (the counts keep a share), got 1")
         if self.pivot_trigrams and not self.pivot_bigrams:
             raise ValueError(
                 "SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got "

@@ -585,6 +585,37 @@ class SaffuResidualHead(nn.Module):
         return hidden @ self.down @ self.up
 
 
+class SaffuNeuralMixture(nn.Module):
+    """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
+
+        u_t = [H_t, v_t, v_{t-1}],   g_t = GELU(u_t A + a),   lambda_t = sigmoid(g_t w + c),
+        p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t softmax(u_t D + g_t W + b_W)_y,
+
+    returned as ln p. A linear mixture, unlike a product, lets the neural part add probability where the counts
+    have little without having to be right where they are (Kneser-Ney + neural LM hybrids); trained with the
+    tables' leave-one-out values it learns where the counts fail on text they did not see. The direct path D, b_W
+    is a softmax layer on non-negative inputs and has the explicit warm start (`hf_saffu.warm_start`); the hidden
+    path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`)."""
+
+    def __init__(self, input_dim: int, width: int, vocab_size: int):
+        super().__init__()
+        self.direct_weight = nn.Parameter(torch.zeros(input_dim, vocab_size))  # D
+        self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
+        self.feature_bias = nn.Parameter(torch.zeros(width))  # a
+        self.word_weight = nn.Parameter(torch.zeros(width, vocab_size))  # W
+        self.word_bias = nn.Parameter(torch.zeros(vocab_size))  # b_W
+        self.gate_weight = nn.Parameter(torch.zeros(width, 1))  # w
+        self.gate_bias = nn.Parameter(torch.zeros(1))  # c
+
+    def forward(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
+        gate = hidden @ self.gate_weight + self.gate_bias
+        counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
+        words = inputs @ self.direct_weight + hidden @ self.word_weight + self.word_bias
+        neural = nn.functional.logsigmoid(gate) + torch.log_softmax(words, dim=-1)
+        return torch.logaddexp(counted, neural)
+
+
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig
     base_model_prefix = "model"
@@ -693,6 +724,13 @@ class SaffuPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaffuResidualHead):  # B = 0 leaves the logits (and the warm start) unchanged
             init.normal_(module.down, mean=0.0, std=1.0)  # z = H A of unit scale: a random projection of H
             init.zeros_(module.up)
+        if isinstance(module, SaffuNeuralMixture):  # the neural part starts at b_W, weighted lambda_0
+            weight = self.config.neural_mixture_weight
+            init.normal_(module.feature_weight, mean=0.0, std=1.0 / math.sqrt(module.feature_weight.shape[0]))
+            zeros = (module.direct_weight, module.feature_bias, module.word_weight, module.word_bias, module.gate_weight)
+            for tensor in zeros:
+                init.zeros_(tensor)
+            init.constant_(module.gate_bias, math.log(weight / (1 - weight)))
 
 
 class SaffuModel(SaffuPreTrainedModel):
@@ -853,6 +891,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
         hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
+        width = config.neural_mixture_dim
+        inputs = hidden_dim + 2 * config.embed_bits
+        self.neural_mixture = SaffuNeuralMixture(inputs, width, config.vocab_size) if width else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted.
         self.table_leave_one_out = None
@@ -924,13 +965,17 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
-        previous = previous_tokens(input_ids, attention_mask, state) if self.pivot_trigrams is not None else None
+        needs_previous = self.pivot_trigrams is not None or self.neural_mixture is not None
+        previous = previous_tokens(input_ids, attention_mask, state) if needs_previous else None
         if logits_to_keep:
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
         logits = self.output_logits(hidden, input_ids, previous)
         if self.training and labels is not None and self.table_leave_one_out is not None:
             logits = self.table_leave_one_out(logits, input_ids, previous, labels)
+        if self.neural_mixture is not None:
+            probabilities = hidden.exp() if self.config.log_hidden_head else hidden
+            logits = self.neural_mixture(logits, self.neural_inputs(probabilities, input_ids, previous))
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
@@ -950,6 +995,16 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if self.residual_head is not None:
             logits = logits + self.residual_head(hidden.exp() if self.config.log_hidden_head else hidden)
         return self.pivot_logits(pivots, previous, logits)
+
+    def neural_inputs(
+        self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor
+    ) -> torch.Tensor:
+        """u_t = [H_t, v_t, v_{t-1}] (`hidden`: H_t, the hidden distributions; v_{t-1} = 0 where there is no
+        previous token) for `neural_mixture`."""
+        vectors = self.model.input_vectors(torch.cat([pivots, previous.clamp_min(0)], dim=-1))
+        pivot_vectors, previous_vectors = vectors.split(pivots.shape[-1], dim=-2)
+        previous_vectors = previous_vectors * (previous >= 0)[..., None].to(previous_vectors.dtype)
+        return torch.cat([hidden, pivot_vectors, previous_vectors], dim=-1)
 
     @property
     def has_pivot_channel(self) -> bool:
@@ -1003,4 +1058,5 @@ __all__ = [
     "SaffuPivotBigrams",
     "SaffuPivotTrigrams",
     "SaffuResidualHead",
+    "SaffuNeuralMixture",
 ]

@@ -67,6 +67,8 @@ class ModelArguments:
         "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
     )
     residual_rank: int | None = architecture_field("rank of the word-level correction H_t A B of the logits (0: none)")
+    neural_mixture_dim: int | None = architecture_field("width of the neural word model mixed with the rest (0: none)")
+    neural_mixture_weight: float | None = architecture_field("the neural word model's weight before training")
     explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
     explicit_discount: str | None = architecture_field(
         "absolute discount D of the explicit solutions, or 'none' for the additive floor"

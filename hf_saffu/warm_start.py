@@ -43,7 +43,7 @@ from .bit_cipher import (
     frequency_ranks,
 )
 from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_trigram_channel
-from .modeling_saffu import SaffuContext, SaffuForCausalLM, SaffuLayer, banded_dot
+from .modeling_saffu import SaffuContext, SaffuForCausalLM, SaffuLayer, banded_dot, previous_tokens
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
 PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
@@ -277,6 +277,26 @@ class ExplicitWarmStart:
         self.report.priming_numbers["output O"] = float(num_contexts)
         self.timed("output", start)
 
+    def solve_neural_mixture(self) -> None:
+        """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from
+        F = sum_t u_t^T e_{y_t}, u_t = [H_t, v_t, v_{t-1}] (`SaffuForCausalLM.neural_inputs`; K = mean ||u_t||_1)."""
+        model, last = self.model, len(self.model.model.layers) - 1
+        mixture = model.neural_mixture
+        statistic = Cooccurrence.zeros(mixture.direct_weight.shape[0], self.config.vocab_size, self.device)
+        start = time.perf_counter()
+        for input_ids, valid, weight in self.iterate("neural word model"):
+            ends = model.model.document_ends(input_ids, valid)
+            hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
+            previous = previous_tokens(input_ids, valid.long(), None)
+            inputs = model.neural_inputs(hidden, input_ids, previous)
+            statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
+        self.reduce(statistic)
+        weight, bias = statistic.solve(self.config.explicit_smoothing, None, self.config.explicit_discount)
+        self.report.priming_numbers["neural word model"] = statistic.priming_number
+        mixture.direct_weight.copy_(weight.to(mixture.direct_weight.dtype))
+        mixture.word_bias.copy_(bias.to(mixture.word_bias.dtype))
+        self.timed("neural word model", start)
+
     def solve_pivot_head(self) -> None:
         """Q = ln P(y | pivot bits): F_Q = sum_t v_t^T e_{y_t}, solved with K = 1 (a bigram for one-bit codes)."""
         embeddings = self.model.model.embeddings
@@ -431,6 +451,8 @@ class ExplicitWarmStart:
             self.set_class_head(counts)
         else:
             self.solve_output()
+        if self.model.neural_mixture is not None:
+            self.solve_neural_mixture()
         self.model.config.warm_started = True
         self.model.train(was_training)
         return self.report

@@ -1,0 +1,120 @@
+"""The neural word model mixed linearly with the count-based logits (`SaffuNeuralMixture`, neural_mixture_dim)."""
+
+import math
+
+import pytest
+import torch
+from factories import PAD, packed_dataset, saffu_config
+from test_leave_one_out import batches_of
+
+from hf_saffu import SaffuConfig, SaffuForCausalLM
+from hf_saffu.explicit import solve_softmax
+from hf_saffu.warm_start import explicit_warm_start
+
+
+def mixture_model(**overrides) -> SaffuForCausalLM:
+    torch.manual_seed(0)
+    return SaffuForCausalLM(saffu_config(neural_mixture_dim=8, **overrides)).eval()
+
+
+def randomise_(model: SaffuForCausalLM, scale: float = 1.0) -> None:
+    """Every weight of the model normal(0, scale), tables included (a fresh model's tables and W are 0)."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def test_logits_are_the_log_of_the_linear_mixture():
+    """ln p = ln((1 - lambda) softmax(counted) + lambda softmax(g W + b_W)), recomputed from the equations with the
+    same weights in a model without the mixture (the counted logits) and by hand (g, lambda)."""
+    model = mixture_model()
+    randomise_(model)
+    model = model.double()  # float64: the comparison measures the equation, not float32 rounding of ln p ~ -30
+    counted_model = SaffuForCausalLM(saffu_config()).eval().double()
+    counted_model.load_state_dict(model.state_dict(), strict=False)
+    ids = torch.randint(2, 40, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits
+        counted = counted_model(ids).logits
+        hidden = model.model(ids).last_hidden_state.exp()  # H_t (the head reads ln H)
+        previous = torch.cat([torch.full((2, 1), -1), ids[:, :-1]], dim=1)
+        vectors = model.model.embeddings.weight
+        inputs = torch.cat([hidden, vectors[ids], vectors[previous.clamp_min(0)] * (previous >= 0)[..., None]], -1)
+        mixture = model.neural_mixture
+        g = torch.nn.functional.gelu(inputs @ mixture.feature_weight + mixture.feature_bias)
+        weight = torch.sigmoid(g @ mixture.gate_weight + mixture.gate_bias)
+        neural = torch.softmax(inputs @ mixture.direct_weight + g @ mixture.word_weight + mixture.word_bias, -1)
+        expected = torch.log((1 - weight) * torch.softmax(counted, -1) + weight * neural)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(logits.logsumexp(-1), torch.zeros(2, 11, dtype=torch.float64), atol=1e-9)
+
+
+def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight():
+    """After the warm start the neural part is the explicit solution softmax(u_t D + b_W) of the co-occurrences of
+    u_t = [H_t, v_t, v_{t-1}] with the next token (recounted here over the blocks), with weight lambda_0 =
+    neural_mixture_weight; the counted part equals the warm start of the same model without the mixture."""
+    train = packed_dataset(40)
+    models = {}
+    for dim in (0, 8):
+        torch.manual_seed(0)
+        models[dim] = SaffuForCausalLM(saffu_config(neural_mixture_dim=dim, neural_mixture_weight=0.2)).eval()
+        explicit_warm_start(models[dim], batches_of(train, 16), show_progress=False)
+    model, blocks = models[8], train.with_format("torch")[:]
+    ids, mask = blocks["input_ids"], blocks["attention_mask"]
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state.exp()
+        previous = torch.cat([torch.full((len(ids), 1), -1), torch.where(mask.bool(), ids, -1)[:, :-1]], dim=1)
+        inputs = model.neural_inputs(hidden, ids, previous)[:, :-1]
+        real = (mask[:, :-1] * mask[:, 1:]).bool()
+        counts = torch.zeros(inputs.shape[-1], 40, dtype=torch.float64)
+        counts.index_add_(1, ids[:, 1:][real], inputs[real].double().T)
+        priming = inputs[real].sum(-1).double().mean().item()
+        weight, bias = solve_softmax(counts, priming, 0.01, discount=0.75)
+        mixture = model.neural_mixture
+        assert torch.allclose(mixture.direct_weight.double(), weight, atol=1e-4)
+        assert torch.allclose(mixture.word_bias.double(), bias, atol=1e-4)
+        sample = ids[:4]
+        u = model.neural_inputs(model.model(sample).last_hidden_state.exp(), sample, previous[:4])
+        direct = torch.softmax((u @ mixture.direct_weight + mixture.word_bias).double(), -1)
+        expected = torch.log(0.8 * torch.softmax(models[0](sample).logits.double(), -1) + 0.2 * direct)
+        assert torch.allclose(model(sample).logits.double(), expected, atol=1e-5)
+
+
+def test_backprop_trains_the_neural_part_and_its_weight():
+    """W and w start at 0, so the first step reaches W, w, c and D; from the second A and a learn too (no saddle)."""
+    model = mixture_model()
+    explicit_warm_start(model, batches_of(packed_dataset(40), 16), show_progress=False)
+    model.train()
+    mixture = model.neural_mixture
+    before = {name: parameter.detach().clone() for name, parameter in mixture.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = packed_dataset(8, seed=2).with_format("torch")[:]
+    for _ in range(2):
+        optimizer.zero_grad()
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        assert math.isfinite(output.loss.item())
+        output.loss.backward()
+        optimizer.step()
+    for name, parameter in mixture.named_parameters():
+        assert not torch.equal(parameter, before[name]), name
+
+
+def test_cached_generation_equals_a_full_recompute():
+    """The mixture reads the previous token: from the decoding state when generating, from the text otherwise."""
+    model = mixture_model(initializer_range=3.0)
+    randomise_(model, scale=0.5)
+    model = model.double()
+    prompt = torch.randint(2, 40, (2, 5), generator=torch.Generator().manual_seed(4))
+    out = model.generate(
+        prompt, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=PAD
+    )
+    for step, cached in enumerate(out.logits):
+        full = model(out.sequences[:, : prompt.shape[1] + step], use_cache=False).logits[:, -1]
+        assert torch.allclose(cached, full.to(cached.dtype), atol=1e-5), step
+
+
+@pytest.mark.parametrize(("value", "field"), [(-1, "neural_mixture_dim"), (1.0, "neural_mixture_weight")])
+def test_invalid_mixture_settings_name_the_field(value, field):
+    with pytest.raises(ValueError, match=field):
+        SaffuConfig(**{field: value})
