@@ -232,3 +232,54 @@ def table_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, stat
         return TableLeaveOneOut(model, statistics["keys"], statistics["counts"])
     keys, counts = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_triples()
     return TableLeaveOneOut(model, keys, counts)
+
+
+class DirectPathLeaveOneOut:
+    """Leave-one-out values of the neural word model's direct path (`SaffuNeuralMixture`, D) at the training positions.
+
+    D is the explicit solution from F = sum_t u_t^T e_{y_t}: with a discount delta, D_iy = ln F'_iy,
+    F' = max(F - delta, 0) + (R + alpha) pi (`hf_saffu.explicit.discounted_counts`; F + alpha without). A training
+    position's own u_t is in F_{:, y_t}, so its target's logit sum_i u_ti D_iy is memorised; without it,
+
+        logit'_y = logit_y + sum_i u_ti (ln F'_iy[F_iy - u_ti] - ln F'_iy)
+
+    added to the target's logit (R, pi and the other columns held fixed: a position moves one column of F)."""
+
+    def __init__(self, counts: torch.Tensor, smoothing: float, discount: float | None):
+        counts = counts.to(torch.float64)
+        self.discount = discount
+        if discount is None:
+            self.backoff_rows, self.marginal = torch.full((counts.shape[0],), smoothing), torch.ones(counts.shape[1])
+        else:
+            column_mass = counts.sum(dim=0)
+            self.marginal = ((column_mass + smoothing) / (column_mass.sum() + smoothing * counts.shape[1])).float()
+            self.backoff_rows = (counts.clamp(max=discount).sum(dim=1) + smoothing).float()
+        self.counts_by_target = counts.T.float().contiguous()  # (V, D): a target's column of F as a row
+
+    def smoothed(self, counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """F'_iy for the rows `counts` (..., D) of F at targets y."""
+        backoff = self.backoff_rows * self.marginal[targets][:, None]
+        if self.discount is None:
+            return counts + backoff
+        return (counts - self.discount).clamp_min(0) + backoff
+
+    def __call__(self, words: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`words` (batch, T, V) with each position's target logit at its leave-one-out value; `labels` (batch, T)
+        as the model takes them (the target of t is labels[t + 1]; -100: none)."""
+        targets = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), -100)], dim=1)
+        rows, columns = (targets != -100).nonzero(as_tuple=True)
+        target = targets[rows, columns]
+        own = inputs[rows, columns].detach().float()
+        counts = self.counts_by_target[target]
+        change = torch.log(self.smoothed((counts - own).clamp_min(0), target)) - torch.log(self.smoothed(counts, target))
+        flat = words.reshape(-1, words.shape[-1])
+        index = rows * words.shape[1] + columns
+        return flat.index_put((index, target), (own * change).sum(-1).to(words.dtype), accumulate=True).view_as(words)
+
+
+def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None) -> DirectPathLeaveOneOut:
+    """The leave-one-out corrections of `model`'s neural direct path for training on `batches` (the warm start's
+    data), from its co-occurrences counted again (the warm-started inputs are unchanged before training)."""
+    statistic = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_neural_inputs()
+    config = model.config
+    return DirectPathLeaveOneOut(statistic.counts, config.explicit_smoothing, config.explicit_discount)

@@ -607,11 +607,14 @@ class SaffuNeuralMixture(nn.Module):
         self.gate_weight = nn.Parameter(torch.zeros(width, 1))  # w
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
 
-    def forward(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, inputs: torch.Tensor, adjust_words=None) -> torch.Tensor:
+        """ln p from the counted `logits` and the inputs u_t; `adjust_words`: a function applied to the neural
+        part's logits before its softmax (training only: the direct path's leave-one-out values)."""
         hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
         gate = hidden @ self.gate_weight + self.gate_bias
         counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
         words = inputs @ self.direct_weight + hidden @ self.word_weight + self.word_bias
+        words = adjust_words(words) if adjust_words is not None else words
         neural = nn.functional.logsigmoid(gate) + torch.log_softmax(words, dim=-1)
         return torch.logaddexp(counted, neural)
 
@@ -895,8 +898,10 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         inputs = hidden_dim + 2 * config.embed_bits
         self.neural_mixture = SaffuNeuralMixture(inputs, width, config.vocab_size) if width else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
-        # with the tables' values at each training position as if its own occurrence had not been counted.
+        # with the tables' values at each training position as if its own occurrence had not been counted; and
+        # (words, inputs, labels) -> words, the same for the neural word model's direct path.
         self.table_leave_one_out = None
+        self.neural_leave_one_out = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -975,7 +980,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = self.table_leave_one_out(logits, input_ids, previous, labels)
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
-            logits = self.neural_mixture(logits, self.neural_inputs(probabilities, input_ids, previous))
+            inputs = self.neural_inputs(probabilities, input_ids, previous)
+            adjust = None
+            if self.training and labels is not None and self.neural_leave_one_out is not None:
+                adjust = lambda words: self.neural_leave_one_out(words, inputs, labels)  # noqa: E731
+            logits = self.neural_mixture(logits, inputs, adjust)
         loss = None
         if labels is not None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)

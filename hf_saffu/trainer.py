@@ -54,7 +54,7 @@ from transformers.utils import CONFIG_NAME, logging
 from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .frozen_phase import FrozenInputCache
-from .leave_one_out import table_leave_one_out
+from .leave_one_out import direct_path_leave_one_out, table_leave_one_out
 from .model_card import model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM, SaffuModel
 from .warm_start import explicit_warm_start, set_table_capacity, table_limit
@@ -422,10 +422,13 @@ class ExplicitTrainer(Trainer):
         if self.args.table_leave_one_out:
             counted = self.warm_start_report.statistics if self.warm_start_report is not None else None
             model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
+            if model.neural_mixture is not None:
+                shard = self.warm_start_shard()
+                model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator)
         try:
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:
-            model.table_leave_one_out = None
+            model.table_leave_one_out = model.neural_leave_one_out = None
 
     def is_finished(self, checkpoint: str) -> bool:
         """The checkpoint already holds the last step of this run (max_steps, else the step count it was saved

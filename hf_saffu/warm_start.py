@@ -277,22 +277,27 @@ class ExplicitWarmStart:
         self.report.priming_numbers["output O"] = float(num_contexts)
         self.timed("output", start)
 
-    def solve_neural_mixture(self) -> None:
-        """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from
-        F = sum_t u_t^T e_{y_t}, u_t = [H_t, v_t, v_{t-1}] (`SaffuForCausalLM.neural_inputs`; K = mean ||u_t||_1)."""
+    def count_neural_inputs(self) -> Cooccurrence:
+        """F = sum_t u_t^T e_{y_t} of the neural word model's inputs u_t = [H_t, v_t, v_{t-1}]
+        (`SaffuForCausalLM.neural_inputs`), over the (all-process) data."""
         model, last = self.model, len(self.model.model.layers) - 1
-        mixture = model.neural_mixture
-        statistic = Cooccurrence.zeros(mixture.direct_weight.shape[0], self.config.vocab_size, self.device)
-        start = time.perf_counter()
+        statistic = Cooccurrence.zeros(model.neural_mixture.direct_weight.shape[0], self.config.vocab_size, self.device)
         for input_ids, valid, weight in self.iterate("neural word model"):
             ends = model.model.document_ends(input_ids, valid)
             hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
-            previous = previous_tokens(input_ids, valid.long(), None)
-            inputs = model.neural_inputs(hidden, input_ids, previous)
+            inputs = model.neural_inputs(hidden, input_ids, previous_tokens(input_ids, valid.long(), None))
             statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
         self.reduce(statistic)
+        return statistic
+
+    def solve_neural_mixture(self) -> None:
+        """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from the
+        co-occurrences of its inputs with the next token (`count_neural_inputs`; K = mean ||u_t||_1)."""
+        start = time.perf_counter()
+        statistic = self.count_neural_inputs()
         weight, bias = statistic.solve(self.config.explicit_smoothing, None, self.config.explicit_discount)
         self.report.priming_numbers["neural word model"] = statistic.priming_number
+        mixture = self.model.neural_mixture
         mixture.direct_weight.copy_(weight.to(mixture.direct_weight.dtype))
         mixture.word_bias.copy_(bias.to(mixture.word_bias.dtype))
         self.timed("neural word model", start)
