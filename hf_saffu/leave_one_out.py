@@ -271,7 +271,8 @@ class DirectPathLeaveOneOut:
         target = targets[rows, columns]
         own = inputs[rows, columns].detach().float()
         counts = self.counts_by_target[target]
-        change = torch.log(self.smoothed((counts - own).clamp_min(0), target)) - torch.log(self.smoothed(counts, target))
+        without = self.smoothed((counts - own).clamp_min(0), target)
+        change = torch.log(without) - torch.log(self.smoothed(counts, target))
         flat = words.reshape(-1, words.shape[-1])
         index = rows * words.shape[1] + columns
         return flat.index_put((index, target), (own * change).sum(-1).to(words.dtype), accumulate=True).view_as(words)
@@ -280,6 +281,8 @@ class DirectPathLeaveOneOut:
 def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None) -> DirectPathLeaveOneOut:
     """The leave-one-out corrections of `model`'s neural direct path for training on `batches` (the warm start's
     data), from its co-occurrences counted again (the warm-started inputs are unchanged before training)."""
-    statistic = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_neural_inputs()
+    with torch.no_grad():
+        counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)
+        statistic = counter.count_neural_inputs()
     config = model.config
     return DirectPathLeaveOneOut(statistic.counts, config.explicit_smoothing, config.explicit_discount)

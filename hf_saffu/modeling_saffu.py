@@ -730,9 +730,9 @@ class SaffuPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaffuNeuralMixture):  # the neural part starts at b_W, weighted lambda_0
             weight = self.config.neural_mixture_weight
             init.normal_(module.feature_weight, mean=0.0, std=1.0 / math.sqrt(module.feature_weight.shape[0]))
-            zeros = (module.direct_weight, module.feature_bias, module.word_weight, module.word_bias, module.gate_weight)
-            for tensor in zeros:
+            for tensor in (module.direct_weight, module.feature_bias, module.word_weight, module.word_bias):
                 init.zeros_(tensor)
+            init.zeros_(module.gate_weight)
             init.constant_(module.gate_bias, math.log(weight / (1 - weight)))
 
 
@@ -1005,9 +1005,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = logits + self.residual_head(hidden.exp() if self.config.log_hidden_head else hidden)
         return self.pivot_logits(pivots, previous, logits)
 
-    def neural_inputs(
-        self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor
-    ) -> torch.Tensor:
+    def neural_inputs(self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.Tensor:
         """u_t = [H_t, v_t, v_{t-1}] (`hidden`: H_t, the hidden distributions; v_{t-1} = 0 where there is no
         previous token) for `neural_mixture`."""
         vectors = self.model.input_vectors(torch.cat([pivots, previous.clamp_min(0)], dim=-1))

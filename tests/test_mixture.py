@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
-from factories import PAD, packed_dataset, saffu_config
+from factories import PAD, VOCAB, packed_dataset, saffu_config, training_arguments
 from test_leave_one_out import batches_of
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax
+from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_out, table_leave_one_out
+from hf_saffu.trainer import ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
 
 
@@ -118,3 +120,64 @@ def test_cached_generation_equals_a_full_recompute():
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
         SaffuConfig(**{field: value})
+
+
+@pytest.mark.parametrize("discount", [None, 0.75])
+def test_direct_path_leave_one_out_removes_the_positions_own_count(discount):
+    """The target's direct-path logit at a training position equals sum_i u_ti ln F'_iy of the co-occurrences
+    without that position (re-solved with `solve_softmax` when there is no discount; with one, its row back-off
+    mass R and marginal pi held at the full counts' values), every other logit unchanged."""
+    generator = torch.Generator().manual_seed(0)
+    vocab, dim = 7, 5
+    inputs = torch.rand(2, 6, dim, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, vocab, (2, 6), generator=generator)
+    labels[1, 3] = -100
+    counts = torch.zeros(dim, vocab, dtype=torch.float64)
+    counts.index_add_(1, labels[:, 1:][labels[:, 1:] >= 0], inputs[:, :-1][labels[:, 1:] >= 0].T)
+    counts += torch.rand(dim, vocab, generator=generator, dtype=torch.float64)  # other positions' counts
+    correction = DirectPathLeaveOneOut(counts, 0.01, discount)
+    weight, _ = solve_softmax(counts, 1.0, 0.01, discount=discount)
+    words = (inputs @ weight).float()
+    adjusted = correction(words, inputs, labels).double()
+    for row in range(2):
+        for t in range(5):
+            y = int(labels[row, t + 1])
+            expected = words[row, t].double().clone()
+            if y >= 0:
+                without = counts.clone()
+                without[:, y] -= inputs[row, t]
+                if discount is None:
+                    smoothed = solve_softmax(without, 1.0, 0.01)[0][:, y].exp()
+                else:
+                    full = counts
+                    marginal = (full.sum(0) + 0.01) / (full.sum() + 0.01 * vocab)
+                    backoff = (full.clamp(max=discount).sum(1) + 0.01) * marginal[y]
+                    smoothed = (without[:, y] - discount).clamp_min(0) + backoff
+                expected[y] = inputs[row, t] @ smoothed.log()
+            assert torch.allclose(adjusted[row, t], expected, atol=1e-4), (row, t)
+    assert torch.equal(adjusted[:, -1], words[:, -1].double())  # the last position has no target
+
+
+def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path):
+    """With table_leave_one_out and a neural mixture, the trainer's first logged loss is that of its first batch
+    with both the tables' and the direct path's leave-one-out values (recomputed here; 2 steps: the graph of the
+    counts must not be kept between steps), and the model it leaves reads the plain values."""
+    train = packed_dataset(40)
+    args = training_arguments(
+        tmp_path, table_leave_one_out=True, max_steps=2, learning_rate=0.0, save_strategy="no", warmup_steps=0
+    )
+    model = SaffuForCausalLM(saffu_config(pivot_bigrams=VOCAB**2, pivot_trigrams=VOCAB**3, neural_mixture_dim=8))
+    trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
+    trainer.train()
+    assert model.table_leave_one_out is None and model.neural_leave_one_out is None
+    first = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    with torch.no_grad():
+        plain = model(**first).loss.item()
+        model.table_leave_one_out = table_leave_one_out(model, batches_of(train, 16))
+        tables_only = model(**first).loss.item()
+        model.neural_leave_one_out = direct_path_leave_one_out(model, batches_of(train, 16))
+        left_out = model(**first).loss.item()
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert logged == pytest.approx(left_out, rel=1e-5)
+    assert left_out > tables_only > plain
