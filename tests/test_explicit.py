@@ -16,8 +16,8 @@ from hf_saffu.explicit import (
     kneser_ney_discounts,
     softmax_cross_entropy,
     solve_bigram_channel,
-    solve_softmax,
     solve_ngram_channel,
+    solve_softmax,
 )
 
 # --- synthetic problems -------------------------------------------------------------------------------------------
