@@ -180,6 +180,20 @@ def previous_tokens(
     return torch.stack([history[:, count - 1 - j : count - 1 - j + length] for j in range(count)], dim=-1)
 
 
+def checked_previous(pivots: torch.LongTensor, previous: torch.LongTensor | None, count: int) -> torch.LongTensor:
+    """`previous` as (*pivots.shape, >= count) tokens (a tensor of the pivots' shape is one token before each); a
+    ValueError when the n-gram tables' histories cannot be read from it."""
+    if previous is not None and previous.shape == pivots.shape and count == 1:
+        previous = previous[..., None]
+    if previous is None or previous.shape[:-1] != pivots.shape or previous.shape[-1] < count:
+        shape = None if previous is None else tuple(previous.shape)
+        raise ValueError(
+            f"a model with n-gram tables up to order {count + 2} needs the {count} tokens before every position "
+            f"(previous_tokens), shape {(*pivots.shape, count)}, got {shape}"
+        )
+    return previous
+
+
 def history_keys(pivots: torch.LongTensor, previous: torch.LongTensor | None, order: int, vocab_size: int):
     """The integer keys of the histories of an order-n table, the last n - 1 tokens (pivot included):
 
@@ -1018,7 +1032,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """`logits` (default zeros, shape pivots.shape + (V,)) plus the pivot's channel: v_t Q, or b + S[x_t] and,
         with tables of higher orders n, T_n[h_t] (`history_keys`; `previous`: `previous_tokens`, the n - 2 tokens
-        before each pivot, -1 where there are none).
+        before each pivot, -1 where there are none; for order 3, the one token may come in the pivots' shape).
 
         v_t Q is computed once per distinct pivot token u and gathered, (E[u] Q)[index of x_t in u]: a batch of N
         positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks). The tables
@@ -1032,12 +1046,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if self.pivot_bigrams is None:
             return logits
         flat = self.pivot_bigrams(logits.reshape(-1, vocab_size), pivots.reshape(-1))
+        if len(self.ngram_tables) > 1:
+            previous = checked_previous(pivots, previous, self.config.ngram_order - 2)
         for table in self.ngram_tables[1:]:
-            if previous is None or previous.shape[-1] < table.order - 2:
-                raise ValueError(
-                    f"a model with an order-{table.order} table needs the {table.order - 2} tokens before "
-                    "every position (previous_tokens)"
-                )
             flat = table(flat, history_keys(pivots, previous, table.order, vocab_size).reshape(-1))
         return flat.view(logits.shape)
 
