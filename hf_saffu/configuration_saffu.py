@@ -16,7 +16,10 @@ HIDDEN_TARGETS = ("bit_cipher", "clusters")
 SMOOTHING_RANGE = (1e-30, 1e30)
 MAX_HIDDEN_PRIMING = 1e6
 DEFAULT_PIVOT_BIGRAMS = 2**19  # every distinct pair of Brown's 1.2M tokens (about 350,000) fits
-DEFAULT_PIVOT_TRIGRAMS = 2**20  # every distinct triple of Brown's 1.2M tokens fits
+DEFAULT_PIVOT_TRIGRAMS = 2**20  # every distinct triple of Brown's 1.2M tokens fits (and the default of higher orders)
+DEFAULT_NGRAM_ORDER = 3
+# A table of order n keys its n-grams as integers sum_i x_i V^i (int64): vocab_size^ngram_order must stay below this.
+MAX_NGRAM_KEY = 2**63
 # Sizes refused before anything is allocated: beyond them a model cannot be built in memory (or, for num_layers,
 # trained in any reasonable time). 2^32 tensor elements are 16 GiB of float32 (32 GiB for the int64 tables).
 MAX_TENSOR_ELEMENTS = 2**32
@@ -44,7 +47,7 @@ class SaffuConfig(PreTrainedConfig):
 
     and concatenates the hidden distributions, H_t = [h_t^1 ... h_t^C]. The next layer reads H_t / C; the
     head predicts the next token with logits = ln(H_t) O + b_O plus a channel from the pivot token itself (its
-    exact bigram row, `pivot_bigrams`, or v_t Q, `pivot_head`) or, in the paper's form, logits = H_t O + b_O.
+    exact n-gram rows, `ngram_order`, or v_t Q, `pivot_head`) or, in the paper's form, logits = H_t O + b_O.
 
     The defaults are this project's explicit warm start (docs/DESIGN.md): anchored codes, class targets, a
     log-reading head, the pivot's bigram and trigram tables and discounted counts.
@@ -95,26 +98,26 @@ class SaffuConfig(PreTrainedConfig):
             A direct path from the pivot's embedding to the logits, logits += v_t Q (Q: embed_bits x
             vocab_size). Its explicit solution is ln P(y | pivot bits): for a pivot with a one-bit code, the
             (discounted) bigram row of that token; it then replaces ln P(y) in the bias.
-        pivot_bigrams (`int`, *optional*, defaults to `None`):
-            Capacity of the pivot's exact bigram channel, logits += b + S[x_t] (0: none): the explicit solution
-            of a softmax layer on the one-hot pivot token, ln P(y | x_t) with interpolated Kneser-Ney
-            discounting, stored as a bias and a sparse table of at most min(pivot_bigrams, vocab_size^2)
-            (pivot, next token) pairs of the warm-start data (`SaffuPivotBigrams`; how many: see `pivot_table_mb`).
-            An alternative to `pivot_head`: one of the two may be set. `None`: 2^19 entries, or 0 with
-            `pivot_head` (so a config that asks for the pivot head gets it alone).
-        pivot_trigrams (`int`, *optional*, defaults to `None`):
-            Capacity of the next level, logits += T[(x_{t-1}, x_t)] (0: none): Kneser-Ney corrections of the
-            (previous, pivot) history over the bigram table's distribution, for at most
-            min(pivot_trigrams, vocab_size^3) triples (`SaffuPivotTrigrams`; see `pivot_table_mb`). Needs
-            `pivot_bigrams`. `None`: 2^20 entries with a bigram table, else 0.
+        ngram_order (`int`, *optional*, defaults to 3):
+            Order n of the pivot's n-gram channel [ours]: the tables of orders 2 ... n, each an interpolated
+            Kneser-Ney level over the one below (`hf_saffu.explicit.solve_ngram_channel`). 2: the bigram table
+            alone, logits += b + S[x_t] (the explicit solution of a softmax layer on the one-hot pivot token, ln
+            P(y | x_t), stored as a bias and a sparse table of seen (pivot, next token) pairs, `SaffuPivotBigrams`);
+            3: and the (previous, pivot) table over it, logits += T[(x_{t-1}, x_t)]; n > 3: one more table per order,
+            keyed by the last n - 1 tokens (`SaffuNgramTable`); 0 or 1: no tables. Needs vocab_size^ngram_order <
+            2^63 (the n-grams' integer keys). `None`: 3, or 1 with `pivot_head` (one of the two channels).
+        ngram_capacities (`list[int]`, *optional*, defaults to `None`):
+            Entries of the tables of orders 2 ... ngram_order (at most vocab_size^order each; see `pivot_table_mb`).
+            `None`: 2^19 for the bigram table, 2^20 for each higher order. `pivot_bigrams` and `pivot_trigrams`
+            (the fields of earlier versions) are read as the capacities of orders 2 and 3 and, without
+            `ngram_order`, set it (0: no table of that order).
         pivot_table_mb (`float`, *optional*, defaults to 512):
-            The tables follow the data: the warm start sizes both tables to the distinct pairs and triples it
-            sees, within this many megabytes (2^20 bytes) of table memory (the bigram table first), and writes
-            the sizes it chose into `pivot_bigrams` and `pivot_trigrams`, so a saved model reloads with the same
-            shapes. Where entries must be dropped, the warm start keeps those of largest contribution
-            n ln(P / P_backoff) (weighted-difference pruning, `hf_saffu.warm_start.strongest_entries`). `None`:
-            fixed sizes, `pivot_bigrams` and `pivot_trigrams` as given (the warm start then prunes to them in
-            the same way).
+            The tables follow the data: the warm start sizes every table to the distinct n-grams it sees, within
+            this many megabytes (2^20 bytes) of table memory (the lower orders first), and writes the sizes it chose
+            into `ngram_capacities`, so a saved model reloads with the same shapes. Where entries must be dropped,
+            the warm start keeps those of largest contribution n ln(P / P_backoff) (weighted-difference pruning,
+            `hf_saffu.warm_start.strongest_entries`). `None`: fixed sizes, `ngram_capacities` as given (the warm
+            start then prunes to them in the same way).
         residual_rank (`int`, *optional*, defaults to 0):
             Rank r of a word-level correction of the logits from the last layer's hidden distributions,
             logits += H_t A B (A: C hidden_bits x r, B: r x vocab_size, B = 0 at initialisation, so the warm
@@ -175,8 +178,7 @@ class SaffuConfig(PreTrainedConfig):
         "hidden_targets": "bit_cipher",
         "log_hidden_head": False,
         "pivot_head": False,
-        "pivot_bigrams": 0,
-        "pivot_trigrams": 0,
+        "ngram_order": 1,
         "explicit_discount": None,
     }
 
@@ -197,8 +199,8 @@ class SaffuConfig(PreTrainedConfig):
         hidden_targets: str = "clusters",
         log_hidden_head: bool = True,
         pivot_head: bool = False,
-        pivot_bigrams: int | None = None,
-        pivot_trigrams: int | None = None,
+        ngram_order: int | None = None,
+        ngram_capacities: list[int] | tuple[int, ...] | None = None,
         pivot_table_mb: float | None = DEFAULT_PIVOT_TABLE_MB,
         residual_rank: int = 0,
         neural_mixture_dim: int = 0,
@@ -228,10 +230,8 @@ class SaffuConfig(PreTrainedConfig):
         self.hidden_targets = hidden_targets
         self.log_hidden_head = log_hidden_head
         self.pivot_head = pivot_head
-        self.pivot_bigrams = (0 if pivot_head else DEFAULT_PIVOT_BIGRAMS) if pivot_bigrams is None else pivot_bigrams
-        self.pivot_trigrams = (
-            (DEFAULT_PIVOT_TRIGRAMS if self.pivot_bigrams else 0) if pivot_trigrams is None else pivot_trigrams
-        )
+        legacy = (kwargs.pop("pivot_bigrams", None), kwargs.pop("pivot_trigrams", None))
+        self.ngram_order, self.ngram_capacities = ngram_fields(ngram_order, ngram_capacities, pivot_head, *legacy)
         self.pivot_table_mb = pivot_table_mb
         self.residual_rank = residual_rank
         self.neural_mixture_dim = neural_mixture_dim
@@ -257,14 +257,19 @@ class SaffuConfig(PreTrainedConfig):
         return len(self.windows) + int(self.use_document_context)
 
     @property
-    def pivot_bigram_capacity(self) -> int:
-        """Entries of the pivot's bigram table: pivot_bigrams, at most one per (pivot, next token) pair."""
-        return min(self.pivot_bigrams, self.vocab_size**2)
+    def table_orders(self) -> range:
+        """The orders of the pivot's n-gram tables: 2 ... ngram_order (none below 2)."""
+        return range(2, self.ngram_order + 1)
 
     @property
-    def pivot_trigram_capacity(self) -> int:
-        """Entries of the trigram table: pivot_trigrams, at most one per (previous, pivot, next token) triple."""
-        return min(self.pivot_trigrams, self.vocab_size**3)
+    def previous_token_count(self) -> int:
+        """How many tokens before each position the model reads: the n-gram tables' histories (ngram_order - 2)
+        and the neural mixture's v_{t-1} (one); the decoding state keeps as many."""
+        return max(self.ngram_order - 2, 1 if self.neural_mixture_dim else 0)
+
+    def table_capacity(self, order: int) -> int:
+        """Entries of the table of `order`: its ngram_capacities entry, at most one per n-gram (vocab_size^order)."""
+        return min(self.ngram_capacities[order - 2], self.vocab_size**order)
 
     @property
     def max_window(self) -> int:
@@ -329,12 +334,6 @@ class SaffuConfig(PreTrainedConfig):
             bounded_number("explicit_discount", self.explicit_discount, 0, MAX_HIDDEN_PRIMING, "or None: no discount")
         bounded_number("explicit_context_weight", self.explicit_context_weight, 0, MAX_HIDDEN_PRIMING, closed=True)
         check_matrix_sizes(self)
-        if isinstance(self.pivot_bigrams, bool) or not isinstance(self.pivot_bigrams, int) or self.pivot_bigrams < 0:
-            raise ValueError(f"SaffuConfig.pivot_bigrams must be an integer >= 0 (0: none), got {self.pivot_bigrams!r}")
-        if isinstance(self.pivot_trigrams, bool) or not isinstance(self.pivot_trigrams, int) or self.pivot_trigrams < 0:
-            raise ValueError(
-                f"SaffuConfig.pivot_trigrams must be an integer >= 0 (0: none), got {self.pivot_trigrams!r}"
-            )
         if isinstance(self.residual_rank, bool) or not isinstance(self.residual_rank, int) or self.residual_rank < 0:
             raise ValueError(f"SaffuConfig.residual_rank must be an integer >= 0 (0: none), got {self.residual_rank!r}")
         dim = self.neural_mixture_dim
@@ -343,31 +342,75 @@ class SaffuConfig(PreTrainedConfig):
         bounded_number("neural_mixture_weight", self.neural_mixture_weight, 0, 1)
         if self.neural_mixture_weight == 1:
             raise ValueError("SaffuConfig.neural_mixture_weight must be < 1 (the counts keep a share), got 1")
-        if self.pivot_trigrams and not self.pivot_bigrams:
-            raise ValueError(
-                "SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got "
-                f"pivot_trigrams={self.pivot_trigrams} and pivot_bigrams={self.pivot_bigrams}"
-            )
-        if self.pivot_head and self.pivot_bigrams:
-            raise ValueError(
-                "SaffuConfig.pivot_head and SaffuConfig.pivot_bigrams are two forms of the pivot's channel; set one "
-                f"(pivot_head=true with pivot_bigrams=0), got pivot_head=true and pivot_bigrams={self.pivot_bigrams}"
-            )
+        check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")
         bounded_number("initializer_range", self.initializer_range, 0, math.inf)
-        for name in ("pivot_bigram_capacity", "pivot_trigram_capacity"):
-            if getattr(self, name) > MAX_TENSOR_ELEMENTS:
-                raise ValueError(
-                    f"SaffuConfig.{name.removesuffix('_capacity')}s must be <= {MAX_TENSOR_ELEMENTS} (entries of the "
-                    f"table), got {getattr(self, name.removesuffix('_capacity') + 's')}"
-                )
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_id = getattr(self, name, None)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
                 raise ValueError(
                     f"SaffuConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {token_id!r}"
                 )
+
+
+def ngram_fields(order, capacities, pivot_head: bool, bigrams=None, trigrams=None) -> tuple:
+    """(ngram_order, ngram_capacities) from the fields as given: `bigrams` and `trigrams` are the capacities of
+    orders 2 and 3 under their earlier names (`pivot_bigrams`, `pivot_trigrams`; 0: no table of that order),
+    which set the order when `order` is None (3 by default; 1 with `pivot_head`)."""
+    if bigrams == 0 and trigrams:
+        raise ValueError(
+            f"SaffuConfig.pivot_trigrams needs the bigram table it corrects (pivot_bigrams > 0), got pivot_trigrams="
+            f"{trigrams} and pivot_bigrams=0 (or set ngram_order, the tables' order)"
+        )
+    if order is None:
+        order = 1 if pivot_head else DEFAULT_NGRAM_ORDER
+        if bigrams is not None or trigrams is not None:
+            order = 1 if bigrams == 0 or (bigrams is None and pivot_head) else 2 if trigrams == 0 else 3
+    if isinstance(order, int) and not isinstance(order, bool) and capacities is None and order >= 2:
+        capacities = [DEFAULT_PIVOT_BIGRAMS] + [DEFAULT_PIVOT_TRIGRAMS] * (order - 2)
+        for index, given in enumerate((bigrams, trigrams)):
+            if given and index < len(capacities):
+                capacities[index] = given
+    return order, list(capacities) if isinstance(
+        capacities, (list, tuple)
+    ) else [] if capacities is None else capacities
+
+
+def check_ngram_fields(config: SaffuConfig) -> None:
+    """ngram_order: an integer >= 0, whose n-gram keys fit int64, not with pivot_head; ngram_capacities: one integer
+    >= 1 per table (orders 2 ... ngram_order), each table at most MAX_TENSOR_ELEMENTS entries."""
+    order, capacities = config.ngram_order, config.ngram_capacities
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise ValueError(f"SaffuConfig.ngram_order must be an integer >= 0 (0 or 1: no n-gram tables), got {order!r}")
+    if config.vocab_size**order >= MAX_NGRAM_KEY:
+        largest = max(n for n in range(order) if config.vocab_size**n < MAX_NGRAM_KEY)
+        raise ValueError(
+            f"SaffuConfig.ngram_order={order} keys n-grams as vocab_size^{order} = {config.vocab_size}^{order} >= 2^63 "
+            f"integers, past int64: with vocab_size={config.vocab_size} it must be <= {largest}"
+        )
+    if config.pivot_head and order >= 2:
+        raise ValueError(
+            "SaffuConfig.pivot_head and SaffuConfig.ngram_order are two forms of the pivot's channel; set one "
+            f"(pivot_head=true with ngram_order=1), got pivot_head=true and ngram_order={order}"
+        )
+    tables = max(order - 1, 0)
+    if not isinstance(capacities, list) or len(capacities) != tables:
+        raise ValueError(
+            f"SaffuConfig.ngram_capacities must list {tables} table sizes (orders 2 ... ngram_order={order}), got "
+            f"{capacities!r}"
+        )
+    for index, capacity in enumerate(capacities):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(
+                f"SaffuConfig.ngram_capacities[{index}] (the order-{index + 2} table) must be an integer >= 1, got "
+                f"{capacity!r} (for no table of that order, lower ngram_order)"
+            )
+        if config.table_capacity(index + 2) > MAX_TENSOR_ELEMENTS:
+            raise ValueError(
+                f"SaffuConfig.ngram_capacities[{index}] must be <= {MAX_TENSOR_ELEMENTS} (entries of the order-"
+                f"{index + 2} table), got {capacity}"
+            )
 
 
 def check_matrix_sizes(config: SaffuConfig) -> None:

@@ -1,9 +1,11 @@
 """The warm start's counts saved beside a model, so that text can be added (`update`) or taken away (`forget`)
 without reading the old text again.
 
-The pivot's tables are a closed form of counts alone (`hf_saffu.warm_start`, `hf_saffu.explicit`): the bigram
-table of the pair counts n_xy (or, under a trigram table, of the continuation counts, which the triple counts
-determine), the trigram table of the triple counts n_wxy over the bigram table. The counts of two texts add,
+The pivot's tables are a closed form of counts alone (`hf_saffu.warm_start`, `hf_saffu.explicit`): the table of
+the top order (`ngram_order`) of its n-gram counts, every lower table of continuation counts, which the top
+order's n-grams determine (for the default order 3: the trigram table of the triple counts n_wxy over the
+bigram table of the pairs' continuation counts; for order 2: the bigram table of the pair counts n_xy). The counts
+of two texts add,
 so for texts A and B packed into blocks each on its own
 
     tables(counts(A) + counts(B)) = tables of a warm start on the blocks of A and B,
@@ -18,8 +20,9 @@ data through those codes), and everything backprop changed, the tables' values i
 the re-solved closed form). So forgetting is exact for the tables and leaves the rest as trained on the
 forgotten text too.
 
-The file (`COUNTS_NAME`, safetensors): `token_counts` (V,) float64; `keys` and `counts` of the triples
-(w V + x) V + y (order 3) or pairs x V + y (order 2) of real tokens inside one block; metadata `order`,
+The file (`COUNTS_NAME`, safetensors): `token_counts` (V,) float64; `keys` and `counts` of the n-grams of the
+model's order, h V + y (order 3: the triples (w V + x) V + y; order 2: the pairs x V + y), of real tokens inside
+one block; metadata `order`,
 `block_size`, `vocab_size` and `tokenizer` (a digest of the tokenizer's vocabulary). 16 bytes per distinct
 n-gram: Brown's 815,483 triples take 13 MB, about a third of the model.
 """
@@ -97,7 +100,7 @@ def count_batches(model: SaffuForCausalLM, batches, order: int) -> dict:
     """The counts of the blocks of `batches` ({"input_ids", "attention_mask"} dicts), as the warm start counts."""
     run = ExplicitWarmStart(model, batches, show_progress=False)
     token_counts = run.count_tokens()
-    keys, counts = run.count_triples() if order == 3 else run.count_pairs()
+    keys, counts = run.count_ngrams(order)
     return {"token_counts": token_counts, "keys": keys, "counts": counts, "order": torch.tensor(order)}
 
 
@@ -118,17 +121,17 @@ def combine(statistics: dict, more: dict, sign: int) -> dict:
 @torch.no_grad()
 def solve_tables(model: SaffuForCausalLM, statistics: dict) -> None:
     """The pivot's tables re-solved from `statistics`, as the warm start solves them (sized by the config)."""
-    if model.pivot_bigrams is None:
-        raise ValueError("the model has no pivot tables (pivot_bigrams = 0): there is nothing counts can update")
+    if not model.ngram_tables:
+        raise ValueError("the model has no pivot tables (ngram_order < 2): there is nothing counts can update")
+    if int(statistics["order"]) != model.config.ngram_order:
+        raise ValueError(
+            f"the saved counts are of order {int(statistics['order'])}, the model's tables of ngram_order="
+            f"{model.config.ngram_order}: they were not counted for this model"
+        )
     if int(statistics["token_counts"].sum()) == 0:
         raise ValueError("no text is left: forgetting it all would leave empty tables")
     run = ExplicitWarmStart(model, [], show_progress=False)
-    ngrams = (statistics["keys"], statistics["counts"].to(torch.float64))
-    if int(statistics["order"]) == 3:
-        run.solve_pivot_bigrams(triples=ngrams)
-        run.solve_pivot_trigrams(ngrams)
-    else:
-        run.solve_pivot_bigrams(pairs=ngrams)
+    run.solve_tables((statistics["keys"], statistics["counts"].to(torch.float64)))
 
 
 def change_counts(model_dir: Path, files: list[str], sign: int) -> dict:
@@ -160,6 +163,5 @@ def change_counts(model_dir: Path, files: list[str], sign: int) -> dict:
         "tokens": int(statistics["token_counts"].sum()),
         "changed_tokens": int(more["token_counts"].sum()),
         "ngrams": len(statistics["keys"]),
-        "pivot_bigrams": model.config.pivot_bigrams,
-        "pivot_trigrams": model.config.pivot_trigrams,
+        "ngram_capacities": model.config.ngram_capacities,
     }

@@ -168,8 +168,7 @@ def solve_bigram_channel(
     from the pair counts n_xy (`keys` = x V + y, sorted and unique, with `counts`), the bias b (V,) and the
     values S_xy of the given pairs such that softmax(b + S[x]) = P(y | x), with
 
-        discount (interpolated modified Kneser-Ney, D = `kneser_ney_discounts`):
-            P(y | x) ~ max(n_xy - D(n_xy), 0) + gamma_x P_c(y),   gamma_x = sum_y D(n_xy),
+        discount: the interpolated Kneser-Ney level (`solve_ngram_channel`) over the continuation distribution
             P_c(y) = (N(. y) + alpha) / (sum_y N(. y) + alpha V)   (N(. y): distinct pivots seen before y),
             b = ln P_c,   S_xy = ln(1 + (n_xy - D(n_xy)) / (gamma_x P_c(y)));
         no discount (the additive floor alpha): P(y | x) ~ n_xy + alpha,   b = 0,   S_xy = ln(1 + n_xy / alpha).
@@ -182,33 +181,33 @@ def solve_bigram_channel(
         raise ExplicitStatisticsError(f"smoothing must be > 0 so that ln(F + alpha) is finite, got {smoothing}")
     if not discount:
         return torch.log1p(counts / smoothing), torch.zeros(vocab_size, dtype=torch.float64)
-    pivots, nexts = keys // vocab_size, keys % vocab_size
+    nexts = keys % vocab_size
     seen_before = torch.bincount(nexts, minlength=vocab_size).to(torch.float64)
     continuation = (seen_before + smoothing) / (seen_before.sum() + smoothing * vocab_size)
-    discounts = count_discounts(kneser_ney_discounts(counts) if discounts is None else discounts, counts)
-    gamma = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, pivots, discounts)
-    values = torch.log1p((counts - discounts) / (gamma[pivots] * continuation[nexts]))
+    values = solve_ngram_channel(keys, counts, continuation[nexts], vocab_size, discounts)
     return values, torch.log(continuation)
 
 
-def solve_trigram_channel(
+def solve_ngram_channel(
     keys: torch.Tensor,
     counts: torch.Tensor,
     lower: torch.Tensor,
     vocab_size: int,
     discounts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The values T of the triples `keys` = (w V + x) V + y (sorted, unique) with counts n_wxy, such that
-    softmax(bigram logits of x + T[w x]) is the interpolated modified Kneser-Ney trigram over the lower-order
-    distribution `lower` = P2(y | x) of each triple (`SaffuPivotTrigrams`):
+    """One level of interpolated modified Kneser-Ney, for every order: the values T of the n-grams `keys` = h V + y
+    (h: the history's integer key; sorted, unique) with counts n_hy, such that softmax(lower levels' logits +
+    T[h]) is the level's estimate over the lower-order distribution `lower` = P_{n-1}(y | h') of each n-gram
+    (h': h without its oldest token; for the bigram level, the continuation unigram P_c(y)):
 
-        P3(y | w x) ~ max(n_wxy - D(n_wxy), 0) + gamma_wx P2(y | x),   gamma_wx = sum_y D(n_wxy),
-        T_wxy = ln(1 + (n_wxy - D(n_wxy)) / (gamma_wx P2(y | x))).
+        P_n(y | h) ~ max(n_hy - D(n_hy), 0) + gamma_h P_{n-1}(y | h'),   gamma_h = sum_y D(n_hy),
+        T_hy = ln(1 + (n_hy - D(n_hy)) / (gamma_h P_{n-1}(y | h'))),
 
-    `discounts`: (D1, D2, D3+) to use instead of those of `kneser_ney_discounts(counts)`.
+    D = `kneser_ney_discounts(counts)` (Chen & Goodman 1998), or `discounts` (D1, D2, D3+) when given. The counts
+    are raw at the model's highest order and continuation counts below it (`hf_saffu.warm_start`).
     """
     counts = counts.to(torch.float64)
-    check_statistics("trigram counts", counts)
+    check_statistics("n-gram counts", counts)
     check_statistics("lower-order probabilities", lower)
     histories = torch.unique_consecutive(keys // vocab_size, return_inverse=True)[1]
     discounts = count_discounts(kneser_ney_discounts(counts) if discounts is None else discounts, counts)

@@ -22,7 +22,8 @@ c_xy only when n_wxy = 1; N(. z): the pivots seen before z, P_c(z) = (N(. z) + a
 
 Exact: the logits of a position equal, up to a constant per position, those of tables solved from the counts
 minus that occurrence (tests/test_leave_one_out.py). Approximated: the discounts (fixed); an occurrence whose
-triple or pair the tables did not keep (a table over capacity) is left counted.
+triple or pair the tables did not keep (a table over capacity) is left counted. Written for the default order,
+`ngram_order` = 3 (the two levels above); other orders are refused.
 """
 
 import torch
@@ -51,16 +52,17 @@ class TableLeaveOneOut:
     """Leave-one-out corrections of a warm-started model's bigram and trigram tables (see the module docstring).
 
     `triple_keys`, `triple_counts`: the triples (w V + x) V + y of the training data and their counts, as the warm
-    start counted them (`ExplicitWarmStart.count_triples`). Everything else is read from the model's tables and
+    start counted them (`ExplicitWarmStart.count_ngrams(3)`). Everything else is read from the model's tables and
     config; every stored triple and pair must be among the counted ones (the tables were solved from this data).
     """
 
     def __init__(self, model: SaffuForCausalLM, triple_keys: torch.Tensor, triple_counts: torch.Tensor):
         bigrams, trigrams = model.pivot_bigrams, model.pivot_trigrams
-        if bigrams is None or trigrams is None or model.config.explicit_discount is None:
+        if model.config.ngram_order != 3 or model.config.explicit_discount is None:
             raise ValueError(
-                "table_leave_one_out needs Kneser-Ney bigram and trigram tables (pivot_bigrams, "
-                "pivot_trigrams > 0 and explicit_discount set)"
+                "table_leave_one_out needs Kneser-Ney bigram and trigram tables (ngram_order=3 and explicit_discount "
+                f"set), got ngram_order={model.config.ngram_order} and explicit_discount="
+                f"{model.config.explicit_discount}"
             )
         vocab = self.vocab_size = model.config.vocab_size
         self.smoothing = model.config.explicit_smoothing
@@ -230,7 +232,7 @@ def table_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, stat
     process), else counted again from `batches`."""
     if statistics and int(statistics["order"]) == 3:
         return TableLeaveOneOut(model, statistics["keys"], statistics["counts"])
-    keys, counts = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_triples()
+    keys, counts = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False).count_ngrams(3)
     return TableLeaveOneOut(model, keys, counts)
 
 

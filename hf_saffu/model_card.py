@@ -125,10 +125,11 @@ def describe_architecture(config: Any) -> str:
     targets = "token classes" if getattr(config, "hidden_targets", "bit_cipher") == "clusters" else "label codes"
     head = "ln H" if getattr(config, "log_hidden_head", False) else "H"
     pivot = " + a pivot path" if getattr(config, "pivot_head", False) else ""
-    if getattr(config, "pivot_bigrams", 0):
-        pivot = f" + the pivot's bigram table ({config.pivot_bigrams:,} entries)"
-    if getattr(config, "pivot_trigrams", 0):
-        pivot += f" and trigram table ({config.pivot_trigrams:,} entries)"
+    capacities = getattr(config, "ngram_capacities", [])
+    if capacities:
+        entries = ", ".join(f"{capacity:,}" for capacity in capacities)
+        orders = f"orders 2-{len(capacities) + 1}" if len(capacities) > 1 else "order 2"
+        pivot = f" + the pivot's n-gram tables ({orders}: {entries} entries)"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "

@@ -134,7 +134,9 @@ class SaffuDecodingState:
     def __init__(self, layers: list[SaffuLayerState], seen_tokens: int, last_tokens: torch.Tensor | None = None):
         self.layers = layers
         self.seen_tokens = seen_tokens
-        self.last_tokens = last_tokens  # (batch,) the last token read, -1 where it was padding (trigram history)
+        # (batch, ngram_order - 2): the last tokens read, oldest first, -1 where padding or unknown (what the n-gram
+        # tables' histories need before the next pivot); None below order 3
+        self.last_tokens = last_tokens
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -151,20 +153,58 @@ class SaffuDecodingState:
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def previous_tokens(
-    input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, state: "SaffuDecodingState | None"
+def token_history(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, state: "SaffuDecodingState | None", count: int
 ) -> torch.LongTensor:
-    """(batch, T): the token before each position, -1 where it is padding or unknown (the first position of a
-    text read without a state)."""
+    """(batch, count + T): the `count` tokens read before the T new ones (the state's `last_tokens`; -1 where
+    unknown, as for a text read without a state), then the new ones, -1 at padding."""
     length = input_ids.shape[1]
     valid = (
         torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -length:].bool()
     )
-    before = torch.where(valid, input_ids, -1)
-    first = input_ids.new_full((len(input_ids), 1), -1)
+    before = input_ids.new_full((len(input_ids), count), -1)
     if state is not None and state.last_tokens is not None:
-        first = state.last_tokens[:, None].to(input_ids.device)
-    return torch.cat([first, before[:, :-1]], dim=1)
+        before = state.last_tokens.to(input_ids.device)
+    return torch.cat([before, torch.where(valid, input_ids, -1)], dim=1)
+
+
+def previous_tokens(
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None,
+    state: "SaffuDecodingState | None",
+    count: int = 1,
+) -> torch.LongTensor:
+    """(batch, T, count): previous[b, t, j] = x_{t-1-j}, the j-th token before each position, -1 where it is padding
+    or unknown (before the first position of a text read without a state)."""
+    history, length = token_history(input_ids, attention_mask, state, count), input_ids.shape[1]
+    return torch.stack([history[:, count - 1 - j : count - 1 - j + length] for j in range(count)], dim=-1)
+
+
+def checked_previous(pivots: torch.LongTensor, previous: torch.LongTensor | None, count: int) -> torch.LongTensor:
+    """`previous` as (*pivots.shape, >= count) tokens (a tensor of the pivots' shape is one token before each); a
+    ValueError when the n-gram tables' histories cannot be read from it."""
+    if previous is not None and previous.shape == pivots.shape and count == 1:
+        previous = previous[..., None]
+    if previous is None or previous.shape[:-1] != pivots.shape or previous.shape[-1] < count:
+        shape = None if previous is None else tuple(previous.shape)
+        raise ValueError(
+            f"a model with n-gram tables up to order {count + 2} needs the {count} tokens before every position "
+            f"(previous_tokens), shape {(*pivots.shape, count)}, got {shape}"
+        )
+    return previous
+
+
+def history_keys(pivots: torch.LongTensor, previous: torch.LongTensor | None, order: int, vocab_size: int):
+    """The integer keys of the histories of an order-n table, the last n - 1 tokens (pivot included):
+
+        h_t = x_t + x_{t-1} V + ... + x_{t-n+2} V^(n-2)    (-1 where one of them is unknown)
+
+    from the pivots and `previous` (`previous_tokens`, at least n - 2 of them). For n = 3, h = w V + x."""
+    keys = pivots
+    for j in range(order - 2):
+        before = previous[..., j]
+        keys = torch.where((keys >= 0) & (before >= 0), before * vocab_size ** (j + 1) + keys, -1)
+    return keys
 
 
 def decoding_state(cache, past_key_values) -> "SaffuDecodingState | None":
@@ -447,8 +487,11 @@ class SaffuPivotBigrams(nn.Module):
     stored is fixed by the warm start.
     """
 
+    order = 2
+
     def __init__(self, vocab_size: int, capacity: int):
         super().__init__()
+        self.vocab_size = vocab_size
         self.register_buffer("rows", torch.zeros(vocab_size + 1, dtype=torch.long))
         self.register_buffer("columns", torch.zeros(capacity, dtype=torch.long))
         self.values = nn.Parameter(torch.zeros(capacity))
@@ -490,30 +533,33 @@ class SaffuPivotBigrams(nn.Module):
         return new
 
 
-class SaffuPivotTrigrams(nn.Module):
-    """The next level of the pivot's channel: logits_y += T[(x_{t-1}, x_t), y], with T sparse.
+class SaffuNgramTable(nn.Module):
+    """One level of the pivot's channel above the bigram table: logits_y += T[h_t, y], with T sparse and h_t the
+    last n - 1 tokens (`order` n >= 3; `history_keys`).
 
-    Interpolated Kneser-Ney one order up, with the bigram table's distribution P2(y | x) = softmax(b + S[x]) as
-    the lower order: from triple counts n_wxy (discounts D(n) of `kneser_ney_discounts`),
+    Interpolated Kneser-Ney one order up, with the distribution of the levels below as the lower order,
+    P_{n-1}(y | h') = softmax(b + S[x_t] + ... ) over the shorter history h' (for n = 3, the bigram table's): from
+    n-gram counts n_hy (discounts D(n) of `kneser_ney_discounts`),
 
-        P3(y | w x) ~ max(n_wxy - D(n_wxy), 0) + gamma_wx P2(y | x),    gamma_wx = sum_y D(n_wxy),
+        P_n(y | h) ~ max(n_hy - D(n_hy), 0) + gamma_h P_{n-1}(y | h'),    gamma_h = sum_y D(n_hy),
 
-    so ln P3 = ln P2(y | x) + const_wx + [w x y seen] ln(1 + (n_wxy - D(n_wxy)) / (gamma_wx P2(y | x))): the
-    bigram logits plus non-negative corrections T of the seen triples. Stored in CSR form over the histories
-    h = w V + x (`histories`: sorted, padded with V^2; history i owns entries rows[i] : rows[i + 1]). A position
-    whose previous token is unknown (the first of a block, or after padding) gets no correction.
+    so ln P_n = ln P_{n-1}(y | h') + const_h + [h y seen] ln(1 + (n_hy - D(n_hy)) / (gamma_h P_{n-1}(y | h'))): the
+    lower levels' logits plus non-negative corrections T of the seen n-grams. Stored in CSR form over the history
+    keys (`histories`: sorted, padded with V^(n-1); history i owns entries rows[i] : rows[i + 1]). A position whose
+    history is not all known (near the start of a block, or after padding) gets no correction.
     """
 
-    def __init__(self, vocab_size: int, capacity: int):
+    def __init__(self, vocab_size: int, capacity: int, order: int = 3):
         super().__init__()
         self.vocab_size = vocab_size
-        self.register_buffer("histories", torch.full((capacity,), vocab_size**2, dtype=torch.long))
+        self.order = order
+        self.register_buffer("histories", torch.full((capacity,), vocab_size ** (order - 1), dtype=torch.long))
         self.register_buffer("rows", torch.zeros(capacity + 1, dtype=torch.long))
         self.register_buffer("columns", torch.zeros(capacity, dtype=torch.long))
         self.values = nn.Parameter(torch.zeros(capacity))
 
     def forward(self, logits: torch.Tensor, histories: torch.LongTensor) -> torch.Tensor:
-        """logits (N, V) + T[h_i] for the history keys h = w V + x (N,; -1: none), added in place."""
+        """logits (N, V) + T[h_i] for the history keys h (N,; -1: none), added in place."""
         index = torch.searchsorted(self.histories, histories).clamp_max(len(self.histories) - 1)
         found = (self.histories[index] == histories) & (histories >= 0)
         starts = torch.where(found, self.rows[index], 0)
@@ -521,12 +567,14 @@ class SaffuPivotTrigrams(nn.Module):
         return add_csr_rows_(logits, starts, lengths, self.columns, self.values)
 
     @torch.no_grad()
-    def set_triples(self, keys: torch.LongTensor, values: torch.Tensor) -> None:
-        """Store the triples `keys` = (w V + x) V + y (sorted, unique, at most `capacity`) with their values."""
+    def set_entries(self, keys: torch.LongTensor, values: torch.Tensor) -> None:
+        """Store the n-grams `keys` = h V + y (sorted, unique, at most `capacity`) with their values."""
         if len(keys) > len(self.columns):
-            raise ValueError(f"{len(keys)} triples do not fit the trigram table's {len(self.columns)} entries")
+            raise ValueError(
+                f"{len(keys)} {self.order}-grams do not fit the order-{self.order} table's {len(self.columns)} entries"
+            )
         histories, counts = torch.unique_consecutive(keys // self.vocab_size, return_counts=True)
-        self.histories.fill_(self.vocab_size**2)
+        self.histories.fill_(self.vocab_size ** (self.order - 1))
         self.histories[: len(histories)] = histories
         self.rows.zero_()
         self.rows[1 : len(histories) + 1] = torch.cumsum(counts, 0)
@@ -537,23 +585,38 @@ class SaffuPivotTrigrams(nn.Module):
         self.values[: len(keys)] = values.to(self.values.dtype)
 
     @torch.no_grad()
-    def resized(self, vocab_size: int, capacity: int) -> "SaffuPivotTrigrams":
-        """A copy for a vocabulary of `vocab_size` tokens and `capacity` entries, keeping the triples of tokens
+    def resized(self, vocab_size: int, capacity: int) -> "SaffuNgramTable":
+        """A copy for a vocabulary of `vocab_size` tokens and `capacity` entries, keeping the n-grams of tokens
         below both sizes."""
         used = int(self.rows[-1])
         owners = torch.repeat_interleave(self.histories[: len(self.rows) - 1], self.rows.diff())
-        w, x, y = owners // self.vocab_size, owners % self.vocab_size, self.columns[:used]
-        keep = (w < vocab_size) & (x < vocab_size) & (y < vocab_size)
-        keys = ((w * vocab_size + x) * vocab_size + y)[keep][:capacity]
-        new = SaffuPivotTrigrams(vocab_size, capacity).to(device=self.values.device, dtype=self.values.dtype)
-        new.set_triples(keys, self.values[:used][keep][:capacity])
+        keep = self.columns[:used] < vocab_size
+        keys = torch.zeros_like(owners)
+        for j in reversed(range(self.order - 1)):  # the history's tokens, oldest first
+            token = owners // self.vocab_size**j % self.vocab_size
+            keep &= token < vocab_size
+            keys = keys * vocab_size + token
+        keys = (keys * vocab_size + self.columns[:used])[keep][:capacity]
+        new = SaffuNgramTable(vocab_size, capacity, self.order).to(device=self.values.device, dtype=self.values.dtype)
+        new.set_entries(keys, self.values[:used][keep][:capacity])
         return new
 
 
-def table_index_problem(table: "SaffuPivotBigrams | SaffuPivotTrigrams", vocab_size: int) -> str | None:
+def table_name(order: int) -> str:
+    """The attribute (and weight prefix) of the table of `order` in `SaffuForCausalLM`: pivot_bigrams, pivot_trigrams,
+    then pivot_4grams, pivot_5grams, ..."""
+    return {2: "pivot_bigrams", 3: "pivot_trigrams"}.get(order, f"pivot_{order}grams")
+
+
+def new_table(order: int, vocab_size: int, capacity: int) -> "SaffuPivotBigrams | SaffuNgramTable":
+    """An empty table of `order` (2: `SaffuPivotBigrams`, above: `SaffuNgramTable`)."""
+    return SaffuPivotBigrams(vocab_size, capacity) if order == 2 else SaffuNgramTable(vocab_size, capacity, order)
+
+
+def table_index_problem(table: "SaffuPivotBigrams | SaffuNgramTable", vocab_size: int) -> str | None:
     """What makes a loaded table's CSR index tensors unusable (the forward pass would index out of range or read
-    another pivot's entries), or None: rows start at 0, never decrease and end within the entries; the used
-    columns are token ids; the trigram histories are sorted keys w V + x (V^2 pads)."""
+    another history's entries), or None: rows start at 0, never decrease and end within the entries; the used
+    columns are token ids; the histories of an order-n table are sorted keys below V^(n-1) (V^(n-1) pads)."""
     rows, columns = table.rows, table.columns
     used = int(rows[-1])
     if int(rows[0]) != 0 or bool((rows.diff() < 0).any()) or used > len(columns):
@@ -561,10 +624,11 @@ def table_index_problem(table: "SaffuPivotBigrams | SaffuPivotTrigrams", vocab_s
     if used and not (0 <= int(columns[:used].min()) and int(columns[:used].max()) < vocab_size):
         return f"columns must hold token ids < vocab_size={vocab_size}"
     histories = getattr(table, "histories", None)
+    bound = vocab_size ** (table.order - 1)
     if histories is not None and (
-        bool((histories.diff() < 0).any()) or int(histories.min()) < 0 or int(histories.max()) > vocab_size**2
+        bool((histories.diff() < 0).any()) or int(histories.min()) < 0 or int(histories.max()) > bound
     ):
-        return f"histories must be sorted keys in [0, {vocab_size**2}]"
+        return f"histories must be sorted keys in [0, {bound}]"
     return None
 
 
@@ -653,11 +717,9 @@ class SaffuPreTrainedModel(PreTrainedModel):
                 for kind, keys in problems.items()
             )
             raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match its config ({listed})")
-        for name, table in (
-            ("pivot_bigrams", getattr(model, "pivot_bigrams", None)),
-            ("pivot_trigrams", getattr(model, "pivot_trigrams", None)),
-        ):
-            problem = table_index_problem(table, model.config.vocab_size) if table is not None else None
+        for order in model.config.table_orders if isinstance(model, SaffuForCausalLM) else ():
+            name = table_name(order)
+            problem = table_index_problem(getattr(model, name), model.config.vocab_size)
             if problem:
                 raise ValueError(f"{pretrained_model_name_or_path}: {name}.{problem} (corrupt index tensors)")
         return (model, info) if output_loading_info else model
@@ -694,12 +756,12 @@ class SaffuPreTrainedModel(PreTrainedModel):
                 resized.vocab_size = math.ceil(resized.vocab_size / pad_to_multiple_of) * pad_to_multiple_of
             resized.validate_saffu()
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        bigrams = getattr(self, "pivot_bigrams", None)
-        if bigrams is not None and bigrams.bias.shape[0] != self.config.vocab_size:
-            self.pivot_bigrams = bigrams.resized(self.config.vocab_size, self.config.pivot_bigram_capacity)
-        trigrams = getattr(self, "pivot_trigrams", None)
-        if trigrams is not None and trigrams.vocab_size != self.config.vocab_size:
-            self.pivot_trigrams = trigrams.resized(self.config.vocab_size, self.config.pivot_trigram_capacity)
+        for order in self.config.table_orders if isinstance(self, SaffuForCausalLM) else ():
+            table = getattr(self, table_name(order))
+            if table.vocab_size != self.config.vocab_size:
+                setattr(
+                    self, table_name(order), table.resized(self.config.vocab_size, self.config.table_capacity(order))
+                )
         return embeddings
 
     @torch.no_grad()
@@ -710,13 +772,14 @@ class SaffuPreTrainedModel(PreTrainedModel):
         `config.warm_started` follows the weights: a freshly initialised layer (a model built from a config,
         or a weight missing from a checkpoint) resets it; `from_pretrained` initialises only missing weights,
         so a complete warm-started checkpoint keeps it."""
-        if isinstance(module, (nn.Embedding, nn.Linear, SaffuPivotBigrams, SaffuPivotTrigrams)):
+        if isinstance(module, (nn.Embedding, nn.Linear, SaffuPivotBigrams, SaffuNgramTable)):
             self.config.warm_started = False
-        if isinstance(module, (SaffuPivotBigrams, SaffuPivotTrigrams)):  # empty tables until the warm start
+        if isinstance(module, (SaffuPivotBigrams, SaffuNgramTable)):  # empty tables until the warm start
             for tensor in module.parameters(recurse=False):
                 init.zeros_(tensor)
             for name, tensor in module.named_buffers(recurse=False):
-                init.constant_(tensor, self.config.vocab_size**2) if name == "histories" else init.zeros_(tensor)
+                pad = self.config.vocab_size ** (module.order - 1)
+                init.constant_(tensor, pad) if name == "histories" else init.zeros_(tensor)
         if isinstance(module, nn.Embedding):
             ranks = torch.arange(module.num_embeddings)
             init.copy_(module.weight, bit_cipher_vectors(ranks, module.embedding_dim))
@@ -870,7 +933,9 @@ class SaffuModel(SaffuPreTrainedModel):
         new_cache = None
         if use_cache:
             seen = state.seen_tokens if state is not None else 0
-            new_cache = SaffuDecodingState(new_states, seen + length, torch.where(valid[:, -1], input_ids[:, -1], -1))
+            count = self.config.previous_token_count
+            last = token_history(input_ids, attention_mask, state, count)[:, -count:] if count > 0 else None
+            new_cache = SaffuDecodingState(new_states, seen + length, last)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
@@ -880,18 +945,19 @@ class SaffuModel(SaffuPreTrainedModel):
 
 class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     """SAFFU layers and the output layer logits = H_t O + b_O (ln H_t O + b_O with `config.log_hidden_head`),
-    plus a channel from the pivot token: its bigram row b + S[x_t] (`config.pivot_bigrams`) or v_t Q, a path
-    from the pivot's embedding (`config.pivot_head`)."""
+    plus a channel from the pivot token: its n-gram tables' rows b + S[x_t] + T[h_t] + ... (`config.ngram_order`)
+    or v_t Q, a path from the pivot's embedding (`config.pivot_head`)."""
 
     def __init__(self, config: SaffuConfig):
         super().__init__(config)
         self.model = SaffuModel(config)
         self.lm_head = nn.Linear(self.model.num_contexts * config.hidden_bits, config.vocab_size)
         self.pivot_head = nn.Linear(config.embed_bits, config.vocab_size, bias=False) if config.pivot_head else None
-        capacity = config.pivot_bigram_capacity
-        self.pivot_bigrams = SaffuPivotBigrams(config.vocab_size, capacity) if capacity else None
-        capacity = config.pivot_trigram_capacity
-        self.pivot_trigrams = SaffuPivotTrigrams(config.vocab_size, capacity) if capacity else None
+        self.pivot_bigrams = self.pivot_trigrams = (
+            None  # the tables of orders 2 and 3, when config.ngram_order has them
+        )
+        for order in config.table_orders:
+            setattr(self, table_name(order), new_table(order, config.vocab_size, config.table_capacity(order)))
         hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
         width = config.neural_mixture_dim
@@ -970,8 +1036,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden = outputs.last_hidden_state
-        needs_previous = self.pivot_trigrams is not None or self.neural_mixture is not None
-        previous = previous_tokens(input_ids, attention_mask, state) if needs_previous else None
+        count = self.config.previous_token_count  # the tokens before the pivot: tables' histories, v_{t-1}
+        previous = previous_tokens(input_ids, attention_mask, state, count) if count > 0 else None
         if logits_to_keep:
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
@@ -980,7 +1046,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = self.table_leave_one_out(logits, input_ids, previous, labels)
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
-            inputs = self.neural_inputs(probabilities, input_ids, previous)
+            inputs = self.neural_inputs(probabilities, input_ids, previous[..., 0])
             adjust = None
             if self.training and labels is not None and self.neural_leave_one_out is not None:
                 adjust = lambda words: self.neural_leave_one_out(words, inputs, labels)  # noqa: E731
@@ -1014,6 +1080,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return torch.cat([hidden, pivot_vectors, previous_vectors], dim=-1)
 
     @property
+    def ngram_tables(self) -> list["SaffuPivotBigrams | SaffuNgramTable"]:
+        """The pivot's n-gram tables, orders 2 ... config.ngram_order."""
+        return [getattr(self, table_name(order)) for order in self.config.table_orders]
+
+    @property
     def has_pivot_channel(self) -> bool:
         return self.pivot_head is not None or self.pivot_bigrams is not None
 
@@ -1021,7 +1092,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self, pivots: torch.LongTensor, previous: torch.LongTensor | None = None, logits: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`logits` (default zeros, shape pivots.shape + (V,)) plus the pivot's channel: v_t Q, or b + S[x_t] and,
-        with a trigram table, T[(x_{t-1}, x_t)] (`previous`: the token before each pivot, -1 where there is none).
+        with tables of higher orders n, T_n[h_t] (`history_keys`; `previous`: `previous_tokens`, the n - 2 tokens
+        before each pivot, -1 where there are none; for order 3, the one token may come in the pivots' shape).
 
         v_t Q is computed once per distinct pivot token u and gathered, (E[u] Q)[index of x_t in u]: a batch of N
         positions holds far fewer distinct tokens than N (about a third for 32 x 128 Brown blocks). The tables
@@ -1035,11 +1107,10 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if self.pivot_bigrams is None:
             return logits
         flat = self.pivot_bigrams(logits.reshape(-1, vocab_size), pivots.reshape(-1))
-        if self.pivot_trigrams is not None:
-            if previous is None:
-                raise ValueError("a model with a trigram table needs the previous token of every position")
-            histories = torch.where(previous >= 0, previous * vocab_size + pivots, -1)
-            flat = self.pivot_trigrams(flat, histories.reshape(-1))
+        if len(self.ngram_tables) > 1:
+            previous = checked_previous(pivots, previous, self.config.ngram_order - 2)
+        for table in self.ngram_tables[1:]:
+            flat = table(flat, history_keys(pivots, previous, table.order, vocab_size).reshape(-1))
         return flat.view(logits.shape)
 
     def causal_lm_loss(self, logits: torch.Tensor, labels: torch.LongTensor, **kwargs) -> torch.Tensor:
@@ -1063,7 +1134,7 @@ __all__ = [
     "SaffuForCausalLM",
     "SaffuDecodingState",
     "SaffuPivotBigrams",
-    "SaffuPivotTrigrams",
+    "SaffuNgramTable",
     "SaffuResidualHead",
     "SaffuNeuralMixture",
 ]

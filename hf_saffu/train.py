@@ -61,8 +61,10 @@ class ModelArguments:
     hidden_targets: str | None = architecture_field("hidden-layer targets of the warm start: bit_cipher or clusters")
     log_hidden_head: bool | None = architecture_field("the head reads ln H")
     pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
-    pivot_bigrams: int | None = architecture_field("entries of the pivot's bigram table (0: none)")
-    pivot_trigrams: int | None = architecture_field("entries of the (previous, pivot) trigram table (0: none)")
+    ngram_order: int | None = architecture_field("order n of the pivot's n-gram tables, orders 2 ... n (0 or 1: none)")
+    ngram_capacities: list[int] | None = architecture_field("entries of the tables of orders 2 ... ngram_order")
+    pivot_bigrams: int | None = architecture_field("earlier name of the order-2 table's entries (0: none)")
+    pivot_trigrams: int | None = architecture_field("earlier name of the order-3 table's entries (0: none)")
     pivot_table_mb: str | None = architecture_field(
         "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
     )
@@ -381,8 +383,8 @@ def check_counts_request(training_args: ExplicitTrainingArguments, model: SaffuF
     """save_counts needs this run's warm start (the counts are not kept otherwise) and a pivot table to count for."""
     if not training_args.save_counts:
         return
-    if model.pivot_bigrams is None:
-        raise ValueError("save_counts saves the counts of the pivot's tables, and the model has none (pivot_bigrams=0)")
+    if not model.ngram_tables:
+        raise ValueError("save_counts saves the counts of the pivot's tables, and the model has none (ngram_order < 2)")
     if not training_args.warm_start or training_args.resume_from_checkpoint or model.config.warm_started:
         raise ValueError(
             "save_counts saves the counts of this run's warm start, and it runs none (warm_start=false, resuming, "

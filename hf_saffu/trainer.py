@@ -51,13 +51,14 @@ from transformers.trainer_utils import (
 )
 from transformers.utils import CONFIG_NAME, logging
 
+from .configuration_saffu import SaffuConfig
 from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .frozen_phase import FrozenInputCache
 from .leave_one_out import direct_path_leave_one_out, table_leave_one_out
 from .model_card import model_card_for_dir
-from .modeling_saffu import SaffuForCausalLM, SaffuModel
-from .warm_start import explicit_warm_start, set_table_capacity, table_limit
+from .modeling_saffu import SaffuForCausalLM, SaffuModel, table_name
+from .warm_start import explicit_warm_start, set_table_capacity
 
 logger = logging.get_logger(__name__)
 
@@ -111,9 +112,15 @@ class ExplicitTrainingArguments(TrainingArguments):
             "entries reach -30, so a step on O moves the logits far more than a step elsewhere"
         },
     )
-    pivot_head_learning_rate: float | None = field(
+    table_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "learning rate of the pivot's channel, its bigram table or Q (None: learning_rate)"},
+        metadata={
+            "help": "learning rate of the pivot's channel: its n-gram tables (every order), or the pivot head Q "
+            "(None: learning_rate)"
+        },
+    )
+    pivot_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "deprecated: the earlier name of table_learning_rate (read as it)"}
     )
     table_leave_one_out: bool = field(
         default=False,
@@ -136,7 +143,8 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
-        for name in ("learning_rate", "head_learning_rate", "pivot_head_learning_rate"):
+        self.map_deprecated_table_rate()
+        for name in ("learning_rate", "head_learning_rate", "table_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
@@ -154,6 +162,20 @@ class ExplicitTrainingArguments(TrainingArguments):
             )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
+
+    def map_deprecated_table_rate(self) -> None:
+        """Read `pivot_head_learning_rate` (the earlier name, in configs and on command lines) as
+        `table_learning_rate`, with a deprecation warning; a ValueError when both are given and differ."""
+        old = self.pivot_head_learning_rate
+        if old is None:
+            return
+        if self.table_learning_rate is not None and self.table_learning_rate != old:
+            raise ValueError(
+                f"pivot_head_learning_rate={old} is the earlier name of table_learning_rate="
+                f"{self.table_learning_rate}: give one"
+            )
+        logger.warning("pivot_head_learning_rate is deprecated: it is read as table_learning_rate")
+        self.table_learning_rate, self.pivot_head_learning_rate = old, None
 
     def __getstate__(self) -> dict:
         """The arguments as pickled (Trainer saves them with `torch.save` as training_args.bin in every checkpoint,
@@ -287,16 +309,17 @@ def checkpoint_warm_started(checkpoint: str) -> bool:
 
 
 def match_checkpoint_tables(model: SaffuForCausalLM, checkpoint: str) -> None:
-    """Give the model's pivot tables the sizes the checkpoint's warm start chose (its config's pivot_bigrams and
-    pivot_trigrams), so that its weights load into them."""
+    """Give the model's pivot tables the sizes the checkpoint's warm start chose (its config's ngram_capacities, or
+    pivot_bigrams and pivot_trigrams as earlier versions wrote them), so that its weights load into them."""
     config_file = Path(checkpoint) / CONFIG_NAME
-    saved = load_json(config_file) if config_file.is_file() else {}
-    for name in ("pivot_bigrams", "pivot_trigrams"):
-        table = getattr(model, name)
-        if table is not None and saved.get(name):
-            capacity = min(saved[name], table_limit(name, model.config.vocab_size))  # as the config's capacity
-            if capacity != len(table.columns):
-                set_table_capacity(model, name, saved[name])
+    if not config_file.is_file():
+        return
+    saved = SaffuConfig.from_json_file(str(config_file))
+    for order in model.config.table_orders:
+        if order in saved.table_orders and saved.table_capacity(order) != len(
+            getattr(model, table_name(order)).columns
+        ):
+            set_table_capacity(model, order, saved.table_capacity(order))
 
 
 class DivergenceGuard(TrainerCallback):
@@ -345,10 +368,10 @@ class ExplicitTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """`Trainer.create_optimizer`, with the output layer and the pivot's channel in parameter groups of their
-        own learning rates (`head_learning_rate`, `pivot_head_learning_rate`) when they are set."""
-        pivot_rate = self.args.pivot_head_learning_rate
+        own learning rates (`head_learning_rate`, `table_learning_rate`) when they are set."""
+        tables = [f"{table_name(order)}." for order in self.saffu_model.config.table_orders]
         rates = {"lm_head.": self.args.head_learning_rate}
-        rates |= dict.fromkeys(("pivot_head.", "pivot_bigrams.", "pivot_trigrams."), pivot_rate)
+        rates |= dict.fromkeys(("pivot_head.", *tables), self.args.table_learning_rate)
         rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
         if self.optimizer is None and rates:
             opt_model = self.model if model is None else model

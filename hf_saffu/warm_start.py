@@ -15,10 +15,10 @@ across processes before every process solves:
    b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over the valid j
       (not the pivot, when the pivot's channel carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
    c. U again with the solved attention; b-c repeat `attention_iters` times;
-3. the pivot's channel: by default its bigram table (`pivot_bigrams`, interpolated Kneser-Ney from the pair
-   counts; `hf_saffu.explicit.solve_bigram_channel`) and the (previous, pivot) trigram table over it
-   (`pivot_trigrams`, from the triple counts; `hf_saffu.explicit.solve_trigram_channel`); optionally the pivot
-   head instead (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
+3. the pivot's channel: by default its n-gram tables of orders 2 ... `ngram_order` (3: the bigram table and the
+   (previous, pivot) trigram table over it), interpolated Kneser-Ney from one count of the top order's n-grams,
+   each level over the one below (`solve_tables`; `hf_saffu.explicit.solve_bigram_channel`, `solve_ngram_channel`);
+   optionally the pivot head instead (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
 4. the head: with `log_hidden_head`, O and b_O in closed form from the class codes (`set_class_head`, no
    data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
 
@@ -42,8 +42,16 @@ from .bit_cipher import (
     contextual_vectors,
     frequency_ranks,
 )
-from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_trigram_channel
-from .modeling_saffu import SaffuContext, SaffuForCausalLM, SaffuLayer, banded_dot, previous_tokens
+from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_ngram_channel
+from .modeling_saffu import (
+    SaffuContext,
+    SaffuForCausalLM,
+    SaffuLayer,
+    banded_dot,
+    new_table,
+    previous_tokens,
+    table_name,
+)
 from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, profile_columns
 
 PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
@@ -58,13 +66,22 @@ class WarmStartReport:
     tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     priming_numbers: dict[str, float] = field(default_factory=dict)
-    pivot_bigrams: dict[str, int] = field(default_factory=dict)  # pairs seen and kept by the bigram table
-    pivot_trigrams: dict[str, int] = field(default_factory=dict)  # triples seen and kept by the trigram table
+    tables: dict[int, dict[str, int]] = field(default_factory=dict)  # per order: n-grams "seen" and "kept"
     statistics: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # `table_statistics`
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
+
+    @property
+    def pivot_bigrams(self) -> dict[str, int]:
+        """The bigram table's pairs seen and kept (`tables[2]`, as the results files name them)."""
+        return {f"pairs_{what}": number for what, number in self.tables.get(2, {}).items()}
+
+    @property
+    def pivot_trigrams(self) -> dict[str, int]:
+        """The trigram table's triples seen and kept (`tables[3]`, as the results files name them)."""
+        return {f"triples_{what}": number for what, number in self.tables.get(3, {}).items()}
 
 
 class ExplicitWarmStart:
@@ -285,7 +302,7 @@ class ExplicitWarmStart:
         for input_ids, valid, weight in self.iterate("neural word model"):
             ends = model.model.document_ends(input_ids, valid)
             hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
-            inputs = model.neural_inputs(hidden, input_ids, previous_tokens(input_ids, valid.long(), None))
+            inputs = model.neural_inputs(hidden, input_ids, previous_tokens(input_ids, valid.long(), None)[..., 0])
             statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
         self.reduce(statistic)
         return statistic
@@ -313,93 +330,94 @@ class ExplicitWarmStart:
         self.set_linear(self.model.pivot_head, statistic, "pivot head Q")
         self.timed("pivot head", start)
 
-    def count_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys x V + y and counts of the pairs of real tokens in one block, merged over the processes."""
-        start = time.perf_counter()
-        pairs = NgramCounts(self.config.vocab_size)
-        for input_ids, _, weight in self.iterate("pivot bigrams"):
-            pairs.add(input_ids[:, :-1][weight], input_ids[:, 1:][weight])
-        merged = pairs.merged(self.accelerator)
-        self.timed("pivot bigrams", start)
-        return merged
-
-    def solve_pivot_bigrams(
-        self,
-        triples: tuple[torch.Tensor, torch.Tensor] | None = None,
-        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """The pivot's bigram channel (`SaffuPivotBigrams`) from the pair counts n_xy (`pairs`, counted by
-        `count_pairs` when not given): the closed form of `solve_bigram_channel` over all of them, and the table
-        sized (`sized_table`) and filled with the pairs of largest contribution (`strongest_entries`). Under a
-        trigram table (`triples`: its counted keys), the bigram level is the lower order of Kneser-Ney: n_xy = the
-        continuation count, the number of distinct tokens w seen before x y."""
+    def count_ngrams(self, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys h V + y and counts of the n-grams of `order` of real tokens inside one block (h: the key of the first
+        order - 1 tokens, `history_keys`), merged over the processes."""
         vocab_size = self.config.vocab_size
         start = time.perf_counter()
-        if triples is None:
-            keys, counts = self.count_pairs() if pairs is None else pairs
+        ngrams = NgramCounts(vocab_size)
+        for input_ids, valid, _ in self.iterate(table_step(order)):
+            length = input_ids.shape[1] - order + 1
+            if length < 1:
+                continue
+            histories, real = input_ids[:, :length], valid[:, :length]
+            for i in range(1, order):
+                real = real & valid[:, i : i + length]
+                if i < order - 1:
+                    histories = histories * vocab_size + input_ids[:, i : i + length]
+            ngrams.add(histories[real], input_ids[:, order - 1 :][real])
+        merged = ngrams.merged(self.accelerator)
+        self.timed(table_step(order), start)
+        return merged
+
+    def solve_tables(self, ngrams: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Every n-gram table, orders 2 ... ngram_order, from the counted n-grams of the top order (`count_ngrams`):
+        the top level reads their counts, every lower level its continuation counts, as Kneser-Ney does (the number
+        of distinct tokens seen before each shorter n-gram, from the distinct n-grams one order up); each level is
+        solved over the one below it (`solve_table`)."""
+        vocab_size, top = self.config.vocab_size, self.config.ngram_order
+        levels = {top: ngrams}
+        for order in range(top - 1, 1, -1):
+            keys, counts = torch.unique(levels[order + 1][0] % vocab_size**order, return_counts=True)
+            levels[order] = (keys, counts.to(torch.float64))
+        for order in range(2, top + 1):
+            self.solve_table(order, *levels[order])
+
+    def solve_table(self, order: int, keys: torch.Tensor, counts: torch.Tensor) -> None:
+        """The table of `order` from its n-gram `keys` and counts: the closed form over all of them (order 2:
+        `solve_bigram_channel`, the bias and the pairs; above: `solve_ngram_channel` over the distribution of the
+        levels below, `lower_probabilities`), the table sized (`sized_table`) and filled with the n-grams of largest
+        contribution (`strongest_entries`)."""
+        vocab_size = self.config.vocab_size
+        start = time.perf_counter()
+        if order == 2:
+            values, bias = solve_bigram_channel(
+                keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
+            )
         else:
-            keys, counts = torch.unique(triples[0] % vocab_size**2, return_counts=True)
-            counts = counts.to(torch.float64)
-        values, bias = solve_bigram_channel(
-            keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
-        )
-        channel = self.sized_table("pivot_bigrams", len(keys))
-        kept, values = strongest_entries(keys, counts, values, len(channel.columns))
-        self.report.pivot_bigrams = {"pairs_seen": len(keys), "pairs_kept": len(kept)}
-        channel.set_pairs(kept.to(channel.columns.device), values, bias)
-        self.timed("pivot bigrams", start)
+            values = solve_ngram_channel(keys, counts, self.lower_probabilities(keys, order), vocab_size)
+        table = self.sized_table(order, len(keys))
+        kept, values = strongest_entries(keys, counts, values, len(table.columns))
+        self.report.tables[order] = {"seen": len(keys), "kept": len(kept)}
+        if order == 2:
+            table.set_pairs(kept.to(table.columns.device), values, bias)
+        else:
+            table.set_entries(kept.to(table.columns.device), values)
+        self.timed(table_step(order), start)
 
-    def count_triples(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (w V + x) V + y and counts of the triples of real tokens in one block, merged over the processes."""
+    def lower_probabilities(self, keys: torch.Tensor, order: int) -> torch.Tensor:
+        """P_{n-1}(y | h') of every n-gram h V + y (`order` n), read from the solved tables below n: softmax of the
+        bigram logits of the pivot plus the corrections of orders 3 ... n - 1 (h': the last n - 2 tokens of h)."""
         vocab_size = self.config.vocab_size
-        start = time.perf_counter()
-        triples = NgramCounts(vocab_size)
-        for input_ids, valid, _ in self.iterate("pivot trigrams"):
-            real = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
-            triples.add(input_ids[:, :-2][real] * vocab_size + input_ids[:, 1:-1][real], input_ids[:, 2:][real])
-        merged = triples.merged(self.accelerator)
-        self.timed("pivot trigrams", start)
-        return merged
-
-    def solve_pivot_trigrams(self, triples: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """The trigram table (`SaffuPivotTrigrams`) from the counted `triples`: the closed form of
-        `solve_trigram_channel` over the solved bigram table's distribution P2(y | x) for every triple, and the
-        table sized (`sized_table`) and filled with the triples of largest contribution (`strongest_entries`)."""
-        vocab_size = self.config.vocab_size
-        start = time.perf_counter()
-        keys, counts = triples
         lower = torch.zeros(len(keys), dtype=torch.float64)
-        pivots, nexts = (keys // vocab_size) % vocab_size, keys % vocab_size
-        distinct, index = torch.unique(pivots, return_inverse=True)
-        channel = self.model.pivot_bigrams
-        for first in range(0, len(distinct), 256):  # P2(y | x) row by row, 256 pivots at a time
-            tokens = distinct[first : first + 256].to(channel.rows.device)
-            zeros = torch.zeros(len(tokens), vocab_size, dtype=channel.values.dtype, device=tokens.device)
-            rows = torch.softmax(channel(zeros, tokens).double(), -1).cpu()
+        shorter, nexts = (keys // vocab_size) % vocab_size ** (order - 2), keys % vocab_size
+        distinct, index = torch.unique(shorter, return_inverse=True)
+        bigrams = self.model.pivot_bigrams
+        for first in range(0, len(distinct), 256):  # row by row, 256 histories at a time
+            histories = distinct[first : first + 256].to(bigrams.rows.device)
+            zeros = torch.zeros(len(histories), vocab_size, dtype=bigrams.values.dtype, device=histories.device)
+            logits = bigrams(zeros, histories % vocab_size)
+            for table in self.model.ngram_tables[1 : order - 2]:  # orders 3 ... n - 1
+                logits = table(logits, histories % vocab_size ** (table.order - 1))
+            rows = torch.softmax(logits.double(), -1).cpu()
             chunk = (index >= first) & (index < first + 256)
             lower[chunk] = rows[index[chunk] - first, nexts[chunk]]
-        values = solve_trigram_channel(keys, counts, lower, vocab_size)
-        table = self.sized_table("pivot_trigrams", len(keys))
-        kept, values = strongest_entries(keys, counts, values, len(table.columns))
-        self.report.pivot_trigrams = {"triples_seen": len(keys), "triples_kept": len(kept)}
-        table.set_triples(kept.to(channel.rows.device), values)
-        self.timed("pivot trigrams", start)
+        return lower
 
-    def sized_table(self, name: str, seen: int) -> torch.nn.Module:
-        """The model's table `name` (pivot_bigrams, pivot_trigrams) with the capacity it keeps: with
-        `config.pivot_table_mb`, every one of the `seen` entries within what is left of the budget (the bigram
-        table is sized first), at least 1, as a new table of that size whose size is written into the config
-        (from_pretrained rebuilds the same shapes); without, the table as it is (a fixed size)."""
-        table = getattr(self.model, name)
+    def sized_table(self, order: int, seen: int) -> torch.nn.Module:
+        """The model's table of `order` with the capacity it keeps: with `config.pivot_table_mb`, every one of the
+        `seen` entries within what is left of the budget (the lower orders are sized first), at least 1, as a new
+        table of that size whose size is written into the config (from_pretrained rebuilds the same shapes);
+        without, the table as it is (a fixed size)."""
+        table = getattr(self.model, table_name(order))
         if self.config.pivot_table_mb is None:
             return table
-        if name == "pivot_bigrams":
+        if order == 2:
             self.table_bytes_left = self.config.pivot_table_mb * 2**20
-        per_entry = entry_bytes(type(table), table.values.dtype)
-        limit = table_limit(name, self.config.vocab_size)
-        capacity = max(1, min(seen, int(self.table_bytes_left // per_entry), limit))
+        per_entry = entry_bytes(order, table.values.dtype)
+        capacity = max(1, min(seen, int(self.table_bytes_left // per_entry), self.config.vocab_size**order))
         self.table_bytes_left -= capacity * per_entry
-        return set_table_capacity(self.model, name, capacity)
+        return set_table_capacity(self.model, order, capacity)
 
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
@@ -445,13 +463,10 @@ class ExplicitWarmStart:
                 self.solve_hidden(index, list(layer.windows), f"layer {index} hidden")
         if self.model.pivot_head is not None:
             self.solve_pivot_head()
-        triples = self.count_triples() if self.model.pivot_trigrams is not None else None
-        if self.model.pivot_bigrams is not None:
-            pairs = self.count_pairs() if triples is None else None
-            self.solve_pivot_bigrams(triples, pairs)
-            self.report.statistics = table_statistics(counts, triples, pairs)
-        if triples is not None:
-            self.solve_pivot_trigrams(triples)
+        if self.model.ngram_tables:
+            ngrams = self.count_ngrams(self.config.ngram_order)
+            self.solve_tables(ngrams)
+            self.report.statistics = table_statistics(counts, ngrams, self.config.ngram_order)
         if self.config.log_hidden_head:
             self.set_class_head(counts)
         else:
@@ -464,8 +479,8 @@ class ExplicitWarmStart:
 
 
 class NgramCounts:
-    """Counts of (history, next token) keys h V + y (h: a pivot, or a (previous, pivot) key) with float64 counts; merged
-    into the running table whenever the pending keys outgrow it, so memory follows the distinct pairs."""
+    """Counts of (history, next token) keys h V + y (h: the key of the n - 1 tokens before y) with float64 counts;
+    merged into the running table whenever the pending keys outgrow it, so memory follows the distinct n-grams."""
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
@@ -504,7 +519,7 @@ def strongest_entries(keys, counts, values, capacity: int) -> tuple[torch.Tensor
     """The `capacity` entries of the sorted `keys` that contribute most, still sorted, with their `values`.
 
     A table's value is the log ratio of the full estimate to the back-off estimate the row falls to without the
-    entry, S_xy = ln(P(y | x) / (gamma_x P_lower(y) / n_x)) (`solve_bigram_channel`, `solve_trigram_channel`),
+    entry, S_xy = ln(P(y | x) / (gamma_x P_lower(y) / n_x)) (`solve_ngram_channel`, every order),
     so the weighted-difference criterion of n-gram pruning (Seymore & Rosenfeld 1996; SRILM's and KenLM's
     pruning are of this family) is
 
@@ -519,39 +534,46 @@ def strongest_entries(keys, counts, values, capacity: int) -> tuple[torch.Tensor
     return keys[kept], values[kept]
 
 
-def table_statistics(token_counts: torch.Tensor, triples=None, pairs=None) -> dict[str, torch.Tensor]:
-    """The sufficient statistics of the pivot's tables (`hf_saffu.counts`): the token counts, and the keys and
-    counts of the triples (with a trigram table; `order` 3) or of the pairs (`order` 2)."""
-    keys, counts = triples if triples is not None else pairs
-    order = torch.tensor(3 if triples is not None else 2)
-    return {"token_counts": token_counts.cpu(), "keys": keys.cpu(), "counts": counts.cpu(), "order": order}
+def table_statistics(token_counts: torch.Tensor, ngrams, order: int) -> dict[str, torch.Tensor]:
+    """The sufficient statistics of the pivot's tables (`hf_saffu.counts`): the token counts, and the keys and counts
+    of the n-grams of the top `order` (every lower level's continuation counts follow from them)."""
+    keys, counts = ngrams
+    return {
+        "token_counts": token_counts.cpu(),
+        "keys": keys.cpu(),
+        "counts": counts.cpu(),
+        "order": torch.tensor(order),
+    }
 
 
-def set_table_capacity(model: SaffuForCausalLM, name: str, capacity: int) -> torch.nn.Module:
-    """The model's table `name` with `capacity` entries: a new, empty table when its size differs; the size is
-    written into the config (`pivot_bigrams` / `pivot_trigrams`), so a saved model reloads with this shape."""
+def set_table_capacity(model: SaffuForCausalLM, order: int, capacity: int) -> torch.nn.Module:
+    """The model's table of `order` with `capacity` entries: a new, empty table when its size differs; the size is
+    written into the config (`ngram_capacities`), so a saved model reloads with this shape."""
+    name = table_name(order)
     table = getattr(model, name)
     if capacity != len(table.columns):
         device, dtype = table.values.device, table.values.dtype
-        table = type(table)(model.config.vocab_size, capacity).to(device=device, dtype=dtype)
+        table = new_table(order, model.config.vocab_size, capacity).to(device=device, dtype=dtype)
         setattr(model, name, table)
-    setattr(model.config, name, capacity)
+    capacities = list(model.config.ngram_capacities)
+    capacities[order - 2] = capacity
+    model.config.ngram_capacities = capacities
     return table
 
 
-def entry_bytes(table_class: type, dtype: torch.dtype) -> int:
-    """Bytes one more entry takes in a pivot table (its per-entry parameters and buffers)."""
+def entry_bytes(order: int, dtype: torch.dtype) -> int:
+    """Bytes one more entry takes in a pivot table of `order` (its per-entry parameters and buffers)."""
 
     def size(capacity: int) -> int:
-        table = table_class(1, capacity).to(dtype)
+        table = new_table(order, 1, capacity).to(dtype)
         return sum(t.numel() * t.element_size() for t in (*table.parameters(), *table.buffers()))
 
     return size(2) - size(1)
 
 
-def table_limit(name: str, vocab_size: int) -> int:
-    """The most entries a table can hold: one per pair (V^2) or triple (V^3)."""
-    return vocab_size ** (2 if name == "pivot_bigrams" else 3)
+def table_step(order: int) -> str:
+    """The step that counts and solves the table of `order`: pivot bigrams, pivot trigrams, pivot 4grams, ..."""
+    return table_name(order).replace("_", " ")
 
 
 def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,14 +83,17 @@ def fill_pivot_bigrams(model: SaffuForCausalLM, num_pairs: int, scale: float = 1
         )
 
 
-def fill_pivot_trigrams(model: SaffuForCausalLM, num_triples: int, scale: float = 1.0, seed: int = 0) -> None:
-    """Give the model's trigram table `num_triples` random triples with normal(0, scale) values."""
-    table = model.pivot_trigrams
+def fill_pivot_trigrams(
+    model: SaffuForCausalLM, num_triples: int, scale: float = 1.0, seed: int = 0, order: int = 3
+) -> None:
+    """Give the model's table of `order` (default: the trigram table) `num_triples` random n-grams with
+    normal(0, scale) values."""
+    table = model.ngram_tables[order - 2]
     generator = torch.Generator().manual_seed(seed + 1)
-    keys = torch.randint(0, table.vocab_size**3, (min(num_triples, len(table.columns)),), generator=generator)
+    keys = torch.randint(0, table.vocab_size**order, (min(num_triples, len(table.columns)),), generator=generator)
     keys = torch.unique(keys)
     with torch.no_grad():
-        table.set_triples(keys, scale * torch.randn(len(keys), generator=generator, dtype=torch.float64))
+        table.set_entries(keys, scale * torch.randn(len(keys), generator=generator, dtype=torch.float64))
 
 
 def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:

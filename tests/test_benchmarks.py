@@ -204,7 +204,7 @@ def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
     harness.train_warm_saffu("model", "data", "budget", recipe, offset=12.5)
     ((args, kwargs),) = calls
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
-    assert kwargs["group_rates"] == {"head_learning_rate": 1e-5, "pivot_head_learning_rate": 1e-4}
+    assert kwargs["group_rates"] == {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4}
     assert kwargs["frozen_fraction"] == 0.5
 
 

@@ -99,7 +99,7 @@ def test_update_then_forget_equal_warm_starts_on_the_text_there_is(counted_model
     cli(["update", str(model_dir), "--train_files", texts["new"]])
     updated = SaffuForCausalLM.from_pretrained(model_dir)
     assert_same_tables(updated, warm_start_on(model_dir, [texts["old"], texts["new"]]))
-    assert updated.config.pivot_trigrams > original.config.pivot_trigrams  # the tables grew with the data
+    assert updated.config.ngram_capacities[1] > original.config.ngram_capacities[1]  # the tables grew with the data
     cli(["forget", str(model_dir), "--train_files", texts["new"]])
     assert_same_tables(SaffuForCausalLM.from_pretrained(model_dir), original)
 

@@ -16,8 +16,8 @@ from hf_saffu.explicit import (
     kneser_ney_discounts,
     softmax_cross_entropy,
     solve_bigram_channel,
+    solve_ngram_channel,
     solve_softmax,
-    solve_trigram_channel,
 )
 
 # --- synthetic problems -------------------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_trigram_channel_is_kneser_ney_over_the_lower_order():
     lower = torch.softmax(torch.randn(vocab, vocab, generator=generator, dtype=torch.float64), 1)  # P2(y | x)
     keys = torch.nonzero(dense.flatten()).flatten()
     x, y = (keys // vocab) % vocab, keys % vocab
-    values = solve_trigram_channel(keys, dense.flatten()[keys], lower[x, y], vocab)
+    values = solve_ngram_channel(keys, dense.flatten()[keys], lower[x, y], vocab)
     corrections = torch.zeros(vocab**3, dtype=torch.float64).index_put((keys,), values).view(vocab, vocab, vocab)
     d = kneser_ney_discounts(dense[dense > 0])
     per_entry = torch.where(dense == 0, 0.0, d[(dense.clamp(1, 3) - 1).long()])

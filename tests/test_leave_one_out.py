@@ -7,7 +7,7 @@ import torch
 from factories import VOCAB, packed_dataset, saffu_config, training_arguments
 
 from hf_saffu import SaffuForCausalLM
-from hf_saffu.explicit import solve_bigram_channel, solve_trigram_channel
+from hf_saffu.explicit import solve_bigram_channel, solve_ngram_channel
 from hf_saffu.leave_one_out import table_leave_one_out
 from hf_saffu.trainer import ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
@@ -47,8 +47,8 @@ def tables_without(model, loo, keys, counts, removed: int):
     pivots, nexts = (keys // VOCAB) % VOCAB, keys % VOCAB
     with torch.no_grad():
         rows = torch.softmax(reference.pivot_bigrams(torch.zeros(VOCAB, VOCAB), torch.arange(VOCAB)).double(), -1)
-    values = solve_trigram_channel(keys, counts, rows[pivots, nexts], VOCAB, discounts=loo.triple_discounts)
-    reference.pivot_trigrams.set_triples(keys, values)
+    values = solve_ngram_channel(keys, counts, rows[pivots, nexts], VOCAB, discounts=loo.triple_discounts)
+    reference.pivot_trigrams.set_entries(keys, values)
     return reference
 
 

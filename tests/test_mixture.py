@@ -102,9 +102,11 @@ def test_backprop_trains_the_neural_part_and_its_weight():
         assert not torch.equal(parameter, before[name]), name
 
 
-def test_cached_generation_equals_a_full_recompute():
-    """The mixture reads the previous token: from the decoding state when generating, from the text otherwise."""
-    model = mixture_model(initializer_range=3.0)
+@pytest.mark.parametrize("order", [2, 3])
+def test_cached_generation_equals_a_full_recompute(order):
+    """The mixture reads the previous token: from the decoding state when generating (kept for it even by a model
+    whose tables read none, ngram_order 2), from the text otherwise."""
+    model = mixture_model(initializer_range=3.0, ngram_order=order)
     randomise_(model, scale=0.5)
     model = model.double()
     prompt = torch.randint(2, 40, (2, 5), generator=torch.Generator().manual_seed(4))

@@ -506,9 +506,10 @@ def test_trigram_table_adds_its_rows_by_previous_and_pivot(tmp_path):
     ids = random_ids(3, 12)
     with torch.no_grad():
         full = model(ids).logits
-        model.pivot_trigrams = None
+        values = table.values.clone()
+        table.values.zero_()  # the same model without the trigram table's corrections
         without = model(ids).logits
-        model.pivot_trigrams = table
+        table.values.copy_(values)
     histories = torch.repeat_interleave(table.histories[: len(table.rows) - 1], table.rows.diff())
     dense = torch.zeros(VOCAB * VOCAB, VOCAB).index_put(
         (histories, table.columns[: int(table.rows[-1])]), table.values.detach()[: int(table.rows[-1])]
@@ -524,19 +525,20 @@ def test_trigram_table_adds_its_rows_by_previous_and_pivot(tmp_path):
 
 
 def test_pivot_channel_is_one_of_two_forms():
-    assert tiny_config().pivot_bigrams > 0 and not tiny_config().pivot_head
-    assert tiny_config(pivot_head=True).pivot_bigrams == 0  # asking for the pivot head alone gets it alone
-    assert tiny_config().pivot_bigram_capacity == VOCAB**2
-    with pytest.raises(ValueError, match="pivot_head and SaffuConfig.pivot_bigrams"):
-        tiny_config(pivot_head=True, pivot_bigrams=10)
-    with pytest.raises(ValueError, match="pivot_bigrams must be an integer >= 0"):
+    assert tiny_config().ngram_order == 3 and not tiny_config().pivot_head
+    assert tiny_config(pivot_head=True).ngram_order == 1  # asking for the pivot head alone gets it alone
+    assert tiny_config().table_capacity(2) == VOCAB**2 and tiny_config().table_capacity(3) == VOCAB**3
+    with pytest.raises(ValueError, match="pivot_head and SaffuConfig.ngram_order"):
+        tiny_config(pivot_head=True, ngram_order=2)
+    with pytest.raises(ValueError, match=r"ngram_capacities\[0\] \(the order-2 table\) must be an integer >= 1"):
         tiny_config(pivot_bigrams=-1)
     with pytest.raises(ValueError, match="pivot_trigrams needs the bigram table"):
         tiny_config(pivot_bigrams=0, pivot_trigrams=100)
-    assert tiny_config(pivot_head=True).pivot_trigrams == 0 and tiny_config().pivot_trigram_capacity == VOCAB**3
-    assert (
-        isinstance(tiny_model().pivot_bigrams, SaffuPivotBigrams) and tiny_model(pivot_bigrams=0).pivot_bigrams is None
-    )
+    # the fields of earlier versions: capacities of orders 2 and 3, and the order they imply
+    assert tiny_config(pivot_bigrams=0).ngram_order == 1 and tiny_config(pivot_trigrams=0).ngram_order == 2
+    assert tiny_config(pivot_bigrams=7, pivot_trigrams=9).ngram_capacities == [7, 9]
+    assert tiny_config(ngram_order=4, pivot_bigrams=7).ngram_capacities == [7, 2**20, 2**20]
+    assert isinstance(tiny_model().pivot_bigrams, SaffuPivotBigrams) and tiny_model(ngram_order=1).pivot_bigrams is None
 
 
 def test_frozen_input_cache_stops_storing_at_its_memory_bound():

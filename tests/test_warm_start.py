@@ -173,7 +173,7 @@ def test_a_full_bigram_table_keeps_the_pairs_that_contribute_most():
         model = SaffuForCausalLM(saffu_config(pivot_trigrams=0, **sizing)).eval()
         report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
         assert report.pivot_bigrams == {"pairs_seen": len(keys), "pairs_kept": capacity}
-        assert model.config.pivot_bigrams == capacity
+        assert model.config.ngram_capacities == [capacity]
         kept = sorted(order[:capacity])
         stored, stored_values = stored_pairs(model)
         assert torch.equal(stored, keys[kept])
@@ -194,7 +194,7 @@ def test_tables_follow_the_data_and_reload_with_their_size(tmp_path):
         report = explicit_warm_start(models[name], batches_of(train, 16), show_progress=False)
         assert report.pivot_trigrams == {"triples_seen": triples, "triples_kept": triples}
     sized = models["sized"]
-    assert (sized.config.pivot_bigrams, sized.config.pivot_trigrams) == (pairs, triples)
+    assert sized.config.ngram_capacities == [pairs, triples]
     assert (len(sized.pivot_bigrams.values), len(sized.pivot_trigrams.values)) == (pairs, triples)
     sized.save_pretrained(tmp_path / "model")
     reloaded = SaffuForCausalLM.from_pretrained(tmp_path / "model").eval()
@@ -218,7 +218,7 @@ def test_a_table_budget_prunes_the_trigrams_by_contribution():
     model = SaffuForCausalLM(saffu_config(pivot_table_mb=budget / 2**20)).eval()
     report = explicit_warm_start(model, batches_of(train, 16), show_progress=False)
     assert report.pivot_trigrams == {"triples_seen": triples, "triples_kept": triples // 3}
-    assert model.config.pivot_bigrams == pairs and model.config.pivot_trigrams == triples // 3
+    assert model.config.ngram_capacities == [pairs, triples // 3]
 
     def entries(table):
         used = int(table.rows[-1])
@@ -618,7 +618,7 @@ def test_head_learning_rates_are_parameter_groups_of_their_own(tmp_path):
     explicit_warm_start(model, batches_of(train, 8), show_progress=False)
     initial = state_of(model)
     arguments = training_arguments(
-        tmp_path, max_steps=4, save_strategy="no", head_learning_rate=0.0, pivot_head_learning_rate=0.0
+        tmp_path, max_steps=4, save_strategy="no", head_learning_rate=0.0, table_learning_rate=0.0
     )
     trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=train)
     trainer.train()

@@ -165,7 +165,7 @@ class SaffuRecipe:
     warm_start_batch_size: int
     seed: int
     head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
-    pivot_head_learning_rate: float | None = None  # the pivot channel's (None: learning_rate)
+    table_learning_rate: float | None = None  # the pivot channel's: its tables (None: learning_rate)
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
@@ -173,7 +173,7 @@ class SaffuRecipe:
     def group_learning_rates(self) -> dict:
         return {
             "head_learning_rate": self.head_learning_rate,
-            "pivot_head_learning_rate": self.pivot_head_learning_rate,
+            "table_learning_rate": self.table_learning_rate,
         }
 
 
@@ -191,7 +191,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         warm_start_batch_size=training_args.warm_start_batch_size,
         seed=training_args.seed,
         head_learning_rate=training_args.head_learning_rate,
-        pivot_head_learning_rate=training_args.pivot_head_learning_rate,
+        table_learning_rate=training_args.table_learning_rate,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 

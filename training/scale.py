@@ -173,7 +173,7 @@ def peak_rss_mb() -> float:
 
 
 def table_megabytes(model) -> float:
-    tables = [t for t in (model.pivot_bigrams, model.pivot_trigrams) if t is not None]
+    tables = model.ngram_tables
     return sum(x.numel() * x.element_size() for t in tables for x in (*t.parameters(), *t.buffers())) / 2**20
 
 
@@ -231,15 +231,14 @@ def run_worker(args, recipe: harness.SaffuRecipe) -> dict:
 
 def pruning_curve(run: ExplicitWarmStart, model, validation, budgets: list[float]) -> list[dict]:
     """The tables re-solved within each budget, by contribution and by frequency: size and validation perplexity."""
-    triples = run.count_triples()
+    triples = run.count_ngrams(3)
     shipped, points = warm_start_module.strongest_entries, []
     for rule, select in (("contribution", shipped), ("frequency", by_frequency)):
         for budget in budgets:
             warm_start_module.strongest_entries = select
             try:
                 model.config.pivot_table_mb = budget
-                run.solve_pivot_bigrams(triples)
-                run.solve_pivot_trigrams(triples)
+                run.solve_tables(triples)
             finally:
                 warm_start_module.strongest_entries = shipped
             points.append(
