@@ -197,14 +197,15 @@ def test_read_config_uses_the_cli_parser(corpus):
 
 
 def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
-    """Backprop after the warm start uses the config's learning rates per part and its frozen phase."""
+    """Backprop after the warm start uses the config's learning rates per part, leave-one-out and its frozen phase."""
     calls = []
     monkeypatch.setattr(harness, "train_with_budget", lambda *args, **kwargs: calls.append((args, kwargs)))
     recipe = harness.read_config()
     harness.train_warm_saffu("model", "data", "budget", recipe, offset=12.5)
     ((args, kwargs),) = calls
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
-    assert kwargs["group_rates"] == {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4}
+    rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4}
+    assert kwargs["group_rates"] == {**rates, "table_leave_one_out": True}
     assert kwargs["frozen_fraction"] == 0.5
 
 

@@ -166,6 +166,7 @@ class SaffuRecipe:
     seed: int
     head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
     table_learning_rate: float | None = None  # the pivot channel's: its tables (None: learning_rate)
+    table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
@@ -175,6 +176,10 @@ class SaffuRecipe:
             "head_learning_rate": self.head_learning_rate,
             "table_learning_rate": self.table_learning_rate,
         }
+
+    def trainer_arguments(self) -> dict:
+        """The `ExplicitTrainingArguments` of the SAFFU's backprop: its learning rates per part and leave-one-out."""
+        return {**self.group_learning_rates(), "table_leave_one_out": self.table_leave_one_out}
 
 
 def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
@@ -192,6 +197,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         seed=training_args.seed,
         head_learning_rate=training_args.head_learning_rate,
         table_learning_rate=training_args.table_learning_rate,
+        table_leave_one_out=training_args.table_leave_one_out,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 
@@ -530,7 +536,7 @@ def train_warm_saffu(model, data, budget: Budget, recipe: SaffuRecipe, offset: f
     phase (the same fraction of the steps); `train_with_budget`."""
     kwargs.setdefault("frozen_fraction", recipe.frozen_fraction)
     return train_with_budget(
-        model, data, budget, recipe.learning_rate, offset=offset, group_rates=recipe.group_learning_rates(), **kwargs
+        model, data, budget, recipe.learning_rate, offset=offset, group_rates=recipe.trainer_arguments(), **kwargs
     )
 
 
