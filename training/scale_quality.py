@@ -28,7 +28,6 @@ Every arm writes OUTPUT/scale_quality/SIZE-ARM.json at every curve point (partia
 
 import argparse
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -252,7 +251,15 @@ def size_lines(size: str, files: dict, settings: dict) -> tuple[list[str], list[
     rows, data = [], []
     counts = files.get(f"{size}-counts")
     for r in counts["results"] if counts else []:
-        rows.append([r["arm"], "1 pass", f"{r['cpu_seconds']:.1f}", f"{r['parameters']:,}", *(fmt(r["scores"].get(c)) for c in columns)])
+        rows.append(
+            [
+                r["arm"],
+                "1 pass",
+                f"{r['cpu_seconds']:.1f}",
+                f"{r['parameters']:,}",
+                *(fmt(r["scores"].get(c)) for c in columns),
+            ]
+        )
         data.append({"size": size, "arm": r["arm"], "budget": None, **r["scores"]})
     for arm in ("saffu", "gpt2"):
         result = files.get(f"{size}-{arm}")
@@ -261,15 +268,33 @@ def size_lines(size: str, files: dict, settings: dict) -> tuple[list[str], list[
         parameters = f"{result['parameters']:,}" if "parameters" in result else ""
         if arm == "saffu" and result["points"]:
             first = result["points"][0]
-            rows.append(["SAFFU warm start alone", "warm start", f"{first['cpu_seconds']:.1f}", parameters, *(fmt(first["scores"].get(c)) for c in columns)])
+            rows.append(
+                [
+                    "SAFFU warm start alone",
+                    "warm start",
+                    f"{first['cpu_seconds']:.1f}",
+                    parameters,
+                    *(fmt(first["scores"].get(c)) for c in columns),
+                ]
+            )
             data.append({"size": size, "arm": "SAFFU warm start alone", "budget": None, **first["scores"]})
         for budget in settings["budget_points"]:
             point, note = point_at(result, budget)
             cells = [fmt(point["scores"].get(c)) if point else "" for c in columns]
             at = f"{point['cpu_seconds']:.0f}" if point else ""
-            rows.append([f"{result['arm']} @ {budget:.0f} CPU-s{note}", f"step {point['step']}" if point else "", at, parameters, *cells])
+            rows.append(
+                [
+                    f"{result['arm']} @ {budget:.0f} CPU-s{note}",
+                    f"step {point['step']}" if point else "",
+                    at,
+                    parameters,
+                    *cells,
+                ]
+            )
             if point:
-                data.append({"size": size, "arm": result["arm"], "budget": budget, "note": note.strip(), **point["scores"]})
+                data.append(
+                    {"size": size, "arm": result["arm"], "budget": budget, "note": note.strip(), **point["scores"]}
+                )
     header = ["arm", "training", "CPU-s", "parameters", "validation (overall)", *(f"{s}" for s in SOURCES)]
     return harness.markdown_table(header, rows), data
 
@@ -288,7 +313,16 @@ def gap_lines(data: list[dict], settings: dict) -> list[str]:
                     continue
                 ratio_kn = ours[column] / kn3[column] if kn3 else None
                 ratio_gpt2 = ours[column] / gpt2[column] if gpt2 else None
-                rows.append([size, f"{budget:.0f}", column, fmt(ours[column]), f"{ratio_kn:.3f}" if ratio_kn else "", f"{ratio_gpt2:.3f}" if ratio_gpt2 else ""])
+                rows.append(
+                    [
+                        size,
+                        f"{budget:.0f}",
+                        column,
+                        fmt(ours[column]),
+                        f"{ratio_kn:.3f}" if ratio_kn else "",
+                        f"{ratio_gpt2:.3f}" if ratio_gpt2 else "",
+                    ]
+                )
     header = ["train size", "budget CPU-s", "scored on", "SAFFU ppl", "SAFFU / KN3", "SAFFU / GPT-2"]
     return harness.markdown_table(header, rows)
 
@@ -338,7 +372,9 @@ def report(out: Path) -> dict:
     lines += ["## Gaps (ratio of perplexities; below 1 = the SAFFU is better)", "", *gap_lines(data, settings), ""]
     lines += ["![curves](scale_quality.png)"]
     payload = {"rows": data, "arms": files}
-    harness.write_results(out / "SCALE_QUALITY.md", out / "scale_quality.json", "Quality at scale: mixed", lines, payload)
+    harness.write_results(
+        out / "SCALE_QUALITY.md", out / "scale_quality.json", "Quality at scale: mixed", lines, payload
+    )
     plot(files, out / "scale_quality.png")
     return payload
 
