@@ -206,6 +206,8 @@ def run_arm(arm: str, size: str, settings: Settings, recipe, tokenizer, data, so
         "settings": asdict(settings),
         "recipe": asdict(recipe),
     }
+    head["eval_tokens"] = {"validation": harness.real_tokens(data["validation"])}
+    head["eval_tokens"].update({source: harness.real_tokens(blocks) for source, blocks in sources.items()})
     path = out / "scale_quality" / f"{size}-{arm}.json"
     if arm == "counts":
         Writer(path, head, data, sources).write({"results": counts_arm(data, sources, len(tokenizer))}, True)
@@ -245,7 +247,7 @@ def fmt(value: float | None) -> str:
     return "" if value is None or value != value else f"{value:.1f}"
 
 
-def size_lines(size: str, files: dict, settings: dict) -> tuple[list[str], list[dict]]:
+def size_lines(size: str, files: dict) -> tuple[list[str], list[dict]]:
     """The size's table: each arm (and budget point) by column of scores; and its rows as data."""
     columns = ["validation", *SOURCES]
     rows, data = [], []
@@ -278,7 +280,7 @@ def size_lines(size: str, files: dict, settings: dict) -> tuple[list[str], list[
                 ]
             )
             data.append({"size": size, "arm": "SAFFU warm start alone", "budget": None, **first["scores"]})
-        for budget in settings["budget_points"]:
+        for budget in result["settings"]["budget_points"]:  # the arm's own (the 1M runs may be shorter)
             point, note = point_at(result, budget)
             cells = [fmt(point["scores"].get(c)) if point else "" for c in columns]
             at = f"{point['cpu_seconds']:.0f}" if point else ""
@@ -299,13 +301,13 @@ def size_lines(size: str, files: dict, settings: dict) -> tuple[list[str], list[
     return harness.markdown_table(header, rows), data
 
 
-def gap_lines(data: list[dict], settings: dict) -> list[str]:
+def gap_lines(data: list[dict]) -> list[str]:
     """SAFFU / Kneser-Ney 3-gram and SAFFU / GPT-2 (overall validation) at each size and budget point."""
     rows = []
     for size in SIZES:
         here = [d for d in data if d["size"] == size]
         kn3 = next((d for d in here if d["arm"] == "Kneser-Ney 3-gram"), None)
-        for budget in settings["budget_points"]:
+        for budget in sorted({d["budget"] for d in here if d["budget"] is not None}):
             ours = next((d for d in here if d["arm"] == ARM_NAMES["saffu"] and d["budget"] == budget), None)
             gpt2 = next((d for d in here if d["arm"] == ARM_NAMES["gpt2"] and d["budget"] == budget), None)
             for column in ("validation", *SOURCES):
@@ -355,21 +357,33 @@ def plot(files: dict, path: Path) -> None:
 
 def report(out: Path) -> dict:
     files = {p.stem: json.loads(p.read_text()) for p in sorted((out / "scale_quality").glob("*.json"))}
-    any_file = next(iter(files.values()), {})
-    settings = any_file.get("settings", asdict(Settings()))
     lines, data = [], []
     commands = sorted({(f["run"]["command"], f["run"]["commit"]) for f in files.values()})
     lines += ["- arms' commands and commits:", *(f"  - `{c}` at `{k}`" for c, k in commands)]
-    lines += [f"- settings: `{settings}`", ""]
+    lines += [f"- settings: `{s}`" for s in sorted({json.dumps(f["settings"]) for f in files.values()})]
+    eval_tokens = next((f["eval_tokens"] for f in files.values() if "eval_tokens" in f), {})
+    lines += [
+        "- data: mixed (one document a line); one BPE of the config's vocabulary trained on mixed's whole train "
+        "split for every arm and size; 1M = seeded random packed train blocks holding 1M tokens; every arm scored on "
+        "the same sets: `validation` = a seeded random subset of the packed validation blocks, and each source's "
+        "validation documents packed apart (a seeded random subset of their blocks); predicted tokens per set: "
+        f"`{eval_tokens}`",
+        "- sources: `brown` = a line of Brown's validation split; `movie_reviews` = lower-cased throughout; `other` = "
+        "the rest (abc, state_union, webtext, inaugural: mixed's files carry no source labels)",
+        "- CPU-s = the arm's process CPU time (warm start included, evaluation excluded), torch threads 1, at nice 19 "
+        "on a 2-core machine shared with other jobs; each backprop arm is one run (cosine over its largest budget "
+        "point) read at its budget points: the first curve point at or after each",
+        "",
+    ]
     for size in SIZES:
         here = {k: v for k, v in files.items() if v.get("size") == size}
         if not here:
             continue
         tokens = next(iter(here.values()))["train_tokens"]
-        table, rows = size_lines(size, files, settings)
+        table, rows = size_lines(size, files)
         lines += [f"## {size}: {tokens:,} train tokens", "", *table, ""]
         data += rows
-    lines += ["## Gaps (ratio of perplexities; below 1 = the SAFFU is better)", "", *gap_lines(data, settings), ""]
+    lines += ["## Gaps (ratio of perplexities; below 1 = the SAFFU is better)", "", *gap_lines(data), ""]
     lines += ["![curves](scale_quality.png)"]
     payload = {"rows": data, "arms": files}
     harness.write_results(
