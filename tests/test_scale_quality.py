@@ -108,7 +108,7 @@ def test_scale_quality_quick_writes_each_arm_then_the_report(mixed, tmp_path, st
     assert kn.keys() == {"Kneser-Ney 2-gram", "Kneser-Ney 3-gram", "Kneser-Ney 4-gram"}
     report = (tmp_path / "SCALE_QUALITY.md").read_text()
     assert "python -m training.scale_quality --quick" in report and "| SAFFU warm start alone |" in report
-    assert "## 1M:" in report and "## 4.5M:" in report and "SAFFU / KN3" in report
+    assert "## 1M:" in report and "## 4.5M:" in report and "| 1M | + backprop @ 0.6 CPU-s | movie_reviews |" in report
     assert (tmp_path / "scale_quality.png").stat().st_size > 0
     payload = json.loads((tmp_path / "scale_quality.json").read_text())
     rows = [r for r in payload["rows"] if r["arm"] == "Kneser-Ney 3-gram" and r["size"] == "1M"]

@@ -302,31 +302,26 @@ def size_lines(size: str, files: dict) -> tuple[list[str], list[dict]]:
 
 
 def gap_lines(data: list[dict]) -> list[str]:
-    """SAFFU / Kneser-Ney 3-gram and SAFFU / GPT-2 (overall validation) at each size and budget point."""
+    """The SAFFU's perplexity over the Kneser-Ney 3- and 4-gram's and over GPT-2's at the same budget point, per
+    size and scored set: the warm start alone, then warm start + backprop at each budget point."""
     rows = []
     for size in SIZES:
         here = [d for d in data if d["size"] == size]
-        kn3 = next((d for d in here if d["arm"] == "Kneser-Ney 3-gram"), None)
-        for budget in sorted({d["budget"] for d in here if d["budget"] is not None}):
-            ours = next((d for d in here if d["arm"] == ARM_NAMES["saffu"] and d["budget"] == budget), None)
-            gpt2 = next((d for d in here if d["arm"] == ARM_NAMES["gpt2"] and d["budget"] == budget), None)
+        kn3, kn4 = (next((d for d in here if d["arm"] == f"Kneser-Ney {n}-gram"), None) for n in (3, 4))
+        budgets = sorted({d["budget"] for d in here if d["budget"] is not None})
+        saffu = [("warm start alone", "SAFFU warm start alone", None)]
+        saffu += [(f"+ backprop @ {b:g} CPU-s", ARM_NAMES["saffu"], b) for b in budgets]
+        for label, arm, budget in saffu:
+            ours = next((d for d in here if d["arm"] == arm and d["budget"] == budget), None)
+            theirs = next((d for d in here if d["arm"] == ARM_NAMES["gpt2"] and d["budget"] == budget), None)
             for column in ("validation", *SOURCES):
                 if ours is None or column not in ours:
                     continue
-                ratio_kn = ours[column] / kn3[column] if kn3 else None
-                ratio_gpt2 = ours[column] / gpt2[column] if gpt2 else None
-                rows.append(
-                    [
-                        size,
-                        f"{budget:.0f}",
-                        column,
-                        fmt(ours[column]),
-                        f"{ratio_kn:.3f}" if ratio_kn else "",
-                        f"{ratio_gpt2:.3f}" if ratio_gpt2 else "",
-                    ]
-                )
-    header = ["train size", "budget CPU-s", "scored on", "SAFFU ppl", "SAFFU / KN3", "SAFFU / GPT-2"]
-    return harness.markdown_table(header, rows)
+                ratios = [other[column] if other and column in other else None for other in (kn3, kn4, theirs)]
+                cells = [f"{ours[column] / r:.3f}" if r else "" for r in ratios]
+                rows.append([size, label, column, fmt(ours[column]), *cells])
+    header = ["train size", "SAFFU", "scored on", "SAFFU ppl", "/ KN3", "/ KN4", "/ GPT-2 2x128 (same budget)"]
+    return harness.markdown_table(header, rows, "lllrrrr")
 
 
 def plot(files: dict, path: Path) -> None:
@@ -355,7 +350,7 @@ def plot(files: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> dict:
+def report(out: Path, note: str = "") -> dict:
     files = {p.stem: json.loads(p.read_text()) for p in sorted((out / "scale_quality").glob("*.json"))}
     lines, data = [], []
     commands = sorted({(f["run"]["command"], f["run"]["commit"]) for f in files.values()})
@@ -383,7 +378,8 @@ def report(out: Path) -> dict:
         table, rows = size_lines(size, files)
         lines += [f"## {size}: {tokens:,} train tokens", "", *table, ""]
         data += rows
-    lines += ["## Gaps (ratio of perplexities; below 1 = the SAFFU is better)", "", *gap_lines(data), ""]
+    lines += ["## Gaps (ratios of perplexities; below 1 = the SAFFU is better)", "", *gap_lines(data), ""]
+    lines += [note, ""] if note else []
     lines += ["![curves](scale_quality.png)"]
     payload = {"rows": data, "arms": files}
     harness.write_results(
@@ -405,10 +401,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--cache-dir", type=Path, help="tokenizer and packed data (default .cache/scale_quality)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets and eval subsets (the test's path)")
     parser.add_argument("--report", action="store_true", help="only write the report from the arms' files")
+    parser.add_argument("--note", default="", help="with --report: a paragraph added after the tables")
     args = parser.parse_args(argv)
     harness.start_run(args, argv, __name__)
     if args.report:
-        return report(args.output_dir)
+        return report(args.output_dir, args.note)
     settings = Settings(tuple(args.budget_points), args.eval_blocks, args.source_blocks)
     if args.quick:
         settings = Settings((0.3, 0.6), 8, 4)
