@@ -43,7 +43,7 @@ from hf_saffu import warm_start as warm_start_module
 from hf_saffu.data import DataArguments, load_text_datasets, pack_token_ids, text_batches, train_tokenizer
 from hf_saffu.warm_start import ExplicitWarmStart
 
-from . import harness
+from . import harness, scale_distributed
 from .kneser_ney import KneserNeyLM
 
 DEFAULT_DATA = harness.REPO_ROOT.parent / "shared" / "data" / "mixed"
@@ -427,6 +427,10 @@ def plot(results: list[dict], path: Path) -> None:
 def write_report(args, recipe, results: list[dict], note: str = "") -> None:
     out = args.output_dir
     lines = report_lines(args, recipe, results) + ([f"\n{note}"] if note else [])
+    distributed = out / "scale_distributed.json"
+    if distributed.is_file():  # issue 25, item 6: training/scale_distributed.py's results
+        title = "## Past one machine: the warm start in 1 and 2 processes (`python -m training.scale_distributed`)"
+        lines += ["", title, "", *scale_distributed.section_lines(json.loads(distributed.read_text()))]
     harness.write_results(
         out / "SCALE.md",
         out / "scale.json",
