@@ -130,6 +130,9 @@ def describe_architecture(config: Any) -> str:
         entries = ", ".join(f"{capacity:,}" for capacity in capacities)
         orders = f"orders 2-{len(capacities) + 1}" if len(capacities) > 1 else "order 2"
         pivot = f" + the pivot's n-gram tables ({orders}: {entries} entries)"
+    width = getattr(config, "neural_mixture_dim", 0)
+    if width:
+        pivot += f", mixed linearly with a neural word model ({width} GELU units)"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "

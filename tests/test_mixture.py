@@ -10,6 +10,7 @@ from test_leave_one_out import batches_of
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax
 from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_out, table_leave_one_out
+from hf_saffu.model_card import describe_architecture
 from hf_saffu.trainer import ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -183,3 +184,8 @@ def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path):
     logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
     assert logged == pytest.approx(left_out, rel=1e-5)
     assert left_out > tables_only > plain
+
+
+def test_the_model_card_names_the_mixture():
+    assert "neural word model (8 GELU units)" in describe_architecture(saffu_config(neural_mixture_dim=8))
+    assert "neural word model" not in describe_architecture(saffu_config())
