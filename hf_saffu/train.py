@@ -38,7 +38,8 @@ from .errors import UsageError, check_finite, check_saved_files, raise_usage_err
 from .generation import sample_text
 from .model_card import RESULTS_FILE, model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir, output_dir_lock, staged_folder
+from .output_dir import check_output_dir, output_dir_lock, staged_folder
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments
 
 
 def architecture_field(help: str):
@@ -283,7 +284,7 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
 
 def holding_the_output_dir(run):
     """`run(model_args, data_args, training_args)` with training_args.output_dir locked throughout
-    (`hf_saffu.trainer.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
+    (`hf_saffu.output_dir.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
 
     @functools.wraps(run)
     def locked(model_args, data_args, training_args):
