@@ -57,13 +57,13 @@ class TableLeaveOneOut:
 
     def __init__(self, model: SaffuForCausalLM, triple_keys: torch.Tensor, triple_counts: torch.Tensor):
         bigrams, trigrams = model.pivot_bigrams, model.pivot_trigrams
-        if bigrams is None or trigrams is None or model.config.explicit_discount is None:
+        if bigrams is None or trigrams is None or model.config.warm_start_recipe.explicit_discount is None:
             raise ValueError(
                 "table_leave_one_out needs Kneser-Ney bigram and trigram tables (pivot_bigrams, "
                 "pivot_trigrams > 0 and explicit_discount set)"
             )
         vocab = self.vocab_size = model.config.vocab_size
-        self.smoothing = model.config.explicit_smoothing
+        self.smoothing = model.config.warm_start_recipe.explicit_smoothing
         triple_keys, triple_counts = triple_keys.cpu(), triple_counts.cpu().to(torch.float64)
         # bigram table: pairs p = (x, z), continuation counts c_p
         self.pair_rows = bigrams.rows.cpu()

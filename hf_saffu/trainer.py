@@ -47,6 +47,7 @@ from transformers.trainer_utils import (
 from transformers.utils import CONFIG_NAME, logging
 
 from .callbacks import DivergenceGuard
+from .configuration_saffu import ExplicitWarmStartConfig
 from .errors import check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
 from .frozen_phase import FrozenEmbeddingPhase
@@ -70,16 +71,10 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class ExplicitTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the explicit warm start."""
+    """`TrainingArguments` plus when the explicit warm start runs; how it runs is the model's recipe
+    (`SaffuConfig.warm_start_recipe`: smoothing, discount, attention rounds, tokens read, batch size)."""
 
     warm_start: bool = field(default=True, metadata={"help": "run the explicit warm start before backprop"})
-    warm_start_max_tokens: int | None = field(
-        default=None, metadata={"help": "read at most this many training tokens for the warm start"}
-    )
-    warm_start_batch_size: int = field(default=64, metadata={"help": "blocks per warm-start forward batch"})
-    explicit_attention_iters: int = field(
-        default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
-    )
     save_counts: bool = field(
         default=False,
         metadata={
@@ -126,12 +121,6 @@ class ExplicitTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             self.use_cpu = True  # torchrun without an accelerator: gloo data parallelism, not independent runs
         super().__post_init__()
-        if self.warm_start_max_tokens is not None and self.warm_start_max_tokens < 1:
-            raise ValueError(f"warm_start_max_tokens must be >= 1 or None, got {self.warm_start_max_tokens}")
-        if self.warm_start_batch_size < 1:
-            raise ValueError(f"warm_start_batch_size must be >= 1, got {self.warm_start_batch_size}")
-        if self.explicit_attention_iters < 0:
-            raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
         for name in ("learning_rate", "head_learning_rate", "pivot_head_learning_rate"):
@@ -144,11 +133,6 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"max_steps must be >= 1, or -1 for num_train_epochs, got {self.max_steps} (warm_start_only=true "
                 "runs no backprop step)"
-            )
-        if self.table_leave_one_out and self.warm_start_max_tokens is not None:
-            raise ValueError(
-                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
-                f"must be None, got {self.warm_start_max_tokens}"
             )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
@@ -206,7 +190,9 @@ def stacked_rows(column: str, rows: list) -> torch.Tensor:
     return torch.as_tensor(rows) if not torch.is_tensor(rows[0]) else torch.stack(rows)
 
 
-def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> StreamBatches:
+def stream_shard(
+    dataset: IterableDataset, recipe: ExplicitWarmStartConfig, args: ExplicitTrainingArguments
+) -> StreamBatches:
     """The warm start's batches of a streamed train_dataset: its first ceil(warm_start_max_tokens / block size)
     blocks (all without a cap; the block size read from the first block), split between the processes by
     `datasets.distributed.split_dataset_by_node` (whole shards per process when the stream's shards divide
@@ -215,11 +201,11 @@ def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> S
     first = next(iter(dataset), None)
     if first is None:
         raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start (the stream is empty)")
-    if args.warm_start_max_tokens is not None:
-        dataset = dataset.take(math.ceil(args.warm_start_max_tokens / len(first["input_ids"])))
+    if recipe.warm_start_max_tokens is not None:
+        dataset = dataset.take(math.ceil(recipe.warm_start_max_tokens / len(first["input_ids"])))
     if args.world_size > 1:
         dataset = split_dataset_by_node(dataset, rank=args.process_index, world_size=args.world_size)
-    return StreamBatches(dataset, args.warm_start_batch_size)
+    return StreamBatches(dataset, recipe.warm_start_batch_size)
 
 
 def checkpoint_warm_started(checkpoint: str) -> bool:
@@ -262,6 +248,7 @@ class ExplicitTrainer(Trainer):
         if not isinstance(self.args, ExplicitTrainingArguments):
             raise TypeError("ExplicitTrainer needs ExplicitTrainingArguments")
         self.check_vocabulary()
+        self.check_leave_one_out()
         self.warm_start_report = None
         self.warm_start_metrics: dict[str, float] = {}
         self.checkpoint_staging: str | None = None
@@ -307,6 +294,15 @@ class ExplicitTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return super().create_optimizer(model)
+
+    def check_leave_one_out(self) -> None:
+        """Leave-one-out table values need the tables counted from every training position."""
+        max_tokens = self.saffu_model.config.warm_start_recipe.warm_start_max_tokens
+        if self.args.table_leave_one_out and max_tokens is not None:
+            raise ValueError(
+                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
+                f"must be None, got {max_tokens}"
+            )
 
     def check_vocabulary(self) -> None:
         """The tokenizer must not produce ids the model has no row for."""
@@ -405,24 +401,24 @@ class ExplicitTrainer(Trainer):
     def warm_start_shard(self) -> "DatasetBatches | StreamBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
         dataset = warm_start_dataset(self.train_dataset)
+        recipe = self.saffu_model.config.warm_start_recipe
         if isinstance(dataset, IterableDataset):
-            return stream_shard(dataset, self.args)
+            return stream_shard(dataset, recipe, self.args)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
-        cap = self.args.warm_start_max_tokens
+        cap = recipe.warm_start_max_tokens
         if cap is not None:
             dataset = dataset.select(range(min(len(dataset), math.ceil(cap / block_size))))
         shard = contiguous_shard(dataset, self.args.world_size, self.args.process_index)
         columns = [c for c in ("input_ids", "attention_mask") if c in shard.column_names]
-        return DatasetBatches(shard.with_format("torch", columns=columns), self.args.warm_start_batch_size)
+        return DatasetBatches(shard.with_format("torch", columns=columns), recipe.warm_start_batch_size)
 
     def run_warm_start(self) -> None:
         start = time.perf_counter()
         report = explicit_warm_start(
             self.saffu_model,
             self.warm_start_shard(),
-            attention_iters=self.args.explicit_attention_iters,
             accelerator=self.accelerator,
             show_progress=self.is_local_process_zero() and not self.args.disable_tqdm,
         )
