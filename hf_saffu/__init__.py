@@ -1,6 +1,6 @@
 """hf_saffu: explicitly optimised SAFFU language models for the Hugging Face ecosystem.
 
-    from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
+    from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel, ExplicitWarmStartConfig
     from hf_saffu import ExplicitTrainer, ExplicitTrainingArguments, explicit_warm_start
 
 Importing the package registers the SAFFU classes with the Auto classes, and marks them for
@@ -19,7 +19,7 @@ from importlib.util import find_spec
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_saffu import SaffuConfig
+from .configuration_saffu import ExplicitWarmStartConfig, SaffuConfig
 from .modeling_saffu import SaffuDecodingState, SaffuForCausalLM, SaffuModel, SaffuPreTrainedModel
 
 AutoConfig.register(SaffuConfig.model_type, SaffuConfig, exist_ok=True)
@@ -68,6 +68,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ExplicitTrainer",
     "ExplicitTrainingArguments",
+    "ExplicitWarmStartConfig",
     "SaffuConfig",
     "SaffuDecodingState",
     "SaffuForCausalLM",

@@ -5,7 +5,9 @@ outside the standard library and transformers (no hf_saffu module), so a saved m
 `trust_remote_code=True` where hf_saffu is not installed.
 """
 
+import dataclasses
 import math
+from typing import Literal
 
 from transformers import PreTrainedConfig
 
@@ -30,10 +32,135 @@ BOOLEAN_FIELDS = (
     "pivot_head",
     "use_document_context",
     "freeze_embeddings",
-    "contextual_embeddings",
     "warm_started",
 )
 DEFAULT_PIVOT_TABLE_MB = 512.0  # the tables' memory budget in the warm start: about 19M trigram entries
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExplicitWarmStartConfig:
+    r"""
+    The explicit warm start's recipe: how `hf_saffu.warm_start` computes a [`SaffuForCausalLM`]'s weights from the
+    counts of its training data. It is held by the model's config (`SaffuConfig.warm_start_recipe`) and saved with
+    it, for the record, as the nested dict `warm_start_recipe` of config.json; the forward pass reads none of it.
+    Its fields are also keyword arguments of `SaffuConfig` and flags of `hf-saffu train`, under the same names.
+
+    Args:
+        explicit_smoothing (`float`, *optional*, defaults to 0.01):
+            Additive floor alpha of the co-occurrence counts, ln(F + alpha).
+        explicit_hidden_priming (`float` or `"features"`, *optional*, defaults to `None`):
+            Priming number K of every hidden layer's explicit solution. `None`: K = mean ||z_t||_1 = 1, so
+            U = ln(F + alpha). A number K treats each z_t as K observations (naive Bayes): U = K ln(F + alpha),
+            b = -(K - 1) ln phi, a sharper hidden distribution. `"features"` (the authors' account: the number of
+            features behind one prediction): per context, K = the mean number of inputs z_t mixes (valid window
+            positions; document length).
+        explicit_discount (`float`, *optional*, defaults to 0.75):
+            Absolute discount D of every explicit solution, ln(max(F - D, 0) + (R + alpha) pi), the closed form
+            behind Kneser-Ney (`hf_saffu.explicit.discounted_counts`); `None` (paper): the additive floor
+            ln(F + alpha).
+        embedding_codes (`str`, *optional*, defaults to `"anchored"`):
+            Which bit-cipher code each token gets in the explicit warm start. `"frequency_rank"` (paper): the
+            code of its frequency rank. `"anchored"`: the same code levels, but bit i stands for the i-th most
+            frequent token and a rarer token sets the bits of the frequent tokens whose successors resemble its
+            own (`hf_saffu.token_classes`).
+        hidden_targets (`str`, *optional*, defaults to `"clusters"`):
+            The local targets of the hidden layers in the explicit warm start. `"bit_cipher"` (paper): the next
+            token's `hidden_bits`-bit label code. `"clusters"`: the one-hot class of the next token among
+            `hidden_bits` classes of tokens with similar predecessors, so h_t is a distribution over next-token
+            classes.
+        explicit_context_weight (`float`, *optional*, defaults to 0.5):
+            Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
+            contexts, which overlap, so smaller weights are better calibrated.
+        contextual_embeddings (`bool`, *optional*, defaults to `False`):
+            The warm start replaces the bit-cipher vectors by contextual ones (the normalised sum of the
+            neighbours' codes within `contextual_radius`).
+        contextual_radius (`int`, *optional*, defaults to 2):
+            Neighbourhood radius of the contextual embeddings.
+        explicit_attention_iters (`int`, *optional*, defaults to 1):
+            Rounds of (attention targets -> W, then U again) after the uniform-attention U.
+        warm_start_max_tokens (`int`, *optional*, defaults to `None`):
+            Read at most this many training tokens (the first ceil(max_tokens / block size) blocks); `None`: all.
+        warm_start_batch_size (`int`, *optional*, defaults to 64):
+            Blocks per forward batch of the warm start's passes (memory, not results: the counts are sums).
+
+    Example:
+
+    ```python
+    >>> from hf_saffu import ExplicitWarmStartConfig, SaffuConfig
+
+    >>> # The paper's additive floor instead of discounting, on the first million training tokens
+    >>> recipe = ExplicitWarmStartConfig(explicit_discount=None, warm_start_max_tokens=10**6)
+    >>> configuration = SaffuConfig(vocab_size=4096, warm_start_recipe=recipe)
+
+    >>> # The same recipe, given field by field
+    >>> configuration = SaffuConfig(vocab_size=4096, explicit_discount=None, warm_start_max_tokens=10**6)
+    >>> configuration.warm_start_recipe == recipe
+    True
+
+    ```
+    """
+
+    explicit_smoothing: float = 1e-2
+    explicit_hidden_priming: float | Literal["features"] | None = None
+    explicit_discount: float | None = 0.75
+    explicit_context_weight: float = 0.5
+    embedding_codes: str = "anchored"
+    hidden_targets: str = "clusters"
+    contextual_embeddings: bool = False
+    contextual_radius: int = 2
+    explicit_attention_iters: int = 1
+    warm_start_max_tokens: int | None = None
+    warm_start_batch_size: int = 64
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the first invalid field (as the `SaffuConfig` keyword it is given as) and
+        its allowed range."""
+        if not isinstance(self.contextual_embeddings, bool):
+            raise ValueError(
+                f"SaffuConfig.contextual_embeddings must be true or false, got {self.contextual_embeddings!r}"
+            )
+        positive_int("contextual_radius", self.contextual_radius)
+        bounded_number("explicit_smoothing", self.explicit_smoothing, *SMOOTHING_RANGE, "ln(F + alpha) needs alpha > 0")
+        if self.explicit_hidden_priming not in (None, "features"):
+            bounded_number(
+                "explicit_hidden_priming",
+                self.explicit_hidden_priming,
+                0,
+                MAX_HIDDEN_PRIMING,
+                'or None: K = 1, or "features": the inputs behind z_t',
+            )
+        if self.embedding_codes not in EMBEDDING_CODES:
+            raise ValueError(
+                f"SaffuConfig.embedding_codes must be one of {EMBEDDING_CODES}, got {self.embedding_codes!r}"
+            )
+        if self.hidden_targets not in HIDDEN_TARGETS:
+            raise ValueError(f"SaffuConfig.hidden_targets must be one of {HIDDEN_TARGETS}, got {self.hidden_targets!r}")
+        if self.explicit_discount is not None:
+            bounded_number("explicit_discount", self.explicit_discount, 0, MAX_HIDDEN_PRIMING, "or None: no discount")
+        bounded_number("explicit_context_weight", self.explicit_context_weight, 0, MAX_HIDDEN_PRIMING, closed=True)
+        non_negative_int("explicit_attention_iters", self.explicit_attention_iters)
+        if self.warm_start_max_tokens is not None:
+            positive_int("warm_start_max_tokens", self.warm_start_max_tokens, "or None: all")
+        positive_int("warm_start_batch_size", self.warm_start_batch_size)
+
+
+RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(ExplicitWarmStartConfig))
+
+
+def recipe_from(recipe: "ExplicitWarmStartConfig | dict | None", kwargs: dict) -> ExplicitWarmStartConfig:
+    """The recipe of a `SaffuConfig`: `recipe` (an object, its dict from config.json, or None for the defaults)
+    with the recipe's fields given flat among `kwargs` (taken out of them) on top."""
+    if recipe is not None and not isinstance(recipe, ExplicitWarmStartConfig | dict):
+        raise ValueError(f"SaffuConfig.warm_start_recipe must be an ExplicitWarmStartConfig or a dict, got {recipe!r}")
+    given = dataclasses.asdict(recipe) if isinstance(recipe, ExplicitWarmStartConfig) else dict(recipe or {})
+    unknown = sorted(set(given) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(f"SaffuConfig.warm_start_recipe has unknown fields {unknown}; known: {list(RECIPE_FIELDS)}")
+    given |= {name: kwargs.pop(name) for name in RECIPE_FIELDS if name in kwargs}
+    return ExplicitWarmStartConfig(**given)
 
 
 class SaffuConfig(PreTrainedConfig):
@@ -68,28 +195,6 @@ class SaffuConfig(PreTrainedConfig):
             Add the running mean of the document's inputs as a context.
         num_layers (`int`, *optional*, defaults to 1):
             Number of stacked SAFFU layers.
-        explicit_smoothing (`float`, *optional*, defaults to 0.01):
-            Additive floor alpha of the co-occurrence counts, ln(F + alpha).
-        explicit_hidden_priming (`float` or `"features"`, *optional*, defaults to `None`):
-            Priming number K of every hidden layer's explicit solution. `None`: K = mean ||z_t||_1 = 1, so
-            U = ln(F + alpha). A number K treats each z_t as K observations (naive Bayes): U = K ln(F + alpha),
-            b = -(K - 1) ln phi, a sharper hidden distribution. `"features"` (the authors' account: the number of
-            features behind one prediction): per context, K = the mean number of inputs z_t mixes (valid window
-            positions; document length).
-        explicit_discount (`float`, *optional*, defaults to 0.75):
-            Absolute discount D of every explicit solution, ln(max(F - D, 0) + (R + alpha) pi), the closed form
-            behind Kneser-Ney (`hf_saffu.explicit.discounted_counts`); `None` (paper): the additive floor
-            ln(F + alpha).
-        embedding_codes (`str`, *optional*, defaults to `"anchored"`):
-            Which bit-cipher code each token gets in the explicit warm start. `"frequency_rank"` (paper): the
-            code of its frequency rank. `"anchored"`: the same code levels, but bit i stands for the i-th most
-            frequent token and a rarer token sets the bits of the frequent tokens whose successors resemble its
-            own (`hf_saffu.token_classes`).
-        hidden_targets (`str`, *optional*, defaults to `"clusters"`):
-            The local targets of the hidden layers in the explicit warm start. `"bit_cipher"` (paper): the next
-            token's `hidden_bits`-bit label code. `"clusters"`: the one-hot class of the next token among
-            `hidden_bits` classes of tokens with similar predecessors, so h_t is a distribution over next-token
-            classes.
         log_hidden_head (`bool`, *optional*, defaults to `True`):
             The head reads ln H_t instead of H_t: a product of the contexts' hidden distributions. With class
             targets the warm start sets O and b_O to the class-based factorisation
@@ -129,20 +234,18 @@ class SaffuConfig(PreTrainedConfig):
             token's embeddings), lambda_t = sigmoid(g_t w + c). The model's logits are then ln p.
         neural_mixture_weight (`float`, *optional*, defaults to 0.05):
             lambda before training (c = logit of it, w = 0).
-        explicit_context_weight (`float`, *optional*, defaults to 0.5):
-            Weight beta of every context's class evidence in a log-reading head; 1 is naive Bayes over the
-            contexts, which overlap, so smaller weights are better calibrated.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
-        contextual_embeddings (`bool`, *optional*, defaults to `False`):
-            The warm start replaces the bit-cipher vectors by contextual ones (the normalised sum of the
-            neighbours' codes within `contextual_radius`).
-        contextual_radius (`int`, *optional*, defaults to 2):
-            Neighbourhood radius of the contextual embeddings.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the random initialisation of the dense layers.
         warm_started (`bool`, *optional*, defaults to `False`):
             Set by the explicit warm start, so it is not redone after reloading.
+        warm_start_recipe ([`ExplicitWarmStartConfig`] or `dict`, *optional*):
+            How the explicit warm start computes the weights (`hf_saffu.warm_start`); saved with the model, for
+            the record, as the nested dict `warm_start_recipe` of config.json. Its fields may also be given as
+            keyword arguments of `SaffuConfig` (`SaffuConfig(explicit_discount=None)`, the command line's flags,
+            and the flat keys of config.json files saved before the recipe had its own object); they override
+            the dict's. `None`: the recipe's defaults.
         bos_token_id (`int`, *optional*, defaults to `None`):
             Id of the beginning-of-sequence token.
         eos_token_id (`int`, *optional*, defaults to `None`):
@@ -170,6 +273,10 @@ class SaffuConfig(PreTrainedConfig):
     >>> # The papers' forms of the same model
     >>> paper_configuration = SaffuConfig(vocab_size=4096, **SaffuConfig.PAPER_FORM)
 
+    >>> # The warm start's recipe, one object (saved in config.json as the dict `warm_start_recipe`)
+    >>> configuration.warm_start_recipe.explicit_discount
+    0.75
+
     ```
     """
 
@@ -192,11 +299,6 @@ class SaffuConfig(PreTrainedConfig):
         windows: list[int] | tuple[int, ...] = (4, 16),
         use_document_context: bool = True,
         num_layers: int = 1,
-        explicit_smoothing: float = 1e-2,
-        explicit_hidden_priming: float | str | None = None,
-        explicit_discount: float | None = 0.75,
-        embedding_codes: str = "anchored",
-        hidden_targets: str = "clusters",
         log_hidden_head: bool = True,
         pivot_head: bool = False,
         ngram_order: int | None = None,
@@ -205,12 +307,10 @@ class SaffuConfig(PreTrainedConfig):
         residual_rank: int = 0,
         neural_mixture_dim: int = 0,
         neural_mixture_weight: float = 0.05,
-        explicit_context_weight: float = 0.5,
         freeze_embeddings: bool = True,
-        contextual_embeddings: bool = False,
-        contextual_radius: int = 2,
         initializer_range: float = 0.02,
         warm_started: bool = False,
+        warm_start_recipe: "ExplicitWarmStartConfig | dict | None" = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
@@ -223,11 +323,6 @@ class SaffuConfig(PreTrainedConfig):
         self.windows = list(windows) if isinstance(windows, (list, tuple)) else windows
         self.use_document_context = use_document_context
         self.num_layers = num_layers
-        self.explicit_smoothing = explicit_smoothing
-        self.explicit_hidden_priming = explicit_hidden_priming
-        self.explicit_discount = explicit_discount
-        self.embedding_codes = embedding_codes
-        self.hidden_targets = hidden_targets
         self.log_hidden_head = log_hidden_head
         self.pivot_head = pivot_head
         legacy = (kwargs.pop("pivot_bigrams", None), kwargs.pop("pivot_trigrams", None))
@@ -236,12 +331,10 @@ class SaffuConfig(PreTrainedConfig):
         self.residual_rank = residual_rank
         self.neural_mixture_dim = neural_mixture_dim
         self.neural_mixture_weight = neural_mixture_weight
-        self.explicit_context_weight = explicit_context_weight
         self.freeze_embeddings = freeze_embeddings
-        self.contextual_embeddings = contextual_embeddings
-        self.contextual_radius = contextual_radius
         self.initializer_range = initializer_range
         self.warm_started = warm_started
+        self.warm_start_recipe = recipe_from(warm_start_recipe, kwargs)
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -250,6 +343,12 @@ class SaffuConfig(PreTrainedConfig):
             **kwargs,
         )
         self.validate_saffu()
+
+    def to_dict(self) -> dict:
+        """`PreTrainedConfig.to_dict`, with the warm start's recipe as a nested dict."""
+        output = super().to_dict()
+        output["warm_start_recipe"] = dataclasses.asdict(self.warm_start_recipe)
+        return output
 
     @property
     def num_contexts(self) -> int:
@@ -279,10 +378,6 @@ class SaffuConfig(PreTrainedConfig):
     def validate_saffu(self) -> None:
         """Raise a `ValueError` naming the first invalid field and its allowed range."""
 
-        def positive_int(name: str, value) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SaffuConfig.{name} must be an integer >= 1, got {value!r}")
-
         def at_most(name: str, value: int, bound: int, reason: str) -> None:
             if value > bound:
                 raise ValueError(f"SaffuConfig.{name} must be <= {bound} ({reason}), got {value!r}")
@@ -293,7 +388,6 @@ class SaffuConfig(PreTrainedConfig):
         positive_int("vocab_size", self.vocab_size)
         positive_int("num_layers", self.num_layers)
         at_most("num_layers", self.num_layers, MAX_NUM_LAYERS, "every layer reads all contexts of every token")
-        positive_int("contextual_radius", self.contextual_radius)
         for name in ("embed_bits", "hidden_bits"):
             bits = getattr(self, name)
             positive_int(name, bits)
@@ -315,24 +409,6 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 "SaffuConfig needs at least one context: give windows (e.g. [4, 16]) or use_document_context=True"
             )
-        bounded_number("explicit_smoothing", self.explicit_smoothing, *SMOOTHING_RANGE, "ln(F + alpha) needs alpha > 0")
-        if self.explicit_hidden_priming not in (None, "features"):
-            bounded_number(
-                "explicit_hidden_priming",
-                self.explicit_hidden_priming,
-                0,
-                MAX_HIDDEN_PRIMING,
-                'or None: K = 1, or "features": the inputs behind z_t',
-            )
-        if self.embedding_codes not in EMBEDDING_CODES:
-            raise ValueError(
-                f"SaffuConfig.embedding_codes must be one of {EMBEDDING_CODES}, got {self.embedding_codes!r}"
-            )
-        if self.hidden_targets not in HIDDEN_TARGETS:
-            raise ValueError(f"SaffuConfig.hidden_targets must be one of {HIDDEN_TARGETS}, got {self.hidden_targets!r}")
-        if self.explicit_discount is not None:
-            bounded_number("explicit_discount", self.explicit_discount, 0, MAX_HIDDEN_PRIMING, "or None: no discount")
-        bounded_number("explicit_context_weight", self.explicit_context_weight, 0, MAX_HIDDEN_PRIMING, closed=True)
         check_matrix_sizes(self)
         if isinstance(self.residual_rank, bool) or not isinstance(self.residual_rank, int) or self.residual_rank < 0:
             raise ValueError(f"SaffuConfig.residual_rank must be an integer >= 0 (0: none), got {self.residual_rank!r}")
@@ -429,6 +505,18 @@ def check_matrix_sizes(config: SaffuConfig) -> None:
             )
 
 
+def positive_int(name: str, value, note: str = "") -> None:
+    """Raise a `ValueError` naming SaffuConfig.`name` unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"SaffuConfig.{name} must be an integer >= 1{f' ({note})' if note else ''}, got {value!r}")
+
+
+def non_negative_int(name: str, value) -> None:
+    """Raise a `ValueError` naming SaffuConfig.`name` unless `value` is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"SaffuConfig.{name} must be an integer >= 0, got {value!r}")
+
+
 def bounded_number(name: str, value, low: float, high: float, note: str = "", closed: bool = False) -> None:
     """Raise a `ValueError` naming SaffuConfig.`name` unless `value` is a finite real number with
     low < value <= high (low <= value with `closed`)."""
@@ -443,4 +531,4 @@ def bounded_number(name: str, value, low: float, high: float, note: str = "", cl
         )
 
 
-__all__ = ["SaffuConfig"]
+__all__ = ["ExplicitWarmStartConfig", "SaffuConfig"]

@@ -1,10 +1,14 @@
 """The frozen-embedding phase of training: the first layer's pivot similarities cached per training block.
 
 Training-only, so not part of the Hub copy (`modeling_saffu.py`): the model holds the cache as a hook,
-`SaffuModel.frozen_inputs`, which `hf_saffu.trainer.FrozenEmbeddingPhase` sets while the embeddings are frozen.
+`SaffuModel.frozen_inputs`, which the `FrozenEmbeddingPhase` callback (installed by `hf_saffu.trainer.ExplicitTrainer`)
+sets while the embeddings are frozen.
 """
 
+import math
+
 import torch
+from transformers import TrainerCallback
 
 
 class FrozenInputCache:
@@ -44,3 +48,28 @@ class FrozenInputCache:
 
     def __len__(self) -> int:
         return len(self.similarities)
+
+
+class FrozenEmbeddingPhase(TrainerCallback):
+    """The embeddings stay fixed for the first `steps` optimizer steps (all of them for `math.inf`), then train.
+
+    While frozen, the model reads detached embeddings (no gradient reaches them, so Adam leaves them and their
+    moments untouched) and caches the first layer's pivot similarities of each training block
+    (`FrozenInputCache`), reused every epoch; the cache is dropped when the embeddings thaw. Under DDP the
+    embeddings are an unused parameter in the frozen steps (transformers' default find_unused_parameters=True
+    for a PreTrainedModel handles that).
+    """
+
+    def __init__(self, model, steps: float):
+        self.model = model
+        self.steps = steps
+        self.cache: FrozenInputCache | None = FrozenInputCache() if steps > 0 else None
+        model.embeddings.weight.requires_grad_(math.isfinite(steps))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.cache is not None and state.global_step >= self.steps:
+            self.cache = None
+        self.model.frozen_inputs = self.cache
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.model.frozen_inputs = None

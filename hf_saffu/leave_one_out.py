@@ -58,14 +58,14 @@ class TableLeaveOneOut:
 
     def __init__(self, model: SaffuForCausalLM, triple_keys: torch.Tensor, triple_counts: torch.Tensor):
         bigrams, trigrams = model.pivot_bigrams, model.pivot_trigrams
-        if model.config.ngram_order != 3 or model.config.explicit_discount is None:
+        if model.config.ngram_order != 3 or model.config.warm_start_recipe.explicit_discount is None:
             raise ValueError(
                 "table_leave_one_out needs Kneser-Ney bigram and trigram tables (ngram_order=3 and explicit_discount "
                 f"set), got ngram_order={model.config.ngram_order} and explicit_discount="
-                f"{model.config.explicit_discount}"
+                f"{model.config.warm_start_recipe.explicit_discount}"
             )
         vocab = self.vocab_size = model.config.vocab_size
-        self.smoothing = model.config.explicit_smoothing
+        self.smoothing = model.config.warm_start_recipe.explicit_smoothing
         triple_keys, triple_counts = triple_keys.cpu(), triple_counts.cpu().to(torch.float64)
         # bigram table: pairs p = (x, z), continuation counts c_p
         self.pair_rows = bigrams.rows.cpu()
@@ -286,5 +286,5 @@ def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None
     with torch.no_grad():
         counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)
         statistic = counter.count_neural_inputs()
-    config = model.config
-    return DirectPathLeaveOneOut(statistic.counts, config.explicit_smoothing, config.explicit_discount)
+    recipe = model.config.warm_start_recipe
+    return DirectPathLeaveOneOut(statistic.counts, recipe.explicit_smoothing, recipe.explicit_discount)

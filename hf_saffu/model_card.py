@@ -114,15 +114,16 @@ class TrainingRunInfo:
         return info
 
 
-def describe_architecture(config: Any) -> str:
+def describe_architecture(config: SaffuConfig) -> str:
     """One-line summary of a :class:`~hf_saffu.SaffuConfig` for the card."""
     contexts = [f"window {k}" for k in config.windows]
     if config.use_document_context:
         contexts.append("document mean")
     layers = "layer" if config.num_layers == 1 else "layers"
-    priming = getattr(config, "explicit_hidden_priming", None)
-    codes = "anchored " if getattr(config, "embedding_codes", "frequency_rank") == "anchored" else ""
-    targets = "token classes" if getattr(config, "hidden_targets", "bit_cipher") == "clusters" else "label codes"
+    recipe = config.warm_start_recipe
+    priming = recipe.explicit_hidden_priming
+    codes = "anchored " if recipe.embedding_codes == "anchored" else ""
+    targets = "token classes" if recipe.hidden_targets == "clusters" else "label codes"
     head = "ln H" if getattr(config, "log_hidden_head", False) else "H"
     pivot = " + a pivot path" if getattr(config, "pivot_head", False) else ""
     capacities = getattr(config, "ngram_capacities", [])

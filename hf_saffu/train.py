@@ -5,13 +5,16 @@ command-line flags: `ModelArguments`, `DataArguments` and `ExplicitTrainingArgum
 (`hf-saffu train`, hf_saffu/commands/train.py, runs `run_training(*parse_arguments(argv))`).
 """
 
+import dataclasses
 import functools
+import inspect
 import json
 import re
 import time
+import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from datasets import DatasetDict
@@ -20,7 +23,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
 from transformers.hf_argparser import string_to_bool
 
-from .configuration_saffu import SaffuConfig
+from .configuration_saffu import ExplicitWarmStartConfig, SaffuConfig, recipe_from
 from .counts import save_counts
 from .data import (
     BUILTIN_CORPUS,
@@ -38,50 +41,80 @@ from .errors import UsageError, check_finite, check_saved_files, raise_usage_err
 from .generation import sample_text
 from .model_card import RESULTS_FILE, model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM
-from .trainer import ExplicitTrainer, ExplicitTrainingArguments, check_output_dir, output_dir_lock, staged_folder
+from .output_dir import check_output_dir, output_dir_lock, staged_folder
+from .trainer import ExplicitTrainer, ExplicitTrainingArguments
+
+# SaffuConfig keyword arguments the job sets itself, not flags: the vocabulary and the special tokens come from the
+# tokenizer, warm_started from the warm start, tie_word_embeddings stays False, and the recipe comes field by field.
+JOB_SET_FIELDS = (
+    "vocab_size",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "warm_started",
+    "tie_word_embeddings",
+    "warm_start_recipe",
+)
 
 
-def architecture_field(help: str):
-    """A `ModelArguments` field left unset by default: `SaffuConfig`'s own default then applies."""
-    return field(default=None, metadata={"help": f"{help} (default: SaffuConfig's)"})
+def documented_arguments(cls) -> dict[str, str]:
+    """The first sentence of each argument's description in the "Args:" section of `cls`'s docstring
+    (transformers' format: `name (`type`, ...):` and the description indented below it)."""
+    arguments, name = {}, None
+    for line in inspect.getdoc(cls).split("Args:", 1)[1].split("\n"):
+        if match := re.fullmatch(r"    (\w+) \(.*\):", line):
+            name = match.group(1)
+            arguments[name] = ""
+        elif name is not None and line.startswith("        "):
+            arguments[name] = f"{arguments[name]} {line.strip()}".strip()
+        elif line.strip():
+            name = None  # the end of the section (Example:)
+    return {name: re.split(r"(?<=[^.]\.)\s+(?=[A-Z`(])", text, maxsplit=1)[0] for name, text in arguments.items()}
 
 
-@dataclass
-class ModelArguments:
-    """The SAFFU architecture (the `SaffuConfig` fields a run sets; see its docstring), or a saved model to
-    continue from."""
+def config_parameters() -> list[tuple[str, object, object, str]]:
+    """(name, annotation, default, help) of every `SaffuConfig` keyword argument a run sets: SaffuConfig's own
+    (but `JOB_SET_FIELDS`) and those of its warm-start recipe (`ExplicitWarmStartConfig`)."""
+    own = [
+        (p.name, p.annotation, p.default, SaffuConfig)
+        for p in inspect.signature(SaffuConfig.__init__).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", *JOB_SET_FIELDS)
+    ]
+    recipe = [(f.name, f.type, f.default, ExplicitWarmStartConfig) for f in dataclasses.fields(ExplicitWarmStartConfig)]
+    docs = {cls: documented_arguments(cls) for cls in (SaffuConfig, ExplicitWarmStartConfig)}
+    return [(name, annotation, default, docs[cls][name]) for name, annotation, default, cls in own + recipe]
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "continue from this saved model"})
-    embed_bits: int | None = architecture_field("bit-cipher embedding width")
-    hidden_bits: int | None = architecture_field("hidden distribution width per context")
-    windows: list[int] | None = architecture_field("window context sizes")
-    use_document_context: bool | None = architecture_field("add the running document mean context")
-    num_layers: int | None = architecture_field("stacked SAFFU layers")
-    embedding_codes: str | None = architecture_field("bit-cipher code assignment: frequency_rank or anchored")
-    hidden_targets: str | None = architecture_field("hidden-layer targets of the warm start: bit_cipher or clusters")
-    log_hidden_head: bool | None = architecture_field("the head reads ln H")
-    pivot_head: bool | None = architecture_field("a direct path from the pivot's embedding to the logits")
-    ngram_order: int | None = architecture_field("order n of the pivot's n-gram tables, orders 2 ... n (0 or 1: none)")
-    ngram_capacities: list[int] | None = architecture_field("entries of the tables of orders 2 ... ngram_order")
-    pivot_bigrams: int | None = architecture_field("earlier name of the order-2 table's entries (0: none)")
-    pivot_trigrams: int | None = architecture_field("earlier name of the order-3 table's entries (0: none)")
-    pivot_table_mb: str | None = architecture_field(
-        "memory budget (MB) the warm start sizes the pivot's tables within, or 'none' for fixed sizes"
-    )
-    residual_rank: int | None = architecture_field("rank of the word-level correction H_t A B of the logits (0: none)")
-    neural_mixture_dim: int | None = architecture_field("width of the neural word model mixed with the rest (0: none)")
-    neural_mixture_weight: float | None = architecture_field("the neural word model's weight before training")
-    explicit_smoothing: float | None = architecture_field("additive floor alpha in ln(F + alpha)")
-    explicit_discount: str | None = architecture_field(
-        "absolute discount D of the explicit solutions, or 'none' for the additive floor"
-    )
-    explicit_context_weight: float | None = architecture_field("weight of the contexts' class evidence")
-    explicit_hidden_priming: str | None = architecture_field(
-        "priming number K of the hidden layers' explicit solution: a number or 'features'"
-    )
-    freeze_embeddings: bool | None = architecture_field("keep the bit-cipher embeddings fixed")
-    contextual_embeddings: bool | None = architecture_field("contextual bit-cipher embeddings")
-    contextual_radius: int | None = architecture_field("radius of the contextual embeddings")
+
+def flag_words(annotation, default) -> dict:
+    """The words a config argument takes besides a number, mapped to their config values: its `Literal` members,
+    and `none` (None) when it may be None but its default is not."""
+    members = typing.get_args(annotation) or (annotation,)
+    words = {word: word for member in members if typing.get_origin(member) is Literal for word in member.__args__}
+    if default is not None and type(None) in members:
+        words["none"] = None
+    return words
+
+
+def flag_field(name: str, annotation, default, help: str) -> tuple[str, object, dataclasses.Field]:
+    """A `ModelArguments` field of the config argument `name`, unset (None) by default so that the config's own
+    default applies. A list is a list flag; a number that also takes words (`flag_words`) is a string flag read
+    by `number_or_word`; anything else keeps its type."""
+    members = [member for member in typing.get_args(annotation) or (annotation,) if member is not type(None)]
+    words = flag_words(annotation, default)
+    if any(typing.get_origin(member) in (list, tuple) for member in members):
+        kind = list[int]
+    elif words:
+        kind = str
+    else:
+        kind = members[0]
+    described = f"{help} (SaffuConfig's default: {list(default) if isinstance(default, tuple) else default})"
+    if words:
+        described += f"; a number or one of {sorted(words)}"
+    return name, kind | None, dataclasses.field(default=None, metadata={"help": described})
+
+
+class ConfigArguments:
+    """What `ModelArguments` does with the config arguments of a run."""
 
     def __post_init__(self):
         if self.model_name_or_path is None:  # check the architecture now, before any data is read
@@ -89,19 +122,32 @@ class ModelArguments:
 
     def config_kwargs(self) -> dict:
         """The `SaffuConfig` keyword arguments this run sets (unset fields keep SaffuConfig's defaults)."""
-        kwargs = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name != "model_name_or_path" and getattr(self, f.name) is not None
-        }
-        for name, words in (
-            ("explicit_hidden_priming", {"features": "features"}),
-            ("explicit_discount", {"none": None}),
-            ("pivot_table_mb", {"none": None}),
-        ):
-            if name in kwargs:
-                kwargs[name] = number_or_word(name, kwargs[name], words)
+        kwargs = {}
+        for name, annotation, default, _ in config_parameters():
+            value, words = getattr(self, name), flag_words(annotation, default)
+            if value is not None:
+                kwargs[name] = number_or_word(name, value, words) if words else value
         return kwargs
+
+
+ModelArguments = dataclasses.make_dataclass(
+    "ModelArguments",
+    [
+        (
+            "model_name_or_path",
+            str | None,
+            dataclasses.field(default=None, metadata={"help": "continue from this saved model"}),
+        ),
+        *(flag_field(*parameter) for parameter in config_parameters()),
+    ],
+    bases=(ConfigArguments,),
+    namespace={
+        "__doc__": "The SAFFU architecture and warm-start recipe (the `SaffuConfig` and `ExplicitWarmStartConfig` "
+        "keyword arguments a run sets, one flag each, derived from their signatures and docstrings), or a saved "
+        "model to continue from."
+    },
+)
+ModelArguments.__module__ = __name__
 
 
 def number_or_word(name: str, value: str, words: dict):
@@ -281,13 +327,15 @@ def build_model(model_args: ModelArguments, tokenizer) -> SaffuForCausalLM:
                 f"{model_args.model_name_or_path} has vocab_size={model.config.vocab_size} but the tokenizer has "
                 f"{len(tokenizer)} tokens"
             )
+        # the warm-start settings of this run (flags, YAML) apply to the saved model's recipe; its architecture stays
+        model.config.warm_start_recipe = recipe_from(model.config.warm_start_recipe, model_args.config_kwargs())
         return model
     return SaffuForCausalLM(config_for_tokenizer(tokenizer, **model_args.config_kwargs()))
 
 
 def holding_the_output_dir(run):
     """`run(model_args, data_args, training_args)` with training_args.output_dir locked throughout
-    (`hf_saffu.trainer.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
+    (`hf_saffu.output_dir.output_dir_lock`): a concurrent run in the same output_dir is refused and touches nothing."""
 
     @functools.wraps(run)
     def locked(model_args, data_args, training_args):

@@ -12,25 +12,21 @@ Evaluation reports the exact token-level loss and perplexity, exp(sum of token N
 predicted tokens), with every eval sample counted exactly once across processes (the protocol of
 `hf_saffu.evaluation`).
 
-A run loses nothing it already has: it refuses an output_dir holding a previous run's model or
-checkpoints (unless resuming, or `overwrite_output_dir`), stops at the first step that makes a weight
-NaN or infinite (before that step is logged or saved), and writes every checkpoint under a staging
-name that is renamed once complete, so a `checkpoint-N` directory is either whole or absent. The final save
-into output_dir is staged the same way (`staged_folder`); the output_dir is locked while a run trains
-(`output_dir_lock`: a second run there is refused) and checked writable before anything is read; a resume
-from a checkpoint that already holds the run's last step trains no further step. The saved arguments
-(training_args.bin) never hold `hub_token`.
+A run loses nothing it already has. The generic guards are the output_dir's (`hf_saffu.output_dir`: no
+previous run overwritten unless resuming or `overwrite_output_dir`, the directory locked while a run trains,
+checked writable before anything is read, the final save staged) and callbacks the trainer installs
+(`hf_saffu.callbacks.DivergenceGuard`: training stops at the first step that makes a weight NaN or infinite,
+before that step is logged or saved). What the trainer adds at save time it adds around Trainer's own code:
+every checkpoint is written by `Trainer._save_checkpoint` under a staging name that is renamed once complete,
+so a `checkpoint-N` directory is either whole or absent. A resume from a checkpoint that already holds the run's
+last step trains no further step. The saved arguments (training_args.bin) never hold `hub_token`.
 """
 
-import fcntl
 import math
 import os
-import re
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sized
-from contextlib import contextmanager
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,48 +37,44 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ExportableState, TrainerState
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     EvalLoopOutput,
     TrainOutput,
-    get_last_checkpoint,
     rotate_checkpoints,
 )
 from transformers.utils import CONFIG_NAME, logging
 
-from .configuration_saffu import SaffuConfig
-from .errors import OutputDirInUseError, check_finite, check_saved_files, load_json
+from .callbacks import DivergenceGuard
+from .configuration_saffu import ExplicitWarmStartConfig, SaffuConfig
+from .errors import check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
-from .frozen_phase import FrozenInputCache
+from .frozen_phase import FrozenEmbeddingPhase
 from .leave_one_out import direct_path_leave_one_out, table_leave_one_out
 from .model_card import model_card_for_dir
-from .modeling_saffu import SaffuForCausalLM, SaffuModel, table_name
+from .modeling_saffu import SaffuForCausalLM, table_name
+from .output_dir import (
+    STAGING_PREFIX,
+    check_output_dir,
+    output_dir_lock,
+    remove_checkpoints,
+    remove_staged_checkpoints,
+    remove_staged_saves,
+    resolve_checkpoint,
+    staged_folder,
+)
 from .warm_start import explicit_warm_start, set_table_capacity
 
 logger = logging.get_logger(__name__)
 
-# A checkpoint is written as tmp-checkpoint-N and renamed to checkpoint-N when complete; Trainer's resume
-# (get_last_checkpoint) and rotation (glob "checkpoint-*") never see the staging name.
-STAGING_PREFIX = "tmp-"
-# The final save (model, tokenizer, results, card) is written into output_dir/tmp-save-XXXX, then moved into place.
-SAVE_STAGING_PREFIX = "tmp-save-"
-# What a new run in a used output_dir would replace (the saved model) or rotate away (the checkpoints).
-PREVIOUS_RUN = re.compile(rf"^(model\.safetensors|model\.safetensors\.index\.json|{PREFIX_CHECKPOINT_DIR}-\d+)$")
-
 
 @dataclass
 class ExplicitTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the explicit warm start."""
+    """`TrainingArguments` plus when the explicit warm start runs; how it runs is the model's recipe
+    (`SaffuConfig.warm_start_recipe`: smoothing, discount, attention rounds, tokens read, batch size)."""
 
     warm_start: bool = field(default=True, metadata={"help": "run the explicit warm start before backprop"})
-    warm_start_max_tokens: int | None = field(
-        default=None, metadata={"help": "read at most this many training tokens for the warm start"}
-    )
-    warm_start_batch_size: int = field(default=64, metadata={"help": "blocks per warm-start forward batch"})
-    explicit_attention_iters: int = field(
-        default=1, metadata={"help": "rounds of (attention targets -> W, then U) after the uniform-attention U"}
-    )
     save_counts: bool = field(
         default=False,
         metadata={
@@ -135,12 +127,6 @@ class ExplicitTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             self.use_cpu = True  # torchrun without an accelerator: gloo data parallelism, not independent runs
         super().__post_init__()
-        if self.warm_start_max_tokens is not None and self.warm_start_max_tokens < 1:
-            raise ValueError(f"warm_start_max_tokens must be >= 1 or None, got {self.warm_start_max_tokens}")
-        if self.warm_start_batch_size < 1:
-            raise ValueError(f"warm_start_batch_size must be >= 1, got {self.warm_start_batch_size}")
-        if self.explicit_attention_iters < 0:
-            raise ValueError(f"explicit_attention_iters must be >= 0, got {self.explicit_attention_iters}")
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
         self.map_deprecated_table_rate()
@@ -154,11 +140,6 @@ class ExplicitTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"max_steps must be >= 1, or -1 for num_train_epochs, got {self.max_steps} (warm_start_only=true "
                 "runs no backprop step)"
-            )
-        if self.table_leave_one_out and self.warm_start_max_tokens is not None:
-            raise ValueError(
-                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
-                f"must be None, got {self.warm_start_max_tokens}"
             )
         if self.warm_start_only and not self.warm_start:
             raise ValueError("warm_start_only=True needs warm_start=True (a run without either does nothing)")
@@ -230,7 +211,9 @@ def stacked_rows(column: str, rows: list) -> torch.Tensor:
     return torch.as_tensor(rows) if not torch.is_tensor(rows[0]) else torch.stack(rows)
 
 
-def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> StreamBatches:
+def stream_shard(
+    dataset: IterableDataset, recipe: ExplicitWarmStartConfig, args: ExplicitTrainingArguments
+) -> StreamBatches:
     """The warm start's batches of a streamed train_dataset: its first ceil(warm_start_max_tokens / block size)
     blocks (all without a cap; the block size read from the first block), split between the processes by
     `datasets.distributed.split_dataset_by_node` (whole shards per process when the stream's shards divide
@@ -239,67 +222,11 @@ def stream_shard(dataset: IterableDataset, args: ExplicitTrainingArguments) -> S
     first = next(iter(dataset), None)
     if first is None:
         raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start (the stream is empty)")
-    if args.warm_start_max_tokens is not None:
-        dataset = dataset.take(math.ceil(args.warm_start_max_tokens / len(first["input_ids"])))
+    if recipe.warm_start_max_tokens is not None:
+        dataset = dataset.take(math.ceil(recipe.warm_start_max_tokens / len(first["input_ids"])))
     if args.world_size > 1:
         dataset = split_dataset_by_node(dataset, rank=args.process_index, world_size=args.world_size)
-    return StreamBatches(dataset, args.warm_start_batch_size)
-
-
-class FrozenEmbeddingPhase(TrainerCallback):
-    """The embeddings stay fixed for the first `steps` optimizer steps (all of them for `math.inf`), then train.
-
-    While frozen, the model reads detached embeddings (no gradient reaches them, so Adam leaves them and their
-    moments untouched) and caches the first layer's pivot similarities of each training block
-    (`FrozenInputCache`), reused every epoch; the cache is dropped when the embeddings thaw. Under DDP the
-    embeddings are an unused parameter in the frozen steps (transformers' default find_unused_parameters=True
-    for a PreTrainedModel handles that).
-    """
-
-    def __init__(self, model: SaffuModel, steps: float):
-        self.model = model
-        self.steps = steps
-        self.cache: FrozenInputCache | None = FrozenInputCache() if steps > 0 else None
-        model.embeddings.weight.requires_grad_(math.isfinite(steps))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.cache is not None and state.global_step >= self.steps:
-            self.cache = None
-        self.model.frozen_inputs = self.cache
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.model.frozen_inputs = None
-
-
-class WarmStartLog(TrainerCallback):
-    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one, or,
-    resuming, reads the checkpoint's): after what the history holds, at the step training starts from."""
-
-    def __init__(self):
-        self.entries: list[dict] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        state.log_history.extend({"step": state.global_step, **entry} for entry in self.entries)
-
-
-def resume_request(resume_from_checkpoint: str | bool | None) -> str | bool | None:
-    """`resume_from_checkpoint` as the command line or Python gives it: None for a new run (None, False,
-    "false"), True for the last checkpoint (True, "true"), else the path as given."""
-    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "false"):
-        resume_from_checkpoint = resume_from_checkpoint.lower() == "true"
-    return resume_from_checkpoint or None
-
-
-def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """The checkpoint to resume from (`resume_request`): a path as given, or the last checkpoint-N in
-    output_dir for True; None for a new run."""
-    resume_from_checkpoint = resume_request(resume_from_checkpoint)
-    if resume_from_checkpoint is True:
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint=true, but output_dir {output_dir} holds no checkpoint-N folder")
-        return last
-    return resume_from_checkpoint
+    return StreamBatches(dataset, recipe.warm_start_batch_size)
 
 
 def checkpoint_warm_started(checkpoint: str) -> bool:
@@ -322,20 +249,15 @@ def match_checkpoint_tables(model: SaffuForCausalLM, checkpoint: str) -> None:
             set_table_capacity(model, order, saved.table_capacity(order))
 
 
-class DivergenceGuard(TrainerCallback):
-    """Stops training at the first optimizer step that leaves a weight NaN or infinite.
+class WarmStartLog(TrainerCallback):
+    """Puts the warm-start log entries into the log history of the run (`Trainer.train` starts a new one, or,
+    resuming, reads the checkpoint's): after what the history holds, at the step training starts from."""
 
-    `on_step_end` runs before Trainer logs, evaluates or saves the step, so nothing of a diverged model is
-    written; the checkpoints of earlier steps stay. All processes hold the same weights after a step, so
-    they all stop at the same step.
-    """
+    def __init__(self):
+        self.entries: list[dict] = []
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        check_finite(
-            model.named_parameters(),
-            f"the model after optimizer step {state.global_step} (learning_rate={args.learning_rate:g})",
-            hint="training diverged; nothing of this step was saved: lower learning_rate or max_grad_norm",
-        )
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.log_history.extend({"step": state.global_step, **entry} for entry in self.entries)
 
 
 class ExplicitTrainer(Trainer):
@@ -348,8 +270,10 @@ class ExplicitTrainer(Trainer):
         if not isinstance(self.args, ExplicitTrainingArguments):
             raise TypeError("ExplicitTrainer needs ExplicitTrainingArguments")
         self.check_vocabulary()
+        self.check_leave_one_out()
         self.warm_start_report = None
         self.warm_start_metrics: dict[str, float] = {}
+        self.checkpoint_staging: str | None = None
         self.warm_start_log = WarmStartLog()
         self.add_callback(self.warm_start_log)
         self.add_callback(DivergenceGuard())
@@ -393,6 +317,15 @@ class ExplicitTrainer(Trainer):
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return super().create_optimizer(model)
 
+    def check_leave_one_out(self) -> None:
+        """Leave-one-out table values need the tables counted from every training position."""
+        max_tokens = self.saffu_model.config.warm_start_recipe.warm_start_max_tokens
+        if self.args.table_leave_one_out and max_tokens is not None:
+            raise ValueError(
+                "table_leave_one_out needs tables counted from every training position: warm_start_max_tokens "
+                f"must be None, got {max_tokens}"
+            )
+
     def check_vocabulary(self) -> None:
         """The tokenizer must not produce ids the model has no row for."""
         tokenizer = self.processing_class
@@ -417,6 +350,7 @@ class ExplicitTrainer(Trainer):
             check_saved_files(checkpoint)
         if self.args.should_save:
             remove_staged_saves(self.args.output_dir)
+            remove_staged_checkpoints(self.args.output_dir)
             if checkpoint is None and self.args.overwrite_output_dir:
                 remove_checkpoints(self.args.output_dir)
         model = self.saffu_model
@@ -492,24 +426,24 @@ class ExplicitTrainer(Trainer):
     def warm_start_shard(self) -> "DatasetBatches | StreamBatches":
         """This process's contiguous, disjoint shard of the (capped) training blocks, read lazily in batches."""
         dataset = warm_start_dataset(self.train_dataset)
+        recipe = self.saffu_model.config.warm_start_recipe
         if isinstance(dataset, IterableDataset):
-            return stream_shard(dataset, self.args)
+            return stream_shard(dataset, recipe, self.args)
         if dataset is None or len(dataset) == 0:
             raise ValueError("ExplicitTrainer needs a non-empty train_dataset for the warm start")
         block_size = check_block_lengths(dataset)
-        cap = self.args.warm_start_max_tokens
+        cap = recipe.warm_start_max_tokens
         if cap is not None:
             dataset = dataset.select(range(min(len(dataset), math.ceil(cap / block_size))))
         shard = contiguous_shard(dataset, self.args.world_size, self.args.process_index)
         columns = [c for c in ("input_ids", "attention_mask") if c in shard.column_names]
-        return DatasetBatches(shard.with_format("torch", columns=columns), self.args.warm_start_batch_size)
+        return DatasetBatches(shard.with_format("torch", columns=columns), recipe.warm_start_batch_size)
 
     def run_warm_start(self) -> None:
         start = time.perf_counter()
         report = explicit_warm_start(
             self.saffu_model,
             self.warm_start_shard(),
-            attention_iters=self.args.explicit_attention_iters,
             accelerator=self.accelerator,
             show_progress=self.is_local_process_zero() and not self.args.disable_tqdm,
         )
@@ -594,91 +528,50 @@ class ExplicitTrainer(Trainer):
         }
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
 
+    def _get_output_dir(self, trial) -> str:
+        """Trainer's run folder; while a checkpoint is written (`_save_checkpoint`), its staging folder."""
+        return self.checkpoint_staging or super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial) -> None:
-        """`Trainer._save_checkpoint` (model, optimizer, scheduler, scaler, RNG states, trainer state, push,
-        rotation), written into tmp-checkpoint-N and renamed to checkpoint-N once every process is done."""
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
-        run_dir = self._get_output_dir(trial=trial)
+        """`Trainer._save_checkpoint` (model, optimizer, scheduler, scaler, RNG states, trainer state), written
+        into the staging folder tmp-checkpoint-N (`_get_output_dir`) and renamed to checkpoint-N once every process
+        is done; then Trainer's push and rotation of the complete checkpoint. A failed save removes its staging
+        folder and leaves the earlier checkpoints as they were."""
+        run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging, final = os.path.join(run_dir, STAGING_PREFIX + name), os.path.join(run_dir, name)
         if self.args.should_save:
-            remove_staged_checkpoints(run_dir)
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save of this step left
         self.accelerator.wait_for_everyone()
+        self.checkpoint_staging = staging
         try:
-            self.save_model(staging, _internal_call=True)
-            self.note_best_checkpoint(run_dir)
-            if not self.args.save_only_model:
-                self._save_optimizer_and_scheduler(staging)
-                self._save_scaler(staging)
-                self._save_rng_state(staging)
-            if self.args.should_save:
-                self.store_callback_states()
-                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+            super()._save_checkpoint(model, trial)
         except BaseException:
-            if self.args.should_save:  # a full disk or an error: the partial checkpoint goes, the earlier ones stay
+            if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            self.checkpoint_staging = None
+        if self.state.best_model_checkpoint == os.path.join(staging, name):  # this step is the best: its final name
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):
                 shutil.rmtree(final)
-            os.replace(staging, final)
+            os.replace(os.path.join(staging, name), final)
+            os.rmdir(staging)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub:
-            self._push_from_checkpoint(final)
+            super()._push_from_checkpoint(final)
         if self.args.should_save:
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
 
-    def note_best_checkpoint(self, run_dir: str) -> None:
-        """`state.best_model_checkpoint`: the best step's checkpoint when it exists (or is being saved now)."""
-        best_step = self.state.best_global_step
-        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
-        if best_step and (best_step == self.state.global_step or os.path.exists(best)):
-            self.state.best_model_checkpoint = best
-
-    def store_callback_states(self) -> None:
-        """Put the `ExportableState` callbacks' and the control's state into `self.state` (as Trainer does)."""
-        for callback in [*self.callback_handler.callbacks, self.control]:
-            if isinstance(callback, ExportableState):
-                name = callback.__class__.__name__
-                if isinstance(self.state.stateful_callbacks[name], list):
-                    self.state.stateful_callbacks[name].append(callback.state())
-                else:
-                    self.state.stateful_callbacks[name] = callback.state()
-
-
-def check_output_dir(args: ExplicitTrainingArguments, resume_from_checkpoint) -> None:
-    """output_dir must be writable (`check_writable`), and a new run (not resuming, no `overwrite_output_dir`)
-    must not replace a previous run's model or rotate away its checkpoints: a FileExistsError naming them."""
-    check_writable(args.output_dir)
-    if resume_request(resume_from_checkpoint) is not None or args.overwrite_output_dir:
-        return
-    previous = previous_run_files(Path(args.output_dir))
-    if previous:
-        raise FileExistsError(
-            f"output_dir {args.output_dir} holds a previous run ({', '.join(previous)}), which a new run would "
-            "overwrite or delete: resume it (resume_from_checkpoint), choose another output_dir, or set "
-            "overwrite_output_dir=True"
-        )
-
-
-def previous_run_files(output_dir: Path) -> list[str]:
-    """The saved model and checkpoint-N directories in output_dir, sorted by name."""
-    if not output_dir.is_dir():
-        return []
-    return sorted(path.name for path in output_dir.iterdir() if PREVIOUS_RUN.match(path.name))
-
-
-def remove_staged_checkpoints(run_dir: str) -> None:
-    """Delete the tmp-checkpoint-* directories an interrupted save left behind."""
-    for staged in Path(run_dir).glob(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
-        shutil.rmtree(staged)
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push of a checkpoint, of its final folder only (`_save_checkpoint` pushes once renamed)."""
+        if self.checkpoint_staging is None:
+            super()._push_from_checkpoint(checkpoint_folder)
 
 
 def warm_start_dataset(dataset):
@@ -700,88 +593,6 @@ def warm_start_dataset(dataset):
         f"ExplicitTrainer's train_dataset must be a datasets.Dataset, a datasets.IterableDataset, a torch Dataset "
         f"or a list of dicts with input_ids, got {type(dataset).__name__}"
     )
-
-
-def remove_staged_saves(output_dir: str) -> None:
-    """Delete the staging folders (`staged_folder`) of final saves an interrupted run left behind."""
-    for staged in Path(output_dir).glob(f"{SAVE_STAGING_PREFIX}*"):
-        shutil.rmtree(staged)
-
-
-def remove_checkpoints(output_dir: str) -> None:
-    """Delete a previous run's checkpoint-N folders (overwrite_output_dir): a later resume_from_checkpoint=true
-    must continue the new run, not the old one."""
-    for checkpoint in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if checkpoint.is_dir() and PREVIOUS_RUN.match(checkpoint.name):
-            shutil.rmtree(checkpoint)
-
-
-@contextmanager
-def staged_folder(target: str | Path) -> Iterator[Path]:
-    """A fresh staging folder inside `target` to write files into; when the block ends, every file moves into
-    `target` (`os.replace`, one rename each; the weights last) and the folder is removed. When the block raises
-    (a full disk, a bad value), the folder is removed and `target` keeps its previous files untouched."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=SAVE_STAGING_PREFIX, dir=target))
-    try:
-        yield staging
-        for path in sorted(staging.iterdir(), key=lambda path: (path.suffix == ".safetensors", path.name)):
-            if (target / path.name).is_dir():
-                shutil.rmtree(target / path.name)
-            os.replace(path, target / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def check_writable(output_dir: str) -> None:
-    """output_dir (or, while it does not exist, its nearest existing parent) must be a writable directory: an
-    OSError naming it, raised before any data is read or any warm start runs."""
-    path = Path(output_dir).absolute()
-    existing = next(folder for folder in (path, *path.parents) if folder.exists() or folder == folder.parent)
-    if not existing.is_dir():
-        where = "" if existing == path else f" (its parent {existing} is a file)"
-        raise NotADirectoryError(f"output_dir {output_dir} is not a directory{where}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (nothing can be created in {existing})"
-        raise PermissionError(f"output_dir {output_dir} is not writable{where}")
-
-
-_LOCKED_OUTPUT_DIRS: set[str] = set()  # the output_dirs this process holds (a nested lock is a no-op)
-
-
-@contextmanager
-def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on output_dir (`flock` of the directory itself: no lock file is written) for the
-    block: a second run in the same output_dir, started while this one holds it, gets an `OutputDirInUseError`
-    and touches nothing. The directory is created for the lock, and removed again when it is still empty at the
-    end (a run that failed before writing anything leaves no trace). Only the process that saves takes it."""
-    path = Path(output_dir)
-    key = os.path.realpath(path)
-    if not enabled or key in _LOCKED_OUTPUT_DIRS:
-        yield
-        return
-    check_writable(output_dir)
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputDirInUseError(
-                f"output_dir {output_dir} is in use by another training run (it holds the directory's lock); "
-                "wait for it to finish or choose another output_dir"
-            ) from None
-        _LOCKED_OUTPUT_DIRS.add(key)
-        try:
-            yield
-        finally:
-            _LOCKED_OUTPUT_DIRS.discard(key)
-            if created and not any(path.iterdir()):
-                path.rmdir()
-    finally:
-        os.close(descriptor)
 
 
 def check_block_lengths(dataset) -> int:

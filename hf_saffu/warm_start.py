@@ -14,7 +14,7 @@ across processes before every process solves:
       `explicit_hidden_priming` K: U0 = K ln F_U, b0 = -(K - 1) ln phi);
    b. attention targets: g_{t,j} = l(y_t) . ln softmax(v_{t-j} U0 + b0), a*_t = softmax over the valid j
       (not the pivot, when the pivot's channel carries it); F_W = sum_t s_t^T a*_t, solved with K = mean ||s_t||_1;
-   c. U again with the solved attention; b-c repeat `attention_iters` times;
+   c. U again with the solved attention; b-c repeat `explicit_attention_iters` times;
 3. the pivot's channel: by default its n-gram tables of orders 2 ... `ngram_order` (3: the bigram table and the
    (previous, pivot) trigram table over it), interpolated Kneser-Ney from one count of the top order's n-grams,
    each level over the one below (`solve_tables`; `hf_saffu.explicit.solve_bigram_channel`, `solve_ngram_channel`);
@@ -96,16 +96,18 @@ class ExplicitWarmStart:
         self,
         model: SaffuForCausalLM,
         batches: Iterable[Batch],
-        attention_iters: int = 1,
+        attention_iters: int | None = None,
         accelerator=None,
         show_progress: bool = True,
     ):
-        if attention_iters < 0:
-            raise ValueError(f"attention_iters must be >= 0, got {attention_iters}")
         self.model = model
         self.config = model.config
+        self.recipe = model.config.warm_start_recipe  # the recipe: what this class reads of the config
+        self.recipe.validate()
+        if attention_iters is not None and attention_iters < 0:
+            raise ValueError(f"attention_iters must be >= 0, got {attention_iters}")
         self.batches = batches
-        self.attention_iters = attention_iters
+        self.attention_iters = self.recipe.explicit_attention_iters if attention_iters is None else attention_iters
         self.accelerator = accelerator
         self.show_progress = show_progress
         self.device = next(model.parameters()).device
@@ -157,8 +159,8 @@ class ExplicitWarmStart:
         one-hot token classes); see `hf_saffu.token_classes`."""
         config = self.config
         ranks = frequency_ranks(counts.cpu())
-        anchored = config.embedding_codes == "anchored"
-        if anchored or config.hidden_targets == "clusters":
+        anchored = self.recipe.embedding_codes == "anchored"
+        if anchored or self.recipe.hidden_targets == "clusters":
             successors, predecessors = self.pair_profiles(ranks.to(self.device))
         if anchored:
             codes = anchored_codes(
@@ -167,16 +169,16 @@ class ExplicitWarmStart:
             vectors = codes_to_vectors(codes, config.embed_bits).to(self.device)
         else:
             vectors = bit_cipher_vectors(ranks, config.embed_bits).to(self.device)
-        if config.hidden_targets == "clusters":
+        if self.recipe.hidden_targets == "clusters":
             self.target_classes = cluster_tokens(predecessors, counts, config.hidden_bits)
             self.label_vectors = torch.nn.functional.one_hot(self.target_classes, config.hidden_bits).to(vectors.dtype)
         else:
             self.label_vectors = bit_cipher_vectors(ranks, config.hidden_bits).to(self.device)
-        if config.contextual_embeddings:
+        if self.recipe.contextual_embeddings:
             sums = torch.zeros(config.vocab_size, config.embed_bits, dtype=torch.float64, device=self.device)
             for input_ids, valid, _ in self.iterate("contextual embeddings"):
                 for row, row_valid in zip(input_ids, valid, strict=True):
-                    accumulate_neighbour_sums(row[row_valid], vectors, config.contextual_radius, sums)
+                    accumulate_neighbour_sums(row[row_valid], vectors, self.recipe.contextual_radius, sums)
             self.reduce(sums)
             vectors = contextual_vectors(sums, vectors)
         self.model.model.embeddings.weight.copy_(vectors.to(self.model.model.embeddings.weight.dtype))
@@ -221,7 +223,7 @@ class ExplicitWarmStart:
         classes = self.target_classes
         width = self.config.vocab_size if classes is None else self.config.hidden_bits
         statistics = [Cooccurrence.zeros(layer.input_dim, width, self.device) for _ in contexts]
-        count_features = self.config.explicit_hidden_priming == "features"
+        count_features = self.recipe.explicit_hidden_priming == "features"
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
         start = time.perf_counter()
         for computed, labels, weight in self.layer_batches(layer_index, description, contexts):
@@ -233,7 +235,7 @@ class ExplicitWarmStart:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
         for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
-            priming = self.config.explicit_hidden_priming
+            priming = self.recipe.explicit_hidden_priming
             if count_features:  # K = the mean number of inputs behind z_t
                 priming = (features[index] / statistic.num_rows).item()
             self.set_linear(
@@ -279,12 +281,12 @@ class ExplicitWarmStart:
         distribution, P(y | ctx) ~ P(y | k(y)) prod_c h^c(k(y)) / P(k(y))^(C - 1), with
         P(y) = (n_y + alpha) / (N + alpha V) (alpha = explicit_smoothing)."""
         start = time.perf_counter()
-        smoothing = self.config.explicit_smoothing
+        smoothing = self.recipe.explicit_smoothing
         unigram = (counts + smoothing) / (counts.sum() + smoothing * counts.numel())
         labels = self.label_vectors.to(torch.float64)
         codes = (labels > 0).to(torch.float64)
         class_prior = (unigram @ labels).clamp_min(torch.finfo(torch.float64).tiny)  # a class no token is in: 0
-        num_contexts, beta = self.model.model.num_contexts, self.config.explicit_context_weight
+        num_contexts, beta = self.model.model.num_contexts, self.recipe.explicit_context_weight
         weight = beta * codes.repeat(1, num_contexts)
         bias = -beta * num_contexts * (codes @ torch.log(class_prior))
         if not self.model.has_pivot_channel:  # with a pivot channel, it carries P(y | pivot) instead of P(y)
@@ -312,7 +314,7 @@ class ExplicitWarmStart:
         co-occurrences of its inputs with the next token (`count_neural_inputs`; K = mean ||u_t||_1)."""
         start = time.perf_counter()
         statistic = self.count_neural_inputs()
-        weight, bias = statistic.solve(self.config.explicit_smoothing, None, self.config.explicit_discount)
+        weight, bias = statistic.solve(self.recipe.explicit_smoothing, None, self.recipe.explicit_discount)
         self.report.priming_numbers["neural word model"] = statistic.priming_number
         mixture = self.model.neural_mixture
         mixture.direct_weight.copy_(weight.to(mixture.direct_weight.dtype))
@@ -372,7 +374,7 @@ class ExplicitWarmStart:
         start = time.perf_counter()
         if order == 2:
             values, bias = solve_bigram_channel(
-                keys, counts, vocab_size, self.config.explicit_smoothing, self.config.explicit_discount is not None
+                keys, counts, vocab_size, self.recipe.explicit_smoothing, self.recipe.explicit_discount is not None
             )
         else:
             values = solve_ngram_channel(keys, counts, self.lower_probabilities(keys, order), vocab_size)
@@ -439,7 +441,7 @@ class ExplicitWarmStart:
         """Copy the explicit solution (U, b) into a Linear layer computing x U + b (weight = U^T); `priming`
         overrides the measured priming number (`Cooccurrence.solve`). A Linear without a bias takes U only (its
         inputs have unit L1 norm, K = 1, so b = 0)."""
-        weight, bias = statistic.solve(self.config.explicit_smoothing, priming, self.config.explicit_discount)
+        weight, bias = statistic.solve(self.recipe.explicit_smoothing, priming, self.recipe.explicit_discount)
         self.report.priming_numbers[name] = statistic.priming_number if priming is None else priming
         linear.weight.copy_(weight.T.to(linear.weight.dtype))
         if linear.bias is not None:
@@ -585,9 +587,11 @@ def merge_counts(keys, counts, more_keys, more_counts) -> tuple[torch.Tensor, to
 def explicit_warm_start(
     model: SaffuForCausalLM,
     batches: Iterable[Batch],
-    attention_iters: int = 1,
+    attention_iters: int | None = None,
     accelerator=None,
     show_progress: bool = True,
 ) -> WarmStartReport:
-    """Warm-start every sub-layer of `model` explicitly from `batches`; see `ExplicitWarmStart`."""
+    """Warm-start every sub-layer of `model` explicitly from `batches` with the recipe of its config
+    (`SaffuConfig.warm_start_recipe`; `attention_iters`, when given, replaces its `explicit_attention_iters`);
+    see `ExplicitWarmStart`."""
     return ExplicitWarmStart(model, batches, attention_iters, accelerator, show_progress).run()

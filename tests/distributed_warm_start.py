@@ -22,13 +22,12 @@ def main(output_path: str, num_documents: int = 9, seed: int = 0) -> None:
     train = packed_dataset(num_documents, seed)  # an odd number of blocks, so the two shards differ in size
     assert len(train) % 2 == 1, len(train)
     torch.manual_seed(0)
-    model = SaffuForCausalLM(saffu_config(num_layers=2))
+    model = SaffuForCausalLM(saffu_config(num_layers=2, warm_start_batch_size=2))
     arguments = ExplicitTrainingArguments(
         output_dir=str(Path(output_path).parent / "unused"),
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
-        warm_start_batch_size=2,
     )
     trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=train)
     shard_rows = sum(len(batch["input_ids"]) for batch in trainer.warm_start_shard())

@@ -9,8 +9,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hf_saffu import ExplicitTrainingArguments, SaffuConfig, SaffuForCausalLM
-from hf_saffu.data import pack_documents
+from hf_saffu.data import DataArguments, pack_documents
 from hf_saffu.model_card import RESULTS_FILE, model_card_for_dir
+from hf_saffu.train import ModelArguments
 
 # -- text: short documents of a few words, one a line ----------------------------------------------
 
@@ -63,6 +64,7 @@ def saffu_config(**overrides) -> SaffuConfig:
         eos_token_id=EOS,
         pad_token_id=PAD,
         bos_token_id=EOS,
+        warm_start_batch_size=5,
     )
     values.update(overrides)
     return SaffuConfig(**values)
@@ -109,11 +111,30 @@ def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
-        warm_start_batch_size=5,
         seed=0,
     )
     values.update(overrides)
     return ExplicitTrainingArguments(**values)
+
+
+# -- a Python without hf_saffu ------------------------------------------------------------------------
+
+# Prepended to a script run in a fresh Python, makes ``import hf_saffu`` fail as if the package were not installed.
+BLOCK_HF_SAFFU = """
+import importlib.abc
+import sys
+
+
+class _NoHfSaffu(importlib.abc.MetaPathFinder):  # a meta-path finder hiding the hf_saffu package
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_saffu" or name.startswith("hf_saffu."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoHfSaffu())
+"""
 
 
 # -- a tiny tokenizer and saved model directory ------------------------------------------------------
@@ -173,3 +194,41 @@ def save_saffu(directory: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -
     (directory / RESULTS_FILE).write_text(json.dumps(RESULTS))
     (directory / "README.md").write_text(model_card_for_dir(directory, REPO_ID))
     return directory
+
+
+def batches_of(dataset: Dataset, size: int) -> list[dict]:
+    torch_dataset = dataset.with_format("torch", columns=["input_ids", "attention_mask"])
+    return [torch_dataset[start : start + size] for start in range(0, len(dataset), size)]
+
+
+def mean_loss(model: SaffuForCausalLM, dataset: Dataset) -> float:
+    batch = dataset.with_format("torch")[:]
+    with torch.no_grad():
+        return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.item()
+
+
+def state_of(model: SaffuForCausalLM) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_same_state(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def job_arguments(tmp_path: Path, architecture: dict | None = None, **training):
+    """A tiny `hf-saffu train` job on generated text files: (ModelArguments, DataArguments, training arguments)."""
+    data = DataArguments(
+        train_files=[text_file(tmp_path / "train.txt")],
+        validation_files=[text_file(tmp_path / "valid.txt", 10, seed=1)],
+        tokenizer_vocab_size=300,
+        block_size=16,
+    )
+    model = ModelArguments(embed_bits=12, hidden_bits=12, windows=[1, 4], **(architecture or {}))
+    return model, data, training_arguments(tmp_path, **training)

@@ -30,6 +30,7 @@ from factories import (
     PAD,
     VOCAB,
     build_tokenizer,
+    job_arguments,
     markov_documents,
     packed_dataset,
     saffu_config,
@@ -48,9 +49,9 @@ import hf_saffu.hub as saffu_hub
 from hf_saffu import SaffuConfig, SaffuForCausalLM, SaffuModel
 from hf_saffu.cli import main as cli_main
 from hf_saffu.data import DataArguments, load_text_datasets, pack_documents
-from hf_saffu.errors import NonFiniteError, OutputDirInUseError, check_saved_files
+from hf_saffu.errors import OutputDirInUseError, check_saved_files
 from hf_saffu.evaluation import load_model_and_tokenizer, perplexity
-from hf_saffu.train import ModelArguments, parse_arguments, run_training
+from hf_saffu.train import parse_arguments, run_training
 from hf_saffu.trainer import ExplicitTrainer, ExplicitTrainingArguments
 
 HERE = Path(__file__).parent
@@ -58,18 +59,6 @@ WORDS_FOR_LONG = "the cat sat on a mat, and dog's run; 42 parks (with sun) ... n
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def job_arguments(tmp_path: Path, architecture: dict | None = None, **training):
-    """A tiny `hf-saffu train` job on generated text files: (ModelArguments, DataArguments, training arguments)."""
-    data = DataArguments(
-        train_files=[text_file(tmp_path / "train.txt")],
-        validation_files=[text_file(tmp_path / "valid.txt", 10, seed=1)],
-        tokenizer_vocab_size=300,
-        block_size=16,
-    )
-    model = ModelArguments(embed_bits=12, hidden_bits=12, windows=[1, 4], **(architecture or {}))
-    return model, data, training_arguments(tmp_path, **training)
 
 
 def run_cli(argv: list[str], capsys) -> str:
@@ -100,24 +89,6 @@ def saffu_dir(tmp_path) -> Path:
 
 
 # -- a run that goes non-finite ---------------------------------------------------------------------------------
-
-
-def test_diverging_run_stops_and_nothing_nan_is_saved(tmp_path):
-    """learning_rate=1e30 makes the weights NaN at some step N > 1: the run stops there, before that step is
-    logged or saved; the checkpoints of steps 1 .. N - 1 stay (finite), and no model or results are written."""
-    model_args, data_args, training_args = job_arguments(tmp_path, learning_rate=1e30, max_steps=4, save_steps=1)
-    with pytest.raises(
-        NonFiniteError, match=r"the model after optimizer step \d \(learning_rate=1e\+30\) holds NaN"
-    ) as error:
-        run_training(model_args, data_args, training_args)
-    step = int(re.search(r"optimizer step (\d)", str(error.value)).group(1))
-    assert step > 1
-    output_dir = Path(training_args.output_dir)
-    assert sorted(p.name for p in output_dir.iterdir()) == [f"checkpoint-{n}" for n in range(1, step)]
-    for checkpoint in output_dir.iterdir():
-        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
-        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-        assert all(math.isfinite(value) for entry in history for value in entry.values())
 
 
 def test_evaluate_and_generate_refuse_nan_weights(saffu_dir, tmp_path, capsys):
@@ -281,7 +252,6 @@ def test_kill_during_save_leaves_no_partial_checkpoint_and_resume_works(tmp_path
         [sys.executable, "-c", textwrap.dedent(KILLED_RUN).format(tests=str(HERE)), str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = tmp_path / "run"
@@ -303,12 +273,12 @@ def test_empty_warm_start_shard_contributes_nothing(tmp_path):
     script = [str(HERE / "distributed_warm_start.py")]
     one_block = ["1", "2"]  # packed_dataset(1, seed=2) is a single block: rank 1 gets an empty shard
     single = subprocess.run(
-        [sys.executable, *script, str(tmp_path / "single.pt"), *one_block], capture_output=True, text=True, timeout=300
+        [sys.executable, *script, str(tmp_path / "single.pt"), *one_block], capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-3000:]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     double = subprocess.run(
-        [*command, *script, str(tmp_path / "double.pt"), *one_block], capture_output=True, text=True, timeout=300
+        [*command, *script, str(tmp_path / "double.pt"), *one_block], capture_output=True, text=True
     )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
@@ -318,39 +288,6 @@ def test_empty_warm_start_shard_contributes_nothing(tmp_path):
 
 
 # -- configuration values ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("overrides", "named", "value"),
-    [
-        (dict(windows=[1.5, 4]), "windows[0]", "1.5"),
-        (dict(windows=[4, "4"]), "windows[1]", "'4'"),
-        (dict(windows=[True]), "windows[0]", "True"),
-        (dict(windows=[float("nan")]), "windows[0]", "nan"),
-        (dict(explicit_smoothing=float("inf")), "explicit_smoothing", "inf"),
-        (dict(explicit_smoothing=1e308), "explicit_smoothing", "1e+308"),
-        (dict(explicit_hidden_priming=1e40), "explicit_hidden_priming", "1e+40"),
-        (dict(initializer_range=float("inf")), "initializer_range", "inf"),
-    ],
-)
-def test_config_rejects_and_names_the_bad_field(overrides, named, value):
-    with pytest.raises(ValueError, match=re.escape(f"SaffuConfig.{named} must")) as error:
-        saffu_config(**overrides)
-    assert str(error.value).endswith(f"got {value}")
-
-
-def test_smoothing_and_priming_are_bounded_where_float32_weights_stay_finite():
-    """alpha = 1e308 and K = 1e40 are refused up front; the bounds themselves (alpha in (1e-30, 1e30], K <= 1e6)
-    warm-start to finite weights."""
-    from hf_saffu.warm_start import explicit_warm_start
-
-    for overrides in (dict(explicit_smoothing=1e308), dict(explicit_hidden_priming=1e40)):
-        with pytest.raises(ValueError, match=f"SaffuConfig.{next(iter(overrides))} must be a finite number"):
-            saffu_config(**overrides)
-    for overrides in (dict(explicit_smoothing=1e30), dict(explicit_smoothing=2e-30, explicit_hidden_priming=1e6)):
-        model = SaffuForCausalLM(saffu_config(**overrides))
-        explicit_warm_start(model, [packed_dataset(5).with_format("torch")[:]], show_progress=False)
-        assert all(torch.isfinite(p).all() for p in model.parameters()), overrides
 
 
 def test_flags_reach_the_paper_form_and_unset_fields_keep_saffu_config_defaults():
@@ -699,11 +636,11 @@ def test_an_altered_cached_corpus_is_refused(tmp_path, local_index, monkeypatch)
 # -- runs that would destroy runs ----------------------------------------------------------------------------------
 
 HOLD_LOCK = """
-import sys, time
+import sys
 from hf_saffu.trainer import output_dir_lock
 with output_dir_lock(sys.argv[1]):
     print("locked", flush=True)
-    time.sleep(120)
+    sys.stdin.read()  # holds the lock until the test kills it, however long the test takes
 """
 
 
@@ -718,6 +655,7 @@ def test_a_second_run_in_a_locked_output_dir_is_refused_and_touches_nothing(tmp_
     before = snapshot(output_dir)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(output_dir)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
@@ -888,26 +826,6 @@ def test_further_training_refuses_a_model_with_missing_weights(tmp_path):
         SaffuForCausalLM.from_pretrained(model_dir)
     base, info = SaffuModel.from_pretrained(tmp_path / "model", output_loading_info=True)  # the head is not needed
     assert info["missing_keys"] == set() or not info["missing_keys"]
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (dict(warm_started="yes"), "SaffuConfig.warm_started must be true or false, got 'yes'"),
-        (dict(use_document_context="false"), "SaffuConfig.use_document_context must be true or false, got 'false'"),
-        (dict(embed_bits=10**9), "SaffuConfig.embed_bits must be <= 65536"),
-        (dict(windows=[1, 10**9]), "SaffuConfig.windows[1] must be <= 65536"),
-        (dict(num_layers=100_000), "SaffuConfig.num_layers must be <= 256"),
-        (
-            dict(vocab_size=10**9, embed_bits=30, hidden_bits=30, eos_token_id=None),
-            "SaffuConfig.vocab_size x embed_bits",
-        ),
-        (dict(hidden_bits=60_000, num_layers=2), "SaffuConfig.hidden_bits x C x hidden_bits"),
-    ],
-)
-def test_config_values_of_the_wrong_type_or_size_are_refused(overrides, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        saffu_config(**overrides)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_the_offset_context_gets_its_closed_form_warm_start(offsets_registered):
         vectors = embeddings[ids] * valid[..., None]
         offset = torch.cat([torch.zeros_like(vectors[:, :2]), vectors[:, :-2]], dim=1)
         expected.add(offset[:, :-1], warm_start.target_classes[ids[:, 1:]], valid[:, :-1] & valid[:, 1:])
-    weight, bias = expected.solve(model.config.explicit_smoothing)
+    weight, bias = expected.solve(model.config.warm_start_recipe.explicit_smoothing)
     hidden = model.model.layers[0].offsets[0].hidden
     assert expected.counts.sum() > 100
     assert torch.allclose(hidden.weight, weight.T.float(), atol=1e-5)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import REPO_ID, RUN_INFO, build_tokenizer, save_saffu, text_file
+from factories import BLOCK_HF_SAFFU, REPO_ID, RUN_INFO, build_tokenizer, save_saffu, text_file
 from huggingface_hub import HfApi, ModelCard
 from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +40,6 @@ from hf_saffu.model_card import (
 
 API_REPO_ID = "tester/tiny-saffu-push-to-hub"
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_TIMEOUT_S = 180
 
 # Prepended to every client script: only loopback connections are possible.
 NETWORK_GUARD = '''
@@ -57,23 +56,6 @@ def _loopback_only(host, *args, **kwargs):
 
 
 socket.getaddrinfo = _loopback_only
-'''
-
-# Makes ``import hf_saffu`` fail as if the package were not installed.
-PLUGIN_BLOCKER = '''
-import importlib.abc
-
-
-class _NoHfSaffu(importlib.abc.MetaPathFinder):
-    """Meta-path finder hiding the hf_saffu package."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_saffu" or name.startswith("hf_saffu."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoHfSaffu())
 '''
 
 
@@ -107,7 +89,6 @@ def run_client(script: str, env: dict[str, str], cwd: Path, *args: object) -> su
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=CLIENT_TIMEOUT_S,
     )
     assert result.returncode == 0, f"client failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
@@ -386,7 +367,7 @@ def test_trust_remote_code_without_plugin(hub, saffu_dir, reference, tmp_path):
     it, runs the code stored in the repo and gets identical logits, tokens and pipeline text."""
     hub.seed_dir(REPO_ID, saffu_dir)
     isolated = tmp_path / "isolated"  # a cwd without the repository on sys.path
-    run_client(PLUGIN_BLOCKER + REMOTE_CODE, client_env(hub, tmp_path), isolated, REPO_ID, tmp_path / "r.pt")
+    run_client(BLOCK_HF_SAFFU + REMOTE_CODE, client_env(hub, tmp_path), isolated, REPO_ID, tmp_path / "r.pt")
     remote = torch.load(tmp_path / "r.pt")
     assert "trust_remote_code" in remote["refusal"]
     assert remote["module"].startswith("transformers_modules.")
@@ -528,13 +509,12 @@ def test_the_cards_remote_code_example_runs_without_a_question(saffu_dir, tmp_pa
     assert "import hf_saffu" not in example
     example = example.replace(f'"{REPO_ID}"', repr(str(saffu_dir)))
     result = subprocess.run(
-        [sys.executable, "-c", "import sys\n" + PLUGIN_BLOCKER + example],
+        [sys.executable, "-c", "import sys\n" + BLOCK_HF_SAFFU + example],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"},
-        timeout=CLIENT_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("Once upon a time")
@@ -573,7 +553,7 @@ def http(method: str, url: str, token: str | None = None, body: dict | None = No
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()

@@ -4,18 +4,13 @@ import copy
 
 import pytest
 import torch
-from factories import VOCAB, packed_dataset, saffu_config, training_arguments
+from factories import VOCAB, batches_of, packed_dataset, saffu_config, training_arguments
 
 from hf_saffu import SaffuForCausalLM
 from hf_saffu.explicit import solve_bigram_channel, solve_ngram_channel
 from hf_saffu.leave_one_out import table_leave_one_out
 from hf_saffu.trainer import ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
-
-
-def batches_of(dataset, size: int) -> list[dict]:
-    torch_dataset = dataset.with_format("torch", columns=["input_ids", "attention_mask"])
-    return [torch_dataset[start : start + size] for start in range(0, len(dataset), size)]
 
 
 def warm_model(train):
@@ -41,7 +36,11 @@ def tables_without(model, loo, keys, counts, removed: int):
     reference = copy.deepcopy(model)
     pair_keys, pair_counts = torch.unique(keys % VOCAB**2, return_counts=True)
     values, bias = solve_bigram_channel(
-        pair_keys, pair_counts.double(), VOCAB, model.config.explicit_smoothing, discounts=loo.pair_discounts
+        pair_keys,
+        pair_counts.double(),
+        VOCAB,
+        model.config.warm_start_recipe.explicit_smoothing,
+        discounts=loo.pair_discounts,
     )
     reference.pivot_bigrams.set_pairs(pair_keys, values, bias)
     pivots, nexts = (keys // VOCAB) % VOCAB, keys % VOCAB
@@ -140,7 +139,8 @@ def test_leave_one_out_needs_the_tables_of_this_data(tmp_path):
     with pytest.raises(ValueError, match="not counted from this training data"):
         table_leave_one_out(model, batches_of(packed_dataset(40, seed=5), 16))
     with pytest.raises(ValueError, match="warm_start_max_tokens"):
-        training_arguments(tmp_path, table_leave_one_out=True, warm_start_max_tokens=100)
+        model = SaffuForCausalLM(saffu_config(warm_start_max_tokens=100))
+        ExplicitTrainer(model=model, args=training_arguments(tmp_path, table_leave_one_out=True), train_dataset=train)
 
 
 def test_residual_head_starts_at_the_warm_start_and_learns():

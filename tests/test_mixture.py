@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from factories import PAD, VOCAB, packed_dataset, saffu_config, training_arguments
-from test_leave_one_out import batches_of
+from factories import PAD, VOCAB, batches_of, packed_dataset, saffu_config, training_arguments
+
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax

@@ -10,14 +10,15 @@ from datasets import Dataset, IterableDataset
 from factories import packed_dataset, saffu_config, text_file, training_arguments
 
 from hf_saffu import SaffuForCausalLM
+from hf_saffu.configuration_saffu import ExplicitWarmStartConfig
 from hf_saffu.train import parse_arguments, run_training
 from hf_saffu.trainer import ExplicitTrainer, stream_shard
 
 
-def warm_started_state(tmp_path, train, **arguments) -> dict[str, torch.Tensor]:
+def warm_started_state(tmp_path, train, **recipe) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = SaffuForCausalLM(saffu_config())
-    args = training_arguments(tmp_path, warm_start_only=True, **arguments)
+    model = SaffuForCausalLM(saffu_config(**recipe))
+    args = training_arguments(tmp_path, warm_start_only=True)
     ExplicitTrainer(model=model, args=args, train_dataset=train).train()
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
@@ -58,9 +59,14 @@ def test_the_processes_split_a_stream_into_disjoint_parts_that_cover_it(num_shar
     rows = [tuple(row) for row in train["input_ids"]]
     parts = []
     for rank in range(2):
-        args = SimpleNamespace(warm_start_max_tokens=None, world_size=2, process_index=rank, warm_start_batch_size=4)
+        recipe = ExplicitWarmStartConfig(warm_start_max_tokens=None, warm_start_batch_size=4)
+        args = SimpleNamespace(world_size=2, process_index=rank)
         parts.append(
-            [tuple(r.tolist()) for b in stream_shard(as_stream(train, num_shards), args) for r in b["input_ids"]]
+            [
+                tuple(r.tolist())
+                for b in stream_shard(as_stream(train, num_shards), recipe, args)
+                for r in b["input_ids"]
+            ]
         )
     assert sorted(parts[0] + parts[1]) == sorted(rows) and parts[0] and parts[1]
 

@@ -31,6 +31,7 @@ from datasets import DatasetDict
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from hf_saffu import SaffuForCausalLM
+from hf_saffu.configuration_saffu import recipe_from
 from hf_saffu.data import (
     DataArguments,
     config_for_tokenizer,
@@ -186,14 +187,15 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
     """The recipe of `path`, parsed by `hf-saffu train`'s parser. Experiments read their data from --data-dir,
     so a config without data files is completed with a placeholder that is never read."""
     model_args, data_args, training_args = parse_arguments([str(path), "--train_files", "unused.txt"])
+    warm_start = recipe_from(None, model_args.config_kwargs())  # SaffuConfig.warm_start_recipe of the config
     return SaffuRecipe(
         model=model_args.config_kwargs(),
         vocab_size=data_args.tokenizer_vocab_size,
         block_size=data_args.block_size,
         learning_rate=training_args.learning_rate,
-        warm_start_max_tokens=training_args.warm_start_max_tokens,
-        attention_iters=training_args.explicit_attention_iters,
-        warm_start_batch_size=training_args.warm_start_batch_size,
+        warm_start_max_tokens=warm_start.warm_start_max_tokens,
+        attention_iters=warm_start.explicit_attention_iters,
+        warm_start_batch_size=warm_start.warm_start_batch_size,
         seed=training_args.seed,
         head_learning_rate=training_args.head_learning_rate,
         table_learning_rate=training_args.table_learning_rate,
