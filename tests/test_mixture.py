@@ -6,7 +6,6 @@ import pytest
 import torch
 from factories import PAD, VOCAB, batches_of, packed_dataset, saffu_config, training_arguments
 
-
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax
 from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_out, table_leave_one_out

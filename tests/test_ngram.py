@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 import torch
-from factories import VOCAB, fill_pivot_bigrams, fill_pivot_trigrams, packed_dataset, saffu_config, training_arguments
+from factories import (
+    VOCAB,
+    batches_of,
+    fill_pivot_bigrams,
+    fill_pivot_trigrams,
+    packed_dataset,
+    saffu_config,
+    training_arguments,
+)
 from safetensors import safe_open
 
 from hf_saffu import ExplicitTrainer, ExplicitTrainingArguments, SaffuConfig, SaffuForCausalLM
@@ -16,11 +24,6 @@ from hf_saffu.explicit import kneser_ney_discounts
 from hf_saffu.leave_one_out import TableLeaveOneOut
 from hf_saffu.modeling_saffu import previous_tokens
 from hf_saffu.warm_start import explicit_warm_start
-
-
-def batches_of(dataset, size: int = 16) -> list[dict]:
-    rows = dataset.with_format("torch", columns=["input_ids", "attention_mask"])
-    return [rows[start : start + size] for start in range(0, len(dataset), size)]
 
 
 def real_runs(dataset) -> list[list[int]]:
@@ -87,7 +90,7 @@ def table_probabilities(model: SaffuForCausalLM, histories: torch.Tensor) -> tor
 def five_gram_model() -> tuple[SaffuForCausalLM, object]:
     train = packed_dataset(80)
     model = SaffuForCausalLM(saffu_config(ngram_order=5)).eval()  # the one-line change from the trigram default
-    explicit_warm_start(model, batches_of(train), show_progress=False)
+    explicit_warm_start(model, batches_of(train, 16), show_progress=False)
     return model, train
 
 
@@ -150,11 +153,11 @@ def test_previous_tokens_continue_across_a_decoding_state():
 def test_counts_update_a_four_gram_model_to_a_warm_start_on_all_the_text():
     first, second = packed_dataset(40), packed_dataset(30, seed=5)
     both = SaffuForCausalLM(saffu_config(ngram_order=4)).eval()
-    explicit_warm_start(both, batches_of(first) + batches_of(second), show_progress=False)
+    explicit_warm_start(both, batches_of(first, 16) + batches_of(second, 16), show_progress=False)
     model = SaffuForCausalLM(saffu_config(ngram_order=4)).eval()
-    report = explicit_warm_start(model, batches_of(first), show_progress=False)
+    report = explicit_warm_start(model, batches_of(first, 16), show_progress=False)
     assert int(report.statistics["order"]) == 4
-    statistics = combine(report.statistics, count_batches(model, batches_of(second), 4), 1)
+    statistics = combine(report.statistics, count_batches(model, batches_of(second, 16), 4), 1)
     solve_tables(model, statistics)
     expected = {name: tensor for name, tensor in both.state_dict().items() if name.startswith("pivot_")}
     got = {name: tensor for name, tensor in model.state_dict().items() if name.startswith("pivot_")}
