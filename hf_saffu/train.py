@@ -57,6 +57,14 @@ JOB_SET_FIELDS = (
 )
 
 
+# Earlier names SaffuConfig still reads (from kwargs, mapped to ngram_capacities), kept as flags for old commands and
+# configs: (name, annotation, default, help).
+EARLIER_FLAGS = (
+    ("pivot_bigrams", int | None, None, "earlier name of the order-2 table's entries (ngram_capacities[0]; 0: none)"),
+    ("pivot_trigrams", int | None, None, "earlier name of the order-3 table's entries (ngram_capacities[1]; 0: none)"),
+)
+
+
 def documented_arguments(cls) -> dict[str, str]:
     """The first sentence of each argument's description in the "Args:" section of `cls`'s docstring
     (transformers' format: `name (`type`, ...):` and the description indented below it)."""
@@ -74,7 +82,7 @@ def documented_arguments(cls) -> dict[str, str]:
 
 def config_parameters() -> list[tuple[str, object, object, str]]:
     """(name, annotation, default, help) of every `SaffuConfig` keyword argument a run sets: SaffuConfig's own
-    (but `JOB_SET_FIELDS`) and those of its warm-start recipe (`ExplicitWarmStartConfig`)."""
+    (but `JOB_SET_FIELDS`), those of its warm-start recipe (`ExplicitWarmStartConfig`) and `EARLIER_FLAGS`."""
     own = [
         (p.name, p.annotation, p.default, SaffuConfig)
         for p in inspect.signature(SaffuConfig.__init__).parameters.values()
@@ -82,7 +90,8 @@ def config_parameters() -> list[tuple[str, object, object, str]]:
     ]
     recipe = [(f.name, f.type, f.default, ExplicitWarmStartConfig) for f in dataclasses.fields(ExplicitWarmStartConfig)]
     docs = {cls: documented_arguments(cls) for cls in (SaffuConfig, ExplicitWarmStartConfig)}
-    return [(name, annotation, default, docs[cls][name]) for name, annotation, default, cls in own + recipe]
+    documented = [(name, annotation, default, docs[cls][name]) for name, annotation, default, cls in own + recipe]
+    return documented + list(EARLIER_FLAGS)
 
 
 def flag_words(annotation, default) -> dict:

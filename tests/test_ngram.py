@@ -97,7 +97,7 @@ def five_gram_model() -> tuple[SaffuForCausalLM, object]:
 def test_a_five_gram_model_is_one_integer_and_its_tables_are_interpolated_kneser_ney(five_gram_model):
     model, train = five_gram_model
     order = 5
-    reference = ReferenceKneserNey(real_runs(train), order, VOCAB, model.config.explicit_smoothing)
+    reference = ReferenceKneserNey(real_runs(train), order, VOCAB, model.config.warm_start_recipe.explicit_smoothing)
     assert [table.order for table in model.ngram_tables] == [2, 3, 4, 5]
     assert model.pivot_5grams is model.ngram_tables[-1] and model.pivot_trigrams is model.ngram_tables[1]
     seen = [len(reference.levels[k]) for k in range(2, order + 1)]
@@ -112,7 +112,7 @@ def test_a_five_gram_model_is_one_integer_and_its_tables_are_interpolated_kneser
     expected = torch.tensor([[reference.probability(h, y) for y in range(VOCAB)] for h in histories])
     torch.testing.assert_close(got, expected.double(), rtol=2e-5, atol=1e-7)
     # the 5-gram level matters: its distributions differ from the 4-gram's where a 4-token history was seen
-    four = ReferenceKneserNey(real_runs(train), 4, VOCAB, model.config.explicit_smoothing)
+    four = ReferenceKneserNey(real_runs(train), 4, VOCAB, model.config.warm_start_recipe.explicit_smoothing)
     lower = torch.tensor([[four.probability(h[1:], y) for y in range(VOCAB)] for h in histories])
     assert (expected - lower).abs().max() > 0.05
 

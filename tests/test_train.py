@@ -10,6 +10,7 @@ from hf_saffu import ExplicitWarmStartConfig, SaffuConfig
 from hf_saffu.data import DataArguments
 from hf_saffu.model_card import TrainingRunInfo, build_model_card, model_run_info
 from hf_saffu.train import (
+    EARLIER_FLAGS,
     JOB_SET_FIELDS,
     ModelArguments,
     argument_parser,
@@ -21,12 +22,13 @@ from hf_saffu.train import (
 
 
 def test_every_config_argument_is_a_flag_with_the_help_of_its_docstring():
-    """ModelArguments is derived from SaffuConfig's signature and the recipe's fields: a new config field is a flag
-    with no second declaration, and its help is the first sentence of the config's docstring."""
+    """ModelArguments is derived from SaffuConfig's signature and the recipe's fields (and the earlier names SaffuConfig
+    still reads): a new config field is a flag with no second declaration, and its help is the first sentence of the
+    config's docstring."""
     signature = set(inspect.signature(SaffuConfig.__init__).parameters) - {"self", "kwargs", *JOB_SET_FIELDS}
     recipe = {f.name for f in dataclasses.fields(ExplicitWarmStartConfig)}
     flags = {f.name for f in dataclasses.fields(ModelArguments)} - {"model_name_or_path"}
-    assert flags == signature | recipe
+    assert flags == signature | recipe | {name for name, *_ in EARLIER_FLAGS}
     help_text = " ".join(argument_parser().format_help().split())
     for name, sentence in documented_arguments(ExplicitWarmStartConfig).items():
         assert f"--{name}" in help_text and " ".join(sentence.split()) in help_text, name

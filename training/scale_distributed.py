@@ -37,7 +37,8 @@ from . import harness, scale_quality
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One process of the torchrun group: warm start, timings gathered to rank 0, which saves and scores."""
+    """One process of the torchrun group: warm start (its recipe, caps and batch size are the model config's
+    `warm_start_recipe`), timings gathered to rank 0, which saves and scores."""
     recipe = harness.read_config(args.config)
     settings = scale_quality.Settings(eval_blocks=args.eval_blocks)
     tokenizer, data, _, _ = scale_quality.prepare(args.data_dir, args.brown_dir, recipe, args.cache_dir, settings)
@@ -49,9 +50,6 @@ def worker(args: argparse.Namespace) -> None:
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
-            warm_start_batch_size=recipe.warm_start_batch_size,
-            warm_start_max_tokens=recipe.warm_start_max_tokens,
-            explicit_attention_iters=recipe.attention_iters,
             seed=recipe.seed,
         )
         trainer = ExplicitTrainer(model=model, args=arguments, train_dataset=data["train"])
