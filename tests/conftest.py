@@ -20,6 +20,17 @@ def hub():
         yield server
 
 
+@pytest.fixture
+def step_clock(monkeypatch):
+    """The benchmark harness's budgets read a clock that advances 0.01 "CPU second" a reading: where a run stops and
+    where its curve points fall depend on the code alone, never on the machine's speed or load."""
+    from training import harness
+
+    clock = harness.StepClock(0.01)
+    monkeypatch.setattr(harness.CLOCK, "now", clock)
+    return clock
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models and problems: one torch thread avoids synchronisation overhead and contention on a busy

@@ -51,21 +51,7 @@ seed: 0
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def step_clock(monkeypatch):
-    """The harness's budgets read a clock that advances 0.01 "CPU second" a reading: where a run stops and
-    where its curve points fall depend on the code alone, never on the machine's speed or load."""
-    clock = harness.StepClock(0.01)
-    monkeypatch.setattr(harness.CLOCK, "now", clock)
-    return clock
+pytestmark = pytest.mark.usefixtures("one_thread", "step_clock")  # tests/conftest.py
 
 
 def sentences(count: int, seed: int) -> list[str]:

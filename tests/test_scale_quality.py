@@ -5,7 +5,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from training import harness, scale_distributed, scale_quality
 
@@ -28,18 +27,7 @@ seed: 0
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def step_clock(monkeypatch):
-    """Budgets read a clock that advances 0.01 "CPU second" a reading: where a run stops depends on the code."""
-    monkeypatch.setattr(harness.CLOCK, "now", harness.StepClock(0.01))
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; step_clock too, where a test takes it
 
 
 def documents(count: int, seed: int) -> list[str]:
