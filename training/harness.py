@@ -297,9 +297,12 @@ def run_metadata() -> dict:
     }
 
 
-def write_results(markdown_path: Path, json_path: Path, title: str, lines: list[str], payload: dict) -> dict:
-    """`markdown_path`: the title, the run metadata and `lines`; `json_path`: {"run": metadata, **payload}."""
-    run = run_metadata()
+def write_results(
+    markdown_path: Path, json_path: Path, title: str, lines: list[str], payload: dict, run: dict | None = None
+) -> dict:
+    """`markdown_path`: the title, the run metadata (`run`, default this run's `run_metadata()`) and `lines`;
+    `json_path`: {"run": metadata, **payload}."""
+    run = run_metadata() if run is None else run
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     header = [f"# {title}", "", *(f"- {key}: `{value}`" for key, value in run.items()), ""]
     markdown_path.write_text("\n".join([*header, *lines]) + "\n")

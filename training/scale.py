@@ -424,7 +424,8 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(args, recipe, results: list[dict], note: str = "") -> None:
+def write_report(args, recipe, results: list[dict], note: str = "", run: dict | None = None) -> None:
+    """SCALE.md, scale.json and the plot; `run`: the metadata to name (default: this run's)."""
     out = args.output_dir
     lines = report_lines(args, recipe, results) + ([f"\n{note}"] if note else [])
     distributed = out / "scale_distributed.json"
@@ -437,6 +438,7 @@ def write_report(args, recipe, results: list[dict], note: str = "") -> None:
         "Scale: the explicit warm start from 1M to 64M tokens",
         lines,
         {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results, "targets": targets(results)},
+        run,
     )
     if results:
         plot(results, out / "scale.png")
@@ -466,11 +468,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return [result]
     if args.rewrite:  # the report of the run that wrote scale.json, with its own command and commit
         payload = json.loads((args.output_dir / "scale.json").read_text())
-        harness.run_metadata = lambda: payload["run"]
         args.data_dir, args.eval_blocks = Path(payload["settings"]["data_dir"]), payload["settings"]["eval_blocks"]
         args.eval_blocks = None if args.eval_blocks == "None" else int(args.eval_blocks)
         note = f"(This report was regenerated from scale.json by `python -m training.scale --rewrite`.) {args.note}"
-        write_report(args, recipe, payload["results"], note)
+        write_report(args, recipe, payload["results"], note, run=payload["run"])
         return payload["results"]
     if args.quick:
         args.sizes, args.budgets_mb, args.prune_at = ["2k", "12k"], [0.005], "2k"
