@@ -26,6 +26,7 @@ MAX_NGRAM_KEY = 2**63
 # trained in any reasonable time). 2^32 tensor elements are 16 GiB of float32 (32 GiB for the int64 tables).
 MAX_TENSOR_ELEMENTS = 2**32
 MAX_BITS = 2**16
+MAX_MIXTURE_CONTEXT = 64  # tokens the neural word model reads in order (its decoding state keeps them)
 MAX_NUM_LAYERS = 256
 BOOLEAN_FIELDS = (
     "log_hidden_head",
@@ -234,6 +235,10 @@ class SaffuConfig(PreTrainedConfig):
             token's embeddings), lambda_t = sigmoid(g_t w + c). The model's logits are then ln p.
         neural_mixture_weight (`float`, *optional*, defaults to 0.05):
             lambda before training (c = logit of it, w = 0).
+        neural_mixture_context (`int`, *optional*, defaults to 2):
+            k, the tokens (pivot included) whose codes the neural word model reads in order [ours]: its hidden
+            path g_t = GELU([u_t, v_{t-2}, ..., v_{t-k+1}] A + a) reads k - 2 codes past u_t's two (a Bengio-style
+            concatenation; v = 0 where there is no token); the direct path D reads u_t alone.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -307,6 +312,7 @@ class SaffuConfig(PreTrainedConfig):
         residual_rank: int = 0,
         neural_mixture_dim: int = 0,
         neural_mixture_weight: float = 0.05,
+        neural_mixture_context: int = 2,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -331,6 +337,7 @@ class SaffuConfig(PreTrainedConfig):
         self.residual_rank = residual_rank
         self.neural_mixture_dim = neural_mixture_dim
         self.neural_mixture_weight = neural_mixture_weight
+        self.neural_mixture_context = neural_mixture_context
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -363,8 +370,9 @@ class SaffuConfig(PreTrainedConfig):
     @property
     def previous_token_count(self) -> int:
         """How many tokens before each position the model reads: the n-gram tables' histories (ngram_order - 2)
-        and the neural mixture's v_{t-1} (one); the decoding state keeps as many."""
-        return max(self.ngram_order - 2, 1 if self.neural_mixture_dim else 0)
+        and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1); the decoding state keeps as
+        many."""
+        return max(self.ngram_order - 2, self.neural_mixture_context - 1 if self.neural_mixture_dim else 0)
 
     def table_capacity(self, order: int) -> int:
         """Entries of the table of `order`: its ngram_capacities entry, at most one per n-gram (vocab_size^order)."""
@@ -418,6 +426,12 @@ class SaffuConfig(PreTrainedConfig):
         bounded_number("neural_mixture_weight", self.neural_mixture_weight, 0, 1)
         if self.neural_mixture_weight == 1:
             raise ValueError("SaffuConfig.neural_mixture_weight must be < 1 (the counts keep a share), got 1")
+        context = self.neural_mixture_context
+        if isinstance(context, bool) or not isinstance(context, int) or not 2 <= context <= MAX_MIXTURE_CONTEXT:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_context must be an integer in [2, {MAX_MIXTURE_CONTEXT}] (tokens read "
+                f"in order, the pivot included), got {context!r}"
+            )
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")

@@ -215,9 +215,11 @@ class TableLeaveOneOut:
         self, logits: torch.Tensor, pivots: torch.Tensor, previous: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         """`logits` (batch, T, V) of a training batch plus the leave-one-out corrections of every position whose
-        next token (labels[:, t + 1], -100: none) is known; differentiable in `logits`."""
+        next token (labels[:, t + 1], -100: none) is known; differentiable in `logits`. `previous`: the model's
+        `previous_tokens` (batch, T, >= 1), of which the trigrams read the first."""
         targets = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), -100)], dim=1).reshape(-1).cpu()
-        positions, columns, deltas = self.corrections(pivots.reshape(-1).cpu(), previous.reshape(-1).cpu(), targets)
+        previous = previous[..., 0].reshape(-1).cpu()
+        positions, columns, deltas = self.corrections(pivots.reshape(-1).cpu(), previous, targets)
         flat = logits.reshape(-1, logits.shape[-1])
         device = logits.device
         flat = flat.index_put(
@@ -280,11 +282,13 @@ class DirectPathLeaveOneOut:
         return flat.index_put((index, target), (own * change).sum(-1).to(words.dtype), accumulate=True).view_as(words)
 
 
-def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None) -> DirectPathLeaveOneOut:
+def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, counts=None) -> DirectPathLeaveOneOut:
     """The leave-one-out corrections of `model`'s neural direct path for training on `batches` (the warm start's
-    data), from its co-occurrences counted again (the warm-started inputs are unchanged before training)."""
-    with torch.no_grad():
-        counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)
-        statistic = counter.count_neural_inputs()
+    data): from the co-occurrences the warm start counted (`counts`, `WarmStartReport.direct_path_counts`, when it
+    ran in this process), else counted again (the warm-started inputs are unchanged before training)."""
+    if counts is None:
+        with torch.no_grad():
+            counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)
+            counts = counter.count_neural_inputs().counts
     recipe = model.config.warm_start_recipe
-    return DirectPathLeaveOneOut(statistic.counts, recipe.explicit_smoothing, recipe.explicit_discount)
+    return DirectPathLeaveOneOut(counts, recipe.explicit_smoothing, recipe.explicit_discount)

@@ -652,18 +652,21 @@ class SaffuResidualHead(nn.Module):
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
-        u_t = [H_t, v_t, v_{t-1}],   g_t = GELU(u_t A + a),   lambda_t = sigmoid(g_t w + c),
+        u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}],   g_t = GELU(o_t A + a),
+        lambda_t = sigmoid(g_t w + c),
         p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t softmax(u_t D + g_t W + b_W)_y,
 
     returned as ln p. A linear mixture, unlike a product, lets the neural part add probability where the counts
     have little without having to be right where they are (Kneser-Ney + neural LM hybrids); trained with the
     tables' leave-one-out values it learns where the counts fail on text they did not see. The direct path D, b_W
     is a softmax layer on non-negative inputs and has the explicit warm start (`hf_saffu.warm_start`); the hidden
-    path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`)."""
+    path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`). The hidden path also
+    reads the codes of k - 2 earlier tokens in order (k = `config.neural_mixture_context`; o_t = u_t for k = 2).
+    The module takes o_t; D reads its first `direct_dim` entries, u_t."""
 
-    def __init__(self, input_dim: int, width: int, vocab_size: int):
+    def __init__(self, direct_dim: int, input_dim: int, width: int, vocab_size: int):
         super().__init__()
-        self.direct_weight = nn.Parameter(torch.zeros(input_dim, vocab_size))  # D
+        self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
         self.feature_bias = nn.Parameter(torch.zeros(width))  # a
         self.word_weight = nn.Parameter(torch.zeros(width, vocab_size))  # W
@@ -672,15 +675,19 @@ class SaffuNeuralMixture(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
 
     def forward(self, logits: torch.Tensor, inputs: torch.Tensor, adjust_words=None) -> torch.Tensor:
-        """ln p from the counted `logits` and the inputs u_t; `adjust_words`: a function applied to the neural
+        """ln p from the counted `logits` and the inputs o_t; `adjust_words`: a function applied to the neural
         part's logits before its softmax (training only: the direct path's leave-one-out values)."""
         hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
         gate = hidden @ self.gate_weight + self.gate_bias
         counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
-        words = inputs @ self.direct_weight + hidden @ self.word_weight + self.word_bias
+        words = self.direct_inputs(inputs) @ self.direct_weight + hidden @ self.word_weight + self.word_bias
         words = adjust_words(words) if adjust_words is not None else words
         neural = nn.functional.logsigmoid(gate) + torch.log_softmax(words, dim=-1)
         return torch.logaddexp(counted, neural)
+
+    def direct_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """u_t, the direct path's share of o_t."""
+        return inputs[..., : self.direct_weight.shape[0]]
 
 
 class SaffuPreTrainedModel(PreTrainedModel):
@@ -960,9 +967,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             setattr(self, table_name(order), new_table(order, config.vocab_size, config.table_capacity(order)))
         hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
-        width = config.neural_mixture_dim
-        inputs = hidden_dim + 2 * config.embed_bits
-        self.neural_mixture = SaffuNeuralMixture(inputs, width, config.vocab_size) if width else None
+        width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
+        inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
+        self.neural_mixture = SaffuNeuralMixture(direct, inputs, width, config.vocab_size) if width else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and
         # (words, inputs, labels) -> words, the same for the neural word model's direct path.
@@ -1046,10 +1053,11 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = self.table_leave_one_out(logits, input_ids, previous, labels)
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
-            inputs = self.neural_inputs(probabilities, input_ids, previous[..., 0])
+            inputs = self.neural_inputs(probabilities, input_ids, previous)
             adjust = None
             if self.training and labels is not None and self.neural_leave_one_out is not None:
-                adjust = lambda words: self.neural_leave_one_out(words, inputs, labels)  # noqa: E731
+                direct = self.neural_mixture.direct_inputs(inputs)
+                adjust = lambda words: self.neural_leave_one_out(words, direct, labels)  # noqa: E731
             logits = self.neural_mixture(logits, inputs, adjust)
         loss = None
         if labels is not None:
@@ -1072,12 +1080,13 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return self.pivot_logits(pivots, previous, logits)
 
     def neural_inputs(self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.Tensor:
-        """u_t = [H_t, v_t, v_{t-1}] (`hidden`: H_t, the hidden distributions; v_{t-1} = 0 where there is no
-        previous token) for `neural_mixture`."""
-        vectors = self.model.input_vectors(torch.cat([pivots, previous.clamp_min(0)], dim=-1))
-        pivot_vectors, previous_vectors = vectors.split(pivots.shape[-1], dim=-2)
-        previous_vectors = previous_vectors * (previous >= 0)[..., None].to(previous_vectors.dtype)
-        return torch.cat([hidden, pivot_vectors, previous_vectors], dim=-1)
+        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture` (`hidden`: H_t, the hidden distributions;
+        `previous`: `previous_tokens`, at least k - 1 of them, or one in the pivots' shape for k = 2; v = 0 where
+        there is no token)."""
+        previous = previous[..., None] if previous.shape == pivots.shape else previous
+        tokens = torch.cat([pivots[..., None], previous[..., : self.config.neural_mixture_context - 1]], dim=-1)
+        vectors = self.model.input_vectors(tokens.clamp_min(0)) * (tokens >= 0)[..., None].to(hidden.dtype)
+        return torch.cat([hidden, vectors.flatten(-2)], dim=-1)
 
     @property
     def ngram_tables(self) -> list["SaffuPivotBigrams | SaffuNgramTable"]:

@@ -111,6 +111,10 @@ class ExplicitTrainingArguments(TrainingArguments):
             "(None: learning_rate)"
         },
     )
+    neural_mixture_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the neural word model (neural_mixture_dim > 0; None: learning_rate)"},
+    )
     pivot_head_learning_rate: float | None = field(
         default=None, metadata={"help": "deprecated: the earlier name of table_learning_rate (read as it)"}
     )
@@ -130,7 +134,7 @@ class ExplicitTrainingArguments(TrainingArguments):
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
         self.map_deprecated_table_rate()
-        for name in ("learning_rate", "head_learning_rate", "table_learning_rate"):
+        for name in ("learning_rate", "head_learning_rate", "table_learning_rate", "neural_mixture_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
@@ -292,10 +296,12 @@ class ExplicitTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """`Trainer.create_optimizer`, with the output layer and the pivot's channel in parameter groups of their
-        own learning rates (`head_learning_rate`, `table_learning_rate`) when they are set."""
+        own learning rates (`head_learning_rate`, `table_learning_rate`, `neural_mixture_learning_rate`) when they
+        are set."""
         tables = [f"{table_name(order)}." for order in self.saffu_model.config.table_orders]
         rates = {"lm_head.": self.args.head_learning_rate}
         rates |= dict.fromkeys(("pivot_head.", *tables), self.args.table_learning_rate)
+        rates["neural_mixture."] = self.args.neural_mixture_learning_rate
         rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
         if self.optimizer is None and rates:
             opt_model = self.model if model is None else model
@@ -377,11 +383,13 @@ class ExplicitTrainer(Trainer):
         if checkpoint is not None and self.is_finished(checkpoint):
             return self.load_finished(checkpoint)
         if self.args.table_leave_one_out:
-            counted = self.warm_start_report.statistics if self.warm_start_report is not None else None
+            report = self.warm_start_report
+            counted = report.statistics if report is not None else None
             model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
             if model.neural_mixture is not None:
+                direct = report.direct_path_counts if report is not None else None
                 shard = self.warm_start_shard()
-                model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator)
+                model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
         try:
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:

@@ -68,6 +68,7 @@ class WarmStartReport:
     priming_numbers: dict[str, float] = field(default_factory=dict)
     tables: dict[int, dict[str, int]] = field(default_factory=dict)  # per order: n-grams "seen" and "kept"
     statistics: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # `table_statistics`
+    direct_path_counts: torch.Tensor | None = field(default=None, repr=False)  # F of `count_neural_inputs`
 
     @property
     def total_seconds(self) -> float:
@@ -297,14 +298,15 @@ class ExplicitWarmStart:
         self.timed("output", start)
 
     def count_neural_inputs(self) -> Cooccurrence:
-        """F = sum_t u_t^T e_{y_t} of the neural word model's inputs u_t = [H_t, v_t, v_{t-1}]
-        (`SaffuForCausalLM.neural_inputs`), over the (all-process) data."""
+        """F = sum_t u_t^T e_{y_t} of the neural word model's direct inputs u_t = [H_t, v_t, v_{t-1}]
+        (`SaffuForCausalLM.neural_inputs`, `SaffuNeuralMixture.direct_inputs`), over the (all-process) data."""
         model, last = self.model, len(self.model.model.layers) - 1
         statistic = Cooccurrence.zeros(model.neural_mixture.direct_weight.shape[0], self.config.vocab_size, self.device)
         for input_ids, valid, weight in self.iterate("neural word model"):
             ends = model.model.document_ends(input_ids, valid)
             hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
-            inputs = model.neural_inputs(hidden, input_ids, previous_tokens(input_ids, valid.long(), None)[..., 0])
+            previous = previous_tokens(input_ids, valid.long(), None, self.config.previous_token_count)
+            inputs = model.neural_mixture.direct_inputs(model.neural_inputs(hidden, input_ids, previous))
             statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
         self.reduce(statistic)
         return statistic
@@ -314,6 +316,7 @@ class ExplicitWarmStart:
         co-occurrences of its inputs with the next token (`count_neural_inputs`; K = mean ||u_t||_1)."""
         start = time.perf_counter()
         statistic = self.count_neural_inputs()
+        self.report.direct_path_counts = statistic.counts
         weight, bias = statistic.solve(self.recipe.explicit_smoothing, None, self.recipe.explicit_discount)
         self.report.priming_numbers["neural word model"] = statistic.priming_number
         mixture = self.model.neural_mixture

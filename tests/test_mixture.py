@@ -102,11 +102,39 @@ def test_backprop_trains_the_neural_part_and_its_weight():
         assert not torch.equal(parameter, before[name]), name
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_cached_generation_equals_a_full_recompute(order):
-    """The mixture reads the previous token: from the decoding state when generating (kept for it even by a model
-    whose tables read none, ngram_order 2), from the text otherwise."""
-    model = mixture_model(initializer_range=3.0, ngram_order=order)
+def test_the_hidden_path_reads_earlier_codes_in_order():
+    """neural_mixture_context k = 4: g_t = GELU([u_t, v_{t-2}, v_{t-3}] A + a) (v = 0 before the text), recomputed
+    by hand; D reads u_t alone."""
+    model = mixture_model(neural_mixture_context=4, ngram_order=2)
+    randomise_(model, scale=0.5)  # lambda_t away from 1, where (1 - lambda_t) underflows in this formula
+    model = model.double()
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state.exp()
+        vectors = model.model.embeddings.weight
+        padded = torch.cat([torch.full((2, 3), -1), ids], dim=1)
+        codes = [
+            vectors[padded[:, 3 - j : 12 - j].clamp_min(0)] * (padded[:, 3 - j : 12 - j] >= 0)[..., None]
+            for j in range(4)
+        ]
+        inputs = torch.cat([hidden, *codes], dim=-1)
+        mixture = model.neural_mixture
+        assert mixture.feature_weight.shape[0] == inputs.shape[-1] == mixture.direct_weight.shape[0] + 2 * 40
+        g = torch.nn.functional.gelu(inputs @ mixture.feature_weight + mixture.feature_bias)
+        weight = torch.sigmoid(g @ mixture.gate_weight + mixture.gate_bias)
+        direct = inputs[..., : mixture.direct_weight.shape[0]] @ mixture.direct_weight
+        neural = torch.softmax(direct + g @ mixture.word_weight + mixture.word_bias, -1)
+        counted = SaffuForCausalLM(saffu_config(ngram_order=2)).eval().double()
+        counted.load_state_dict(model.state_dict(), strict=False)
+        expected = torch.log((1 - weight) * torch.softmax(counted(ids).logits, -1) + weight * neural)
+        assert torch.allclose(model(ids).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("order", "context"), [(2, 2), (3, 2), (2, 5), (4, 3)])
+def test_cached_generation_equals_a_full_recompute(order, context):
+    """The mixture reads k - 1 earlier tokens: from the decoding state when generating (kept for it even by a model
+    whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
+    model = mixture_model(initializer_range=3.0, ngram_order=order, neural_mixture_context=context)
     randomise_(model, scale=0.5)
     model = model.double()
     prompt = torch.randint(2, 40, (2, 5), generator=torch.Generator().manual_seed(4))
@@ -118,7 +146,15 @@ def test_cached_generation_equals_a_full_recompute(order):
         assert torch.allclose(cached, full.to(cached.dtype), atol=1e-5), step
 
 
-@pytest.mark.parametrize(("value", "field"), [(-1, "neural_mixture_dim"), (1.0, "neural_mixture_weight")])
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (-1, "neural_mixture_dim"),
+        (1.0, "neural_mixture_weight"),
+        (1, "neural_mixture_context"),
+        (2.5, "neural_mixture_context"),
+    ],
+)
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
         SaffuConfig(**{field: value})
@@ -160,7 +196,8 @@ def test_direct_path_leave_one_out_removes_the_positions_own_count(discount):
     assert torch.equal(adjusted[:, -1], words[:, -1].double())  # the last position has no target
 
 
-def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path):
+@pytest.mark.parametrize("context", [2, 4])
+def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context):
     """With table_leave_one_out and a neural mixture, the trainer's first logged loss is that of its first batch
     with both the tables' and the direct path's leave-one-out values (recomputed here; 2 steps: the graph of the
     counts must not be kept between steps), and the model it leaves reads the plain values."""
@@ -168,7 +205,10 @@ def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path):
     args = training_arguments(
         tmp_path, table_leave_one_out=True, max_steps=2, learning_rate=0.0, save_strategy="no", warmup_steps=0
     )
-    model = SaffuForCausalLM(saffu_config(pivot_bigrams=VOCAB**2, pivot_trigrams=VOCAB**3, neural_mixture_dim=8))
+    config = saffu_config(
+        pivot_bigrams=VOCAB**2, pivot_trigrams=VOCAB**3, neural_mixture_dim=8, neural_mixture_context=context
+    )
+    model = SaffuForCausalLM(config)
     trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
     assert model.table_leave_one_out is None and model.neural_leave_one_out is None
