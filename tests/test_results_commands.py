@@ -1,12 +1,13 @@
 """Every command a results file cites still parses (issue 23). Read from benchmarks/*.md, README.md, docs/DESIGN.md,
 model_cards/, the model card template, configs/*.yaml's comments and the "command" of each benchmarks/**/*.json:
-the quoted `python -m training.NAME`, `hf-saffu ...`, `python benchmarks/...py` and `benchmarks/beyond/*.sh`
-commands, and `hf-saffu train` flags quoted alone (a backticked `--snake_case ...` span). Each is parsed by the code
-it names, without training: the check stops at the seam where parsing is over.
+the quoted `python -m training.NAME`, `hf-saffu ...`, `python -m hf_saffu.lmeval ...`, `python benchmarks/...py`
+and `benchmarks/beyond/*.sh` commands, and `hf-saffu train` flags quoted alone (a backticked `--snake_case ...`
+span). Each is parsed by the code it names, without training: the check stops at the seam where parsing is over.
 
 - `python -m training.NAME ARGS`: `main(ARGS)` with `start_run` (called right after parsing, `training.harness`)
   raising `Parsed` (cogo_experiment, which has no start_run, at `run_constructions`, its first step).
 - `hf-saffu CMD ARGS`: the CLI's parser, and for `train` `hf_saffu.train.parse_arguments` (the dataclasses).
+- `python -m hf_saffu.lmeval ARGS`: lm_eval's parser, up to `HarnessCLI.execute` (skipped without the lmeval extra).
 - `python benchmarks/X.py ARGS`: the script run with those arguments until it loads data, a tokenizer or a model.
 - `benchmarks/beyond/X.sh ARGS`: the script run by bash with a stand-in `hf-saffu` that records its arguments,
   which are then parsed as above.
@@ -49,7 +50,10 @@ RESULTS_FILES = [
     *sorted((REPO / "configs").glob("*.yaml")),
     *sorted((REPO / "benchmarks").rglob("*.json")),  # each run's "command"
 ]
-COMMAND = re.compile(r"(python -m training\.(?!NAME\b)|hf-saffu\s|python benchmarks/|benchmarks/beyond/\w+\.sh)")
+COMMAND = re.compile(
+    r"(python -m training\.(?!NAME\b)|hf-saffu\s|python -m hf_saffu\.lmeval\s|python benchmarks/"
+    r"|benchmarks/beyond/\w+\.sh)"
+)
 TRAIN_FLAGS = re.compile(r"--[a-z]+_[a-z_]+")  # hf-saffu train's spelling; training/ scripts use --kebab-case
 OTHER_TOOLS_FLAGS = {"--multi_gpu"}  # accelerate launch's, quoted beside `-m hf_saffu.cli train`
 PARSE_SEAMS = {"training.cogo_experiment": "run_constructions"}  # default: start_run
@@ -197,6 +201,15 @@ def parse_train(argv: list[str], places: dict[str, str]) -> None:
         parse_arguments([*argv, "--train_files", places["FILE"]])
 
 
+def parse_lmeval(argv: list[str], monkeypatch) -> None:
+    """`python -m hf_saffu.lmeval ARGS`: lm_eval's command line (the `lmeval` extra) until it runs."""
+    harness_cli = pytest.importorskip("lm_eval._cli", reason="the lmeval extra (lm_eval >= 0.4.10's CLI)")
+    monkeypatch.setattr(harness_cli.HarnessCLI, "execute", reached_seam)
+    monkeypatch.setattr(sys, "argv", ["python"])
+    with pytest.raises(Parsed):
+        importlib.import_module("hf_saffu.lmeval").main(argv[3:])
+
+
 def parse_benchmark_script(argv: list[str], monkeypatch) -> None:
     """`python benchmarks/X.py ARGS`: the script run until it reads data, a tokenizer or a model."""
     for owner, name in [(hf_saffu.data, "load_text_datasets"), (AutoTokenizer, "from_pretrained")]:
@@ -231,7 +244,9 @@ def parse_shell_script(argv: list[str], places: dict[str, str], tmp_path: Path) 
 @pytest.mark.parametrize("where, command", cited("command"))
 def test_cited_command_parses(where, command, places, monkeypatch, tmp_path):
     argv = argv_of(command, places)
-    if argv[:2] == ["python", "-m"]:
+    if argv[:3] == ["python", "-m", "hf_saffu.lmeval"]:
+        parse_lmeval(argv, monkeypatch)
+    elif argv[:2] == ["python", "-m"]:
         parse_training_script(argv, monkeypatch)
     elif argv[0] == "hf-saffu":
         parse_cli(argv, places)
