@@ -236,7 +236,7 @@ def parse_shell_script(argv: list[str], places: dict[str, str], tmp_path: Path) 
         "BROWN": places["BROWN"],
         "RUNS": str(tmp_path / "runs"),
     }
-    subprocess.run(["bash", *argv], cwd=REPO, env=environment, check=True, timeout=30)
+    subprocess.run(["bash", *argv], cwd=REPO, env=environment, check=True)
     assert received.is_file(), f"{argv[0]} did not run hf-saffu"
     parse_cli(["hf-saffu", *received.read_text().splitlines()], places)
 
@@ -264,6 +264,13 @@ def test_cited_train_flags_exist(where, flags, places):
     assert [name for name in names if name not in known and name not in OTHER_TOOLS_FLAGS] == []
     if not set(names) & OTHER_TOOLS_FLAGS and all(len(words.split()) > 1 for words in re.split(r"\s(?=--)", flags)):
         parse_train(["configs/brown.yaml", *argv_of(flags, places)], places)
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in (REPO / "benchmarks" / "beyond").glob("*.sh")))
+def test_every_benchmark_shell_script_parses(script, places, tmp_path):
+    """Each benchmarks/beyond/*.sh (some cited only by name, with a results row's flags) runs hf-saffu with
+    arguments it accepts."""
+    parse_shell_script([f"benchmarks/beyond/{script}", "NAME"], places, tmp_path)
 
 
 def test_cited_commands_are_found():
