@@ -121,6 +121,12 @@ def cited(kind: str) -> list[tuple[str, str]]:
     return sorted((where, text) for text, where in found.items())
 
 
+@pytest.fixture(autouse=True)
+def from_the_repository_root(monkeypatch):
+    """The cited commands run from the repository root (configs/brown.yaml, benchmarks/...)."""
+    monkeypatch.chdir(REPO)
+
+
 # -- placeholders ----------------------------------------------------------------------------------------
 
 
