@@ -285,7 +285,7 @@ def command_line() -> str:
         head = f"python -m training.{script.stem}"
     else:
         head = "python " + os.path.relpath(sys.argv[0], REPO_ROOT)
-    return " ".join([head, *sys.argv[1:]])
+    return " ".join([head, *map(shlex.quote, sys.argv[1:])])
 
 
 def run_metadata() -> dict:

@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--quick", action="store_true", help="a tiny corpus from --data-dir (the test's path)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # set by the driver: the worker's weights file
     args = parser.parse_args(argv)
-    args.data_dir = harness.data_dir_or_exit(args.data_dir or scale_quality.MIXED_DIR)
     harness.start_run(args, argv, __name__)
+    args.data_dir = harness.data_dir_or_exit(args.data_dir or scale_quality.MIXED_DIR)
     if args.worker:
         worker(args)
         return None

@@ -1,8 +1,14 @@
 #!/bin/bash
-# usage: run.sh NAME [extra flags...]
+# The backprop runs of BEYOND_COUNTING.md: 300 steps of configs/brown.yaml from the warm-started model WARM.
+# usage (from the repository root): benchmarks/beyond/run.sh NAME [extra flags...]
+# BROWN: the folder of the benchmark's split (default ../shared/data/brown); WARM: the warm start's output_dir
+# (default /tmp/beyond/warm); RUNS: where NAME/ and NAME.log go (default /tmp/beyond). The log ends with the
+# run's CPU time (bash's `time`: user and sys).
 name=$1; shift
-cd /work/wt-beyond
-/usr/bin/time -v env PYTHONPATH=/work/wt-beyond /work/main/.venv/bin/python -m hf_saffu.cli train configs/brown.yaml \
-  --model_name_or_path /tmp/beyond/warm --tokenizer_name_or_path /tmp/beyond/warm \
-  --train_files /work/shared/data/brown/train.txt --validation_files /work/shared/data/brown/validation.txt \
-  --test_files /work/shared/data/brown/test.txt --output_dir /tmp/beyond/$name --disable_tqdm true "$@" > /tmp/beyond/$name.log 2>&1
+BROWN=${BROWN:-../shared/data/brown}
+WARM=${WARM:-/tmp/beyond/warm}
+RUNS=${RUNS:-/tmp/beyond}
+mkdir -p "$RUNS"
+{ time hf-saffu train configs/brown.yaml --model_name_or_path "$WARM" --tokenizer_name_or_path "$WARM" \
+  --train_files "$BROWN/train.txt" --validation_files "$BROWN/validation.txt" --test_files "$BROWN/test.txt" \
+  --output_dir "$RUNS/$name" --disable_tqdm true "$@"; } > "$RUNS/$name.log" 2>&1

@@ -1,7 +1,12 @@
 #!/bin/bash
+# run.sh from scratch: the warm start and 300 steps of configs/brown.yaml, with WARM's tokenizer (the residual
+# path's row of BEYOND_COUNTING.md). usage (from the repository root): benchmarks/beyond/run_res.sh NAME [flags...]
+# BROWN, WARM, RUNS: as in run.sh.
 name=$1; shift
-cd /work/wt-beyond
-/usr/bin/time -v env PYTHONPATH=/work/wt-beyond /work/main/.venv/bin/python -m hf_saffu.cli train configs/brown.yaml \
-  --tokenizer_name_or_path /tmp/beyond/warm \
-  --train_files /work/shared/data/brown/train.txt --validation_files /work/shared/data/brown/validation.txt \
-  --test_files /work/shared/data/brown/test.txt --output_dir /tmp/beyond/$name --disable_tqdm true "$@" > /tmp/beyond/$name.log 2>&1
+BROWN=${BROWN:-../shared/data/brown}
+WARM=${WARM:-/tmp/beyond/warm}
+RUNS=${RUNS:-/tmp/beyond}
+mkdir -p "$RUNS"
+{ time hf-saffu train configs/brown.yaml --tokenizer_name_or_path "$WARM" \
+  --train_files "$BROWN/train.txt" --validation_files "$BROWN/validation.txt" --test_files "$BROWN/test.txt" \
+  --output_dir "$RUNS/$name" --disable_tqdm true "$@"; } > "$RUNS/$name.log" 2>&1
