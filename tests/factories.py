@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -220,6 +221,27 @@ def assert_same_state(got: dict[str, torch.Tensor], expected: dict[str, torch.Te
 def write_lines(path: Path, lines: list[str]) -> str:
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+BENCHMARK_RECIPE = {  # a tiny training config for the training/ scripts, which read their data from --data-dir
+    "train_files": ["unused-the-harness-reads-data-dir.txt"],
+    "tokenizer_vocab_size": 300,
+    "block_size": 32,
+    "embed_bits": 16,
+    "hidden_bits": 16,
+    "windows": [1, 4],
+    "use_document_context": True,
+    "freeze_embeddings": False,
+    "explicit_attention_iters": 1,
+    "output_dir": "unused",
+    "seed": 0,
+}
+
+
+def benchmark_recipe(path: Path, **overrides) -> Path:
+    """BENCHMARK_RECIPE with `overrides`, written as YAML to `path`."""
+    path.write_text(yaml.safe_dump(BENCHMARK_RECIPE | overrides))
+    return path
 
 
 def job_arguments(tmp_path: Path, architecture: dict | None = None, **training):

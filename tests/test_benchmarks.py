@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from factories import benchmark_recipe
 
 from hf_saffu import SaffuConfig
 
@@ -34,21 +35,7 @@ from training import (  # noqa: E402
 from training.kneser_ney import KneserNeyLM  # noqa: E402
 
 WORDS = "the cat dog sat ran on under a mat log red big small quickly slowly".split()
-TINY_CONFIG = """
-train_files: [unused-the-harness-reads-data-dir.txt]
-tokenizer_vocab_size: 300
-block_size: 32
-embed_bits: 16
-hidden_bits: 16
-windows: [1, 4]
-use_document_context: true
-freeze_embeddings: false
-warm_start_max_tokens: 100000
-explicit_attention_iters: 1
-learning_rate: 0.03
-output_dir: unused
-seed: 0
-"""
+TINY_RECIPE = {"warm_start_max_tokens": 100000, "learning_rate": 0.03}  # factories.benchmark_recipe
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "step_clock")  # tests/conftest.py
@@ -74,8 +61,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("corpus")
     for split, count, seed in (("train", 300, 0), ("validation", 30, 1), ("test", 30, 2)):
         (root / f"{split}.txt").write_text("\n".join(sentences(count, seed)) + "\n")
-    config = root / "tiny.yaml"
-    config.write_text(TINY_CONFIG)
+    config = benchmark_recipe(root / "tiny.yaml", **TINY_RECIPE)
     return root, config
 
 
@@ -409,8 +395,7 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
 @pytest.mark.parametrize("pivot_head", [False, True])
 def test_step_profile_script(corpus, tmp_path, pivot_head):
     data_dir, config = corpus
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_CONFIG + f"pivot_head: {str(pivot_head).lower()}\n")
+    config = benchmark_recipe(tmp_path / "tiny.yaml", **TINY_RECIPE, pivot_head=pivot_head)
     argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--steps", "2"]
     payload = step_profile.main([*argv, "--batch-size", "4"])
     rows = payload["seconds_per_step"]

@@ -5,26 +5,12 @@ import random
 from pathlib import Path
 
 import pytest
+from factories import benchmark_recipe
 
 from training import harness, scale_distributed, scale_quality
 
 WORDS = "the cat dog sat ran on under a mat log red big small quickly slowly".split()
-TINY_CONFIG = """
-train_files: [unused-the-harness-reads-data-dir.txt]
-tokenizer_vocab_size: 300
-block_size: 32
-embed_bits: 16
-hidden_bits: 16
-windows: [1, 4]
-use_document_context: true
-freeze_embeddings: false
-pivot_bigrams: 512
-pivot_trigrams: 1024
-explicit_attention_iters: 1
-learning_rate: 0.001
-output_dir: unused
-seed: 0
-"""
+TINY_RECIPE = {"pivot_bigrams": 512, "pivot_trigrams": 1024, "learning_rate": 0.001}  # factories.benchmark_recipe
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; step_clock too, where a test takes it
@@ -48,8 +34,7 @@ def mixed(tmp_path_factory) -> tuple[Path, Path, Path]:
             lines = [line.capitalize() if i % 3 != 2 else line for i, line in enumerate(lines)]
             (root / "brown" / "validation.txt").write_text("\n".join(lines[1::3]) + "\n")
         (root / "mixed" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    (root / "tiny.yaml").write_text(TINY_CONFIG)
-    return root / "mixed", root / "brown", root / "tiny.yaml"
+    return root / "mixed", root / "brown", benchmark_recipe(root / "tiny.yaml", **TINY_RECIPE)
 
 
 def test_sources_of_the_validation_documents(mixed):
