@@ -133,7 +133,9 @@ def describe_architecture(config: SaffuConfig) -> str:
         pivot = f" + the pivot's n-gram tables ({orders}: {entries} entries)"
     width = getattr(config, "neural_mixture_dim", 0)
     if width:
-        pivot += f", mixed linearly with a neural word model ({width} GELU units)"
+        context = getattr(config, "neural_mixture_context", 2)
+        reads = f", its hidden path reading {context} tokens in order" if context > 2 else ""
+        pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "

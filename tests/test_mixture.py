@@ -228,3 +228,5 @@ def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context)
 def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units)" in describe_architecture(saffu_config(neural_mixture_dim=8))
     assert "neural word model" not in describe_architecture(saffu_config())
+    wider = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_context=5))
+    assert "neural word model (8 GELU units, its hidden path reading 5 tokens in order)" in wider
