@@ -176,9 +176,14 @@ def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
     harness.train_warm_saffu("model", "data", "budget", recipe, offset=12.5)
     ((args, kwargs),) = calls
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
-    rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4}
+    rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4, "neural_mixture_learning_rate": None}
     assert kwargs["group_rates"] == {**rates, "table_leave_one_out": True}
     assert kwargs["frozen_fraction"] == 0.5
+
+
+def test_the_recipe_carries_the_mixture_rate(tmp_path):
+    config = benchmark_recipe(tmp_path / "tiny.yaml", neural_mixture_dim=4, neural_mixture_learning_rate=0.003)
+    assert harness.read_config(config).trainer_arguments()["neural_mixture_learning_rate"] == 0.003
 
 
 def test_missing_data_is_one_clear_line(tmp_path):

@@ -167,6 +167,7 @@ class SaffuRecipe:
     seed: int
     head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
     table_learning_rate: float | None = None  # the pivot channel's: its tables (None: learning_rate)
+    neural_mixture_learning_rate: float | None = None  # the neural word model's (None: learning_rate)
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
@@ -176,6 +177,7 @@ class SaffuRecipe:
         return {
             "head_learning_rate": self.head_learning_rate,
             "table_learning_rate": self.table_learning_rate,
+            "neural_mixture_learning_rate": self.neural_mixture_learning_rate,
         }
 
     def trainer_arguments(self) -> dict:
@@ -199,6 +201,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         seed=training_args.seed,
         head_learning_rate=training_args.head_learning_rate,
         table_learning_rate=training_args.table_learning_rate,
+        neural_mixture_learning_rate=training_args.neural_mixture_learning_rate,
         table_leave_one_out=training_args.table_leave_one_out,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
