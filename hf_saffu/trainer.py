@@ -69,6 +69,10 @@ from .warm_start import explicit_warm_start, set_table_capacity
 logger = logging.get_logger(__name__)
 
 
+# The learning rates of parts with their own parameter group (`ExplicitTrainer.create_optimizer`; None: learning_rate)
+PART_LEARNING_RATES = ("head_learning_rate", "table_learning_rate", "neural_mixture_learning_rate")
+
+
 @dataclass
 class ExplicitTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus when the explicit warm start runs; how it runs is the model's recipe
@@ -134,7 +138,7 @@ class ExplicitTrainingArguments(TrainingArguments):
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
         self.map_deprecated_table_rate()
-        for name in ("learning_rate", "head_learning_rate", "table_learning_rate", "neural_mixture_learning_rate"):
+        for name in ("learning_rate", *PART_LEARNING_RATES):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")

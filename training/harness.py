@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ from hf_saffu.data import (
 from hf_saffu.evaluation import perplexity_from_loss, token_nll_sum
 from hf_saffu.train import parse_arguments
 from hf_saffu.trainer import (
+    PART_LEARNING_RATES,
     DatasetBatches,
     ExplicitTrainer,
     ExplicitTrainingArguments,
@@ -165,20 +166,14 @@ class SaffuRecipe:
     attention_iters: int
     warm_start_batch_size: int
     seed: int
-    head_learning_rate: float | None = None  # the output layer's (None: learning_rate)
-    table_learning_rate: float | None = None  # the pivot channel's: its tables (None: learning_rate)
-    neural_mixture_learning_rate: float | None = None  # the neural word model's (None: learning_rate)
+    part_learning_rates: dict = field(default_factory=dict)  # trainer.PART_LEARNING_RATES: value (None: learning_rate)
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
 
     def group_learning_rates(self) -> dict:
-        return {
-            "head_learning_rate": self.head_learning_rate,
-            "table_learning_rate": self.table_learning_rate,
-            "neural_mixture_learning_rate": self.neural_mixture_learning_rate,
-        }
+        return {name: self.part_learning_rates.get(name) for name in PART_LEARNING_RATES}
 
     def trainer_arguments(self) -> dict:
         """The `ExplicitTrainingArguments` of the SAFFU's backprop: its learning rates per part and leave-one-out."""
@@ -199,9 +194,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         attention_iters=warm_start.explicit_attention_iters,
         warm_start_batch_size=warm_start.warm_start_batch_size,
         seed=training_args.seed,
-        head_learning_rate=training_args.head_learning_rate,
-        table_learning_rate=training_args.table_learning_rate,
-        neural_mixture_learning_rate=training_args.neural_mixture_learning_rate,
+        part_learning_rates={name: getattr(training_args, name) for name in PART_LEARNING_RATES},
         table_leave_one_out=training_args.table_leave_one_out,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
