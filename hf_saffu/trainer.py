@@ -399,6 +399,13 @@ class ExplicitTrainer(Trainer):
         finally:
             model.table_leave_one_out = model.neural_leave_one_out = None
 
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """Trainer's loss; a training step whose loss the model computes asks for the loss alone (`skip_logits`:
+        with the neural mixture, ln p at the targets only instead of V-wide; BEYOND_COUNTING.md, its cost)."""
+        if model.training and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+            inputs = {**inputs, "skip_logits": True}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
     def is_finished(self, checkpoint: str) -> bool:
         """The checkpoint already holds the last step of this run (max_steps, else the step count it was saved
         with): a run killed while saving its final model resumes to that save, with no step past the last."""

@@ -102,6 +102,51 @@ def test_backprop_trains_the_neural_part_and_its_weight():
         assert not torch.equal(parameter, before[name]), name
 
 
+@pytest.mark.parametrize("mixture", [True, False])
+def test_the_loss_alone_equals_the_loss_from_the_logits(mixture):
+    """skip_logits (ExplicitTrainer's training steps): the loss read at the targets equals the cross-entropy of the
+    full ln p, in value and gradient, with ignored labels, shift_labels and num_items_in_batch; no logits return."""
+    model = mixture_model(ngram_order=3) if mixture else SaffuForCausalLM(saffu_config(ngram_order=3))
+    randomise_(model, scale=0.5)
+    model = model.double().train()
+    ids = torch.randint(2, 40, (3, 10), generator=torch.Generator().manual_seed(4))
+    labels = ids.clone()
+    labels[0, :4] = labels[2, 7:] = -100
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for kwargs in ({}, {"num_items_in_batch": torch.tensor(50)}, {"shift_labels": shifted}):
+        full = model(ids, labels=labels, **kwargs)
+        alone = model(ids, labels=labels, skip_logits=True, **kwargs)
+        assert alone.logits is None and full.logits is not None
+        assert alone.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)  # Trainer's loss casts to float32
+        for expected, got in zip(
+            torch.autograd.grad(full.loss, trained, allow_unused=True),
+            torch.autograd.grad(alone.loss, trained, allow_unused=True),
+            strict=True,
+        ):
+            assert (expected is None) == (got is None)
+            assert expected is None or torch.allclose(expected, got, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="skip_logits=True returns only the loss: pass labels"):
+        model(ids, skip_logits=True)
+
+
+def test_the_trainer_trains_on_the_loss_alone(tmp_path):
+    """ExplicitTrainer's training steps ask for the loss alone (no V-wide logits), its evaluation for the logits;
+    with label smoothing (Trainer computes the loss from the logits) training steps get the logits."""
+    train = packed_dataset(24)
+    model = SaffuForCausalLM(saffu_config(neural_mixture_dim=8))
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append((module.training, output.logits is None)))
+    args = training_arguments(tmp_path, max_steps=2, save_strategy="no", eval_strategy="steps", eval_steps=2)
+    ExplicitTrainer(model=model, args=args, train_dataset=train, eval_dataset=packed_dataset(4, seed=1)).train()
+    assert {logits_skipped for training, logits_skipped in seen if training} == {True}
+    assert {logits_skipped for training, logits_skipped in seen if not training} == {False}
+    seen.clear()
+    smoothed = training_arguments(tmp_path, max_steps=1, save_strategy="no", label_smoothing_factor=0.1)
+    ExplicitTrainer(model=model, args=smoothed, train_dataset=train).train()
+    assert seen and not any(logits_skipped for _, logits_skipped in seen)
+
+
 def test_the_hidden_path_reads_earlier_codes_in_order():
     """neural_mixture_context k = 4: g_t = GELU([u_t, v_{t-2}, v_{t-3}] A + a) (v = 0 before the text), recomputed
     by hand; D reads u_t alone."""

@@ -5,7 +5,8 @@ usage: python benchmarks/beyond/step_cost.py MODEL_DIR [--steps 4] [--threads 1]
 MODEL_DIR: a saved SaffuForCausalLM with a neural mixture (e.g. the output of benchmarks/beyond/mixture_run.sh).
 Process CPU seconds of one AdamW step (forward + backward + update) on batches of 32 x 128 random token ids (the cost
 of the dense products does not depend on which tokens), after two untimed steps, for: the counted parts alone
-(the mixture removed), the shipped mixture, D frozen, D reading only [v_t, v_{t-1}] (trained, then frozen), and W
+(the mixture removed), the shipped mixture (its loss from the V-wide ln p, and at the targets only: `skip_logits`,
+which ExplicitTrainer uses), D frozen (both ways), D reading only [v_t, v_{t-1}] (trained, then frozen), and W
 frozen as well. No leave-one-out hooks (the trainer's cost of those is in BEYOND_COUNTING.md's Cost section).
 """
 
@@ -18,11 +19,11 @@ import torch
 from hf_saffu import SaffuForCausalLM
 
 
-def cost_per_step(model: SaffuForCausalLM, batches: list[dict], steps: int) -> float:
+def cost_per_step(model: SaffuForCausalLM, batches: list[dict], steps: int, skip_logits: bool = False) -> float:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch):
-        model(**batch).loss.backward()
+        model(**batch, skip_logits=skip_logits).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -53,8 +54,12 @@ def main() -> None:
     rows["counted parts alone (no mixture)"] = cost_per_step(model, batches, args.steps)
     model.neural_mixture = mixture
     rows["shipped mixture (D on [H_t, v_t, v_{t-1}])"] = cost_per_step(model, batches, args.steps)
+    rows["shipped mixture, loss at the targets only (skip_logits, as ExplicitTrainer trains)"] = cost_per_step(
+        model, batches, args.steps, skip_logits=True
+    )
     mixture.direct_weight.requires_grad_(False)
     rows["D frozen"] = cost_per_step(model, batches, args.steps)
+    rows["D frozen, skip_logits"] = cost_per_step(model, batches, args.steps, skip_logits=True)
     hidden = model.model.num_contexts * model.config.hidden_bits
     codes = mixture.direct_weight.detach()[hidden:].clone()
     mixture.direct_weight = torch.nn.Parameter(codes)
