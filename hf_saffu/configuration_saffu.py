@@ -239,6 +239,12 @@ class SaffuConfig(PreTrainedConfig):
             k, the tokens (pivot included) whose codes the neural word model reads in order [ours]: its hidden
             path g_t = GELU([u_t, v_{t-2}, ..., v_{t-k+1}] A + a) reads k - 2 codes past u_t's two (a Bengio-style
             concatenation; v = 0 where there is no token); the direct path D reads u_t alone.
+        neural_mixture_classes (`int`, *optional*, defaults to 0):
+            C > 0: the neural word model's output factored through C token classes [ours] (Goodman 2001; the
+            class-based output of Mikolov's RNN LMs), p_N(y) = softmax(u_t D^c + g_t W^c + b^c)_{k(y)}
+            softmax_{y' in k(y)}(u_t D + g_t W + b_W)_y, k(y) the warm start's token clusters
+            (`hf_saffu.token_classes`). A training step then reads the target's class instead of the whole
+            vocabulary. 0: one softmax over the vocabulary.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -313,6 +319,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_dim: int = 0,
         neural_mixture_weight: float = 0.05,
         neural_mixture_context: int = 2,
+        neural_mixture_classes: int = 0,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -338,6 +345,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_dim = neural_mixture_dim
         self.neural_mixture_weight = neural_mixture_weight
         self.neural_mixture_context = neural_mixture_context
+        self.neural_mixture_classes = neural_mixture_classes
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -431,6 +439,12 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.neural_mixture_context must be an integer in [2, {MAX_MIXTURE_CONTEXT}] (tokens read "
                 f"in order, the pivot included), got {context!r}"
+            )
+        classes = self.neural_mixture_classes
+        if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes <= self.vocab_size:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_classes must be an integer in [0, vocab_size = {self.vocab_size}] "
+                f"(0: no classes), got {classes!r}"
             )
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:

@@ -247,9 +247,11 @@ class DirectPathLeaveOneOut:
 
         logit'_y = logit_y + sum_i u_ti (ln F'_iy[F_iy - u_ti] - ln F'_iy)
 
-    added to the target's logit (R, pi and the other columns held fixed: a position moves one column of F)."""
+    added to the target's logit (R, pi and the other columns held fixed: a position moves one column of F). With
+    token classes, D^c is solved from the class columns F^c_{:, k} = sum_{k(y) = k} F_{:, y} and its target class's
+    logit moves the same way (`classes`: a second `DirectPathLeaveOneOut` on F^c = F M, M = `class_members`)."""
 
-    def __init__(self, counts: torch.Tensor, smoothing: float, discount: float | None):
+    def __init__(self, counts: torch.Tensor, smoothing: float, discount: float | None, class_members=None):
         counts = counts.to(torch.float64)
         self.discount = discount
         if discount is None:
@@ -259,6 +261,9 @@ class DirectPathLeaveOneOut:
             self.marginal = ((column_mass + smoothing) / (column_mass.sum() + smoothing * counts.shape[1])).float()
             self.backoff_rows = (counts.clamp(max=discount).sum(dim=1) + smoothing).float()
         self.counts_by_target = counts.T.float().contiguous()  # (V, D): a target's column of F as a row
+        self.classes = None
+        if class_members is not None:  # (V, C) one-hot rows: F^c = F M
+            self.classes = DirectPathLeaveOneOut(counts @ class_members.to(counts.dtype), smoothing, discount)
 
     def smoothed(self, counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """F'_iy for the rows `counts` (..., D) of F at targets y."""
@@ -267,19 +272,23 @@ class DirectPathLeaveOneOut:
             return counts + backoff
         return (counts - self.discount).clamp_min(0) + backoff
 
-    def __call__(self, words: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """`words` (batch, T, V) with each position's target logit at its leave-one-out value; `labels` (batch, T)
-        as the model takes them (the target of t is labels[t + 1]; -100: none)."""
-        targets = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), -100)], dim=1)
-        rows, columns = (targets != -100).nonzero(as_tuple=True)
-        target = targets[rows, columns]
-        own = inputs[rows, columns].detach().float()
+    def change(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """logit'_y - logit_y at each position (`inputs` u_t (..., D), `targets` (...), -100: none, change 0)."""
+        known = targets != -100
+        target = targets[known]
+        own = inputs[known].detach().float()
         counts = self.counts_by_target[target]
         without = self.smoothed((counts - own).clamp_min(0), target)
-        change = torch.log(without) - torch.log(self.smoothed(counts, target))
-        flat = words.reshape(-1, words.shape[-1])
-        index = rows * words.shape[1] + columns
-        return flat.index_put((index, target), (own * change).sum(-1).to(words.dtype), accumulate=True).view_as(words)
+        moved = (own * (torch.log(without) - torch.log(self.smoothed(counts, target)))).sum(-1)
+        changes = torch.zeros(targets.shape, dtype=inputs.dtype, device=inputs.device)
+        return changes.index_put((known,), moved.to(inputs.dtype))
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, class_targets=None):
+        """The changes of each target's word logit and (with classes) of its class's logit: `SaffuNeuralMixture`'s
+        `changes`; `targets` (batch, T): the model's `loss_targets`; `class_targets`: their classes k(y)."""
+        if self.classes is None:
+            return self.change(inputs, targets), None
+        return self.change(inputs, targets), self.classes.change(inputs, class_targets)
 
 
 def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, counts=None) -> DirectPathLeaveOneOut:
@@ -291,4 +300,6 @@ def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None
             counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)
             counts = counter.count_neural_inputs().counts
     recipe = model.config.warm_start_recipe
-    return DirectPathLeaveOneOut(counts, recipe.explicit_smoothing, recipe.explicit_discount)
+    mixture = model.neural_mixture
+    members = mixture.class_members().cpu() if mixture.num_classes else None
+    return DirectPathLeaveOneOut(counts, recipe.explicit_smoothing, recipe.explicit_discount, members)

@@ -649,12 +649,20 @@ class SaffuResidualHead(nn.Module):
         return hidden @ self.down @ self.up
 
 
+def add_at_targets(logits: torch.Tensor, targets: torch.LongTensor, change: torch.Tensor | None) -> torch.Tensor:
+    """`logits` (..., N) plus `change` (...) at each position's target column (targets -100: none)."""
+    if change is None:
+        return logits
+    index = targets.clamp_min(0)[..., None]
+    return logits.scatter_add(-1, index, (change * (targets != -100))[..., None].to(logits.dtype))
+
+
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
         u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}],   g_t = GELU(o_t A + a),
-        lambda_t = sigmoid(g_t w + c),
-        p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t softmax(u_t D + g_t W + b_W)_y,
+        lambda_t = sigmoid(g_t w + c),   z_t = u_t D + g_t W + b_W,
+        p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t p_N(y),   p_N(y) = softmax(z_t)_y,
 
     returned as ln p. A linear mixture, unlike a product, lets the neural part add probability where the counts
     have little without having to be right where they are (Kneser-Ney + neural LM hybrids); trained with the
@@ -662,9 +670,16 @@ class SaffuNeuralMixture(nn.Module):
     is a softmax layer on non-negative inputs and has the explicit warm start (`hf_saffu.warm_start`); the hidden
     path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`). The hidden path also
     reads the codes of k - 2 earlier tokens in order (k = `config.neural_mixture_context`; o_t = u_t for k = 2).
-    The module takes o_t; D reads its first `direct_dim` entries, u_t."""
+    The module takes o_t; D reads its first `direct_dim` entries, u_t.
 
-    def __init__(self, direct_dim: int, input_dim: int, width: int, vocab_size: int):
+    With C token classes k(y) (`config.neural_mixture_classes`; the buffer `token_classes`), p_N is factored,
+
+        p_N(y) = softmax(u_t D^c + g_t W^c + b^c)_{k(y)} exp(z_ty) / sum_{y': k(y') = k(y)} exp(z_ty'),
+
+    D^c, b^c the explicit solution on class targets; a training step's loss then reads z_t on the target's class
+    only (`target_log_probs`)."""
+
+    def __init__(self, direct_dim: int, input_dim: int, width: int, vocab_size: int, num_classes: int = 0):
         super().__init__()
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
@@ -673,37 +688,116 @@ class SaffuNeuralMixture(nn.Module):
         self.word_bias = nn.Parameter(torch.zeros(vocab_size))  # b_W
         self.gate_weight = nn.Parameter(torch.zeros(width, 1))  # w
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
+        self.num_classes = num_classes
+        if num_classes:
+            self.class_direct_weight = nn.Parameter(torch.zeros(direct_dim, num_classes))  # D^c
+            self.class_word_weight = nn.Parameter(torch.zeros(width, num_classes))  # W^c
+            self.class_bias = nn.Parameter(torch.zeros(num_classes))  # b^c
+            self.register_buffer("token_classes", torch.arange(vocab_size) % num_classes)  # k(y); set by the warm start
 
-    def forward(self, logits: torch.Tensor, inputs: torch.Tensor, adjust_words=None) -> torch.Tensor:
-        """ln p from the counted `logits` and the inputs o_t; `adjust_words`: a function applied to the neural
-        part's logits before its softmax (training only: the direct path's leave-one-out values)."""
-        gate, words = self.gate_and_words(inputs, adjust_words)
+    def forward(
+        self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor | None = None, changes=None
+    ) -> torch.Tensor:
+        """ln p over the vocabulary from the counted `logits` and the inputs o_t. `changes`: (word, class) changes
+        (..., each None or a tensor) added to the neural part's logits at each position's target (and target
+        class) before its softmax (training only: the direct path's leave-one-out values, `targets` then given)."""
+        gate, direct, hidden = self.features(inputs)
+        words, classes = self.neural_logits(direct, hidden, targets, changes)
+        if classes is None:
+            neural = torch.log_softmax(words, dim=-1)
+        else:
+            class_log_probs = torch.log_softmax(classes, dim=-1)
+            neural = words + (class_log_probs - self.class_log_normalisers(words))[..., self.token_classes]
         counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
-        neural = nn.functional.logsigmoid(gate) + torch.log_softmax(words, dim=-1)
-        return torch.logaddexp(counted, neural)
+        return torch.logaddexp(counted, nn.functional.logsigmoid(gate) + neural)
 
     def target_log_probs(
-        self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, adjust_words=None
+        self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
     ) -> torch.Tensor:
         """ln p(y_t) of `forward`'s equation at the targets y_t only (..., -100: none, read as 0): each part's
         entry minus its log-normaliser,
 
-            ln p(y) = logaddexp(ln(1 - lambda_t) + l_y - logsumexp(l), ln lambda_t + z_y - logsumexp(z)),
+            ln p(y) = logaddexp(ln(1 - lambda_t) + l_y - logsumexp(l), ln lambda_t + ln p_N(y)),
 
-        so no V-wide ln p is built (nor its backward): the loss of a training step for a third less CPU time."""
-        gate, words = self.gate_and_words(inputs, adjust_words)
+        so no V-wide ln p is built (nor its backward); with classes z_t is computed on the target's class alone."""
+        gate, direct, hidden = self.features(inputs)
         index = targets.clamp_min(0)[..., None]
-        counted = logits.gather(-1, index) - logits.logsumexp(-1, keepdim=True)
-        neural = words.gather(-1, index) - words.logsumexp(-1, keepdim=True)
+        counted = (logits.gather(-1, index) - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
+        if self.num_classes:
+            neural = self.class_target_log_probs(direct, hidden, targets, changes)
+        else:
+            words, _ = self.neural_logits(direct, hidden, targets, changes)
+            neural = (words.gather(-1, index) - words.logsumexp(-1, keepdim=True)).squeeze(-1)
+        gate = gate.squeeze(-1)
         mixed = torch.logaddexp(nn.functional.logsigmoid(-gate) + counted, nn.functional.logsigmoid(gate) + neural)
-        return mixed.squeeze(-1).masked_fill(targets == -100, 0.0)
+        return mixed.masked_fill(targets == -100, 0.0)
 
-    def gate_and_words(self, inputs: torch.Tensor, adjust_words=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gate's logit g_t w + c and the neural part's logits z_t = u_t D + g_t W + b_W (then `adjust_words`)."""
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gate's logit g_t w + c, the direct inputs u_t and the hidden features g_t."""
         hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
-        gate = hidden @ self.gate_weight + self.gate_bias
-        words = self.direct_inputs(inputs) @ self.direct_weight + hidden @ self.word_weight + self.word_bias
-        return gate, adjust_words(words) if adjust_words is not None else words
+        return hidden @ self.gate_weight + self.gate_bias, self.direct_inputs(inputs), hidden
+
+    def neural_logits(self, direct, hidden, targets=None, changes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z_t over the vocabulary and, with classes, the class logits, each with its `changes` at the targets."""
+        word_change, class_change = changes if changes is not None else (None, None)
+        words = direct @ self.direct_weight + hidden @ self.word_weight + self.word_bias
+        words = add_at_targets(words, targets, word_change) if targets is not None else words
+        if not self.num_classes:
+            return words, None
+        return words, self.class_logits(direct, hidden, targets, class_change)
+
+    def class_logits(self, direct, hidden, targets=None, class_change=None) -> torch.Tensor:
+        """u_t D^c + g_t W^c + b^c, -inf for a class with no words (its share would be lost)."""
+        classes = direct @ self.class_direct_weight + hidden @ self.class_word_weight + self.class_bias
+        empty = torch.bincount(self.token_classes, minlength=self.num_classes) == 0
+        classes = classes.masked_fill(empty, float("-inf"))
+        if targets is None:
+            return classes
+        return add_at_targets(classes, self.class_targets(targets), class_change)
+
+    def class_members(self) -> torch.Tensor:
+        """M (V, C): M_yk = 1 where k(y) = k (float64)."""
+        return nn.functional.one_hot(self.token_classes, self.num_classes).to(torch.float64)
+
+    def class_targets(self, targets: torch.LongTensor) -> torch.LongTensor:
+        """k(y) of each target (-100 stays -100)."""
+        return torch.where(targets == -100, targets, self.token_classes[targets.clamp_min(0)])
+
+    def class_log_normalisers(self, words: torch.Tensor) -> torch.Tensor:
+        """logsumexp of z_t over each class's words: (..., C)."""
+        flat = words.reshape(-1, words.shape[-1])
+        index = self.token_classes.expand_as(flat)
+        top = flat.new_full((len(flat), self.num_classes), float("-inf"))
+        top = top.scatter_reduce(1, index, flat.detach(), "amax").clamp_min(torch.finfo(flat.dtype).min)
+        sums = flat.new_zeros(len(flat), self.num_classes).scatter_add(1, index, (flat - top.gather(1, index)).exp())
+        return (sums.log() + top).view(*words.shape[:-1], self.num_classes)
+
+    def class_target_log_probs(self, direct, hidden, targets, changes=None) -> torch.Tensor:
+        """ln p_N(y_t) with classes, z_t computed only on each target's class: positions grouped by target class,
+        one product per class (`words_of_class`)."""
+        word_change, class_change = changes if changes is not None else (None, None)
+        class_log_probs = torch.log_softmax(self.class_logits(direct, hidden, targets, class_change), dim=-1)
+        target_classes = self.class_targets(targets)
+        result = class_log_probs.gather(-1, target_classes.clamp_min(0)[..., None]).squeeze(-1)
+        flat_targets, flat_classes = targets.reshape(-1), target_classes.reshape(-1)
+        direct, hidden = direct.reshape(len(flat_targets), -1), hidden.reshape(len(flat_targets), -1)
+        words_in_order = torch.argsort(self.token_classes, stable=True)
+        sizes = torch.bincount(self.token_classes, minlength=self.num_classes)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        place = torch.empty_like(words_in_order)
+        place[words_in_order] = torch.arange(len(words_in_order), device=place.device)  # y's index in its class
+        within = torch.zeros_like(flat_targets, dtype=direct.dtype)
+        change = word_change.reshape(-1) if word_change is not None else None
+        for group in torch.unique(flat_classes[flat_classes >= 0]).tolist():
+            rows = torch.nonzero(flat_classes == group).squeeze(1)
+            columns = words_in_order[offsets[group] : offsets[group] + sizes[group]]
+            z = direct[rows] @ self.direct_weight[:, columns] + hidden[rows] @ self.word_weight[:, columns]
+            z = z + self.word_bias[columns]
+            column = (place[flat_targets[rows]] - offsets[group])[:, None]
+            if change is not None:
+                z = z.scatter_add(1, column, change[rows, None].to(z.dtype))
+            within = within.index_put((rows,), (z.gather(1, column) - z.logsumexp(1, keepdim=True)).squeeze(1))
+        return result + within.view(targets.shape)
 
     def direct_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """u_t, the direct path's share of o_t."""
@@ -989,7 +1083,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
         width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
         inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
-        self.neural_mixture = SaffuNeuralMixture(direct, inputs, width, config.vocab_size) if width else None
+        classes = config.neural_mixture_classes
+        self.neural_mixture = SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes) if width else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and
         # (words, inputs, labels) -> words, the same for the neural word model's direct path.
@@ -1079,15 +1174,17 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
             inputs = self.neural_inputs(probabilities, input_ids, previous)
-            adjust = None
+            targets, changes = None, None
+            if labels is not None:
+                targets, count = self.loss_targets(labels, dict(kwargs))
             if self.training and labels is not None and self.neural_leave_one_out is not None:
-                direct = self.neural_mixture.direct_inputs(inputs)
-                adjust = lambda words: self.neural_leave_one_out(words, direct, labels)  # noqa: E731
+                mixture = self.neural_mixture
+                classes = mixture.class_targets(targets) if mixture.num_classes else None
+                changes = self.neural_leave_one_out(mixture.direct_inputs(inputs), targets, classes)
             if skip_logits:
-                targets, count = self.loss_targets(labels, kwargs)
-                loss = -self.neural_mixture.target_log_probs(logits, inputs, targets, adjust).sum() / count
+                loss = -self.neural_mixture.target_log_probs(logits, inputs, targets, changes).sum() / count
             else:
-                logits = self.neural_mixture(logits, inputs, adjust)
+                logits = self.neural_mixture(logits, inputs, targets, changes)
         if labels is not None and loss is None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
         return CausalLMOutputWithPast(

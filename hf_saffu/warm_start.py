@@ -161,7 +161,9 @@ class ExplicitWarmStart:
         config = self.config
         ranks = frequency_ranks(counts.cpu())
         anchored = self.recipe.embedding_codes == "anchored"
-        if anchored or self.recipe.hidden_targets == "clusters":
+        mixture = self.model.neural_mixture
+        mixture_classes = mixture.num_classes if mixture is not None else 0
+        if anchored or self.recipe.hidden_targets == "clusters" or mixture_classes:
             successors, predecessors = self.pair_profiles(ranks.to(self.device))
         if anchored:
             codes = anchored_codes(
@@ -175,6 +177,10 @@ class ExplicitWarmStart:
             self.label_vectors = torch.nn.functional.one_hot(self.target_classes, config.hidden_bits).to(vectors.dtype)
         else:
             self.label_vectors = bit_cipher_vectors(ranks, config.hidden_bits).to(self.device)
+        if mixture_classes:  # the neural word model's output classes: the hidden targets' when they are the same
+            same = self.recipe.hidden_targets == "clusters" and mixture_classes == config.hidden_bits
+            classes = self.target_classes if same else cluster_tokens(predecessors, counts, mixture_classes)
+            mixture.token_classes.copy_(classes)
         if self.recipe.contextual_embeddings:
             sums = torch.zeros(config.vocab_size, config.embed_bits, dtype=torch.float64, device=self.device)
             for input_ids, valid, _ in self.iterate("contextual embeddings"):
@@ -322,6 +328,11 @@ class ExplicitWarmStart:
         mixture = self.model.neural_mixture
         mixture.direct_weight.copy_(weight.to(mixture.direct_weight.dtype))
         mixture.word_bias.copy_(bias.to(mixture.word_bias.dtype))
+        if mixture.num_classes:  # D^c, b^c: the same solution on the class columns F^c
+            classes = statistic.map_targets(mixture.class_members())
+            weight, bias = classes.solve(self.recipe.explicit_smoothing, None, self.recipe.explicit_discount)
+            mixture.class_direct_weight.copy_(weight.to(mixture.class_direct_weight.dtype))
+            mixture.class_bias.copy_(bias.to(mixture.class_bias.dtype))
         self.timed("neural word model", start)
 
     def solve_pivot_head(self) -> None:

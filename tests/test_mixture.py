@@ -52,15 +52,58 @@ def test_logits_are_the_log_of_the_linear_mixture():
     assert torch.allclose(logits.logsumexp(-1), torch.zeros(2, 11, dtype=torch.float64), atol=1e-9)
 
 
-def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight():
+def class_model(**overrides) -> SaffuForCausalLM:
+    """A randomised mixture with 6 token classes of uneven sizes, class 5 empty."""
+    model = mixture_model(neural_mixture_classes=6, **overrides)
+    randomise_(model, scale=0.5)
+    model.neural_mixture.token_classes.copy_(torch.randint(0, 5, (VOCAB,), generator=torch.Generator().manual_seed(5)))
+    return model
+
+
+def test_class_factored_neural_part_is_the_product_of_two_softmaxes():
+    """neural_mixture_classes: p_N(y) = softmax(u D^c + g W^c + b^c)_{k(y)} (over the classes with words) times
+    the softmax over k(y)'s words of u D + g W + b_W, recomputed by hand in float64; ln p sums to 1."""
+    model = class_model().double()
+    words_model = SaffuForCausalLM(saffu_config(neural_mixture_dim=8)).eval().double()
+    words_model.load_state_dict(model.state_dict(), strict=False)
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    mixture = model.neural_mixture
+    captured = {}
+    mixture.register_forward_pre_hook(lambda module, args: captured.update(inputs=args[1]))
+    with torch.no_grad():
+        logits = model(ids).logits
+        counted = SaffuForCausalLM(saffu_config()).eval().double()
+        counted.load_state_dict(model.state_dict(), strict=False)
+        inputs = captured["inputs"]
+        g = torch.nn.functional.gelu(inputs @ mixture.feature_weight + mixture.feature_bias)
+        weight = torch.sigmoid(g @ mixture.gate_weight + mixture.gate_bias)
+        u = inputs[..., : mixture.direct_weight.shape[0]]
+        z = u @ mixture.direct_weight + g @ mixture.word_weight + mixture.word_bias
+        classes = u @ mixture.class_direct_weight + g @ mixture.class_word_weight + mixture.class_bias
+        classes = torch.softmax(classes[..., :5], -1)  # over the classes with words (class 5 is empty)
+        neural = torch.zeros_like(z)
+        for k in range(5):
+            members = mixture.token_classes == k
+            if members.any():
+                neural[..., members] = classes[..., k : k + 1] * torch.softmax(z[..., members], -1)
+        expected = torch.log((1 - weight) * torch.softmax(counted(ids).logits, -1) + weight * neural)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert torch.allclose(logits.logsumexp(-1), torch.zeros(2, 9, dtype=torch.float64), atol=1e-9)
+    assert not torch.allclose(logits, words_model(ids).logits, atol=1e-2)  # the classes change the distribution
+
+
+@pytest.mark.parametrize("classes", [0, 6])
+def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight(classes):
     """After the warm start the neural part is the explicit solution softmax(u_t D + b_W) of the co-occurrences of
     u_t = [H_t, v_t, v_{t-1}] with the next token (recounted here over the blocks), with weight lambda_0 =
-    neural_mixture_weight; the counted part equals the warm start of the same model without the mixture."""
+    neural_mixture_weight; the counted part equals the warm start of the same model without the mixture. With
+    token classes, D^c and b^c are the same solution on the class columns F M of the warm start's clusters."""
     train = packed_dataset(40)
     models = {}
     for dim in (0, 8):
         torch.manual_seed(0)
-        models[dim] = SaffuForCausalLM(saffu_config(neural_mixture_dim=dim, neural_mixture_weight=0.2)).eval()
+        config = saffu_config(neural_mixture_dim=dim, neural_mixture_weight=0.2, neural_mixture_classes=classes)
+        models[dim] = SaffuForCausalLM(config).eval()
         explicit_warm_start(models[dim], batches_of(train, 16), show_progress=False)
     model, blocks = models[8], train.with_format("torch")[:]
     ids, mask = blocks["input_ids"], blocks["attention_mask"]
@@ -76,6 +119,13 @@ def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight():
         mixture = model.neural_mixture
         assert torch.allclose(mixture.direct_weight.double(), weight, atol=1e-4)
         assert torch.allclose(mixture.word_bias.double(), bias, atol=1e-4)
+        if classes:
+            assert sorted(mixture.token_classes.unique().tolist()) == list(range(classes))
+            assert not torch.equal(mixture.token_classes, torch.arange(40) % classes)  # the clusters, not the default
+            weight, bias = solve_softmax(counts @ mixture.class_members(), priming, 0.01, discount=0.75)
+            assert torch.allclose(mixture.class_direct_weight.double(), weight, atol=1e-4)
+            assert torch.allclose(mixture.class_bias.double(), bias, atol=1e-4)
+            return
         sample = ids[:4]
         u = model.neural_inputs(model.model(sample).last_hidden_state.exp(), sample, previous[:4])
         direct = torch.softmax((u @ mixture.direct_weight + mixture.word_bias).double(), -1)
@@ -83,9 +133,11 @@ def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight():
         assert torch.allclose(model(sample).logits.double(), expected, atol=1e-5)
 
 
-def test_backprop_trains_the_neural_part_and_its_weight():
-    """W and w start at 0, so the first step reaches W, w, c and D; from the second A and a learn too (no saddle)."""
-    model = mixture_model()
+@pytest.mark.parametrize("classes", [0, 6])
+def test_backprop_trains_the_neural_part_and_its_weight(classes):
+    """W and w start at 0, so the first step reaches W, w, c and D; from the second A and a learn too (no saddle);
+    with classes, D^c, W^c and b^c too."""
+    model = mixture_model(neural_mixture_classes=classes)
     explicit_warm_start(model, batches_of(packed_dataset(40), 16), show_progress=False)
     model.train()
     mixture = model.neural_mixture
@@ -102,13 +154,21 @@ def test_backprop_trains_the_neural_part_and_its_weight():
         assert not torch.equal(parameter, before[name]), name
 
 
-@pytest.mark.parametrize("mixture", [True, False])
+@pytest.mark.parametrize("mixture", ["words", "classes", None])
 def test_the_loss_alone_equals_the_loss_from_the_logits(mixture):
-    """skip_logits (ExplicitTrainer's training steps): the loss read at the targets equals the cross-entropy of the
-    full ln p, in value and gradient, with ignored labels, shift_labels and num_items_in_batch; no logits return."""
-    model = mixture_model(ngram_order=3) if mixture else SaffuForCausalLM(saffu_config(ngram_order=3))
-    randomise_(model, scale=0.5)
+    """skip_logits (ExplicitTrainer's training steps): the loss read at the targets (with classes: each target's
+    class alone) equals the cross-entropy of the full ln p, in value and gradient, with ignored labels, shift_labels
+    and num_items_in_batch, and with the direct path's leave-one-out changes; no logits return."""
+    if mixture == "classes":
+        model = class_model(ngram_order=3)
+    else:
+        model = mixture_model(ngram_order=3) if mixture else SaffuForCausalLM(saffu_config(ngram_order=3))
+        randomise_(model, scale=0.5)
     model = model.double().train()
+    if mixture:
+        counts = torch.rand(model.neural_mixture.direct_weight.shape, generator=torch.Generator().manual_seed(6)) * 3
+        members = model.neural_mixture.class_members() if mixture == "classes" else None
+        model.neural_leave_one_out = DirectPathLeaveOneOut(counts, 0.01, 0.75, members)
     ids = torch.randint(2, 40, (3, 10), generator=torch.Generator().manual_seed(4))
     labels = ids.clone()
     labels[0, :4] = labels[2, 7:] = -100
@@ -175,11 +235,13 @@ def test_the_hidden_path_reads_earlier_codes_in_order():
         assert torch.allclose(model(ids).logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("order", "context"), [(2, 2), (3, 2), (2, 5), (4, 3)])
-def test_cached_generation_equals_a_full_recompute(order, context):
+@pytest.mark.parametrize(("order", "context", "classes"), [(2, 2, 0), (3, 2, 0), (2, 5, 0), (4, 3, 0), (3, 3, 6)])
+def test_cached_generation_equals_a_full_recompute(order, context, classes):
     """The mixture reads k - 1 earlier tokens: from the decoding state when generating (kept for it even by a model
     whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
-    model = mixture_model(initializer_range=3.0, ngram_order=order, neural_mixture_context=context)
+    model = mixture_model(
+        initializer_range=3.0, ngram_order=order, neural_mixture_context=context, neural_mixture_classes=classes
+    )
     randomise_(model, scale=0.5)
     model = model.double()
     prompt = torch.randint(2, 40, (2, 5), generator=torch.Generator().manual_seed(4))
@@ -198,51 +260,62 @@ def test_cached_generation_equals_a_full_recompute(order, context):
         (1.0, "neural_mixture_weight"),
         (1, "neural_mixture_context"),
         (2.5, "neural_mixture_context"),
+        (-1, "neural_mixture_classes"),
+        (VOCAB + 1, "neural_mixture_classes"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
-        SaffuConfig(**{field: value})
+        SaffuConfig(**{"vocab_size": VOCAB, "embed_bits": 40, field: value})
+
+
+def left_out_logit(counts: torch.Tensor, own: torch.Tensor, y: int, discount: float | None) -> torch.Tensor:
+    """sum_i u_ti ln F'_iy of the counts without the position's own u_t (re-solved with `solve_softmax` without a
+    discount; with one, the row back-off mass R and the marginal pi held at the full counts' values)."""
+    without = counts.clone()
+    without[:, y] -= own
+    if discount is None:
+        smoothed = solve_softmax(without, 1.0, 0.01)[0][:, y].exp()
+    else:
+        marginal = (counts.sum(0) + 0.01) / (counts.sum() + 0.01 * counts.shape[1])
+        backoff = (counts.clamp(max=discount).sum(1) + 0.01) * marginal[y]
+        smoothed = (without[:, y] - discount).clamp_min(0) + backoff
+    return own @ smoothed.log()
 
 
 @pytest.mark.parametrize("discount", [None, 0.75])
 def test_direct_path_leave_one_out_removes_the_positions_own_count(discount):
-    """The target's direct-path logit at a training position equals sum_i u_ti ln F'_iy of the co-occurrences
-    without that position (re-solved with `solve_softmax` when there is no discount; with one, its row back-off
-    mass R and marginal pi held at the full counts' values), every other logit unchanged."""
+    """The change of the target's direct-path logit at a training position makes it sum_i u_ti ln F'_iy of the
+    co-occurrences without that position (`left_out_logit`); with token classes the target class's logit of D^c
+    (solved from F^c = F M) moves the same way; positions without a target do not move."""
     generator = torch.Generator().manual_seed(0)
-    vocab, dim = 7, 5
+    vocab, dim, num_classes = 7, 5, 3
     inputs = torch.rand(2, 6, dim, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, vocab, (2, 6), generator=generator)
     labels[1, 3] = -100
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
     counts = torch.zeros(dim, vocab, dtype=torch.float64)
-    counts.index_add_(1, labels[:, 1:][labels[:, 1:] >= 0], inputs[:, :-1][labels[:, 1:] >= 0].T)
+    counts.index_add_(1, targets[targets >= 0], inputs[targets >= 0].T)
     counts += torch.rand(dim, vocab, generator=generator, dtype=torch.float64)  # other positions' counts
-    correction = DirectPathLeaveOneOut(counts, 0.01, discount)
-    weight, _ = solve_softmax(counts, 1.0, 0.01, discount=discount)
-    words = (inputs @ weight).float()
-    adjusted = correction(words, inputs, labels).double()
-    for row in range(2):
-        for t in range(5):
-            y = int(labels[row, t + 1])
-            expected = words[row, t].double().clone()
-            if y >= 0:
-                without = counts.clone()
-                without[:, y] -= inputs[row, t]
-                if discount is None:
-                    smoothed = solve_softmax(without, 1.0, 0.01)[0][:, y].exp()
-                else:
-                    full = counts
-                    marginal = (full.sum(0) + 0.01) / (full.sum() + 0.01 * vocab)
-                    backoff = (full.clamp(max=discount).sum(1) + 0.01) * marginal[y]
-                    smoothed = (without[:, y] - discount).clamp_min(0) + backoff
-                expected[y] = inputs[row, t] @ smoothed.log()
-            assert torch.allclose(adjusted[row, t], expected, atol=1e-4), (row, t)
-    assert torch.equal(adjusted[:, -1], words[:, -1].double())  # the last position has no target
+    token_classes = torch.tensor([0, 2, 1, 0, 2, 2, 1])
+    members = torch.nn.functional.one_hot(token_classes, num_classes).double()
+    class_targets = torch.where(targets == -100, targets, token_classes[targets.clamp_min(0)])
+    word_change, class_change = DirectPathLeaveOneOut(counts, 0.01, discount, members)(inputs, targets, class_targets)
+    assert torch.equal(word_change, DirectPathLeaveOneOut(counts, 0.01, discount)(inputs, targets)[0])
+    for table, change, goal in ((counts, word_change, targets), (counts @ members, class_change, class_targets)):
+        logits = inputs @ solve_softmax(table, 1.0, 0.01, discount=discount)[0]
+        for row in range(2):
+            for t in range(6):
+                y = int(goal[row, t])
+                if y < 0:
+                    assert change[row, t] == 0
+                    continue
+                expected = left_out_logit(table, inputs[row, t], y, discount)
+                assert torch.allclose(logits[row, t, y] + change[row, t], expected, atol=1e-4), (row, t)
 
 
-@pytest.mark.parametrize("context", [2, 4])
-def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context):
+@pytest.mark.parametrize(("context", "classes"), [(2, 0), (4, 0), (2, 5)])
+def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context, classes):
     """With table_leave_one_out and a neural mixture, the trainer's first logged loss is that of its first batch
     with both the tables' and the direct path's leave-one-out values (recomputed here; 2 steps: the graph of the
     counts must not be kept between steps), and the model it leaves reads the plain values."""
@@ -251,7 +324,11 @@ def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context)
         tmp_path, table_leave_one_out=True, max_steps=2, learning_rate=0.0, save_strategy="no", warmup_steps=0
     )
     config = saffu_config(
-        pivot_bigrams=VOCAB**2, pivot_trigrams=VOCAB**3, neural_mixture_dim=8, neural_mixture_context=context
+        pivot_bigrams=VOCAB**2,
+        pivot_trigrams=VOCAB**3,
+        neural_mixture_dim=8,
+        neural_mixture_context=context,
+        neural_mixture_classes=classes,
     )
     model = SaffuForCausalLM(config)
     trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
