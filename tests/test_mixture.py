@@ -352,3 +352,5 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model" not in describe_architecture(saffu_config())
     wider = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_context=5))
     assert "neural word model (8 GELU units, its hidden path reading 5 tokens in order)" in wider
+    factored = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_classes=6))
+    assert "neural word model (8 GELU units, its output factored through 6 token classes)" in factored
