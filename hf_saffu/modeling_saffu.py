@@ -773,31 +773,46 @@ class SaffuNeuralMixture(nn.Module):
         return (sums.log() + top).view(*words.shape[:-1], self.num_classes)
 
     def class_target_log_probs(self, direct, hidden, targets, changes=None) -> torch.Tensor:
-        """ln p_N(y_t) with classes, z_t computed only on each target's class: positions grouped by target class,
-        one product per class (`words_of_class`)."""
+        """ln p_N(y_t) with classes, z_t computed only on each target's class: the positions sorted by target
+        class and the columns of D, W, b_W by class, then one product per class on contiguous blocks (one gather
+        and one split each way, so the backward pass writes each gradient once, not once per class)."""
         word_change, class_change = changes if changes is not None else (None, None)
         class_log_probs = torch.log_softmax(self.class_logits(direct, hidden, targets, class_change), dim=-1)
         target_classes = self.class_targets(targets)
         result = class_log_probs.gather(-1, target_classes.clamp_min(0)[..., None]).squeeze(-1)
         flat_targets, flat_classes = targets.reshape(-1), target_classes.reshape(-1)
-        direct, hidden = direct.reshape(len(flat_targets), -1), hidden.reshape(len(flat_targets), -1)
-        words_in_order = torch.argsort(self.token_classes, stable=True)
-        sizes = torch.bincount(self.token_classes, minlength=self.num_classes)
-        offsets = torch.cumsum(sizes, 0) - sizes
-        place = torch.empty_like(words_in_order)
-        place[words_in_order] = torch.arange(len(words_in_order), device=place.device)  # y's index in its class
-        within = torch.zeros_like(flat_targets, dtype=direct.dtype)
-        change = word_change.reshape(-1) if word_change is not None else None
-        for group in torch.unique(flat_classes[flat_classes >= 0]).tolist():
-            rows = torch.nonzero(flat_classes == group).squeeze(1)
-            columns = words_in_order[offsets[group] : offsets[group] + sizes[group]]
-            z = direct[rows] @ self.direct_weight[:, columns] + hidden[rows] @ self.word_weight[:, columns]
-            z = z + self.word_bias[columns]
-            column = (place[flat_targets[rows]] - offsets[group])[:, None]
-            if change is not None:
-                z = z.scatter_add(1, column, change[rows, None].to(z.dtype))
-            within = within.index_put((rows,), (z.gather(1, column) - z.logsumexp(1, keepdim=True)).squeeze(1))
-        return result + within.view(targets.shape)
+        words = torch.argsort(self.token_classes, stable=True)  # the vocabulary, class by class
+        word_counts = torch.bincount(self.token_classes, minlength=self.num_classes)
+        place = torch.empty_like(words)
+        place[words] = (
+            torch.arange(len(words), device=words.device)
+            - (torch.cumsum(word_counts, 0) - word_counts)[self.token_classes[words]]
+        )  # y's index within its class
+        known = torch.nonzero(flat_classes >= 0).squeeze(1)
+        rows = known[torch.argsort(flat_classes[known], stable=True)]  # the positions, class by class
+        row_counts = torch.bincount(flat_classes[rows], minlength=self.num_classes).tolist()
+        columns = place[flat_targets[rows]][:, None].split(row_counts)
+        row_change = word_change.reshape(-1)[rows].split(row_counts) if word_change is not None else None
+        blocks = zip(
+            direct.reshape(len(flat_targets), -1)[rows].split(row_counts),
+            hidden.reshape(len(flat_targets), -1)[rows].split(row_counts),
+            self.direct_weight[:, words].split(word_counts.tolist(), dim=1),
+            self.word_weight[:, words].split(word_counts.tolist(), dim=1),
+            self.word_bias[words].split(word_counts.tolist()),
+            strict=True,
+        )
+        within = []
+        for group, (u, g, direct_weight, word_weight, word_bias) in enumerate(blocks):
+            if row_counts[group] == 0:
+                continue
+            z = u @ direct_weight + g @ word_weight + word_bias
+            if row_change is not None:
+                z = z.scatter_add(1, columns[group], row_change[group][:, None].to(z.dtype))
+            within.append(z.gather(1, columns[group]) - z.logsumexp(1, keepdim=True))
+        if not within:
+            return result
+        by_position = result.new_zeros(len(flat_targets)).index_put((rows,), torch.cat(within).squeeze(1))
+        return result + by_position.view(targets.shape)
 
     def direct_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """u_t, the direct path's share of o_t."""
