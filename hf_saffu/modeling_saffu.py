@@ -1102,7 +1102,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.neural_mixture = SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes) if width else None
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and
-        # (words, inputs, labels) -> words, the same for the neural word model's direct path.
+        # (u_t, targets, target classes) -> the same changes of the neural word model's target (class) logits.
         self.table_leave_one_out = None
         self.neural_leave_one_out = None
         self.post_init()
