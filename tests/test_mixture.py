@@ -261,12 +261,12 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes):
         (1, "neural_mixture_context"),
         (2.5, "neural_mixture_context"),
         (-1, "neural_mixture_classes"),
-        (VOCAB + 1, "neural_mixture_classes"),
+        (2.5, "neural_mixture_classes"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
-        SaffuConfig(**{"vocab_size": VOCAB, "embed_bits": 40, field: value})
+        SaffuConfig(**{field: value})
 
 
 def left_out_logit(counts: torch.Tensor, own: torch.Tensor, y: int, discount: float | None) -> torch.Tensor:
