@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from factories import text_file
 
 from hf_saffu.cli import build_parser
@@ -71,3 +72,27 @@ def test_train_resumes_from_the_command_line(tmp_path, capsys):
     results = json.loads((run / "all_results.json").read_text())
     assert results["warm_start_seconds"] is None  # resumed: the warm start did not run again
     assert json.loads((run / "config.json").read_text())["warm_started"] is True
+
+
+def test_train_builds_the_class_factored_mixture_from_flags(tmp_path):
+    """`--neural_mixture_dim 4 --neural_mixture_classes 3` (validated before the tokenizer sets the vocabulary):
+    the saved model loads with the warm start's classes (not the default k(y) = y mod C) and a normalised ln p."""
+    from hf_saffu import SaffuForCausalLM
+
+    train = text_file(tmp_path / "train.txt", 100)
+    run = tmp_path / "run"
+    cli_main(
+        [
+            *("train", "--train_files", train, "--tokenizer_vocab_size", "300", "--block_size", "24"),
+            *("--embed_bits", "12", "--hidden_bits", "12", "--windows", "1", "4", "--output_dir", str(run)),
+            *("--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--max_steps", "2"),
+            *("--per_device_train_batch_size", "4", "--neural_mixture_dim", "4", "--neural_mixture_classes", "3"),
+            *("--table_leave_one_out", "true"),
+        ]
+    )
+    model = SaffuForCausalLM.from_pretrained(run).eval()
+    classes = model.neural_mixture.token_classes
+    assert model.config.neural_mixture_classes == 3 and sorted(classes.unique().tolist()) == [0, 1, 2]
+    assert not torch.equal(classes, torch.arange(len(classes)) % 3)  # the warm start's clusters were saved
+    ids = torch.randint(5, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model(ids).logits.logsumexp(-1), torch.zeros(2, 10), atol=1e-4)

@@ -92,6 +92,17 @@ def test_class_factored_neural_part_is_the_product_of_two_softmaxes():
     assert not torch.allclose(logits, words_model(ids).logits, atol=1e-2)  # the classes change the distribution
 
 
+def test_the_token_classes_are_saved_with_the_model(tmp_path):
+    """save_pretrained / from_pretrained keeps k(y) (a buffer) and the class weights: the same logits."""
+    model = class_model()
+    model.save_pretrained(tmp_path)
+    loaded = SaffuForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.neural_mixture.token_classes, model.neural_mixture.token_classes)
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 @pytest.mark.parametrize("classes", [0, 6])
 def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight(classes):
     """After the warm start the neural part is the explicit solution softmax(u_t D + b_W) of the co-occurrences of
