@@ -2,8 +2,9 @@
 with --save_counts true) and re-solve the pivot's tables, without reading the old text (hf_saffu.counts).
 
 The tables then equal those of a warm start on the old and the new text (the new text packed in blocks of its
-own). Not updated: the embeddings, the contexts' U and W and the head (solved from later passes), and what
-backprop changed (the tables' trained values are replaced by the re-solved closed form).
+own). Not updated: the embeddings, the contexts' U and W, the head and the neural word model with its token classes
+(solved from later passes), and what backprop changed (the tables' trained values are replaced by the re-solved
+closed form).
 """
 
 import argparse
