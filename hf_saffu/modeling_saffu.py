@@ -737,23 +737,27 @@ class SaffuNeuralMixture(nn.Module):
         hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
         return hidden @ self.gate_weight + self.gate_bias, self.direct_inputs(inputs), hidden
 
+    @staticmethod
+    def affine(direct, hidden, direct_weight, word_weight, bias) -> torch.Tensor:
+        """u_t D + g_t W + b for the given (blocks of) weights: the word logits z_t and the class logits."""
+        return direct @ direct_weight + hidden @ word_weight + bias
+
     def neural_logits(self, direct, hidden, targets=None, changes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z_t over the vocabulary and, with classes, the class logits, each with its `changes` at the targets."""
         word_change, class_change = changes if changes is not None else (None, None)
-        words = direct @ self.direct_weight + hidden @ self.word_weight + self.word_bias
-        words = add_at_targets(words, targets, word_change) if targets is not None else words
+        words = self.affine(direct, hidden, self.direct_weight, self.word_weight, self.word_bias)
+        words = add_at_targets(words, targets, word_change)
         if not self.num_classes:
             return words, None
-        return words, self.class_logits(direct, hidden, targets, class_change)
+        class_targets = self.class_targets(targets) if class_change is not None else None
+        return words, self.class_logits(direct, hidden, class_targets, class_change)
 
-    def class_logits(self, direct, hidden, targets=None, class_change=None) -> torch.Tensor:
-        """u_t D^c + g_t W^c + b^c, -inf for a class with no words (its share would be lost)."""
-        classes = direct @ self.class_direct_weight + hidden @ self.class_word_weight + self.class_bias
+    def class_logits(self, direct, hidden, class_targets=None, class_change=None) -> torch.Tensor:
+        """u_t D^c + g_t W^c + b^c (plus `class_change` at `class_targets`), -inf for a class with no words (its
+        share would be lost)."""
+        classes = self.affine(direct, hidden, self.class_direct_weight, self.class_word_weight, self.class_bias)
         empty = torch.bincount(self.token_classes, minlength=self.num_classes) == 0
-        classes = classes.masked_fill(empty, float("-inf"))
-        if targets is None:
-            return classes
-        return add_at_targets(classes, self.class_targets(targets), class_change)
+        return add_at_targets(classes.masked_fill(empty, float("-inf")), class_targets, class_change)
 
     def class_members(self) -> torch.Tensor:
         """M (V, C): M_yk = 1 where k(y) = k (float64)."""
@@ -777,17 +781,16 @@ class SaffuNeuralMixture(nn.Module):
         class and the columns of D, W, b_W by class, then one product per class on contiguous blocks (one gather
         and one split each way, so the backward pass writes each gradient once, not once per class)."""
         word_change, class_change = changes if changes is not None else (None, None)
-        class_log_probs = torch.log_softmax(self.class_logits(direct, hidden, targets, class_change), dim=-1)
         target_classes = self.class_targets(targets)
+        class_log_probs = torch.log_softmax(self.class_logits(direct, hidden, target_classes, class_change), dim=-1)
         result = class_log_probs.gather(-1, target_classes.clamp_min(0)[..., None]).squeeze(-1)
         flat_targets, flat_classes = targets.reshape(-1), target_classes.reshape(-1)
         words = torch.argsort(self.token_classes, stable=True)  # the vocabulary, class by class
         word_counts = torch.bincount(self.token_classes, minlength=self.num_classes)
-        place = torch.empty_like(words)
-        place[words] = (
-            torch.arange(len(words), device=words.device)
-            - (torch.cumsum(word_counts, 0) - word_counts)[self.token_classes[words]]
-        )  # y's index within its class
+        place = torch.empty_like(words)  # y's index within its class
+        place[words] = torch.arange(len(words), device=words.device) - (
+            word_counts.cumsum(0) - word_counts
+        ).repeat_interleave(word_counts)
         known = torch.nonzero(flat_classes >= 0).squeeze(1)
         rows = known[torch.argsort(flat_classes[known], stable=True)]  # the positions, class by class
         row_counts = torch.bincount(flat_classes[rows], minlength=self.num_classes).tolist()
@@ -805,7 +808,7 @@ class SaffuNeuralMixture(nn.Module):
         for group, (u, g, direct_weight, word_weight, word_bias) in enumerate(blocks):
             if row_counts[group] == 0:
                 continue
-            z = u @ direct_weight + g @ word_weight + word_bias
+            z = self.affine(u, g, direct_weight, word_weight, word_bias)
             if row_change is not None:
                 z = z.scatter_add(1, columns[group], row_change[group][:, None].to(z.dtype))
             within.append(z.gather(1, columns[group]) - z.logsumexp(1, keepdim=True))
