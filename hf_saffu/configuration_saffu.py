@@ -245,6 +245,17 @@ class SaffuConfig(PreTrainedConfig):
             softmax_{y' in k(y)}(u_t D + g_t W + b_W)_y, k(y) the warm start's token clusters
             (`hf_saffu.token_classes`). A training step then reads the target's class instead of the whole
             vocabulary. 0: one softmax over the vocabulary.
+        neural_mixture_attention_window (`int`, *optional*, defaults to 0):
+            w > 0: the neural word model's hidden path also reads a learned attention over the last w tokens, the
+            pivot included (`SaffuNeuralAttention`) [ours]: per head, a_t = sum_j softmax_j(q(x_t) . k(x_{t-j}) /
+            sqrt(d_h) + beta_j) v(x_{t-j}), q, k, v = LN(E) W_q, W_k, W_v of learned token embeddings E and beta_j a
+            learned bias per offset; g_t = GELU([o_t, a_t] A + a). A learned view of the recent text for what the
+            counts cannot hold; trained by backprop only (W = 0 leaves the warm start unchanged); the decoding state
+            keeps w - 1 tokens. 0: none.
+        neural_mixture_attention_dim (`int`, *optional*, defaults to 128):
+            d, the width of E and of a_t.
+        neural_mixture_attention_heads (`int`, *optional*, defaults to 4):
+            Heads of the attention (d_h = d / heads).
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -320,6 +331,9 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_weight: float = 0.05,
         neural_mixture_context: int = 2,
         neural_mixture_classes: int = 0,
+        neural_mixture_attention_window: int = 0,
+        neural_mixture_attention_dim: int = 128,
+        neural_mixture_attention_heads: int = 4,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -346,6 +360,9 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_weight = neural_mixture_weight
         self.neural_mixture_context = neural_mixture_context
         self.neural_mixture_classes = neural_mixture_classes
+        self.neural_mixture_attention_window = neural_mixture_attention_window
+        self.neural_mixture_attention_dim = neural_mixture_attention_dim
+        self.neural_mixture_attention_heads = neural_mixture_attention_heads
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -378,9 +395,10 @@ class SaffuConfig(PreTrainedConfig):
     @property
     def previous_token_count(self) -> int:
         """How many tokens before each position the model reads: the n-gram tables' histories (ngram_order - 2)
-        and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1); the decoding state keeps as
-        many."""
-        return max(self.ngram_order - 2, self.neural_mixture_context - 1 if self.neural_mixture_dim else 0)
+        and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1) and attention window
+        (neural_mixture_attention_window - 1); the decoding state keeps as many."""
+        mixture = max(self.neural_mixture_context, self.neural_mixture_attention_window) - 1
+        return max(self.ngram_order - 2, mixture if self.neural_mixture_dim else 0)
 
     def table_capacity(self, order: int) -> int:
         """Entries of the table of `order`: its ngram_capacities entry, at most one per n-gram (vocab_size^order)."""
@@ -443,6 +461,19 @@ class SaffuConfig(PreTrainedConfig):
         classes = self.neural_mixture_classes
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
             raise ValueError(f"SaffuConfig.neural_mixture_classes must be an integer >= 0 (0: none), got {classes!r}")
+        window = self.neural_mixture_attention_window
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= MAX_MIXTURE_CONTEXT:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_attention_window must be an integer in [0, {MAX_MIXTURE_CONTEXT}] (0: "
+                f"none; tokens attended, the pivot included), got {window!r}"
+            )
+        positive_int("neural_mixture_attention_dim", self.neural_mixture_attention_dim)
+        positive_int("neural_mixture_attention_heads", self.neural_mixture_attention_heads)
+        if self.neural_mixture_attention_dim % self.neural_mixture_attention_heads:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_attention_dim={self.neural_mixture_attention_dim} must be a multiple of "
+                f"neural_mixture_attention_heads={self.neural_mixture_attention_heads}"
+            )
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")

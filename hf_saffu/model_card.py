@@ -135,6 +135,8 @@ def describe_architecture(config: SaffuConfig) -> str:
     if width:
         context = getattr(config, "neural_mixture_context", 2)
         reads = f", its hidden path reading {context} tokens in order" if context > 2 else ""
+        window = getattr(config, "neural_mixture_attention_window", 0)
+        reads += f", a learned attention over the last {window} tokens" if window else ""
         classes = getattr(config, "neural_mixture_classes", 0)
         reads += f", its output factored through {classes} token classes" if classes else ""
         pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"

@@ -657,6 +657,39 @@ def add_at_targets(logits: torch.Tensor, targets: torch.LongTensor, change: torc
     return logits.scatter_add(-1, index, (change * (targets != -100))[..., None].to(logits.dtype))
 
 
+class SaffuNeuralAttention(nn.Module):
+    """A learned attention over the last w tokens for the neural word model's hidden path
+    (`config.neural_mixture_attention_window` = w, `neural_mixture_attention_dim` = d, H heads of d_h = d / H):
+
+        q, k, v = LN(E) W_q, LN(E) W_k, LN(E) W_v    (one row per token of the vocabulary),
+        a_t = [sum_{j < w} softmax_j(q(x_t)_h . k(x_{t-j})_h / sqrt(d_h) + beta_hj) v(x_{t-j})_h]_h,
+
+    over the known tokens among x_t, ..., x_{t-w+1} (the pivot is always one), with beta a learned bias per head
+    and offset (the order of the tokens). Its rows are functions of the token alone, so each forward projects the
+    distinct tokens it reads once."""
+
+    def __init__(self, vocab_size: int, window: int, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.token_embeddings = nn.Parameter(torch.zeros(vocab_size, dim))  # E
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.offset_bias = nn.Parameter(torch.zeros(heads, window))  # beta
+
+    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown."""
+        distinct, index = torch.unique(tokens.clamp_min(0), return_inverse=True)
+        rows = self.norm(self.token_embeddings[distinct])
+        split = (self.heads, rows.shape[-1] // self.heads)
+        query = self.query(rows)[index[..., 0]].unflatten(-1, split)  # (..., H, d_h)
+        key, value = (projection(rows)[index].unflatten(-1, split) for projection in (self.key, self.value))
+        scores = torch.einsum("...hd,...jhd->...hj", query, key) / math.sqrt(split[1]) + self.offset_bias
+        weights = torch.softmax(scores.masked_fill((tokens < 0)[..., None, :], float("-inf")), dim=-1)
+        return torch.einsum("...hj,...jhd->...hd", weights, value).flatten(-2)
+
+
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
@@ -669,7 +702,8 @@ class SaffuNeuralMixture(nn.Module):
     tables' leave-one-out values it learns where the counts fail on text they did not see. The direct path D, b_W
     is a softmax layer on non-negative inputs and has the explicit warm start (`hf_saffu.warm_start`); the hidden
     path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`). The hidden path also
-    reads the codes of k - 2 earlier tokens in order (k = `config.neural_mixture_context`; o_t = u_t for k = 2).
+    reads the codes of k - 2 earlier tokens in order (k = `config.neural_mixture_context`; o_t = u_t for k = 2),
+    and with `attention` (`SaffuNeuralAttention`) a learned attention a_t over the last w tokens, o_t's last entries.
     The module takes o_t; D reads its first `direct_dim` entries, u_t.
 
     With C token classes k(y) (`config.neural_mixture_classes`; the buffer `token_classes`), p_N is factored,
@@ -679,8 +713,17 @@ class SaffuNeuralMixture(nn.Module):
     D^c, b^c the explicit solution on class targets; a training step's loss then reads z_t on the target's class
     only (`target_log_probs`)."""
 
-    def __init__(self, direct_dim: int, input_dim: int, width: int, vocab_size: int, num_classes: int = 0):
+    def __init__(
+        self,
+        direct_dim: int,
+        input_dim: int,
+        width: int,
+        vocab_size: int,
+        num_classes: int = 0,
+        attention: SaffuNeuralAttention | None = None,
+    ):
         super().__init__()
+        self.attention = attention  # a_t, the last entries of o_t
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
         self.feature_bias = nn.Parameter(torch.zeros(width))  # a
@@ -929,6 +972,12 @@ class SaffuPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaffuResidualHead):  # B = 0 leaves the logits (and the warm start) unchanged
             init.normal_(module.down, mean=0.0, std=1.0)  # z = H A of unit scale: a random projection of H
             init.zeros_(module.up)
+        if isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if isinstance(module, SaffuNeuralAttention):  # GPT-2's initialisation; beta = 0
+            init.normal_(module.token_embeddings, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.offset_bias)
         if isinstance(module, SaffuNeuralMixture):  # the neural part starts at b_W, weighted lambda_0
             weight = self.config.neural_mixture_weight
             init.normal_(module.feature_weight, mean=0.0, std=1.0 / math.sqrt(module.feature_weight.shape[0]))
@@ -1101,8 +1150,14 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
         width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
         inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
-        classes = config.neural_mixture_classes
-        self.neural_mixture = SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes) if width else None
+        classes, window, attention = config.neural_mixture_classes, config.neural_mixture_attention_window, None
+        if width and window:
+            dim = config.neural_mixture_attention_dim
+            attention = SaffuNeuralAttention(config.vocab_size, window, dim, config.neural_mixture_attention_heads)
+            inputs += dim
+        self.neural_mixture = (
+            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention) if width else None
+        )
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and
         # (u_t, targets, target classes) -> the same changes of the neural word model's target (class) logits.
@@ -1222,14 +1277,22 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             logits = logits + self.residual_head(hidden.exp() if self.config.log_hidden_head else hidden)
         return self.pivot_logits(pivots, previous, logits)
 
-    def neural_inputs(self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.Tensor:
-        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture` (`hidden`: H_t, the hidden distributions;
-        `previous`: `previous_tokens`, at least k - 1 of them, or one in the pivots' shape for k = 2; v = 0 where
-        there is no token)."""
+    def neural_inputs(
+        self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor, attend: bool = True
+    ) -> torch.Tensor:
+        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture`, then a_t with its attention unless not
+        `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions; `previous`:
+        `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without attention;
+        v = 0 where there is no token)."""
         previous = previous[..., None] if previous.shape == pivots.shape else previous
-        tokens = torch.cat([pivots[..., None], previous[..., : self.config.neural_mixture_context - 1]], dim=-1)
-        vectors = self.model.input_vectors(tokens.clamp_min(0)) * (tokens >= 0)[..., None].to(hidden.dtype)
-        return torch.cat([hidden, vectors.flatten(-2)], dim=-1)
+        tokens = torch.cat([pivots[..., None], previous], dim=-1)
+        read = tokens[..., : self.config.neural_mixture_context]
+        vectors = self.model.input_vectors(read.clamp_min(0)) * (read >= 0)[..., None].to(hidden.dtype)
+        inputs = [hidden, vectors.flatten(-2)]
+        if attend and self.neural_mixture.attention is not None:
+            window = self.config.neural_mixture_attention_window
+            inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))
+        return torch.cat(inputs, dim=-1)
 
     @property
     def ngram_tables(self) -> list["SaffuPivotBigrams | SaffuNgramTable"]:
@@ -1296,4 +1359,5 @@ __all__ = [
     "SaffuNgramTable",
     "SaffuResidualHead",
     "SaffuNeuralMixture",
+    "SaffuNeuralAttention",
 ]

@@ -312,7 +312,7 @@ class ExplicitWarmStart:
             ends = model.model.document_ends(input_ids, valid)
             hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
             previous = previous_tokens(input_ids, valid.long(), None, self.config.previous_token_count)
-            inputs = model.neural_mixture.direct_inputs(model.neural_inputs(hidden, input_ids, previous))
+            inputs = model.neural_mixture.direct_inputs(model.neural_inputs(hidden, input_ids, previous, attend=False))
             statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
         self.reduce(statistic)
         return statistic

@@ -144,11 +144,13 @@ def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight(class
         assert torch.allclose(model(sample).logits.double(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("classes", [0, 6])
-def test_backprop_trains_the_neural_part_and_its_weight(classes):
+@pytest.mark.parametrize(("classes", "window"), [(0, 0), (6, 0), (6, 4)])
+def test_backprop_trains_the_neural_part_and_its_weight(classes, window):
     """W and w start at 0, so the first step reaches W, w, c and D; from the second A and a learn too (no saddle);
-    with classes, D^c, W^c and b^c too."""
-    model = mixture_model(neural_mixture_classes=classes)
+    with classes, D^c, W^c and b^c too; with attention, every weight of it from the second step."""
+    model = mixture_model(
+        neural_mixture_classes=classes, neural_mixture_attention_window=window, neural_mixture_attention_dim=8
+    )
     explicit_warm_start(model, batches_of(packed_dataset(40), 16), show_progress=False)
     model.train()
     mixture = model.neural_mixture
@@ -161,8 +163,8 @@ def test_backprop_trains_the_neural_part_and_its_weight(classes):
         assert math.isfinite(output.loss.item())
         output.loss.backward()
         optimizer.step()
-    for name, parameter in mixture.named_parameters():
-        assert not torch.equal(parameter, before[name]), name
+    for name, parameter in mixture.named_parameters():  # moved, or (LN's unit gain in float32) given a gradient
+        assert not torch.equal(parameter, before[name]) or parameter.grad.abs().max() > 0, name
 
 
 @pytest.mark.parametrize("mixture", ["words", "classes", None])
@@ -246,12 +248,56 @@ def test_the_hidden_path_reads_earlier_codes_in_order():
         assert torch.allclose(model(ids).logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("order", "context", "classes"), [(2, 2, 0), (3, 2, 0), (2, 5, 0), (4, 3, 0), (3, 3, 6)])
-def test_cached_generation_equals_a_full_recompute(order, context, classes):
-    """The mixture reads k - 1 earlier tokens: from the decoding state when generating (kept for it even by a model
-    whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
+def test_the_attention_reads_the_last_w_tokens_of_the_text():
+    """neural_mixture_attention_window w = 4: o_t ends with a_t, recomputed by hand per position and head from the
+    equations (LN(E) W, softmax over the known tokens x_t ... x_{t-3} plus the offset biases); the hidden path's
+    features then read it."""
     model = mixture_model(
-        initializer_range=3.0, ngram_order=order, neural_mixture_context=context, neural_mixture_classes=classes
+        neural_mixture_attention_window=4, neural_mixture_attention_dim=6, neural_mixture_attention_heads=2
+    )
+    randomise_(model, scale=0.5)
+    model = model.double()
+    attention = model.neural_mixture.attention
+    ids = torch.randint(2, 40, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state.exp()
+        previous = torch.cat([torch.full((2, 3), -1), ids], dim=1)
+        inputs = model.neural_inputs(hidden, ids, torch.stack([previous[:, 2 - j : 9 - j] for j in range(3)], -1))
+        rows = attention.norm(attention.token_embeddings)
+        q, k, v = (rows @ projection.weight.T for projection in (attention.query, attention.key, attention.value))
+        for b in range(2):
+            for t in range(7):
+                offsets = range(min(4, t + 1))  # the tokens before the text are unknown
+                expected = []
+                for head in (slice(0, 3), slice(3, 6)):
+                    h = head.start // 3
+                    scores = (
+                        torch.stack([q[ids[b, t], head] @ k[ids[b, t - j], head] / math.sqrt(3) for j in offsets])
+                        + attention.offset_bias[h, : len(offsets)]
+                    )
+                    weights = torch.softmax(scores, 0)
+                    expected.append(sum(weights[j] * v[ids[b, t - j], head] for j in offsets))
+                assert torch.allclose(inputs[b, t, -6:], torch.cat(expected), atol=1e-12), (b, t)
+    assert inputs.shape[-1] == model.neural_mixture.feature_weight.shape[0]
+    with pytest.raises(ValueError, match="neural_mixture_attention_dim=6 must be a multiple of"):
+        SaffuConfig(neural_mixture_attention_dim=6, neural_mixture_attention_heads=4)
+
+
+@pytest.mark.parametrize(
+    ("order", "context", "classes", "window"),
+    [(2, 2, 0, 0), (3, 2, 0, 0), (2, 5, 0, 0), (4, 3, 0, 0), (3, 3, 6, 0), (2, 2, 0, 6), (3, 4, 6, 3)],
+)
+def test_cached_generation_equals_a_full_recompute(order, context, classes, window):
+    """The mixture reads k - 1 (and its attention w - 1) earlier tokens: from the decoding state when generating
+    (kept for it even by a model whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
+    model = mixture_model(
+        initializer_range=3.0,
+        ngram_order=order,
+        neural_mixture_context=context,
+        neural_mixture_classes=classes,
+        neural_mixture_attention_window=window,
+        neural_mixture_attention_dim=8,
+        neural_mixture_attention_heads=2,
     )
     randomise_(model, scale=0.5)
     model = model.double()
@@ -273,6 +319,10 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes):
         (2.5, "neural_mixture_context"),
         (-1, "neural_mixture_classes"),
         (2.5, "neural_mixture_classes"),
+        (65, "neural_mixture_attention_window"),
+        (-1, "neural_mixture_attention_window"),
+        (0, "neural_mixture_attention_dim"),
+        (0, "neural_mixture_attention_heads"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
@@ -365,3 +415,5 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units, its hidden path reading 5 tokens in order)" in wider
     factored = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_classes=6))
     assert "neural word model (8 GELU units, its output factored through 6 token classes)" in factored
+    attending = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16))
+    assert "neural word model (8 GELU units, a learned attention over the last 16 tokens)" in attending
