@@ -165,7 +165,12 @@ def test_read_config_uses_the_cli_parser(corpus):
     assert recipe.vocab_size == 300 and recipe.block_size == 32 and recipe.learning_rate == 0.03
     default = harness.read_config()  # configs/brown.yaml: a valid SaffuConfig
     assert SaffuConfig(vocab_size=300, **default.model).windows == default.model["windows"]
-    assert default.frozen_fraction == 0.5  # freeze_embeddings_steps 150 of max_steps 300
+    assert default.frozen_fraction == 0.0  # the embeddings train from step 0 (BEYOND_COUNTING.md, fifth session)
+
+
+def test_the_recipe_reads_the_frozen_phase_as_a_fraction(tmp_path):
+    config = benchmark_recipe(tmp_path / "tiny.yaml", freeze_embeddings_steps=150, max_steps=300)
+    assert harness.read_config(config).frozen_fraction == 0.5
 
 
 def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
@@ -176,9 +181,9 @@ def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
     harness.train_warm_saffu("model", "data", "budget", recipe, offset=12.5)
     ((args, kwargs),) = calls
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
-    rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4, "neural_mixture_learning_rate": None}
+    rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4, "neural_mixture_learning_rate": 3e-3}
     assert kwargs["group_rates"] == {**rates, "table_leave_one_out": True}
-    assert kwargs["frozen_fraction"] == 0.5
+    assert kwargs["frozen_fraction"] == recipe.frozen_fraction == 0.0
 
 
 def test_the_recipe_carries_the_mixture_rate(tmp_path):

@@ -47,7 +47,7 @@ def test_the_shipped_configs_parse_into_valid_arguments(name, tmp_path):
     assert training_args.warm_start and training_args.max_steps > 0
     if name == "brown.yaml":  # the rates and schedule chosen from the probes (docs/DESIGN.md)
         assert (training_args.head_learning_rate, training_args.table_learning_rate) == (1e-5, 1e-4)
-        assert 0 < training_args.freeze_embeddings_steps < training_args.max_steps
+        assert (training_args.neural_mixture_learning_rate, training_args.freeze_embeddings_steps) == (3e-3, 0)
 
 
 def test_train_resumes_from_the_command_line(tmp_path, capsys):
