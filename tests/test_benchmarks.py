@@ -384,7 +384,7 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     assert arms.keys() == {"counts", "saffu-warm", "gpt2-equal"} and all(a["complete"] for a in arms.values())
     warm = arms["saffu-warm"]
     assert warm["warm_start"]["validation_perplexity"] > 1 and warm["curve"][0]["step"] == 0
-    assert warm["frozen_steps"] == round(0.5 * warm["planned_steps"]) and warm["steps_per_cpu_second"]["frozen"] > 0
+    assert warm["frozen_steps"] == 0 == warm["recipe"]["frozen_fraction"]  # the config's schedule: no frozen phase
     assert 1 < warm["ood_perplexity"] < float("inf") and warm["run"]["command"].startswith("python -m training")
     payload = long_budget.main(["--output-dir", str(tmp_path), "--report"]) or json.loads(
         (tmp_path / "long_budget.json").read_text()
@@ -392,11 +392,12 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     targets = {t["target"] for t in payload["targets"]}
     assert any("Kneser-Ney trigram" in t for t in targets) and any("3x sooner" in t for t in targets)
     assert "| GPT-2 of equal size |" in (tmp_path / "LONG_BUDGET.md").read_text()
-    variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "--tag", "narrow"]
+    variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "frozen_fraction=0.5", "--tag", "narrow"]
     long_budget.main([*argv, *small, "--arms", "saffu-warm", *variant])
     narrow = json.loads((tmp_path / "long_budget" / "saffu-warm-narrow.json").read_text())
     assert narrow["recipe"]["model"]["hidden_bits"] == 10 and narrow["parameters"] < warm["parameters"]
     assert narrow["recipe"]["learning_rate"] == 0.002 and "learning_rate" not in narrow["recipe"]["model"]
+    assert narrow["frozen_steps"] == round(0.5 * narrow["planned_steps"]) and narrow["steps_per_cpu_second"]["frozen"]
     long_budget.main(["--output-dir", str(tmp_path), "--report"])
     assert "| SAFFU warm start + backprop (staged) [narrow] |" in (tmp_path / "LONG_BUDGET.md").read_text()
     assert (tmp_path / "long_budget.png").stat().st_size > 0

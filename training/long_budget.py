@@ -2,8 +2,9 @@
 
 Arms, all on one BPE and the same packed blocks: the count-based n-grams (additive bigram, Kneser-Ney of
 orders 2-4); the SAFFU of the training config (default configs/brown.yaml) after the explicit warm start and
-then backprop with the staged schedule (embeddings frozen and their similarities cached for the first
---frozen-fraction of the steps, then trained); the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of
+then backprop as the config trains (its learning rates per part, leave-one-out, and its frozen phase as a fraction
+of the steps: embeddings frozen and their similarities cached, then trained; `--set frozen_fraction=0.5` for another);
+the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of
 about the SAFFU's parameter count; GPT-2 2x128 interpolated with the Kneser-Ney trigram (gpt2-kn3: the
 GPT-2 trained again, the mixture p = lam p_GPT-2 + (1 - lam) p_KN3 scored at every budget point, lam
 chosen on the curve subset). Each backprop arm trains (AdamW, cosine over the budget) until validation
@@ -61,7 +62,6 @@ class Settings:
     patience: int = 4  # early stopping: no new best for 4 x eval_every = 600 CPU-s
     curve_blocks: int = 256
     batch_size: int = 32
-    frozen_fraction: float = 0.5
     backprop_only_learning_rate: float = 1e-3
     gpt2_learning_rate: float = 1e-3
     gpt2_equal_layers: int = 4
@@ -210,7 +210,6 @@ def run_arm(
             budget,
             recipe,
             head["warm_start"]["cpu_seconds"],
-            frozen_fraction=settings.frozen_fraction,
             **scoring,
         )
     elif arm == "saffu-backprop":
