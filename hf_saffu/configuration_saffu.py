@@ -247,11 +247,11 @@ class SaffuConfig(PreTrainedConfig):
             vocabulary. 0: one softmax over the vocabulary.
         neural_mixture_attention_window (`int`, *optional*, defaults to 0):
             w > 0: the neural word model's hidden path also reads a learned attention over the last w tokens, the
-            pivot included (`SaffuNeuralAttention`) [ours]: per head, a_t = sum_j softmax_j(q(x_t) . k(x_{t-j}) /
-            sqrt(d_h) + beta_j) v(x_{t-j}), q, k, v = LN(E) W_q, W_k, W_v of learned token embeddings E and beta_j a
-            learned bias per offset; g_t = GELU([o_t, a_t] A + a). A learned view of the recent text for what the
-            counts cannot hold; trained by backprop only (W = 0 leaves the warm start unchanged); the decoding state
-            keeps w - 1 tokens. 0: none.
+            pivot included (`SaffuNeuralAttention`) [ours]: per head h, a_t = sum_j softmax_j(q(x_t) . k(x_{t-j}) /
+            sqrt(d_h) + beta_hj) v(x_{t-j}), q, k, v = LN(E) W_q, W_k, W_v of learned token embeddings E and beta_hj
+            a learned bias per head and offset; g_t = GELU([o_t, a_t] A + a). A learned view of the recent text for
+            what the counts cannot hold; trained by backprop only (W = 0 leaves the warm start unchanged); the
+            decoding state keeps w - 1 tokens. 0: none.
         neural_mixture_attention_dim (`int`, *optional*, defaults to 128):
             d, the width of E and of a_t.
         neural_mixture_attention_heads (`int`, *optional*, defaults to 4):

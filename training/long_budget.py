@@ -4,10 +4,10 @@ Arms, all on one BPE and the same packed blocks: the count-based n-grams (additi
 orders 2-4); the SAFFU of the training config (default configs/brown.yaml) after the explicit warm start and
 then backprop as the config trains (its learning rates per part, leave-one-out, and its frozen phase as a fraction
 of the steps: embeddings frozen and their similarities cached, then trained; `--set frozen_fraction=0.5` for another);
-the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of
-about the SAFFU's parameter count; GPT-2 2x128 interpolated with the Kneser-Ney trigram (gpt2-kn3: the
-GPT-2 trained again, the mixture p = lam p_GPT-2 + (1 - lam) p_KN3 scored at every budget point, lam
-chosen on the curve subset). Each backprop arm trains (AdamW, cosine over the budget) until validation
+the same SAFFU by backprop only; GPT-2 2x128; a GPT-2 of about the SAFFU's parameter count; GPT-2 2x128
+interpolated with the Kneser-Ney trigram (gpt2-kn3: the GPT-2 trained again, the mixture
+p = lam p_GPT-2 + (1 - lam) p_KN3 scored at every budget point, lam chosen on the curve subset).
+Each backprop arm trains (AdamW, cosine over the budget) until validation
 perplexity (first --curve-blocks blocks, every --eval-every CPU-s) has not improved for --patience points, or
 the --budget-cpu-seconds cap is spent; its best weights are scored on the full validation and test splits
 and on out-of-domain text it never saw (--ood-file, default Tiny Shakespeare).
