@@ -81,8 +81,11 @@ class ExplicitWarmStartConfig:
             Rounds of (attention targets -> W, then U again) after the uniform-attention U.
         warm_start_max_tokens (`int`, *optional*, defaults to `None`):
             Read at most this many training tokens (the first ceil(max_tokens / block size) blocks); `None`: all.
-        warm_start_batch_size (`int`, *optional*, defaults to 64):
-            Blocks per forward batch of the warm start's passes (memory, not results: the counts are sums).
+        warm_start_batch_size (`int`, *optional*, defaults to 32):
+            Blocks per forward batch of the warm start's passes (memory and speed, not results: the counts are
+            sums). 32 blocks of 128 tokens keep a pass's temporaries below glibc's mmap threshold, so they reuse
+            memory instead of faulting in fresh pages: configs/brown.yaml's warm start took 14.2 CPU-s, 19.5 with
+            64 (docs/DESIGN.md, section 8).
 
     Example:
 
@@ -111,7 +114,7 @@ class ExplicitWarmStartConfig:
     contextual_radius: int = 2
     explicit_attention_iters: int = 1
     warm_start_max_tokens: int | None = None
-    warm_start_batch_size: int = 64
+    warm_start_batch_size: int = 32
 
     def __post_init__(self):
         self.validate()
@@ -256,6 +259,9 @@ class SaffuConfig(PreTrainedConfig):
             d, the width of E and of a_t.
         neural_mixture_attention_heads (`int`, *optional*, defaults to 4):
             Heads of the attention (d_h = d / heads).
+        neural_mixture_dropout (`float`, *optional*, defaults to 0.0):
+            p, the dropout probability on the neural word model's hidden features g_t and attention output a_t
+            during training [ours]: regularises its multi-epoch training. 0: none.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -334,6 +340,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_attention_window: int = 0,
         neural_mixture_attention_dim: int = 128,
         neural_mixture_attention_heads: int = 4,
+        neural_mixture_dropout: float = 0.0,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -363,6 +370,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_attention_window = neural_mixture_attention_window
         self.neural_mixture_attention_dim = neural_mixture_attention_dim
         self.neural_mixture_attention_heads = neural_mixture_attention_heads
+        self.neural_mixture_dropout = neural_mixture_dropout
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -474,6 +482,9 @@ class SaffuConfig(PreTrainedConfig):
                 f"SaffuConfig.neural_mixture_attention_dim={self.neural_mixture_attention_dim} must be a multiple of "
                 f"neural_mixture_attention_heads={self.neural_mixture_attention_heads}"
             )
+        bounded_number("neural_mixture_dropout", self.neural_mixture_dropout, 0, 1, closed=True)
+        if self.neural_mixture_dropout == 1:
+            raise ValueError("SaffuConfig.neural_mixture_dropout must be < 1 (1 drops every feature), got 1")
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")

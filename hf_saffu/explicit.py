@@ -41,6 +41,9 @@ def check_statistics(name: str, values: torch.Tensor) -> None:
         )
 
 
+CHUNK_BYTES = 8 << 20
+
+
 @dataclass
 class Cooccurrence:
     """Streaming accumulator of F = sum_m x_m^T y_m and of the priming number K = mean ||x_m||_1.
@@ -65,20 +68,29 @@ class Cooccurrence:
         return self.transposed_counts.T
 
     def add(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """F += X^T Y (rows scaled by `weights`, e.g. a 0/1 mask), ||x||_1 and M accumulated likewise."""
+        """F += X^T Y (rows scaled by `weights`, e.g. a 0/1 mask), ||x||_1 and M accumulated likewise; in blocks of
+        rows whose float64 copies take at most `CHUNK_BYTES` (a larger temporary is fresh memory from the system
+        each time, past glibc's mmap threshold: converting a pass of the warm start took 5x as long)."""
         check_statistics("explicit-solution inputs", inputs)
-        inputs = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
+        inputs = inputs.reshape(-1, inputs.shape[-1])
+        if targets.is_floating_point():
+            check_statistics("explicit-solution targets", targets)
+            targets = targets.reshape(-1, targets.shape[-1])
+        else:
+            targets = targets.reshape(-1).to(torch.int64)
         if weights is not None:
             check_statistics("explicit-solution row weights", weights)
             weights = weights.reshape(-1).to(torch.float64)
-            inputs = inputs * weights[:, None]
-        if not targets.is_floating_point():
-            self.transposed_counts.index_add_(0, targets.reshape(-1).to(torch.int64), inputs)
-        else:
-            check_statistics("explicit-solution targets", targets)
-            targets = targets.reshape(-1, targets.shape[-1]).to(torch.float64)
-            self.transposed_counts.addmm_(targets.T, inputs)
-        self.input_mass += inputs.sum()
+        step = max(1, CHUNK_BYTES // (8 * inputs.shape[-1]))
+        for start in range(0, inputs.shape[0], step):
+            rows = slice(start, start + step)
+            # float64 by promotion: converted and scaled in one pass
+            block = inputs[rows] * weights[rows, None] if weights is not None else inputs[rows].to(torch.float64)
+            if targets.is_floating_point():
+                self.transposed_counts.addmm_(targets[rows].to(torch.float64).T, block)
+            else:
+                self.transposed_counts.index_add_(0, targets[rows], block)
+            self.input_mass += block.sum()
         self.num_rows += weights.sum() if weights is not None else inputs.shape[0]
 
     def map_targets(self, target_vectors: torch.Tensor) -> "Cooccurrence":

@@ -12,42 +12,45 @@ from transformers import TrainerCallback
 
 
 class FrozenInputCache:
-    """The first layer's pivot similarities s_t of each training block, computed once while the embeddings are
-    frozen and reused every epoch (the fast phase of the published recipe).
+    """Numbers of each training block that depend only on its content and on frozen weights, computed once and
+    reused every epoch: the first layer's pivot similarities s_t while the embeddings are frozen (the fast phase
+    of the published recipe), and with `freeze_counted_parts` the counted parts' ln p at the targets
+    (`SaffuForCausalLM.frozen_counted`).
 
-    s_t of a block read from a fresh state depends only on its tokens, its mask and the frozen embeddings, so
-    the cache is keyed by the block's content: any sampler, shuffling or number of processes hits it, and a
-    block seen again gets exactly the numbers it got the first time. Valid only while the embeddings do not
-    change: `SaffuModel.frozen_inputs` holds it for the frozen phase and drops it when they thaw. It stores
-    max_window floats a training token (64 bytes for windows up to 16) up to `max_bytes`; blocks beyond that
-    are computed every time.
+    The cache is keyed by the block's content (the tensors `lookup` is given, e.g. tokens and mask): any sampler,
+    shuffling or number of processes hits it, and a block seen again gets exactly the numbers it got the first
+    time. Valid only while the weights they come from do not change: `SaffuModel.frozen_inputs` holds it for the
+    frozen phase and drops it when the embeddings thaw. It stores rows up to `max_bytes` (s_t: max_window floats a
+    training token, 64 bytes for windows up to 16); blocks beyond that are computed every time.
     """
 
     def __init__(self, max_bytes: int = 2**31):
-        self.similarities: dict[tuple[bytes, bytes], torch.Tensor] = {}
+        self.rows: dict[tuple[bytes, ...], torch.Tensor] = {}
         self.max_bytes = max_bytes
         self.nbytes = 0
 
     @staticmethod
-    def keys(input_ids: torch.Tensor, valid: torch.Tensor) -> list[tuple[bytes, bytes]]:
-        ids, mask = input_ids.cpu().numpy(), valid.cpu().numpy()
-        return [(row.tobytes(), row_mask.tobytes()) for row, row_mask in zip(ids, mask, strict=True)]
+    def keys(*tensors: torch.Tensor) -> list[tuple[bytes, ...]]:
+        """One key per block (row of the batch): the bytes of its row in each tensor."""
+        arrays = [tensor.cpu().numpy() for tensor in tensors]
+        return [tuple(row.tobytes() for row in rows) for rows in zip(*arrays, strict=True)]
 
-    def lookup(self, input_ids: torch.Tensor, valid: torch.Tensor, compute) -> torch.Tensor:
-        """s of the batch's blocks: the cached rows, or `compute()` for the whole batch when a row is new."""
-        keys = self.keys(input_ids, valid)
-        if all(key in self.similarities for key in keys):
-            return torch.stack([self.similarities[key] for key in keys]).to(input_ids.device)
+    def lookup(self, tensors: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
+        """The batch's rows, keyed by `tensors`: the cached rows, or `compute()` for the whole batch when a row is
+        new."""
+        keys = self.keys(*tensors)
+        if all(key in self.rows for key in keys):
+            return torch.stack([self.rows[key] for key in keys]).to(tensors[0].device)
         computed = compute()
         for key, row in zip(keys, computed.detach().cpu(), strict=True):
             size = row.numel() * row.element_size()
-            if key not in self.similarities and self.nbytes + size <= self.max_bytes:
-                self.similarities[key] = row
+            if key not in self.rows and self.nbytes + size <= self.max_bytes:
+                self.rows[key] = row
                 self.nbytes += size
         return computed
 
     def __len__(self) -> int:
-        return len(self.similarities)
+        return len(self.rows)
 
 
 class FrozenEmbeddingPhase(TrainerCallback):

@@ -657,6 +657,12 @@ def add_at_targets(logits: torch.Tensor, targets: torch.LongTensor, change: torc
     return logits.scatter_add(-1, index, (change * (targets != -100))[..., None].to(logits.dtype))
 
 
+def target_log_softmax(logits: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
+    """ln softmax(logits)_y at each position's target y (..., targets -100 read as 0): its entry minus logsumexp."""
+    index = targets.clamp_min(0)[..., None]
+    return (logits.gather(-1, index) - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
+
+
 class SaffuNeuralAttention(nn.Module):
     """A learned attention over the last w tokens for the neural word model's hidden path
     (`config.neural_mixture_attention_window` = w, `neural_mixture_attention_dim` = d, H heads of d_h = d / H):
@@ -665,12 +671,13 @@ class SaffuNeuralAttention(nn.Module):
         a_t = [sum_{j < w} softmax_j(q(x_t)_h . k(x_{t-j})_h / sqrt(d_h) + beta_hj) v(x_{t-j})_h]_h,
 
     over the known tokens among x_t, ..., x_{t-w+1} (the pivot is always one), with beta a learned bias per head
-    and offset (the order of the tokens). Its rows are functions of the token alone, so each forward projects the
-    distinct tokens it reads once."""
+    and offset (the order of the tokens), and dropout p on a_t in training. Its rows are functions of the token
+    alone, so each forward projects the distinct tokens it reads once."""
 
-    def __init__(self, vocab_size: int, window: int, dim: int, heads: int):
+    def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads = heads
+        self.dropout = nn.Dropout(dropout)
         self.token_embeddings = nn.Parameter(torch.zeros(vocab_size, dim))  # E
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, dim, bias=False)
@@ -687,13 +694,13 @@ class SaffuNeuralAttention(nn.Module):
         key, value = (projection(rows)[index].unflatten(-1, split) for projection in (self.key, self.value))
         scores = torch.einsum("...hd,...jhd->...hj", query, key) / math.sqrt(split[1]) + self.offset_bias
         weights = torch.softmax(scores.masked_fill((tokens < 0)[..., None, :], float("-inf")), dim=-1)
-        return torch.einsum("...hj,...jhd->...hd", weights, value).flatten(-2)
+        return self.dropout(torch.einsum("...hj,...jhd->...hd", weights, value).flatten(-2))
 
 
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
-        u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}],   g_t = GELU(o_t A + a),
+        u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}],   g_t = dropout_p(GELU(o_t A + a)),
         lambda_t = sigmoid(g_t w + c),   z_t = u_t D + g_t W + b_W,
         p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t p_N(y),   p_N(y) = softmax(z_t)_y,
 
@@ -721,9 +728,11 @@ class SaffuNeuralMixture(nn.Module):
         vocab_size: int,
         num_classes: int = 0,
         attention: SaffuNeuralAttention | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.attention = attention  # a_t, the last entries of o_t
+        self.dropout = nn.Dropout(dropout)  # on g_t, in training
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
         self.feature_bias = nn.Parameter(torch.zeros(width))  # a
@@ -755,29 +764,27 @@ class SaffuNeuralMixture(nn.Module):
         return torch.logaddexp(counted, nn.functional.logsigmoid(gate) + neural)
 
     def target_log_probs(
-        self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
+        self, counted: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
     ) -> torch.Tensor:
-        """ln p(y_t) of `forward`'s equation at the targets y_t only (..., -100: none, read as 0): each part's
-        entry minus its log-normaliser,
+        """ln p(y_t) of `forward`'s equation at the targets y_t only (..., -100: none, read as 0), from the counted
+        part's ln softmax(logits_t)_{y_t} (`counted`, `target_log_softmax`) and the neural part's,
 
             ln p(y) = logaddexp(ln(1 - lambda_t) + l_y - logsumexp(l), ln lambda_t + ln p_N(y)),
 
         so no V-wide ln p is built (nor its backward); with classes z_t is computed on the target's class alone."""
         gate, direct, hidden = self.features(inputs)
-        index = targets.clamp_min(0)[..., None]
-        counted = (logits.gather(-1, index) - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
         if self.num_classes:
             neural = self.class_target_log_probs(direct, hidden, targets, changes)
         else:
             words, _ = self.neural_logits(direct, hidden, targets, changes)
-            neural = (words.gather(-1, index) - words.logsumexp(-1, keepdim=True)).squeeze(-1)
+            neural = target_log_softmax(words, targets)
         gate = gate.squeeze(-1)
         mixed = torch.logaddexp(nn.functional.logsigmoid(-gate) + counted, nn.functional.logsigmoid(gate) + neural)
         return mixed.masked_fill(targets == -100, 0.0)
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gate's logit g_t w + c, the direct inputs u_t and the hidden features g_t."""
-        hidden = nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias)
+        hidden = self.dropout(nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias))
         return hidden @ self.gate_weight + self.gate_bias, self.direct_inputs(inputs), hidden
 
     @staticmethod
@@ -1015,7 +1022,7 @@ class SaffuModel(SaffuPreTrainedModel):
             return None
         first = self.layers[0]
         return self.frozen_inputs.lookup(
-            input_ids, valid, lambda: first.context_inputs(vectors, valid, ends_document, None, []).similarities
+            (input_ids, valid), lambda: first.context_inputs(vectors, valid, ends_document, None, []).similarities
         )
 
     def document_ends(self, input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -1151,18 +1158,22 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
         inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
         classes, window, attention = config.neural_mixture_classes, config.neural_mixture_attention_window, None
+        dropout = config.neural_mixture_dropout
         if width and window:
-            dim = config.neural_mixture_attention_dim
-            attention = SaffuNeuralAttention(config.vocab_size, window, dim, config.neural_mixture_attention_heads)
+            dim, heads = config.neural_mixture_attention_dim, config.neural_mixture_attention_heads
+            attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout)
             inputs += dim
         self.neural_mixture = (
-            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention) if width else None
+            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout) if width else None
         )
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and
         # (u_t, targets, target classes) -> the same changes of the neural word model's target (class) logits.
         self.table_leave_one_out = None
         self.neural_leave_one_out = None
+        # Training only, with the counted parts frozen (`freeze_counted_parts`): a `hf_saffu.frozen_phase.
+        # FrozenInputCache` of their ln p at each training block's targets (`counted_target_log_probs`).
+        self.frozen_counted = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -1241,9 +1252,14 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
-        logits, loss = self.output_logits(hidden, input_ids, previous), None
-        if self.training and labels is not None and self.table_leave_one_out is not None:
-            logits = self.table_leave_one_out(logits, input_ids, previous, labels)
+
+        def counted_logits() -> torch.Tensor:
+            logits = self.output_logits(hidden, input_ids, previous)
+            if self.training and labels is not None and self.table_leave_one_out is not None:
+                logits = self.table_leave_one_out(logits, input_ids, previous, labels)
+            return logits
+
+        logits, loss = None, None
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
             inputs = self.neural_inputs(probabilities, input_ids, previous)
@@ -1255,9 +1271,12 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 classes = mixture.class_targets(targets) if mixture.num_classes else None
                 changes = self.neural_leave_one_out(mixture.direct_inputs(inputs), targets, classes)
             if skip_logits:
-                loss = -self.neural_mixture.target_log_probs(logits, inputs, targets, changes).sum() / count
+                counted = self.counted_target_log_probs(counted_logits, input_ids, attention_mask, labels, targets)
+                loss = -self.neural_mixture.target_log_probs(counted, inputs, targets, changes).sum() / count
             else:
-                logits = self.neural_mixture(logits, inputs, targets, changes)
+                logits = self.neural_mixture(counted_logits(), inputs, targets, changes)
+        else:
+            logits = counted_logits()
         if labels is not None and loss is None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
         return CausalLMOutputWithPast(
@@ -1266,6 +1285,15 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def counted_target_log_probs(self, counted_logits, input_ids, attention_mask, labels, targets) -> torch.Tensor:
+        """ln softmax(logits_t)_{y_t} of the counted parts (`counted_logits()`) at the targets; in training with
+        `frozen_counted` set (the counted parts frozen) from its cache, keyed by the block's tokens, mask and labels,
+        so a block's V-wide counted logits are computed once."""
+        if self.frozen_counted is None or not self.training:
+            return target_log_softmax(counted_logits(), targets)
+        keys = tuple(tensor for tensor in (input_ids, attention_mask, labels) if tensor is not None)
+        return self.frozen_counted.lookup(keys, lambda: target_log_softmax(counted_logits(), targets))
 
     def output_logits(
         self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor | None = None

@@ -50,7 +50,7 @@ from .callbacks import DivergenceGuard
 from .configuration_saffu import ExplicitWarmStartConfig, SaffuConfig
 from .errors import check_saved_files, load_json
 from .evaluation import perplexity_from_loss, token_nll
-from .frozen_phase import FrozenEmbeddingPhase
+from .frozen_phase import FrozenEmbeddingPhase, FrozenInputCache
 from .leave_one_out import direct_path_leave_one_out, table_leave_one_out
 from .model_card import model_card_for_dir
 from .modeling_saffu import SaffuForCausalLM, table_name
@@ -71,6 +71,12 @@ logger = logging.get_logger(__name__)
 
 # The learning rates of parts with their own parameter group (`ExplicitTrainer.create_optimizer`; None: learning_rate)
 PART_LEARNING_RATES = ("head_learning_rate", "table_learning_rate", "neural_mixture_learning_rate")
+
+
+def freeze_counted_parts(model: SaffuForCausalLM) -> None:
+    """Every parameter outside the neural word model stops taking gradients (`freeze_counted_parts`)."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("neural_mixture."))
 
 
 @dataclass
@@ -121,6 +127,15 @@ class ExplicitTrainingArguments(TrainingArguments):
     )
     pivot_head_learning_rate: float | None = field(
         default=None, metadata={"help": "deprecated: the earlier name of table_learning_rate (read as it)"}
+    )
+    freeze_counted_parts: bool = field(
+        default=False,
+        metadata={
+            "help": "backprop trains the neural word model alone (neural_mixture_dim > 0): the counted parts (the "
+            "embeddings, SAFFU layers, output layer and n-gram tables) keep their explicit warm-start values and "
+            "compute no gradients, and their ln p at each training block's targets is computed once and cached, so "
+            "a step costs less (freeze_embeddings_steps is then not used)"
+        },
     )
     table_leave_one_out: bool = field(
         default=False,
@@ -286,8 +301,13 @@ class ExplicitTrainer(Trainer):
         self.add_callback(self.warm_start_log)
         self.add_callback(DivergenceGuard())
         steps = self.args.freeze_embeddings_steps
-        if steps is None and self.saffu_model.config.freeze_embeddings:
+        if (steps is None and self.saffu_model.config.freeze_embeddings) or self.args.freeze_counted_parts:
             steps = math.inf
+        if self.args.freeze_counted_parts and self.saffu_model.neural_mixture is None:
+            raise ValueError(
+                "freeze_counted_parts=True trains the neural word model alone, but the model has none "
+                "(SaffuConfig.neural_mixture_dim=0): nothing would train"
+            )
         if steps is not None:
             self.add_callback(FrozenEmbeddingPhase(self.saffu_model.model, steps))
 
@@ -394,10 +414,13 @@ class ExplicitTrainer(Trainer):
                 direct = report.direct_path_counts if report is not None else None
                 shard = self.warm_start_shard()
                 model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
+        if self.args.freeze_counted_parts:  # after the warm start and a resume, which may replace the tables
+            freeze_counted_parts(model)
+            model.frozen_counted = FrozenInputCache()
         try:
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:
-            model.table_leave_one_out = model.neural_leave_one_out = None
+            model.table_leave_one_out = model.neural_leave_one_out = model.frozen_counted = None
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         """Trainer's loss; a training step whose loss the model computes asks for the loss alone (`skip_logits`:

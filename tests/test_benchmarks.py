@@ -182,13 +182,16 @@ def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
     ((args, kwargs),) = calls
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
     rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4, "neural_mixture_learning_rate": 3e-3}
-    assert kwargs["group_rates"] == {**rates, "table_leave_one_out": True}
+    parts = {"table_leave_one_out": True, "freeze_counted_parts": recipe.freeze_counted_parts}
+    assert kwargs["group_rates"] == {**rates, **parts}
     assert kwargs["frozen_fraction"] == recipe.frozen_fraction == 0.0
 
 
 def test_the_recipe_carries_the_mixture_rate(tmp_path):
     config = benchmark_recipe(tmp_path / "tiny.yaml", neural_mixture_dim=4, neural_mixture_learning_rate=0.003)
     assert harness.read_config(config).trainer_arguments()["neural_mixture_learning_rate"] == 0.003
+    frozen = benchmark_recipe(tmp_path / "frozen.yaml", neural_mixture_dim=4, freeze_counted_parts=True)
+    assert harness.read_config(frozen).trainer_arguments()["freeze_counted_parts"] is True
 
 
 def test_missing_data_is_one_clear_line(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_saffu import explicit
 from hf_saffu.experimental.explicit_classifier import ExplicitSoftmaxClassifier, ExplicitTwoLayerClassifier
 from hf_saffu.explicit import (
     Cooccurrence,
@@ -446,3 +447,21 @@ def test_kneser_ney_discounts_follow_the_count_of_counts():
     y = 10 / (10 + 2 * 4)
     expected = [1 - 2 * y * 4 / 10, 2 - 3 * y * 2 / 4, 3 - 4 * y * 1 / 2]
     torch.testing.assert_close(kneser_ney_discounts(counts), torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_statistics_added_in_blocks_of_rows_equal_the_sums(monkeypatch, one_hot):
+    """`Cooccurrence.add` converts its rows in blocks of at most CHUNK_BYTES (here 3 rows of 20 float64 entries,
+    so 200 rows take 67 blocks): F, K and M equal the sums over every row, weights included."""
+    monkeypatch.setattr(explicit, "CHUNK_BYTES", 3 * 8 * 20)
+    inputs, labels = bag_problem(num_rows=200)
+    weights = torch.rand(200, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    statistics = Cooccurrence.zeros(20, 5)
+    targets = torch.nn.functional.one_hot(labels, 5).to(torch.float64) if one_hot else labels
+    statistics.add(inputs.to(torch.float32), targets, weights)
+    expected = torch.zeros(20, 5, dtype=torch.float64)
+    for x, y, w in zip(inputs.to(torch.float32).to(torch.float64), labels, weights, strict=True):
+        expected[:, y] += w * x
+    torch.testing.assert_close(statistics.counts, expected, rtol=0, atol=1e-12)
+    masses = inputs.to(torch.float32).to(torch.float64).sum(1)
+    assert statistics.priming_number == pytest.approx((weights @ masses / weights.sum()).item(), rel=1e-12)

@@ -283,6 +283,32 @@ def test_the_attention_reads_the_last_w_tokens_of_the_text():
         SaffuConfig(neural_mixture_attention_dim=6, neural_mixture_attention_heads=4)
 
 
+def test_dropout_drops_the_features_in_training_only():
+    """neural_mixture_dropout p: in training each entry of a_t and of g_t is 0 or its evaluation value / (1 - p),
+    some of each 0; in evaluation the model equals the same weights without dropout."""
+    p = 0.5
+    settings = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=8, neural_mixture_attention_heads=2)
+    model = mixture_model(neural_mixture_dropout=p, **settings)
+    randomise_(model, scale=0.5)
+    model = model.double()
+    plain = mixture_model(**settings).double()
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(5))
+    windows = torch.stack([ids, ids.roll(1, 1), ids.roll(2, 1)], -1)
+    inputs = torch.randn(2, 9, model.neural_mixture.feature_weight.shape[0], dtype=torch.float64)
+    mixture = model.neural_mixture
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+        evaluated = [mixture.attention(windows), mixture.features(inputs)[2]]
+        torch.manual_seed(0)
+        model.train()
+        trained = [mixture.attention(windows), mixture.features(inputs)[2]]
+    for before, after in zip(evaluated, trained, strict=True):
+        kept = after != 0
+        assert 0 < kept.sum() < kept.numel()
+        assert torch.allclose(after[kept], before[kept] / (1 - p))
+
+
 @pytest.mark.parametrize(
     ("order", "context", "classes", "window"),
     [(2, 2, 0, 0), (3, 2, 0, 0), (2, 5, 0, 0), (4, 3, 0, 0), (3, 3, 6, 0), (2, 2, 0, 6), (3, 4, 6, 3)],
@@ -323,6 +349,9 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
         (-1, "neural_mixture_attention_window"),
         (0, "neural_mixture_attention_dim"),
         (0, "neural_mixture_attention_heads"),
+        (1, "neural_mixture_dropout"),
+        (-0.1, "neural_mixture_dropout"),
+        (float("nan"), "neural_mixture_dropout"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
@@ -406,6 +435,90 @@ def test_trainer_trains_the_mixture_with_leave_one_out_values(tmp_path, context,
     logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
     assert logged == pytest.approx(left_out, rel=1e-5)
     assert left_out > tables_only > plain
+
+
+def test_the_counted_cache_gives_the_counted_part_of_the_loss_once_computed():
+    """`frozen_counted`: a training loss (skip_logits) reads the counted parts' ln p at the targets from the cache
+    once a block was seen (the same loss and gradients as computing it), and only then: a change of the output
+    layer and tables after the first pass does not reach the cached loss, while it does reach the loss without
+    the cache."""
+    from hf_saffu.frozen_phase import FrozenInputCache
+
+    model = mixture_model(neural_mixture_classes=5, neural_mixture_attention_window=3, neural_mixture_attention_dim=4)
+    randomise_(model, scale=0.5)
+    model.train()
+    ids = torch.randint(2, 40, (3, 9), generator=torch.Generator().manual_seed(6))
+    batch = dict(input_ids=ids, labels=ids, skip_logits=True)
+
+    def loss_and_gradient():
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), model.neural_mixture.feature_weight.grad.clone()
+
+    plain = loss_and_gradient()
+    model.frozen_counted = FrozenInputCache()
+    for _ in range(2):  # computed, then read
+        for expected, got in zip(plain, loss_and_gradient(), strict=True):
+            torch.testing.assert_close(got, expected)
+    assert len(model.frozen_counted) == 3
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith(("lm_head.", "pivot_")):  # the output layer and tables (not u_t's parts)
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+    torch.testing.assert_close(loss_and_gradient()[0], plain[0])
+    model.frozen_counted = None
+    assert not torch.allclose(loss_and_gradient()[0], plain[0])
+
+
+def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
+    """freeze_counted_parts: the counted parts keep their warm-start values, and the neural word model ends where a
+    run that gives every other part learning rate 0 (and frozen embeddings) leaves it, weight for weight, though it
+    read the counted parts' ln p from the cache in its second epoch; and it moved. A model without a neural word
+    model is refused."""
+    train = packed_dataset(40)
+    config = saffu_config(
+        pivot_bigrams=VOCAB**2,
+        pivot_trigrams=VOCAB**3,
+        neural_mixture_dim=8,
+        neural_mixture_classes=5,
+        neural_mixture_attention_window=3,
+        neural_mixture_attention_dim=4,
+        neural_mixture_attention_heads=2,
+    )
+    # no clipping: the other run's global gradient norm would include the counted parts' gradients
+    # 8 steps of 8 blocks: the second epoch reads the counted parts' ln p from the cache
+    common = dict(table_leave_one_out=True, max_steps=8, save_strategy="no", warmup_steps=0, max_grad_norm=0.0)
+    runs = {}
+    for name, overrides in {
+        "frozen": dict(freeze_counted_parts=True, learning_rate=1e-2, freeze_embeddings_steps=0),
+        "rates": dict(
+            learning_rate=0.0, head_learning_rate=0.0, table_learning_rate=0.0, neural_mixture_learning_rate=1e-2
+        ),
+    }.items():
+        torch.manual_seed(0)
+        model = SaffuForCausalLM(config)
+        args = training_arguments(tmp_path / name, **common, **overrides)
+        trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
+        trainer.train()
+        runs[name] = (model, trainer)
+    frozen, rates = runs["frozen"][0], runs["rates"][0]
+    assert frozen.frozen_counted is None and runs["frozen"][1].state.global_step == 8
+    warm = SaffuForCausalLM(config)
+    explicit_warm_start(warm, batches_of(train, 16))
+    for name, parameter in frozen.named_parameters():
+        torch.testing.assert_close(parameter, rates.get_parameter(name), rtol=1e-5, atol=1e-7, msg=name)
+        if not name.startswith("neural_mixture."):
+            assert torch.equal(parameter, warm.get_parameter(name)), name
+    moved = frozen.neural_mixture.word_weight
+    assert moved.abs().max() > 0 and not torch.equal(moved, warm.neural_mixture.word_weight)
+    with pytest.raises(ValueError, match="freeze_counted_parts=True trains the neural word model alone"):
+        ExplicitTrainer(
+            model=SaffuForCausalLM(saffu_config()),
+            args=training_arguments(tmp_path / "none", freeze_counted_parts=True),
+            train_dataset=train,
+        )
 
 
 def test_the_model_card_names_the_mixture():

@@ -48,6 +48,7 @@ from hf_saffu.trainer import (
     ExplicitTrainer,
     ExplicitTrainingArguments,
     check_block_lengths,
+    freeze_counted_parts,
 )
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -168,6 +169,7 @@ class SaffuRecipe:
     seed: int
     part_learning_rates: dict = field(default_factory=dict)  # trainer.PART_LEARNING_RATES: value (None: learning_rate)
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
+    freeze_counted_parts: bool = False  # backprop trains the neural word model alone
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
@@ -176,8 +178,13 @@ class SaffuRecipe:
         return {name: self.part_learning_rates.get(name) for name in PART_LEARNING_RATES}
 
     def trainer_arguments(self) -> dict:
-        """The `ExplicitTrainingArguments` of the SAFFU's backprop: its learning rates per part and leave-one-out."""
-        return {**self.group_learning_rates(), "table_leave_one_out": self.table_leave_one_out}
+        """The `ExplicitTrainingArguments` of the SAFFU's backprop: its learning rates per part, leave-one-out and
+        which parts train."""
+        return {
+            **self.group_learning_rates(),
+            "table_leave_one_out": self.table_leave_one_out,
+            "freeze_counted_parts": self.freeze_counted_parts,
+        }
 
 
 def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
@@ -196,6 +203,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         seed=training_args.seed,
         part_learning_rates={name: getattr(training_args, name) for name in PART_LEARNING_RATES},
         table_leave_one_out=training_args.table_leave_one_out,
+        freeze_counted_parts=training_args.freeze_counted_parts,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 
@@ -502,6 +510,8 @@ def train_with_budget(
     train = data["train"]
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
     remaining = max(budget.cpu_seconds - offset, 0.0)
+    if (group_rates or {}).get("freeze_counted_parts"):
+        freeze_counted_parts(model)  # as the trainer will, so the step is timed as it will run
     # the optimizer step and the Trainer add about 10% to the forward + backward pass
     max_steps = max(1, round(remaining / (1.1 * seconds_per_step(model, train, budget.batch_size))))
     frozen_steps = round(frozen_fraction * max_steps)
