@@ -871,6 +871,11 @@ class SaffuNeuralMixture(nn.Module):
         """u_t, the direct path's share of o_t."""
         return inputs[..., : self.direct_weight.shape[0]]
 
+    def learned_parameters(self) -> list[nn.Parameter]:
+        """The parameters only backprop sets: all but the explicit solution D, b_W (and D^c, b^c)."""
+        solved = {"direct_weight", "word_bias", "class_direct_weight", "class_bias"}
+        return [parameter for name, parameter in self.named_parameters() if name not in solved]
+
 
 class SaffuPreTrainedModel(PreTrainedModel):
     config_class = SaffuConfig

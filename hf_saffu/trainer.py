@@ -74,9 +74,11 @@ PART_LEARNING_RATES = ("head_learning_rate", "table_learning_rate", "neural_mixt
 
 
 def freeze_counted_parts(model: SaffuForCausalLM) -> None:
-    """Every parameter outside the neural word model stops taking gradients (`freeze_counted_parts`)."""
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith("neural_mixture."))
+    """Every parameter the warm start counts or solves stops taking gradients (`freeze_counted_parts`): all but the
+    neural word model's learned ones (`SaffuNeuralMixture.learned_parameters`)."""
+    model.requires_grad_(False)
+    for parameter in model.neural_mixture.learned_parameters():
+        parameter.requires_grad_(True)
 
 
 @dataclass
@@ -131,10 +133,11 @@ class ExplicitTrainingArguments(TrainingArguments):
     freeze_counted_parts: bool = field(
         default=False,
         metadata={
-            "help": "backprop trains the neural word model alone (neural_mixture_dim > 0): the counted parts (the "
-            "embeddings, SAFFU layers, output layer and n-gram tables) keep their explicit warm-start values and "
-            "compute no gradients, and their ln p at each training block's targets is computed once and cached, so "
-            "a step costs less (freeze_embeddings_steps is then not used)"
+            "help": "backprop trains the neural word model's learned parts alone (neural_mixture_dim > 0): what the "
+            "warm start counts or solves (the embeddings, SAFFU layers, output layer, n-gram tables and the neural "
+            "word model's closed-form direct path) keeps its explicit values and computes no gradients, and the "
+            "counted parts' ln p at each training block's targets is computed once and cached, so a step costs "
+            "less (freeze_embeddings_steps is then not used)"
         },
     )
     table_leave_one_out: bool = field(
@@ -414,6 +417,7 @@ class ExplicitTrainer(Trainer):
                 direct = report.direct_path_counts if report is not None else None
                 shard = self.warm_start_shard()
                 model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
+        trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
         if self.args.freeze_counted_parts:  # after the warm start and a resume, which may replace the tables
             freeze_counted_parts(model)
             model.frozen_counted = FrozenInputCache()
@@ -421,6 +425,8 @@ class ExplicitTrainer(Trainer):
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:
             model.table_leave_one_out = model.neural_leave_one_out = model.frozen_counted = None
+            for parameter, flag in trainable.items():  # the model is left as it came
+                parameter.requires_grad_(flag)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         """Trainer's loss; a training step whose loss the model computes asks for the loss alone (`skip_logits`:

@@ -473,10 +473,11 @@ def test_the_counted_cache_gives_the_counted_part_of_the_loss_once_computed():
 
 
 def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
-    """freeze_counted_parts: the counted parts keep their warm-start values, and the neural word model ends where a
-    run that gives every other part learning rate 0 (and frozen embeddings) leaves it, weight for weight, though it
-    read the counted parts' ln p from the cache in its second epoch; and it moved. A model without a neural word
-    model is refused."""
+    """freeze_counted_parts: what the warm start counts or solves keeps its warm-start values (the neural word model's
+    direct path D, b_W, D^c, b^c included), and the neural word model's learned parts end where a run that gives
+    every other part learning rate 0 (frozen embeddings, the direct path's gradient off) leaves them, weight for
+    weight, though it read the counted parts' ln p from the cache in its second epoch; and they moved. A model
+    without a neural word model is refused."""
     train = packed_dataset(40)
     config = saffu_config(
         pivot_bigrams=VOCAB**2,
@@ -499,6 +500,9 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
     }.items():
         torch.manual_seed(0)
         model = SaffuForCausalLM(config)
+        if name == "rates":
+            for solved in ("direct_weight", "word_bias", "class_direct_weight", "class_bias"):
+                getattr(model.neural_mixture, solved).requires_grad_(False)
         args = training_arguments(tmp_path / name, **common, **overrides)
         trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
         trainer.train()
@@ -509,10 +513,14 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
     explicit_warm_start(warm, batches_of(train, 16))
     for name, parameter in frozen.named_parameters():
         torch.testing.assert_close(parameter, rates.get_parameter(name), rtol=1e-5, atol=1e-7, msg=name)
-        if not name.startswith("neural_mixture."):
-            assert torch.equal(parameter, warm.get_parameter(name)), name
-    moved = frozen.neural_mixture.word_weight
-    assert moved.abs().max() > 0 and not torch.equal(moved, warm.neural_mixture.word_weight)
+        learned = any(parameter is p for p in frozen.neural_mixture.learned_parameters())
+        assert learned or torch.equal(parameter, warm.get_parameter(name)), name
+    for moved in (frozen.neural_mixture.word_weight, frozen.neural_mixture.attention.offset_bias):
+        assert not torch.equal(moved, torch.zeros_like(moved))
+    mixture = frozen.neural_mixture
+    for solved in (mixture.direct_weight, mixture.word_bias, mixture.class_direct_weight, mixture.class_bias):
+        assert not any(solved is p for p in mixture.learned_parameters())
+    assert all(parameter.requires_grad for parameter in mixture.parameters())  # left as it came
     with pytest.raises(ValueError, match="freeze_counted_parts=True trains the neural word model alone"):
         ExplicitTrainer(
             model=SaffuForCausalLM(saffu_config()),

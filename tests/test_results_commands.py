@@ -218,7 +218,12 @@ def parse_lmeval(argv: list[str], monkeypatch) -> None:
 
 def parse_benchmark_script(argv: list[str], monkeypatch) -> None:
     """`python benchmarks/X.py ARGS`: the script run until it reads data, a tokenizer or a model."""
-    for owner, name in [(hf_saffu.data, "load_text_datasets"), (AutoTokenizer, "from_pretrained")]:
+    loaders = [
+        (hf_saffu.data, "load_text_datasets"),
+        (training.harness, "load_data"),
+        (AutoTokenizer, "from_pretrained"),
+    ]
+    for owner, name in loaders:
         monkeypatch.setattr(owner, name, reached_seam)
     monkeypatch.setattr(SaffuForCausalLM, "from_pretrained", reached_seam)
     monkeypatch.setattr(sys, "argv", argv[1:])

@@ -7,7 +7,8 @@ Process CPU seconds of one AdamW step (forward + backward + update) on batches o
 of the dense products does not depend on which tokens), or of the first tokens of --text (the class-factored
 loss's cost does: it follows the target classes' sizes), after two untimed steps, for: the counted parts alone
 (the mixture removed), the mixture (its loss from the V-wide ln p, and at the targets only: `skip_logits`, which
-ExplicitTrainer uses), and for a model with a word-level output (no classes): D frozen (both ways), D reading only
+ExplicitTrainer uses), with classes the counted parts frozen (`freeze_counted_parts`) without and with their caches
+filled, and for a model with a word-level output (no classes): D frozen (both ways), D reading only
 [v_t, v_{t-1}] (trained, then frozen), and W frozen as well. No leave-one-out hooks (the trainer's cost of those is
 in BEYOND_COUNTING.md's Cost section).
 """
@@ -20,6 +21,8 @@ import torch
 from transformers import AutoTokenizer
 
 from hf_saffu import SaffuForCausalLM
+from hf_saffu.frozen_phase import FrozenInputCache
+from hf_saffu.trainer import freeze_counted_parts
 
 
 def cost_per_step(model: SaffuForCausalLM, batches: list[dict], steps: int, skip_logits: bool = False) -> float:
@@ -70,6 +73,15 @@ def step_costs(model_dir: str, steps: int, text: str | None) -> dict[str, float]
         model, batches, steps, skip_logits=True
     )
     if mixture.num_classes:
+        freeze_counted_parts(model)
+        rows["skip_logits, the counted parts frozen (freeze_counted_parts)"] = cost_per_step(
+            model, batches, steps, skip_logits=True
+        )
+        model.frozen_counted, model.model.frozen_inputs = FrozenInputCache(), FrozenInputCache()
+        cost_per_step(model, batches, steps, skip_logits=True)  # fills the caches, as a first epoch does
+        rows["... and their ln p at the targets and s_t cached (ExplicitTrainer's later epochs)"] = cost_per_step(
+            model, batches, steps, skip_logits=True
+        )
         return rows
     mixture.direct_weight.requires_grad_(False)
     rows["D frozen"] = cost_per_step(model, batches, steps)
