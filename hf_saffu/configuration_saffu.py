@@ -84,8 +84,8 @@ class ExplicitWarmStartConfig:
         warm_start_batch_size (`int`, *optional*, defaults to 32):
             Blocks per forward batch of the warm start's passes (memory and speed, not results: the counts are
             sums). 32 blocks of 128 tokens keep a pass's temporaries below glibc's mmap threshold, so they reuse
-            memory instead of faulting in fresh pages: configs/brown.yaml's warm start took 14.2 CPU-s, 19.5 with
-            64 (docs/DESIGN.md, section 8).
+            memory instead of faulting in fresh pages: configs/brown.yaml's warm start takes 13.3 CPU-s, 15.5 with
+            64 (docs/DESIGN.md, section 5).
 
     Example:
 

@@ -13,6 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from hf_saffu.modeling_saffu import SaffuForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: training/
 from training.long_budget import ood_blocks
 
 

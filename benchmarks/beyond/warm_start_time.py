@@ -9,10 +9,12 @@ usage: python benchmarks/beyond/warm_start_time.py [--config configs/brown.yaml]
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: training/
 from training import harness
 
 
