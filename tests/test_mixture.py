@@ -529,6 +529,36 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         )
 
 
+def test_a_resumed_frozen_run_ends_where_the_uninterrupted_run_does(tmp_path):
+    """freeze_counted_parts with dropout: 6 steps without a break and 3 + 3 resumed from the checkpoint (the cache
+    starts empty again, the optimizer holds the learned parts only) give the same weights."""
+    train = packed_dataset(40)
+    config = saffu_config(
+        pivot_bigrams=VOCAB**2,
+        pivot_trigrams=VOCAB**3,
+        neural_mixture_dim=8,
+        neural_mixture_classes=5,
+        neural_mixture_attention_window=3,
+        neural_mixture_attention_dim=4,
+        neural_mixture_attention_heads=2,
+        neural_mixture_dropout=0.2,
+    )
+    frozen = dict(freeze_counted_parts=True, warmup_steps=0)
+    torch.manual_seed(0)
+    whole = SaffuForCausalLM(config)
+    ExplicitTrainer(model=whole, args=training_arguments(tmp_path / "a", **frozen), train_dataset=train).train()
+    torch.manual_seed(0)
+    first = SaffuForCausalLM(config)
+    ExplicitTrainer(model=first, args=training_arguments(tmp_path / "b", **frozen), train_dataset=train).train()
+    resumed = SaffuForCausalLM(config)
+    trainer = ExplicitTrainer(model=resumed, args=training_arguments(tmp_path / "b", **frozen), train_dataset=train)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-3"))
+    assert trainer.state.global_step == 6
+    for name, parameter in whole.named_parameters():
+        torch.testing.assert_close(resumed.get_parameter(name), parameter, rtol=1e-5, atol=1e-7, msg=name)
+    assert not torch.equal(whole.neural_mixture.word_weight, torch.zeros_like(whole.neural_mixture.word_weight))
+
+
 def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units)" in describe_architecture(saffu_config(neural_mixture_dim=8))
     assert "neural word model" not in describe_architecture(saffu_config())
