@@ -294,7 +294,9 @@ class DirectPathLeaveOneOut:
 def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, counts=None) -> DirectPathLeaveOneOut:
     """The leave-one-out corrections of `model`'s neural direct path for training on `batches` (the warm start's
     data): from the co-occurrences the warm start counted (`counts`, `WarmStartReport.direct_path_counts`, when it
-    ran in this process), else counted again (the warm-started inputs are unchanged before training)."""
+    ran in this process), else counted again from the model's inputs u_t: the warm start's before training, and
+    when resuming the checkpoint's (the same as the warm start's when the counted parts are frozen; otherwise what
+    training made of them)."""
     if counts is None:
         with torch.no_grad():
             counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)

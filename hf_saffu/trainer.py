@@ -286,6 +286,17 @@ class WarmStartLog(TrainerCallback):
         state.log_history.extend({"step": state.global_step, **entry} for entry in self.entries)
 
 
+class LeaveOneOutHooks(TrainerCallback):
+    """Sets the leave-one-out hooks when training begins: after `Trainer.train` has loaded a checkpoint it resumes
+    from, whose weights (the tables' entries, the inputs of the direct path) the hooks are computed from."""
+
+    def __init__(self, trainer: "ExplicitTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.set_leave_one_out()
+
+
 class ExplicitTrainer(Trainer):
     """A `Trainer` that warm-starts SAFFU models explicitly before backprop."""
 
@@ -409,14 +420,9 @@ class ExplicitTrainer(Trainer):
             return TrainOutput(global_step=0, training_loss=float("nan"), metrics=dict(self.warm_start_metrics))
         if checkpoint is not None and self.is_finished(checkpoint):
             return self.load_finished(checkpoint)
-        if self.args.table_leave_one_out:
-            report = self.warm_start_report
-            counted = report.statistics if report is not None else None
-            model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
-            if model.neural_mixture is not None:
-                direct = report.direct_path_counts if report is not None else None
-                shard = self.warm_start_shard()
-                model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
+        hooks = LeaveOneOutHooks(self) if self.args.table_leave_one_out else None
+        if hooks is not None:
+            self.add_callback(hooks)
         trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
         if self.args.freeze_counted_parts:  # after the warm start and a resume, which may replace the tables
             freeze_counted_parts(model)
@@ -424,9 +430,22 @@ class ExplicitTrainer(Trainer):
         try:
             return super().train(resume_from_checkpoint=checkpoint, **kwargs)
         finally:
+            if hooks is not None:
+                self.remove_callback(hooks)
             model.table_leave_one_out = model.neural_leave_one_out = model.frozen_counted = None
             for parameter, flag in trainable.items():  # the model is left as it came
                 parameter.requires_grad_(flag)
+
+    def set_leave_one_out(self) -> None:
+        """The model's leave-one-out hooks, from the warm start's counts or, resuming, counted again with the
+        checkpoint's weights (`LeaveOneOutHooks` calls it once they are loaded)."""
+        model, report = self.saffu_model, self.warm_start_report
+        counted = report.statistics if report is not None else None
+        model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
+        if model.neural_mixture is not None:
+            direct = report.direct_path_counts if report is not None else None
+            shard = self.warm_start_shard()
+            model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         """Trainer's loss; a training step whose loss the model computes asks for the loss alone (`skip_logits`:

@@ -529,9 +529,11 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         )
 
 
-def test_a_resumed_frozen_run_ends_where_the_uninterrupted_run_does(tmp_path):
-    """freeze_counted_parts with dropout: 6 steps without a break and 3 + 3 resumed from the checkpoint (the cache
-    starts empty again, the optimizer holds the learned parts only) give the same weights."""
+def test_a_resumed_frozen_run_with_leave_one_out_ends_where_the_uninterrupted_run_does(tmp_path):
+    """freeze_counted_parts, leave-one-out values and dropout: 6 steps without a break and 3 + 3 resumed from the
+    checkpoint give the same weights. Resuming, the leave-one-out hooks are counted again once the checkpoint's
+    weights are loaded (from a fresh model's they were wrong), the cache starts empty again and the optimizer holds
+    the learned parts only."""
     train = packed_dataset(40)
     config = saffu_config(
         pivot_bigrams=VOCAB**2,
@@ -543,7 +545,7 @@ def test_a_resumed_frozen_run_ends_where_the_uninterrupted_run_does(tmp_path):
         neural_mixture_attention_heads=2,
         neural_mixture_dropout=0.2,
     )
-    frozen = dict(freeze_counted_parts=True, warmup_steps=0)
+    frozen = dict(freeze_counted_parts=True, table_leave_one_out=True, warmup_steps=0)
     torch.manual_seed(0)
     whole = SaffuForCausalLM(config)
     ExplicitTrainer(model=whole, args=training_arguments(tmp_path / "a", **frozen), train_dataset=train).train()
