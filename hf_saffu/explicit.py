@@ -73,7 +73,8 @@ class Cooccurrence:
         each time, past glibc's mmap threshold: converting a pass of the warm start took 5x as long)."""
         check_statistics("explicit-solution inputs", inputs)
         inputs = inputs.reshape(-1, inputs.shape[-1])
-        if targets.is_floating_point():
+        distributions = targets.is_floating_point()
+        if distributions:
             check_statistics("explicit-solution targets", targets)
             targets = targets.reshape(-1, targets.shape[-1])
         else:
@@ -86,7 +87,7 @@ class Cooccurrence:
             rows = slice(start, start + step)
             # float64 by promotion: converted and scaled in one pass
             block = inputs[rows] * weights[rows, None] if weights is not None else inputs[rows].to(torch.float64)
-            if targets.is_floating_point():
+            if distributions:
                 self.transposed_counts.addmm_(targets[rows].to(torch.float64).T, block)
             else:
                 self.transposed_counts.index_add_(0, targets[rows], block)

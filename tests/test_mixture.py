@@ -472,14 +472,13 @@ def test_the_counted_cache_gives_the_counted_part_of_the_loss_once_computed():
     assert not torch.allclose(loss_and_gradient()[0], plain[0])
 
 
-def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
-    """freeze_counted_parts: what the warm start counts or solves keeps its warm-start values (the neural word model's
-    direct path D, b_W, D^c, b^c included), and the neural word model's learned parts end where a run that gives
-    every other part learning rate 0 (frozen embeddings, the direct path's gradient off) leaves them, weight for
-    weight, though it read the counted parts' ln p from the cache in its second epoch; and they moved. A model
-    without a neural word model is refused."""
-    train = packed_dataset(40)
-    config = saffu_config(
+SOLVED = ("direct_weight", "word_bias", "class_direct_weight", "class_bias")  # the direct path's explicit solution
+
+
+def trained_mixture_config(**overrides) -> SaffuConfig:
+    """Tables for every pair and triple, and a class-factored neural word model with attention: what the trainer's
+    freeze_counted_parts tests train."""
+    return saffu_config(
         pivot_bigrams=VOCAB**2,
         pivot_trigrams=VOCAB**3,
         neural_mixture_dim=8,
@@ -487,7 +486,18 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         neural_mixture_attention_window=3,
         neural_mixture_attention_dim=4,
         neural_mixture_attention_heads=2,
+        **overrides,
     )
+
+
+def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
+    """freeze_counted_parts: what the warm start counts or solves keeps its warm-start values (the neural word model's
+    direct path D, b_W, D^c, b^c included), and the neural word model's learned parts end where a run that gives
+    every other part learning rate 0 (frozen embeddings, the direct path's gradient off) leaves them, weight for
+    weight, though it read the counted parts' ln p from the cache in its second epoch; and they moved. A model
+    without a neural word model is refused."""
+    train = packed_dataset(40)
+    config = trained_mixture_config()
     # no clipping: the other run's global gradient norm would include the counted parts' gradients
     # 8 steps of 8 blocks: the second epoch reads the counted parts' ln p from the cache
     common = dict(table_leave_one_out=True, max_steps=8, save_strategy="no", warmup_steps=0, max_grad_norm=0.0)
@@ -501,7 +511,7 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         torch.manual_seed(0)
         model = SaffuForCausalLM(config)
         if name == "rates":
-            for solved in ("direct_weight", "word_bias", "class_direct_weight", "class_bias"):
+            for solved in SOLVED:
                 getattr(model.neural_mixture, solved).requires_grad_(False)
         args = training_arguments(tmp_path / name, **common, **overrides)
         trainer = ExplicitTrainer(model=model, args=args, train_dataset=train)
@@ -518,8 +528,8 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
     for moved in (frozen.neural_mixture.word_weight, frozen.neural_mixture.attention.offset_bias):
         assert not torch.equal(moved, torch.zeros_like(moved))
     mixture = frozen.neural_mixture
-    for solved in (mixture.direct_weight, mixture.word_bias, mixture.class_direct_weight, mixture.class_bias):
-        assert not any(solved is p for p in mixture.learned_parameters())
+    for solved in SOLVED:
+        assert not any(getattr(mixture, solved) is p for p in mixture.learned_parameters())
     assert all(parameter.requires_grad for parameter in mixture.parameters())  # left as it came
     with pytest.raises(ValueError, match="freeze_counted_parts=True trains the neural word model alone"):
         ExplicitTrainer(
@@ -535,16 +545,7 @@ def test_a_resumed_frozen_run_with_leave_one_out_ends_where_the_uninterrupted_ru
     weights are loaded (from a fresh model's they were wrong), the cache starts empty again and the optimizer holds
     the learned parts only."""
     train = packed_dataset(40)
-    config = saffu_config(
-        pivot_bigrams=VOCAB**2,
-        pivot_trigrams=VOCAB**3,
-        neural_mixture_dim=8,
-        neural_mixture_classes=5,
-        neural_mixture_attention_window=3,
-        neural_mixture_attention_dim=4,
-        neural_mixture_attention_heads=2,
-        neural_mixture_dropout=0.2,
-    )
+    config = trained_mixture_config(neural_mixture_dropout=0.2)
     frozen = dict(freeze_counted_parts=True, table_leave_one_out=True, warmup_steps=0)
     torch.manual_seed(0)
     whole = SaffuForCausalLM(config)
