@@ -395,7 +395,8 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     targets = {t["target"] for t in payload["targets"]}
     assert any("Kneser-Ney trigram" in t for t in targets) and any("3x sooner" in t for t in targets)
     assert "| GPT-2 of equal size |" in (tmp_path / "LONG_BUDGET.md").read_text()
-    variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "frozen_fraction=0.5", "--tag", "narrow"]
+    # --set repeated: every setting applies (argparse's default kept only the last --set's)
+    variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "--set", "frozen_fraction=0.5", "--tag", "narrow"]
     long_budget.main([*argv, *small, "--arms", "saffu-warm", *variant])
     narrow = json.loads((tmp_path / "long_budget" / "saffu-warm-narrow.json").read_text())
     assert narrow["recipe"]["model"]["hidden_bits"] == 10 and narrow["parameters"] < warm["parameters"]

@@ -577,9 +577,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only write the report from the arms' files")
     parser.add_argument(
         "--set",
-        nargs="*",
+        nargs="+",
+        action="extend",
         metavar="KEY=VALUE",
-        help="override a SAFFU model config key or a recipe field such as learning_rate (ablations)",
+        help="override a SAFFU model config key or a recipe field such as learning_rate (ablations); repeatable: "
+        "--set a=1 b=2 and --set a=1 --set b=2 are the same",
     )
     parser.add_argument("--tag", default="", help="name of a variant: its results go to ARM-TAG.json")
     parser.add_argument(
