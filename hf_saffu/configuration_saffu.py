@@ -34,6 +34,7 @@ BOOLEAN_FIELDS = (
     "use_document_context",
     "freeze_embeddings",
     "warm_started",
+    "neural_mixture_tied_output",
 )
 DEFAULT_PIVOT_TABLE_MB = 512.0  # the tables' memory budget in the warm start: about 19M trigram entries
 
@@ -262,6 +263,11 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_dropout (`float`, *optional*, defaults to 0.0):
             p, the dropout probability on the neural word model's hidden features g_t and attention output a_t
             during training [ours]: regularises its multi-epoch training. 0: none.
+        neural_mixture_tied_output (`bool`, *optional*, defaults to `False`):
+            The neural word model's word weights tied to the attention's token embeddings [ours]: W = P E^T with a
+            learned P (neural_mixture_dim x neural_mixture_attention_dim) instead of a free W (neural_mixture_dim x
+            vocab_size), as GPT-2 ties its output to its input embeddings (Press and Wolf 2017). Needs
+            neural_mixture_attention_window > 0. P starts at 0, so the warm start is unchanged.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -341,6 +347,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_attention_dim: int = 128,
         neural_mixture_attention_heads: int = 4,
         neural_mixture_dropout: float = 0.0,
+        neural_mixture_tied_output: bool = False,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -371,6 +378,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_attention_dim = neural_mixture_attention_dim
         self.neural_mixture_attention_heads = neural_mixture_attention_heads
         self.neural_mixture_dropout = neural_mixture_dropout
+        self.neural_mixture_tied_output = neural_mixture_tied_output
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -485,6 +493,11 @@ class SaffuConfig(PreTrainedConfig):
         bounded_number("neural_mixture_dropout", self.neural_mixture_dropout, 0, 1, closed=True)
         if self.neural_mixture_dropout == 1:
             raise ValueError("SaffuConfig.neural_mixture_dropout must be < 1 (1 drops every feature), got 1")
+        if self.neural_mixture_tied_output and self.neural_mixture_dim and not window:
+            raise ValueError(
+                "SaffuConfig.neural_mixture_tied_output ties W to the attention's token embeddings: it needs "
+                "neural_mixture_attention_window > 0, got 0"
+            )
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")

@@ -704,6 +704,8 @@ class SaffuNeuralMixture(nn.Module):
         lambda_t = sigmoid(g_t w + c),   z_t = u_t D + g_t W + b_W,
         p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t p_N(y),   p_N(y) = softmax(z_t)_y,
 
+    with W = P E^T when `tied` (E the attention's token embeddings, P learned),
+
     returned as ln p. A linear mixture, unlike a product, lets the neural part add probability where the counts
     have little without having to be right where they are (Kneser-Ney + neural LM hybrids); trained with the
     tables' leave-one-out values it learns where the counts fail on text they did not see. The direct path D, b_W
@@ -729,6 +731,7 @@ class SaffuNeuralMixture(nn.Module):
         num_classes: int = 0,
         attention: SaffuNeuralAttention | None = None,
         dropout: float = 0.0,
+        tied: bool = False,
     ):
         super().__init__()
         self.attention = attention  # a_t, the last entries of o_t
@@ -736,7 +739,11 @@ class SaffuNeuralMixture(nn.Module):
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
         self.feature_bias = nn.Parameter(torch.zeros(width))  # a
-        self.word_weight = nn.Parameter(torch.zeros(width, vocab_size))  # W
+        self.tied = tied
+        if tied:  # W = P E^T
+            self.word_projection = nn.Parameter(torch.zeros(width, attention.token_embeddings.shape[1]))  # P
+        else:
+            self.word_weight = nn.Parameter(torch.zeros(width, vocab_size))  # W
         self.word_bias = nn.Parameter(torch.zeros(vocab_size))  # b_W
         self.gate_weight = nn.Parameter(torch.zeros(width, 1))  # w
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
@@ -787,6 +794,12 @@ class SaffuNeuralMixture(nn.Module):
         hidden = self.dropout(nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias))
         return hidden @ self.gate_weight + self.gate_bias, self.direct_inputs(inputs), hidden
 
+    def word_weights(self) -> torch.Tensor:
+        """W (width, V): the free weights, or P E^T when tied to the attention's token embeddings."""
+        if self.tied:
+            return self.word_projection @ self.attention.token_embeddings.T
+        return self.word_weight
+
     @staticmethod
     def affine(direct, hidden, direct_weight, word_weight, bias) -> torch.Tensor:
         """u_t D + g_t W + b for the given (blocks of) weights: the word logits z_t and the class logits."""
@@ -795,7 +808,7 @@ class SaffuNeuralMixture(nn.Module):
     def neural_logits(self, direct, hidden, targets=None, changes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z_t over the vocabulary and, with classes, the class logits, each with its `changes` at the targets."""
         word_change, class_change = changes if changes is not None else (None, None)
-        words = self.affine(direct, hidden, self.direct_weight, self.word_weight, self.word_bias)
+        words = self.affine(direct, hidden, self.direct_weight, self.word_weights(), self.word_bias)
         words = add_at_targets(words, targets, word_change)
         if not self.num_classes:
             return words, None
@@ -850,7 +863,7 @@ class SaffuNeuralMixture(nn.Module):
             direct.reshape(len(flat_targets), -1)[rows].split(row_counts),
             hidden.reshape(len(flat_targets), -1)[rows].split(row_counts),
             self.direct_weight[:, words].split(word_counts.tolist(), dim=1),
-            self.word_weight[:, words].split(word_counts.tolist(), dim=1),
+            self.word_weights()[:, words].split(word_counts.tolist(), dim=1),
             self.word_bias[words].split(word_counts.tolist()),
             strict=True,
         )
@@ -993,7 +1006,8 @@ class SaffuPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaffuNeuralMixture):  # the neural part starts at b_W, weighted lambda_0
             weight = self.config.neural_mixture_weight
             init.normal_(module.feature_weight, mean=0.0, std=1.0 / math.sqrt(module.feature_weight.shape[0]))
-            for tensor in (module.direct_weight, module.feature_bias, module.word_weight, module.word_bias):
+            word = module.word_projection if module.tied else module.word_weight  # P or W
+            for tensor in (module.direct_weight, module.feature_bias, word, module.word_bias):
                 init.zeros_(tensor)
             init.zeros_(module.gate_weight)
             init.constant_(module.gate_bias, math.log(weight / (1 - weight)))
@@ -1163,13 +1177,15 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
         inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
         classes, window, attention = config.neural_mixture_classes, config.neural_mixture_attention_window, None
-        dropout = config.neural_mixture_dropout
+        dropout, tied = config.neural_mixture_dropout, config.neural_mixture_tied_output
         if width and window:
             dim, heads = config.neural_mixture_attention_dim, config.neural_mixture_attention_heads
             attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout)
             inputs += dim
         self.neural_mixture = (
-            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout) if width else None
+            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied)
+            if width
+            else None
         )
         # Training only, set by the trainer (`hf_saffu.leave_one_out`): (logits, pivots, previous, labels) -> logits
         # with the tables' values at each training position as if its own occurrence had not been counted; and

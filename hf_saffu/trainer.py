@@ -127,6 +127,14 @@ class ExplicitTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "learning rate of the neural word model (neural_mixture_dim > 0; None: learning_rate)"},
     )
+    neural_mixture_weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "AdamW's decoupled weight decay of the neural word model's learned weights (its weight "
+            "matrices and token embeddings: neither biases nor layer norms, nor its closed-form direct path), "
+            "which regularises its multi-epoch training (None: weight_decay, as every other weight gets)"
+        },
+    )
     pivot_head_learning_rate: float | None = field(
         default=None, metadata={"help": "deprecated: the earlier name of table_learning_rate (read as it)"}
     )
@@ -156,7 +164,7 @@ class ExplicitTrainingArguments(TrainingArguments):
         if self.freeze_embeddings_steps is not None and self.freeze_embeddings_steps < 0:
             raise ValueError(f"freeze_embeddings_steps must be >= 0 or None, got {self.freeze_embeddings_steps}")
         self.map_deprecated_table_rate()
-        for name in ("learning_rate", *PART_LEARNING_RATES):
+        for name in ("learning_rate", *PART_LEARNING_RATES, "neural_mixture_weight_decay"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
@@ -335,27 +343,35 @@ class ExplicitTrainer(Trainer):
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """`Trainer.create_optimizer`, with the output layer and the pivot's channel in parameter groups of their
         own learning rates (`head_learning_rate`, `table_learning_rate`, `neural_mixture_learning_rate`) when they
-        are set."""
-        tables = [f"{table_name(order)}." for order in self.saffu_model.config.table_orders]
+        are set, and the neural word model's learned weights at `neural_mixture_weight_decay` when it is set."""
+        saffu = self.saffu_model
+        tables = [f"{table_name(order)}." for order in saffu.config.table_orders]
         rates = {"lm_head.": self.args.head_learning_rate}
         rates |= dict.fromkeys(("pivot_head.", *tables), self.args.table_learning_rate)
         rates["neural_mixture."] = self.args.neural_mixture_learning_rate
         rates = {prefix: rate for prefix, rate in rates.items() if rate is not None}
-        if self.optimizer is None and rates:
+        neural_decay = self.args.neural_mixture_weight_decay
+        learned = set()
+        if neural_decay is not None and saffu.neural_mixture is not None:
+            learned = {id(parameter) for parameter in saffu.neural_mixture.learned_parameters()}
+        if self.optimizer is None and (rates or learned):
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple, list] = {}
             for name, parameter in opt_model.named_parameters():
                 if parameter.requires_grad:
                     prefix = next((p for p in rates if name.removeprefix("module.").startswith(p)), None)
-                    groups.setdefault((prefix, name in decay), []).append(parameter)
+                    weight_decay = 0.0 if name not in decay else self.args.weight_decay
+                    if name in decay and id(parameter) in learned:
+                        weight_decay = neural_decay
+                    groups.setdefault((prefix, weight_decay), []).append(parameter)
             param_groups = [
                 {
                     "params": params,
-                    "weight_decay": self.args.weight_decay if decayed else 0.0,
+                    "weight_decay": weight_decay,
                     **({"lr": rates[prefix]} if prefix is not None else {}),
                 }
-                for (prefix, decayed), params in groups.items()
+                for (prefix, weight_decay), params in groups.items()
             ]
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)

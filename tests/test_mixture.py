@@ -352,11 +352,17 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
         (1, "neural_mixture_dropout"),
         (-0.1, "neural_mixture_dropout"),
         (float("nan"), "neural_mixture_dropout"),
+        ("yes", "neural_mixture_tied_output"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
         SaffuConfig(**{field: value})
+
+
+def test_a_tied_output_needs_the_attention():
+    with pytest.raises(ValueError, match="neural_mixture_tied_output .* needs neural_mixture_attention_window > 0"):
+        SaffuConfig(neural_mixture_dim=8, neural_mixture_tied_output=True)
 
 
 def left_out_logit(counts: torch.Tensor, own: torch.Tensor, y: int, discount: float | None) -> torch.Tensor:
@@ -560,6 +566,85 @@ def test_a_resumed_frozen_run_with_leave_one_out_ends_where_the_uninterrupted_ru
     for name, parameter in whole.named_parameters():
         torch.testing.assert_close(resumed.get_parameter(name), parameter, rtol=1e-5, atol=1e-7, msg=name)
     assert not torch.equal(whole.neural_mixture.word_weight, torch.zeros_like(whole.neural_mixture.word_weight))
+
+
+def test_the_tied_output_is_w_equal_to_p_e_transposed():
+    """neural_mixture_tied_output: the model equals an untied one whose W is P E^T (E the attention's token
+    embeddings), in ln p and in the loss read at the targets; its gradients are the untied model's by the chain
+    rule, dL/dP = dL/dW E and dL/dE = (the attention's share) + dL/dW^T P, so the output trains E too."""
+    settings = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=4, neural_mixture_attention_heads=2)
+    tied = class_model(neural_mixture_tied_output=True, **settings).double()
+    untied = class_model(**settings).double()
+    untied.load_state_dict(tied.state_dict(), strict=False)
+    mixture = tied.neural_mixture
+    with torch.no_grad():
+        untied.neural_mixture.word_weight.copy_(mixture.word_projection @ mixture.attention.token_embeddings.T)
+    assert not hasattr(mixture, "word_weight") and mixture.word_projection.shape == (8, 4)
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(tied(ids).logits, untied(ids).logits)
+    tied.train(), untied.train()
+    for model in (tied, untied):
+        model(ids, labels=ids, skip_logits=True).loss.backward()
+    word_grad = untied.neural_mixture.word_weight.grad
+    embeddings = mixture.attention.token_embeddings
+    torch.testing.assert_close(mixture.word_projection.grad, word_grad @ embeddings.detach())
+    expected = untied.neural_mixture.attention.token_embeddings.grad + word_grad.T @ mixture.word_projection.detach()
+    torch.testing.assert_close(embeddings.grad, expected)
+    assert (word_grad.T @ mixture.word_projection.detach()).abs().max() > 1e-3  # the output's share is not nothing
+
+
+def test_a_fresh_tied_output_leaves_the_warm_start_unchanged():
+    """P starts at 0, so W = P E^T = 0 and a fresh tied model equals the untied one."""
+    settings = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=4, neural_mixture_attention_heads=2)
+    tied, untied = mixture_model(neural_mixture_tied_output=True, **settings), mixture_model(**settings)
+    assert torch.equal(tied.neural_mixture.word_weights(), torch.zeros(8, VOCAB))
+    ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(tied(ids).logits, untied(ids).logits)
+
+
+def test_neural_mixture_weight_decay_decays_the_learned_weights_alone(tmp_path):
+    """neural_mixture_weight_decay: one AdamW step (constant rate eta) of a run with it set to 0.5 differs from the
+    same run at 0 by exactly -eta 0.5 theta for the neural word model's learned weight matrices and embeddings
+    (A, W, the gate's w, the attention's E, W_q, W_k, W_v, W^c), and by nothing for its biases, its layer norm, its
+    closed-form direct path and every other part (at weight_decay 0.01 those keep the same decay in both runs)."""
+    config = trained_mixture_config()
+    common = dict(
+        warm_start=False,
+        max_steps=1,
+        save_strategy="no",
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+        weight_decay=0.01,
+        learning_rate=1e-2,
+    )
+    runs, start = {}, None
+    for decay in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = SaffuForCausalLM(config)
+        randomise_(model, scale=0.5)
+        start = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+        args = training_arguments(tmp_path / str(decay), neural_mixture_weight_decay=decay, **common)
+        ExplicitTrainer(model=model, args=args, train_dataset=packed_dataset(8)).train()
+        runs[decay] = dict(model.named_parameters())
+    decayed = {
+        f"neural_mixture.{name}"
+        for name in (
+            "feature_weight",
+            "word_weight",
+            "gate_weight",
+            "class_word_weight",
+            "attention.token_embeddings",
+            "attention.query.weight",
+            "attention.key.weight",
+            "attention.value.weight",
+        )
+    }
+    assert decayed <= set(start)
+    for name, theta in start.items():
+        expected = -1e-2 * 0.5 * theta if name in decayed else torch.zeros_like(theta)
+        torch.testing.assert_close(runs[0.5][name] - runs[0.0][name], expected, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_the_model_card_names_the_mixture():

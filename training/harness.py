@@ -170,6 +170,7 @@ class SaffuRecipe:
     part_learning_rates: dict = field(default_factory=dict)  # trainer.PART_LEARNING_RATES: value (None: learning_rate)
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
     freeze_counted_parts: bool = False  # backprop trains the neural word model alone
+    neural_mixture_weight_decay: float | None = None  # of the neural word model's learned weights
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
@@ -179,11 +180,12 @@ class SaffuRecipe:
 
     def trainer_arguments(self) -> dict:
         """The `ExplicitTrainingArguments` of the SAFFU's backprop: its learning rates per part, leave-one-out and
-        which parts train."""
+        which parts train and the neural word model's weight decay."""
         return {
             **self.group_learning_rates(),
             "table_leave_one_out": self.table_leave_one_out,
             "freeze_counted_parts": self.freeze_counted_parts,
+            "neural_mixture_weight_decay": self.neural_mixture_weight_decay,
         }
 
 
@@ -204,6 +206,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         part_learning_rates={name: getattr(training_args, name) for name in PART_LEARNING_RATES},
         table_leave_one_out=training_args.table_leave_one_out,
         freeze_counted_parts=training_args.freeze_counted_parts,
+        neural_mixture_weight_decay=training_args.neural_mixture_weight_decay,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 
