@@ -253,6 +253,7 @@ class DirectPathLeaveOneOut:
 
     def __init__(self, counts: torch.Tensor, smoothing: float, discount: float | None, class_members=None):
         counts = counts.to(torch.float64)
+        self.counts = counts  # F, kept so a checkpoint can save it (`ExplicitTrainer`: a resume reads the same F)
         self.discount = discount
         if discount is None:
             self.backoff_rows, self.marginal = torch.full((counts.shape[0],), smoothing), torch.ones(counts.shape[1])
@@ -293,10 +294,9 @@ class DirectPathLeaveOneOut:
 
 def direct_path_leave_one_out(model: SaffuForCausalLM, batches, accelerator=None, counts=None) -> DirectPathLeaveOneOut:
     """The leave-one-out corrections of `model`'s neural direct path for training on `batches` (the warm start's
-    data): from the co-occurrences the warm start counted (`counts`, `WarmStartReport.direct_path_counts`, when it
-    ran in this process), else counted again from the model's inputs u_t: the warm start's before training, and
-    when resuming the checkpoint's (the same as the warm start's when the counted parts are frozen; otherwise what
-    training made of them)."""
+    data): from the co-occurrences the warm start counted (`counts`: `WarmStartReport.direct_path_counts` when it
+    ran in this process, or, resuming, the checkpoint's copy of them), else counted again from the model's inputs
+    u_t (a model warm-started before, not trained since)."""
     if counts is None:
         with torch.no_grad():
             counter = ExplicitWarmStart(model, batches, accelerator=accelerator, show_progress=False)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
@@ -69,6 +70,8 @@ from .warm_start import explicit_warm_start, set_table_capacity
 logger = logging.get_logger(__name__)
 
 
+# Saved in each checkpoint of a run with the direct path's leave-one-out values: the warm start's F, read on resume
+DIRECT_PATH_COUNTS_NAME = "saffu_direct_path_counts.safetensors"
 # The learning rates of parts with their own parameter group (`ExplicitTrainer.create_optimizer`; None: learning_rate)
 PART_LEARNING_RATES = ("head_learning_rate", "table_learning_rate", "neural_mixture_learning_rate")
 
@@ -319,6 +322,7 @@ class ExplicitTrainer(Trainer):
         self.warm_start_report = None
         self.warm_start_metrics: dict[str, float] = {}
         self.checkpoint_staging: str | None = None
+        self.resumed_checkpoint: str | None = None  # the checkpoint `train` resumes from
         self.warm_start_log = WarmStartLog()
         self.add_callback(self.warm_start_log)
         self.add_callback(DivergenceGuard())
@@ -414,6 +418,7 @@ class ExplicitTrainer(Trainer):
             if checkpoint is None and self.args.overwrite_output_dir:
                 remove_checkpoints(self.args.output_dir)
         model = self.saffu_model
+        self.resumed_checkpoint = checkpoint
         if checkpoint is not None:
             model.config.warm_started = checkpoint_warm_started(checkpoint)
             match_checkpoint_tables(model, checkpoint)
@@ -453,13 +458,17 @@ class ExplicitTrainer(Trainer):
                 parameter.requires_grad_(flag)
 
     def set_leave_one_out(self) -> None:
-        """The model's leave-one-out hooks, from the warm start's counts or, resuming, counted again with the
-        checkpoint's weights (`LeaveOneOutHooks` calls it once they are loaded)."""
+        """The model's leave-one-out hooks, from the warm start's counts or, resuming, its direct-path counts saved
+        with the checkpoint (`DIRECT_PATH_COUNTS_NAME`; counted again from the checkpoint's weights if it has none)
+        and the tables' counts counted again (`LeaveOneOutHooks` calls it once the checkpoint is loaded)."""
         model, report = self.saffu_model, self.warm_start_report
         counted = report.statistics if report is not None else None
         model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
         if model.neural_mixture is not None:
             direct = report.direct_path_counts if report is not None else None
+            saved = Path(self.resumed_checkpoint or "") / DIRECT_PATH_COUNTS_NAME
+            if direct is None and self.resumed_checkpoint is not None and saved.is_file():
+                direct = load_file(saved)["counts"]
             shard = self.warm_start_shard()
             model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
 
@@ -501,6 +510,11 @@ class ExplicitTrainer(Trainer):
         `push_to_hub`'s save) through a staging folder (`staged_folder`), so a kill or a full disk leaves the
         previous files whole."""
         target = output_dir if output_dir is not None else self.args.output_dir
+        hooks = self.saffu_model.neural_leave_one_out
+        if self.checkpoint_staging is not None and self.args.should_save and hooks is not None:
+            # the direct path's leave-one-out counts F: a resume must read the warm start's, not recount them
+            os.makedirs(target, exist_ok=True)
+            save_file({"counts": hooks.counts.contiguous()}, os.path.join(target, DIRECT_PATH_COUNTS_NAME))
         if not self.args.should_save or os.path.abspath(target) != os.path.abspath(self.args.output_dir):
             return super()._save(target, state_dict)
         with staged_folder(target) as staging:

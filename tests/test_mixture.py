@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 from factories import PAD, VOCAB, batches_of, packed_dataset, saffu_config, training_arguments
+from safetensors.torch import load_file
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax
 from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_out, table_leave_one_out
 from hf_saffu.model_card import describe_architecture
-from hf_saffu.trainer import ExplicitTrainer
+from hf_saffu.trainer import DIRECT_PATH_COUNTS_NAME, ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
 
 
@@ -545,23 +546,28 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         )
 
 
-def test_a_resumed_frozen_run_with_leave_one_out_ends_where_the_uninterrupted_run_does(tmp_path):
-    """freeze_counted_parts, leave-one-out values and dropout: 6 steps without a break and 3 + 3 resumed from the
-    checkpoint give the same weights. Resuming, the leave-one-out hooks are counted again once the checkpoint's
-    weights are loaded (from a fresh model's they were wrong), the cache starts empty again and the optimizer holds
-    the learned parts only."""
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_resumed_run_with_leave_one_out_ends_where_the_uninterrupted_run_does(tmp_path, frozen):
+    """Leave-one-out values and dropout, the counted parts frozen or trained: 6 steps without a break and 3 + 3
+    resumed from the checkpoint give the same weights. Resuming, the leave-one-out hooks are built once the
+    checkpoint's weights are loaded (from a fresh model's they were wrong), the direct path's from the warm start's
+    counts F saved with the checkpoint (recounted from the trained inputs u_t they differ); frozen, the cache starts
+    empty again and the optimizer holds the learned parts only."""
     train = packed_dataset(40)
     config = trained_mixture_config(neural_mixture_dropout=0.2)
-    frozen = dict(freeze_counted_parts=True, table_leave_one_out=True, warmup_steps=0)
+    settings = dict(freeze_counted_parts=frozen, table_leave_one_out=True, warmup_steps=0)
     torch.manual_seed(0)
     whole = SaffuForCausalLM(config)
-    ExplicitTrainer(model=whole, args=training_arguments(tmp_path / "a", **frozen), train_dataset=train).train()
+    ExplicitTrainer(model=whole, args=training_arguments(tmp_path / "a", **settings), train_dataset=train).train()
     torch.manual_seed(0)
     first = SaffuForCausalLM(config)
-    ExplicitTrainer(model=first, args=training_arguments(tmp_path / "b", **frozen), train_dataset=train).train()
+    ExplicitTrainer(model=first, args=training_arguments(tmp_path / "b", **settings), train_dataset=train).train()
+    checkpoint = tmp_path / "b" / "run" / "checkpoint-3"
+    saved = load_file(checkpoint / DIRECT_PATH_COUNTS_NAME)["counts"]
+    assert torch.equal(saved, load_file(tmp_path / "a" / "run" / "checkpoint-3" / DIRECT_PATH_COUNTS_NAME)["counts"])
     resumed = SaffuForCausalLM(config)
-    trainer = ExplicitTrainer(model=resumed, args=training_arguments(tmp_path / "b", **frozen), train_dataset=train)
-    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-3"))
+    trainer = ExplicitTrainer(model=resumed, args=training_arguments(tmp_path / "b", **settings), train_dataset=train)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
     assert trainer.state.global_step == 6
     for name, parameter in whole.named_parameters():
         torch.testing.assert_close(resumed.get_parameter(name), parameter, rtol=1e-5, atol=1e-7, msg=name)
@@ -656,3 +662,5 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units, its output factored through 6 token classes)" in factored
     attending = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16))
     assert "neural word model (8 GELU units, a learned attention over the last 16 tokens)" in attending
+    tied = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_tied_output=True)
+    assert "last 16 tokens, its word weights tied to the attention's token embeddings)" in describe_architecture(tied)
