@@ -174,7 +174,8 @@ def test_the_recipe_reads_the_frozen_phase_as_a_fraction(tmp_path):
 
 
 def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
-    """Backprop after the warm start uses the config's learning rates per part, leave-one-out and its frozen phase."""
+    """Backprop after the warm start uses the config's learning rates per part, leave-one-out, which parts train, the
+    neural word model's weight decay and its frozen phase."""
     calls = []
     monkeypatch.setattr(harness, "train_with_budget", lambda *args, **kwargs: calls.append((args, kwargs)))
     recipe = harness.read_config()
@@ -183,6 +184,7 @@ def test_the_warm_arm_trains_as_the_config_does(monkeypatch):
     assert args == ("model", "data", "budget", recipe.learning_rate) and kwargs["offset"] == 12.5
     rates = {"head_learning_rate": 1e-5, "table_learning_rate": 1e-4, "neural_mixture_learning_rate": 3e-3}
     parts = {"table_leave_one_out": True, "freeze_counted_parts": recipe.freeze_counted_parts}
+    parts["neural_mixture_weight_decay"] = recipe.neural_mixture_weight_decay
     assert kwargs["group_rates"] == {**rates, **parts}
     assert kwargs["frozen_fraction"] == recipe.frozen_fraction == 0.0
 
