@@ -704,16 +704,15 @@ class SaffuNeuralMixture(nn.Module):
         lambda_t = sigmoid(g_t w + c),   z_t = u_t D + g_t W + b_W,
         p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t p_N(y),   p_N(y) = softmax(z_t)_y,
 
-    with W = P E^T when `tied` (E the attention's token embeddings, P learned),
-
-    returned as ln p. A linear mixture, unlike a product, lets the neural part add probability where the counts
-    have little without having to be right where they are (Kneser-Ney + neural LM hybrids); trained with the
-    tables' leave-one-out values it learns where the counts fail on text they did not see. The direct path D, b_W
-    is a softmax layer on non-negative inputs and has the explicit warm start (`hf_saffu.warm_start`); the hidden
-    path starts at W = 0, and the weight at w = 0, c = logit(`config.neural_mixture_weight`). The hidden path also
-    reads the codes of k - 2 earlier tokens in order (k = `config.neural_mixture_context`; o_t = u_t for k = 2),
-    and with `attention` (`SaffuNeuralAttention`) a learned attention a_t over the last w tokens, o_t's last entries.
-    The module takes o_t; D reads its first `direct_dim` entries, u_t.
+    (W = P E^T when `tied`: E the attention's token embeddings, P learned), returned as ln p. A linear mixture, unlike a
+    product, lets the neural part add probability where the counts have little without having to be right where they are
+    (Kneser-Ney + neural LM hybrids); trained with the tables' leave-one-out values it learns where the counts fail on
+    text they did not see. The direct path D, b_W is a softmax layer on non-negative inputs and has the explicit warm
+    start (`hf_saffu.warm_start`); the hidden path starts at W = 0 (P = 0), and the weight at w = 0, c =
+    logit(`config.neural_mixture_weight`). The hidden path also reads the codes of k - 2 earlier tokens in order (k =
+    `config.neural_mixture_context`; o_t = u_t for k = 2), and with `attention` (`SaffuNeuralAttention`) a learned
+    attention a_t over the last w tokens, o_t's last entries. The module takes o_t; D reads its first `direct_dim`
+    entries, u_t.
 
     With C token classes k(y) (`config.neural_mixture_classes`; the buffer `token_classes`), p_N is factored,
 

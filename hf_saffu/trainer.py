@@ -365,9 +365,9 @@ class ExplicitTrainer(Trainer):
             for name, parameter in opt_model.named_parameters():
                 if parameter.requires_grad:
                     prefix = next((p for p in rates if name.removeprefix("module.").startswith(p)), None)
-                    weight_decay = 0.0 if name not in decay else self.args.weight_decay
-                    if name in decay and id(parameter) in learned:
-                        weight_decay = neural_decay
+                    weight_decay = 0.0
+                    if name in decay:
+                        weight_decay = neural_decay if id(parameter) in learned else self.args.weight_decay
                     groups.setdefault((prefix, weight_decay), []).append(parameter)
             param_groups = [
                 {
@@ -466,9 +466,8 @@ class ExplicitTrainer(Trainer):
         model.table_leave_one_out = table_leave_one_out(model, self.warm_start_shard(), self.accelerator, counted)
         if model.neural_mixture is not None:
             direct = report.direct_path_counts if report is not None else None
-            saved = Path(self.resumed_checkpoint or "") / DIRECT_PATH_COUNTS_NAME
-            if direct is None and self.resumed_checkpoint is not None and saved.is_file():
-                direct = load_file(saved)["counts"]
+            if direct is None and self.resumed_checkpoint is not None:
+                direct = saved_direct_path_counts(self.resumed_checkpoint)
             shard = self.warm_start_shard()
             model.neural_leave_one_out = direct_path_leave_one_out(model, shard, self.accelerator, direct)
 
@@ -669,6 +668,13 @@ class ExplicitTrainer(Trainer):
         """Trainer's push of a checkpoint, of its final folder only (`_save_checkpoint` pushes once renamed)."""
         if self.checkpoint_staging is None:
             super()._push_from_checkpoint(checkpoint_folder)
+
+
+def saved_direct_path_counts(checkpoint: str) -> torch.Tensor | None:
+    """The warm start's direct-path counts F saved with `checkpoint` (`DIRECT_PATH_COUNTS_NAME`), None if it has
+    none (a checkpoint of an earlier version, or of a run without the neural word model's leave-one-out values)."""
+    path = Path(checkpoint) / DIRECT_PATH_COUNTS_NAME
+    return load_file(path)["counts"] if path.is_file() else None
 
 
 def warm_start_dataset(dataset):
