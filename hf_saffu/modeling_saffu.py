@@ -793,11 +793,13 @@ class SaffuNeuralMixture(nn.Module):
         hidden = self.dropout(nn.functional.gelu(inputs @ self.feature_weight + self.feature_bias))
         return hidden @ self.gate_weight + self.gate_bias, self.direct_inputs(inputs), hidden
 
-    def word_weights(self) -> torch.Tensor:
-        """W (width, V): the free weights, or P E^T when tied to the attention's token embeddings."""
+    def word_weights(self, columns: torch.LongTensor | None = None) -> torch.Tensor:
+        """W (width, V), or its `columns` in that order: the free weights, or P E^T when tied to the attention's
+        token embeddings (then only the columns asked for are computed)."""
         if self.tied:
-            return self.word_projection @ self.attention.token_embeddings.T
-        return self.word_weight
+            embeddings = self.attention.token_embeddings
+            return self.word_projection @ (embeddings if columns is None else embeddings[columns]).T
+        return self.word_weight if columns is None else self.word_weight[:, columns]
 
     @staticmethod
     def affine(direct, hidden, direct_weight, word_weight, bias) -> torch.Tensor:
@@ -862,7 +864,7 @@ class SaffuNeuralMixture(nn.Module):
             direct.reshape(len(flat_targets), -1)[rows].split(row_counts),
             hidden.reshape(len(flat_targets), -1)[rows].split(row_counts),
             self.direct_weight[:, words].split(word_counts.tolist(), dim=1),
-            self.word_weights()[:, words].split(word_counts.tolist(), dim=1),
+            self.word_weights(words).split(word_counts.tolist(), dim=1),
             self.word_bias[words].split(word_counts.tolist()),
             strict=True,
         )

@@ -509,11 +509,6 @@ class ExplicitTrainer(Trainer):
         `push_to_hub`'s save) through a staging folder (`staged_folder`), so a kill or a full disk leaves the
         previous files whole."""
         target = output_dir if output_dir is not None else self.args.output_dir
-        hooks = self.saffu_model.neural_leave_one_out
-        if self.checkpoint_staging is not None and self.args.should_save and hooks is not None:
-            # the direct path's leave-one-out counts F: a resume must read the warm start's, not recount them
-            os.makedirs(target, exist_ok=True)
-            save_file({"counts": hooks.counts.contiguous()}, os.path.join(target, DIRECT_PATH_COUNTS_NAME))
         if not self.args.should_save or os.path.abspath(target) != os.path.abspath(self.args.output_dir):
             return super()._save(target, state_dict)
         with staged_folder(target) as staging:
@@ -629,7 +624,8 @@ class ExplicitTrainer(Trainer):
         return self.checkpoint_staging or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """`Trainer._save_checkpoint` (model, optimizer, scheduler, scaler, RNG states, trainer state), written
+        """`Trainer._save_checkpoint` (model, optimizer, scheduler, scaler, RNG states, trainer state) and, with the
+        direct path's leave-one-out values, the warm start's counts F (`DIRECT_PATH_COUNTS_NAME`), written
         into the staging folder tmp-checkpoint-N (`_get_output_dir`) and renamed to checkpoint-N once every process
         is done; then Trainer's push and rotation of the complete checkpoint. A failed save removes its staging
         folder and leaves the earlier checkpoints as they were."""
@@ -642,6 +638,9 @@ class ExplicitTrainer(Trainer):
         self.checkpoint_staging = staging
         try:
             super()._save_checkpoint(model, trial)
+            hooks = self.saffu_model.neural_leave_one_out
+            if self.args.should_save and hooks is not None:  # a resume must read the warm start's F, not recount it
+                save_file({"counts": hooks.counts.contiguous()}, os.path.join(staging, name, DIRECT_PATH_COUNTS_NAME))
         except BaseException:
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -482,6 +482,10 @@ def test_the_counted_cache_gives_the_counted_part_of_the_loss_once_computed():
 SOLVED = ("direct_weight", "word_bias", "class_direct_weight", "class_bias")  # the direct path's explicit solution
 
 
+# a small attention for the neural word model: 3 tokens, E of width 4, 2 heads
+ATTENTION = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=4, neural_mixture_attention_heads=2)
+
+
 def trained_mixture_config(**overrides) -> SaffuConfig:
     """Tables for every pair and triple, and a class-factored neural word model with attention: what the trainer's
     freeze_counted_parts tests train."""
@@ -490,9 +494,7 @@ def trained_mixture_config(**overrides) -> SaffuConfig:
         pivot_trigrams=VOCAB**3,
         neural_mixture_dim=8,
         neural_mixture_classes=5,
-        neural_mixture_attention_window=3,
-        neural_mixture_attention_dim=4,
-        neural_mixture_attention_heads=2,
+        **ATTENTION,
         **overrides,
     )
 
@@ -578,9 +580,8 @@ def test_the_tied_output_is_w_equal_to_p_e_transposed():
     """neural_mixture_tied_output: the model equals an untied one whose W is P E^T (E the attention's token
     embeddings), in ln p and in the loss read at the targets; its gradients are the untied model's by the chain
     rule, dL/dP = dL/dW E and dL/dE = (the attention's share) + dL/dW^T P, so the output trains E too."""
-    settings = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=4, neural_mixture_attention_heads=2)
-    tied = class_model(neural_mixture_tied_output=True, **settings).double()
-    untied = class_model(**settings).double()
+    tied = class_model(neural_mixture_tied_output=True, **ATTENTION).double()
+    untied = class_model(**ATTENTION).double()
     untied.load_state_dict(tied.state_dict(), strict=False)
     mixture = tied.neural_mixture
     with torch.no_grad():
@@ -602,8 +603,7 @@ def test_the_tied_output_is_w_equal_to_p_e_transposed():
 
 def test_a_fresh_tied_output_leaves_the_warm_start_unchanged():
     """P starts at 0, so W = P E^T = 0 and a fresh tied model equals the untied one."""
-    settings = dict(neural_mixture_attention_window=3, neural_mixture_attention_dim=4, neural_mixture_attention_heads=2)
-    tied, untied = mixture_model(neural_mixture_tied_output=True, **settings), mixture_model(**settings)
+    tied, untied = mixture_model(neural_mixture_tied_output=True, **ATTENTION), mixture_model(**ATTENTION)
     assert torch.equal(tied.neural_mixture.word_weights(), torch.zeros(8, VOCAB))
     ids = torch.randint(2, 40, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
