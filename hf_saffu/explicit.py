@@ -85,8 +85,11 @@ class Cooccurrence:
         step = max(1, CHUNK_BYTES // (8 * inputs.shape[-1]))
         for start in range(0, inputs.shape[0], step):
             rows = slice(start, start + step)
-            # float64 by promotion: converted and scaled in one pass
-            block = inputs[rows] * weights[rows, None] if weights is not None else inputs[rows].to(torch.float64)
+            # a float64 copy scaled in place: the values of float32 * float64 by promotion, which torch computes 2-4x
+            # slower (a float64 input is copied before scaling, never scaled in place)
+            block = inputs[rows].to(torch.float64, copy=weights is not None)
+            if weights is not None:
+                block.mul_(weights[rows, None])
             if distributions:
                 self.transposed_counts.addmm_(targets[rows].to(torch.float64).T, block)
             else:

@@ -465,3 +465,17 @@ def test_statistics_added_in_blocks_of_rows_equal_the_sums(monkeypatch, one_hot)
     torch.testing.assert_close(statistics.counts, expected, rtol=0, atol=1e-12)
     masses = inputs.to(torch.float32).to(torch.float64).sum(1)
     assert statistics.priming_number == pytest.approx((weights @ masses / weights.sum()).item(), rel=1e-12)
+
+
+def test_statistics_of_float64_inputs_leave_the_inputs_unchanged():
+    """`Cooccurrence.add` scales a float64 copy of its rows by the weights: float64 inputs (already the accumulator's
+    dtype) are read, never scaled in place, and F is the weighted sum."""
+    inputs, labels = bag_problem(num_rows=50)
+    inputs = inputs.to(torch.float64)
+    before = inputs.clone()
+    weights = torch.rand(50, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    statistics = Cooccurrence.zeros(20, 5)
+    statistics.add(inputs, labels, weights)
+    assert torch.equal(inputs, before)
+    expected = torch.zeros(5, 20, dtype=torch.float64).index_add_(0, labels, before * weights[:, None])
+    torch.testing.assert_close(statistics.transposed_counts, expected, rtol=0, atol=1e-12)
