@@ -42,7 +42,13 @@ from .bit_cipher import (
     contextual_vectors,
     frequency_ranks,
 )
-from .explicit import Cooccurrence, ExplicitStatisticsError, solve_bigram_channel, solve_ngram_channel
+from .explicit import (
+    Cooccurrence,
+    ExplicitStatisticsError,
+    check_statistics,
+    solve_bigram_channel,
+    solve_ngram_channel,
+)
 from .modeling_saffu import (
     SaffuContext,
     SaffuForCausalLM,
@@ -305,17 +311,33 @@ class ExplicitWarmStart:
 
     def count_neural_inputs(self) -> Cooccurrence:
         """F = sum_t u_t^T e_{y_t} of the neural word model's direct inputs u_t = [H_t, v_t, v_{t-1}]
-        (`SaffuForCausalLM.neural_inputs`, `SaffuNeuralMixture.direct_inputs`), over the (all-process) data."""
-        model, last = self.model, len(self.model.model.layers) - 1
-        statistic = Cooccurrence.zeros(model.neural_mixture.direct_weight.shape[0], self.config.vocab_size, self.device)
+        (`SaffuForCausalLM.neural_inputs`, `SaffuNeuralMixture.direct_inputs`), over the (all-process) data. The H_t
+        block is added position by position; the code blocks from the counts N_j(x, y) of the pairs (x_{t-j}, y_t),
+        j = 0, 1 (`NgramCounts`), as F_{v_{t-j}} = V^T N_j (V: every token's code, v = 0 where x_{t-j} is unknown), so
+        a pass adds H_t's columns only."""
+        model, last, vocab_size = self.model, len(self.model.model.layers) - 1, self.config.vocab_size
+        codes = model.model.input_vectors(torch.arange(vocab_size, device=self.device)).detach().double()
+        check_statistics("explicit-solution inputs", codes)
+        hidden_dim = model.neural_mixture.direct_weight.shape[0] - 2 * codes.shape[1]
+        statistic = Cooccurrence.zeros(hidden_dim, vocab_size, self.device)
+        pairs = [NgramCounts(vocab_size) for _ in range(2)]
         for input_ids, valid, weight in self.iterate("neural word model"):
             ends = model.model.document_ends(input_ids, valid)
             hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
-            previous = previous_tokens(input_ids, valid.long(), None, self.config.previous_token_count)
-            inputs = model.neural_mixture.direct_inputs(model.neural_inputs(hidden, input_ids, previous, attend=False))
-            statistic.add(inputs[:, :-1], input_ids[:, 1:], weight)
+            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
+            previous = previous_tokens(input_ids, valid.long(), None)[..., 0]
+            for counts, tokens in zip(pairs, (input_ids, previous), strict=True):
+                known = weight & (tokens[:, :-1] >= 0)
+                counts.add(tokens[:, :-1][known], input_ids[:, 1:][known])
         self.reduce(statistic)
-        return statistic
+        blocks = []
+        for counts in pairs:
+            keys, numbers = counts.merged(self.accelerator)
+            rows = codes[(keys // vocab_size).to(self.device)] * numbers.to(self.device)[:, None]
+            blocks.append(torch.zeros_like(codes).index_add_(0, (keys % vocab_size).to(self.device), rows))
+            statistic.input_mass += rows.sum()
+        transposed = torch.cat([statistic.transposed_counts, *blocks], dim=1)
+        return Cooccurrence(transposed, statistic.input_mass, statistic.num_rows)
 
     def solve_neural_mixture(self) -> None:
         """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from the
