@@ -87,6 +87,13 @@ class ExplicitWarmStartConfig:
             sums). 32 blocks of 128 tokens keep a pass's temporaries below glibc's mmap threshold, so they reuse
             memory instead of faulting in fresh pages: configs/brown.yaml's warm start takes 13.3 CPU-s, 15.5 with
             64 (docs/DESIGN.md, section 5).
+        warm_start_cache_mb (`float`, *optional*, defaults to 2048):
+            Memory (MB, 2^20 bytes) the warm start may keep what its passes read and compute in: first the batches
+            of tokens its first pass reads (9 bytes a token), which the later passes then read from memory, then
+            the last layer's contexts z_t from the pass that solves its hidden layers, which the passes reading H_t
+            (the neural word model's, the output layer's) then take instead of computing the layer again (when that
+            pass already has the final attention: `explicit_attention_iters` 0 or no windows; 1.5 KB a token for
+            configs/brown.yaml). What does not fit is read or computed again. Speed, not results. 0: nothing kept.
 
     Example:
 
@@ -116,6 +123,7 @@ class ExplicitWarmStartConfig:
     explicit_attention_iters: int = 1
     warm_start_max_tokens: int | None = None
     warm_start_batch_size: int = 32
+    warm_start_cache_mb: float = 2048.0
 
     def __post_init__(self):
         self.validate()
@@ -150,6 +158,7 @@ class ExplicitWarmStartConfig:
         if self.warm_start_max_tokens is not None:
             positive_int("warm_start_max_tokens", self.warm_start_max_tokens, "or None: all")
         positive_int("warm_start_batch_size", self.warm_start_batch_size)
+        bounded_number("warm_start_cache_mb", self.warm_start_cache_mb, 0, math.inf, "0: nothing kept", closed=True)
 
 
 RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(ExplicitWarmStartConfig))

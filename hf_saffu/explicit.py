@@ -67,11 +67,20 @@ class Cooccurrence:
         """F, (D, N)."""
         return self.transposed_counts.T
 
-    def add(self, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        trusted_inputs: bool = False,
+    ) -> None:
         """F += X^T Y (rows scaled by `weights`, e.g. a 0/1 mask), ||x||_1 and M accumulated likewise; in blocks of
         rows whose float64 copies take at most `CHUNK_BYTES` (a larger temporary is fresh memory from the system
-        each time, past glibc's mmap threshold: converting a pass of the warm start took 5x as long)."""
-        check_statistics("explicit-solution inputs", inputs)
+        each time, past glibc's mmap threshold: converting a pass of the warm start took 5x as long). The inputs are
+        checked (finite, >= 0) unless the caller vouches for them (`trusted_inputs`: softmaxes, or convex mixtures
+        of checked vectors), which saves a pass over them."""
+        if not trusted_inputs:
+            check_statistics("explicit-solution inputs", inputs)
         inputs = inputs.reshape(-1, inputs.shape[-1])
         distributions = targets.is_floating_point()
         if distributions:

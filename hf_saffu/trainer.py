@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy
 import pyarrow.compute as pc
 import torch
 from datasets import IterableDataset
@@ -245,7 +246,9 @@ def stacked_rows(column: str, rows: list) -> torch.Tensor:
             f"the train_dataset's {column} rows have different lengths (from {min(lengths)} to {max(lengths)} "
             "tokens): pack the documents into equal blocks (hf_saffu.data.tokenize_and_pack) before training"
         )
-    return torch.as_tensor(rows) if not torch.is_tensor(rows[0]) else torch.stack(rows)
+    if torch.is_tensor(rows[0]):
+        return torch.stack(rows)
+    return torch.as_tensor(numpy.asarray(rows))  # lists or numpy rows (torch warns that a list of arrays is slow)
 
 
 def stream_shard(

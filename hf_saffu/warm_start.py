@@ -122,17 +122,36 @@ class ExplicitWarmStart:
         self.label_vectors: torch.Tensor | None = None  # l(y), (vocab_size, hidden_bits)
         self.target_classes: torch.Tensor | None = None  # class(y) when the targets are one-hot classes
         self.table_bytes_left = 0.0  # of config.pivot_table_mb, while the tables are sized (`sized_table`)
+        # What the passes keep in memory, within recipe.warm_start_cache_mb (`room`, bytes): the batches read by the
+        # first pass (`iterate`), then the last layer's z_t per batch from its hidden pass (`solve_hidden`)
+        self.room = self.recipe.warm_start_cache_mb * 2**20
+        self.read: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kept: list | None = None
 
     # -- data -------------------------------------------------------------------------------------
 
     def iterate(self, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(input_ids, valid, target_weight) per batch; target_weight[t] = 1 where t and t + 1 are real."""
-        for batch in tqdm(self.batches, desc=f"warm start: {description}", disable=not self.show_progress):
-            input_ids = batch["input_ids"].to(self.device)
-            mask = batch.get("attention_mask")
-            valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(self.device).bool()
-            target_weight = valid[:, :-1] & valid[:, 1:]
-            yield input_ids, valid, target_weight
+        """(input_ids, valid, target_weight) per batch; target_weight[t] = 1 where t and t + 1 are real. The first
+        pass keeps the batches it reads when they fit in `room`, and the later passes read them from memory."""
+        reading, room = self.read is None, self.room
+        read = [] if reading else None
+        for batch in tqdm(
+            self.batches if reading else self.read, desc=f"warm start: {description}", disable=not self.show_progress
+        ):
+            if reading:
+                input_ids = batch["input_ids"].to(self.device)
+                mask = batch.get("attention_mask")
+                valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(self.device).bool()
+                room -= input_ids.numel() * (input_ids.element_size() + valid.element_size())
+                if room < 0:
+                    read = None  # past the budget: every pass reads the data
+                elif read is not None:
+                    read.append((input_ids, valid))
+            else:
+                input_ids, valid = batch
+            yield input_ids, valid, valid[:, :-1] & valid[:, 1:]
+        if reading:  # what did not fit once never will: nothing more is kept
+            self.read, self.room = (read, room) if read is not None else (None, 0.0)
 
     def reduce(self, *statistics: Cooccurrence | torch.Tensor) -> None:
         for statistic in statistics:
@@ -219,31 +238,52 @@ class ExplicitWarmStart:
             pass
         return model.layer_input(layer_index, hidden)
 
-    def layer_batches(self, layer_index: int, description: str, contexts: list[SaffuContext]):
-        """Per batch: the layer's computed contexts (z_t of `contexts` only), the next-token labels and weights."""
+    def layer_batches(
+        self, layer_index: int, description: str, contexts: list[SaffuContext], need_similarities: bool = False
+    ):
+        """Per batch: the tokens, the layer's computed contexts (z_t of `contexts` only) and the target weights.
+        Unless they are needed, the similarities s_t are not computed while every window's attention is uniform
+        (W = 0, c = 0: a_t = softmax(s_t W + c) whatever s_t, so zeros give the same a_t)."""
         layer = self.model.model.layers[layer_index]
+        attention = [parameter for window in layer.windows for parameter in window.attention.parameters()]
+        uniform = not need_similarities and not any(parameter.any() for parameter in attention)
         for input_ids, valid, target_weight in self.iterate(description):
             ends = self.model.model.document_ends(input_ids, valid)
             inputs = self.layer_inputs(layer_index, input_ids, valid, ends)
-            computed = layer.context_inputs(inputs, valid, ends, None, contexts)
-            yield computed, input_ids[:, 1:], target_weight
+            similarities = inputs.new_zeros(*input_ids.shape, layer.max_window) if uniform else None
+            computed = layer.context_inputs(inputs, valid, ends, None, contexts, similarities)
+            yield input_ids, computed, target_weight
 
-    def solve_hidden(self, layer_index: int, contexts: list[SaffuContext], description: str) -> None:
+    def solve_hidden(
+        self, layer_index: int, contexts: list[SaffuContext], description: str, keep: bool = False
+    ) -> None:
         """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next token
         and mapped through the label embeddings once (`Cooccurrence.map_targets`), or, for one-hot token
-        classes, accumulated per class directly."""
+        classes, accumulated per class directly. `keep`: keep each batch's tokens and z_t (`self.kept`) within what is
+        left of `warm_start_cache_mb`, for the passes that read H_t (`last_hidden`)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
         classes = self.target_classes
         width = self.config.vocab_size if classes is None else self.config.hidden_bits
         statistics = [Cooccurrence.zeros(layer.input_dim, width, self.device) for _ in contexts]
         count_features = self.recipe.explicit_hidden_priming == "features"
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
+        if layer_index == 0:  # z_t mixes the layer's inputs convexly (means, attention); above, they are softmaxes
+            check_statistics("explicit-solution inputs", self.model.model.embeddings.weight)
+        room = self.room if keep else 0.0
+        self.kept = [] if room > 0 else None
         start = time.perf_counter()
-        for computed, labels, weight in self.layer_batches(layer_index, description, contexts):
+        for input_ids, computed, weight in self.layer_batches(layer_index, description, contexts):
+            vectors = {context: output.vectors for context, output in computed.outputs.items()}
+            if self.kept is not None:
+                self.kept.append((input_ids, computed.valid, weight, vectors))
+                room -= sum(tensor.numel() * tensor.element_size() for tensor in (input_ids, *vectors.values()))
+                if room < 0:
+                    self.kept = None  # past the budget: the passes that read H_t compute them again
+            labels = input_ids[:, 1:]
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 output = computed.outputs[context]
-                statistic.add(output.vectors[:, :-1], targets, weight)
+                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=True)
                 if count_features:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
@@ -267,8 +307,9 @@ class ExplicitWarmStart:
         skip_pivot = self.model.has_pivot_channel and layer_index == 0
         statistics = [Cooccurrence.zeros(window.window, window.window, self.device) for window in layer.windows]
         start = time.perf_counter()
-        for computed, labels, weight in self.layer_batches(layer_index, f"layer {layer_index} attention", []):
-            targets = self.label_vectors[labels]
+        batches = self.layer_batches(layer_index, f"layer {layer_index} attention", [], need_similarities=True)
+        for input_ids, computed, weight in batches:
+            targets = self.label_vectors[input_ids[:, 1:]]
             for window, statistic in zip(layer.windows, statistics, strict=True):
                 log_hidden = torch.log_softmax(window.hidden(computed.extended[:, :-1]), dim=-1)
                 scores = banded_dot(log_hidden, targets, window.window)
@@ -313,18 +354,16 @@ class ExplicitWarmStart:
         """F = sum_t u_t^T e_{y_t} of the neural word model's direct inputs u_t = [H_t, v_t, v_{t-1}]
         (`SaffuForCausalLM.neural_inputs`, `SaffuNeuralMixture.direct_inputs`), over the (all-process) data. The H_t
         block is added position by position; the code blocks from the counts N_j(x, y) of the pairs (x_{t-j}, y_t),
-        j = 0, 1 (`NgramCounts`), as F_{v_{t-j}} = V^T N_j (V: every token's code, v = 0 where x_{t-j} is unknown), so
-        a pass adds H_t's columns only."""
-        model, last, vocab_size = self.model, len(self.model.model.layers) - 1, self.config.vocab_size
+        j = 0, 1 (`NgramCounts`), as F_{v_{t-j}} = V^T N_j (V: every token's code, v = 0 where x_{t-j} is unknown; a
+        sparse product), so a pass adds H_t's columns only."""
+        model, vocab_size = self.model, self.config.vocab_size
         codes = model.model.input_vectors(torch.arange(vocab_size, device=self.device)).detach().double()
         check_statistics("explicit-solution inputs", codes)
         hidden_dim = model.neural_mixture.direct_weight.shape[0] - 2 * codes.shape[1]
         statistic = Cooccurrence.zeros(hidden_dim, vocab_size, self.device)
         pairs = [NgramCounts(vocab_size) for _ in range(2)]
-        for input_ids, valid, weight in self.iterate("neural word model"):
-            ends = model.model.document_ends(input_ids, valid)
-            hidden, _ = model.model.layers[last](self.layer_inputs(last, input_ids, valid, ends), valid, ends, None)
-            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
+        for input_ids, valid, weight, hidden in self.last_hidden("neural word model"):
+            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight, trusted_inputs=True)  # softmaxes
             previous = previous_tokens(input_ids, valid.long(), None)[..., 0]
             for counts, tokens in zip(pairs, (input_ids, previous), strict=True):
                 known = weight & (tokens[:, :-1] >= 0)
@@ -332,12 +371,30 @@ class ExplicitWarmStart:
         self.reduce(statistic)
         blocks = []
         for counts in pairs:
-            keys, numbers = counts.merged(self.accelerator)
-            rows = codes[(keys // vocab_size).to(self.device)] * numbers.to(self.device)[:, None]
-            blocks.append(torch.zeros_like(codes).index_add_(0, (keys % vocab_size).to(self.device), rows))
-            statistic.input_mass += rows.sum()
+            keys, numbers = (tensor.to(self.device) for tensor in counts.merged(self.accelerator))
+            firsts, nexts = keys // vocab_size, keys % vocab_size
+            pair_counts = torch.sparse_coo_tensor(  # N_j^T, (next, first)
+                torch.stack([nexts, firsts]), numbers, (vocab_size, vocab_size), check_invariants=False
+            )
+            blocks.append(torch.sparse.mm(pair_counts, codes))
+            statistic.input_mass += numbers @ codes.sum(1)[firsts]
         transposed = torch.cat([statistic.transposed_counts, *blocks], dim=1)
         return Cooccurrence(transposed, statistic.input_mass, statistic.num_rows)
+
+    def last_hidden(self, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(input_ids, valid, target_weight, H_t of the last layer) per batch: from the z_t the last layer's hidden
+        pass kept (`solve_hidden`), else from the data."""
+        layer = self.model.model.layers[-1]
+        if self.kept is not None:
+            for input_ids, valid, weight, vectors in tqdm(
+                self.kept, desc=f"warm start: {description} (kept z_t)", disable=not self.show_progress
+            ):
+                yield input_ids, valid, weight, layer.hidden_distributions(vectors)
+            return
+        for input_ids, valid, weight in self.iterate(description):
+            ends = self.model.model.document_ends(input_ids, valid)
+            inputs = self.layer_inputs(len(self.model.model.layers) - 1, input_ids, valid, ends)
+            yield input_ids, valid, weight, layer(inputs, valid, ends, None)[0]
 
     def solve_neural_mixture(self) -> None:
         """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from the
@@ -459,14 +516,10 @@ class ExplicitWarmStart:
 
     def solve_output(self) -> None:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
-        last = len(self.model.model.layers) - 1
         statistic = Cooccurrence.zeros(self.model.lm_head.in_features, self.config.vocab_size, self.device)
         start = time.perf_counter()
-        for input_ids, valid, weight in self.iterate("output layer"):
-            ends = self.model.model.document_ends(input_ids, valid)
-            inputs = self.layer_inputs(last, input_ids, valid, ends)
-            hidden, _ = self.model.model.layers[last](inputs, valid, ends, None)
-            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight)
+        for input_ids, _, weight, hidden in self.last_hidden("output layer"):
+            statistic.add(hidden[:, :-1], input_ids[:, 1:], weight, trusted_inputs=True)  # softmaxes
         self.reduce(statistic)
         self.set_linear(self.model.lm_head, statistic, "output O")
         self.timed("output", start)
@@ -491,11 +544,13 @@ class ExplicitWarmStart:
         counts = self.count_tokens()
         self.set_embeddings(counts)
         self.timed("embeddings", start)
-        for index, layer in enumerate(self.model.model.layers):
+        layers = self.model.model.layers
+        for index, layer in enumerate(layers):
             for window in layer.windows:
                 window.attention.weight.zero_()
                 window.attention.bias.zero_()
-            self.solve_hidden(index, layer.contexts, f"layer {index} hidden (uniform attention)")
+            final = index == len(layers) - 1 and not (self.attention_iters and layer.windows)  # z_t as they stay
+            self.solve_hidden(index, layer.contexts, f"layer {index} hidden (uniform attention)", keep=final)
             for _ in range(self.attention_iters if layer.windows else 0):
                 self.solve_attention(index)
                 self.solve_hidden(index, list(layer.windows), f"layer {index} hidden")
@@ -511,6 +566,7 @@ class ExplicitWarmStart:
             self.solve_output()
         if self.model.neural_mixture is not None:
             self.solve_neural_mixture()
+        self.kept = None
         self.model.config.warm_started = True
         self.model.train(was_training)
         return self.report

@@ -6,10 +6,20 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from factories import VOCAB, batches_of, mean_loss, packed_dataset, saffu_config, state_of, training_arguments
+from factories import (
+    VOCAB,
+    assert_same_state,
+    batches_of,
+    mean_loss,
+    packed_dataset,
+    saffu_config,
+    state_of,
+    training_arguments,
+)
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import ExplicitStatisticsError, solve_bigram_channel
+from hf_saffu.modeling_saffu import SaffuLayer
 from hf_saffu.trainer import ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -266,6 +276,53 @@ def test_warm_start_does_not_depend_on_batching():
         models.append(model.state_dict())
     for name, tensor in models[0].items():
         assert torch.allclose(tensor, models[1][name], rtol=1e-5, atol=1e-6), name
+
+
+class CountingBatches:
+    """Batches that count the passes read over them."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):  # counted once its first batch is read
+        self.passes += 1
+        yield from self.batches
+
+
+@pytest.mark.parametrize(
+    ("overrides", "saved"),
+    [
+        (dict(neural_mixture_dim=8, ngram_order=3), 1),  # the neural word model's pass
+        (dict(log_hidden_head=False), 1),  # the output layer's
+        (dict(log_hidden_head=False, neural_mixture_dim=8), 2),  # both
+        (dict(log_hidden_head=False, explicit_attention_iters=1), 0),  # the windows' z_t change after the pass
+    ],
+)
+def test_what_the_warm_start_keeps_gives_the_same_weights_in_fewer_passes(overrides, saved, monkeypatch):
+    """warm_start_cache_mb: with room for everything, the data is read once and the last layer's z_t are computed
+    `saved` times fewer (once per pass that reads H_t); with room for the tokens alone, the data is read once; with
+    none, every pass reads it. The weights are the same, bit for bit."""
+    train = packed_dataset(80)
+    batches = batches_of(train, 16)
+    token_mb = sum(batch["input_ids"].numel() * 9 for batch in batches) / 2**20
+    computed = []
+    layer_inputs = SaffuLayer.context_inputs
+    monkeypatch.setattr(SaffuLayer, "context_inputs", lambda *a, **k: computed.append(1) or layer_inputs(*a, **k))
+    states, passes, computations = {}, {}, {}
+    for cache_mb in (2048.0, token_mb * 1.001, 0.0):
+        settings = dict(explicit_attention_iters=0, warm_start_cache_mb=cache_mb)
+        torch.manual_seed(0)
+        model = SaffuForCausalLM(saffu_config(**{**settings, **overrides}))
+        counting = CountingBatches(batches)
+        computed.clear()
+        explicit_warm_start(model, counting, show_progress=False)
+        states[cache_mb], passes[cache_mb], computations[cache_mb] = state_of(model), counting.passes, len(computed)
+    everything, tokens, nothing = states
+    assert passes[everything] == passes[tokens] == 1 < passes[nothing]
+    assert computations[nothing] - computations[everything] == saved * len(batches)
+    assert computations[tokens] == computations[nothing]
+    assert_same_state(states[everything], states[nothing])
+    assert_same_state(states[tokens], states[nothing])
 
 
 def test_empty_warm_start_data_is_a_clear_error():
