@@ -269,11 +269,6 @@ class SaffuConfig(PreTrainedConfig):
             d, the width of E and of a_t.
         neural_mixture_attention_heads (`int`, *optional*, defaults to 4):
             Heads of the attention (d_h = d / heads).
-        neural_mixture_attention_layers (`int`, *optional*, defaults to 1):
-            L, the attention's depth [ours]: with L > 1, its states are contextual, the token embeddings E through
-            L - 1 pre-LN transformer blocks (GPT-2's, each attending over the last w positions, then a 4d GELU MLP;
-            `SaffuNeuralBlock`), and a_t reads them instead of E. a_t then depends on the last L (w - 1) + 1 tokens,
-            which the decoding state keeps (at most 64). 1: a_t reads the token embeddings.
         neural_mixture_dropout (`float`, *optional*, defaults to 0.0):
             p, the dropout probability on the neural word model's hidden features g_t and attention output a_t
             during training [ours]: regularises its multi-epoch training. 0: none.
@@ -360,7 +355,6 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_attention_window: int = 0,
         neural_mixture_attention_dim: int = 128,
         neural_mixture_attention_heads: int = 4,
-        neural_mixture_attention_layers: int = 1,
         neural_mixture_dropout: float = 0.0,
         neural_mixture_tied_output: bool = False,
         freeze_embeddings: bool = True,
@@ -392,7 +386,6 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_attention_window = neural_mixture_attention_window
         self.neural_mixture_attention_dim = neural_mixture_attention_dim
         self.neural_mixture_attention_heads = neural_mixture_attention_heads
-        self.neural_mixture_attention_layers = neural_mixture_attention_layers
         self.neural_mixture_dropout = neural_mixture_dropout
         self.neural_mixture_tied_output = neural_mixture_tied_output
         self.freeze_embeddings = freeze_embeddings
@@ -427,17 +420,10 @@ class SaffuConfig(PreTrainedConfig):
     @property
     def previous_token_count(self) -> int:
         """How many tokens before each position the model reads: the n-gram tables' histories (ngram_order - 2)
-        and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1) and attention
-        (`neural_attention_span` - 1); the decoding state keeps as many."""
-        mixture = max(self.neural_mixture_context, self.neural_attention_span) - 1
+        and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1) and attention window
+        (neural_mixture_attention_window - 1); the decoding state keeps as many."""
+        mixture = max(self.neural_mixture_context, self.neural_mixture_attention_window) - 1
         return max(self.ngram_order - 2, mixture if self.neural_mixture_dim else 0)
-
-    @property
-    def neural_attention_span(self) -> int:
-        """The tokens the neural mixture's attention reads, the pivot included: L (w - 1) + 1 for L =
-        neural_mixture_attention_layers and w = neural_mixture_attention_window (0: no attention)."""
-        window = self.neural_mixture_attention_window
-        return attention_span(self.neural_mixture_attention_layers, window) if window else 0
 
     def table_capacity(self, order: int) -> int:
         """Entries of the table of `order`: its ngram_capacities entry, at most one per n-gram (vocab_size^order)."""
@@ -508,18 +494,6 @@ class SaffuConfig(PreTrainedConfig):
             )
         positive_int("neural_mixture_attention_dim", self.neural_mixture_attention_dim)
         positive_int("neural_mixture_attention_heads", self.neural_mixture_attention_heads)
-        positive_int("neural_mixture_attention_layers", self.neural_mixture_attention_layers)
-        if self.neural_mixture_attention_layers > 1 and window == 1:
-            raise ValueError(
-                "SaffuConfig.neural_mixture_attention_layers > 1 needs neural_mixture_attention_window >= 2 (a "
-                "window of one token has no context to add), got 1"
-            )
-        if self.neural_attention_span > MAX_MIXTURE_CONTEXT:
-            raise ValueError(
-                f"SaffuConfig.neural_mixture_attention_layers={self.neural_mixture_attention_layers} with "
-                f"neural_mixture_attention_window={window} reads L (w - 1) + 1 = {self.neural_attention_span} tokens, "
-                f"more than the {MAX_MIXTURE_CONTEXT} the decoding state keeps"
-            )
         if self.neural_mixture_attention_dim % self.neural_mixture_attention_heads:
             raise ValueError(
                 f"SaffuConfig.neural_mixture_attention_dim={self.neural_mixture_attention_dim} must be a multiple of "
@@ -618,11 +592,6 @@ def check_matrix_sizes(config: SaffuConfig) -> None:
                 f"SaffuConfig.{rows} x {columns} (C = {config.num_contexts} contexts) = {height} x {width} must be "
                 f"<= {MAX_TENSOR_ELEMENTS} entries (a matrix that large cannot be allocated)"
             )
-
-
-def attention_span(layers: int, window: int) -> int:
-    """The tokens an attention of `layers` layers, each over the last `window` positions, reads: L (w - 1) + 1."""
-    return layers * (window - 1) + 1
 
 
 def positive_int(name: str, value, note: str = "") -> None:

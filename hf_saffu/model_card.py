@@ -27,7 +27,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from .configuration_saffu import SaffuConfig, attention_span
+from .configuration_saffu import SaffuConfig
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "all_results.json"
@@ -136,9 +136,7 @@ def describe_architecture(config: SaffuConfig) -> str:
         context = getattr(config, "neural_mixture_context", 2)
         reads = f", its hidden path reading {context} tokens in order" if context > 2 else ""
         window = getattr(config, "neural_mixture_attention_window", 0)
-        depth = getattr(config, "neural_mixture_attention_layers", 1)
-        deep = f" ({depth} layers: contextual states, reading the last {attention_span(depth, window)} tokens)"
-        reads += f", a learned attention over the last {window} tokens{deep if depth > 1 else ''}" if window else ""
+        reads += f", a learned attention over the last {window} tokens" if window else ""
         tied = window and getattr(config, "neural_mixture_tied_output", False)
         reads += ", its word weights tied to the attention's token embeddings" if tied else ""
         classes = getattr(config, "neural_mixture_classes", 0)

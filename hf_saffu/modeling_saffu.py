@@ -45,7 +45,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .bit_cipher import bit_cipher_vectors
-from .configuration_saffu import SaffuConfig, attention_span
+from .configuration_saffu import SaffuConfig
 
 BAND_CHUNK = 32
 # transformers 5.24 renamed the decoding-state argument and output field `past_key_values` to `cache`; the
@@ -668,117 +668,38 @@ def target_log_softmax(logits: torch.Tensor, targets: torch.LongTensor) -> torch
     return (logits.gather(-1, index) - logits.logsumexp(-1, keepdim=True)).squeeze(-1)
 
 
-class SaffuNeuralBlock(nn.Module):
-    """A pre-LN transformer block (GPT-2's) over the token sequence, its attention limited to the last w positions
-    (`config.neural_mixture_attention_window` = w, d = `neural_mixture_attention_dim`, H heads of d_h = d / H):
-
-        s_tau <- s_tau + dropout_p(MHA(LN(s))_tau O + o),    MHA_tau = [sum_{j < w} softmax_j(q_tau,h . k_{tau-j},h
-                 / sqrt(d_h) + beta_hj) v_{tau-j},h]_h,    q, k, v = LN(s) W_q, W_k, W_v (+ biases),
-        s_tau <- s_tau + dropout_p(GELU(LN(s_tau) W_1 + b_1) W_2 + b_2)    (4d hidden units),
-
-    over the known positions tau - j (a position always sees itself); the states of unknown positions are 0."""
-
-    def __init__(self, window: int, dim: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.window, self.heads = window, heads
-        self.dropout = nn.Dropout(dropout)
-        self.attention_norm = nn.LayerNorm(dim)
-        self.query_key_value = nn.Linear(dim, 3 * dim)
-        self.output = nn.Linear(dim, dim)
-        self.offset_bias = nn.Parameter(torch.zeros(heads, window))  # beta
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.up = nn.Linear(dim, 4 * dim)
-        self.down = nn.Linear(4 * dim, dim)
-
-    def forward(self, states: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """The states (batch, S, d) after the block, from `states` and `known` (batch, S) bool."""
-        length, dim = states.shape[1:]
-        offsets = torch.arange(length, device=states.device)
-        offsets = offsets[:, None] - offsets[None, :]  # tau - sigma
-        seen = (offsets >= 0) & (offsets < self.window)
-        seen = (seen & known[:, None, :]) | (offsets == 0)  # (batch, S, S)
-        heads = self.query_key_value(self.attention_norm(states)).unflatten(-1, (3, self.heads, -1))
-        query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # (batch, H, S, d_h) each
-        bias = self.offset_bias[:, offsets.clamp(0, self.window - 1)]  # (H, S, S)
-        scores = query @ key.transpose(-1, -2) / math.sqrt(dim // self.heads) + bias
-        weights = torch.softmax(scores.masked_fill(~seen[:, None], float("-inf")), dim=-1)
-        mixed = (weights @ value).transpose(1, 2).flatten(-2)
-        states = states + self.dropout(self.output(mixed))
-        states = states + self.dropout(self.down(nn.functional.gelu(self.up(self.mlp_norm(states)))))
-        return states * known[..., None].to(states.dtype)
-
-
 class SaffuNeuralAttention(nn.Module):
     """A learned attention over the last w tokens for the neural word model's hidden path
     (`config.neural_mixture_attention_window` = w, `neural_mixture_attention_dim` = d, H heads of d_h = d / H):
 
-        q, k, v = LN(s) W_q, LN(s) W_k, LN(s) W_v,
-        a_t = [sum_{j < w} softmax_j(q_t,h . k_{t-j},h / sqrt(d_h) + beta_hj) v_{t-j},h]_h,
+        q, k, v = LN(E) W_q, LN(E) W_k, LN(E) W_v    (one row per token of the vocabulary),
+        a_t = [sum_{j < w} softmax_j(q(x_t)_h . k(x_{t-j})_h / sqrt(d_h) + beta_hj) v(x_{t-j})_h]_h,
 
     over the known tokens among x_t, ..., x_{t-w+1} (the pivot is always one), with beta a learned bias per head
-    and offset (the order of the tokens), and dropout p on a_t in training. With one layer (`config.
-    neural_mixture_attention_layers` = L = 1) the states are the learned token embeddings, s_t = E[x_t], functions of
-    the token alone, so each forward projects the distinct tokens it reads once. With L > 1 they are contextual: E[x]
-    through L - 1 `SaffuNeuralBlock`s over the text, so a_t reads the last L (w - 1) + 1 tokens."""
+    and offset (the order of the tokens), and dropout p on a_t in training. Its rows are functions of the token
+    alone, so each forward projects the distinct tokens it reads once."""
 
-    def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0, layers: int = 1):
+    def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads = heads
         self.dropout = nn.Dropout(dropout)
         self.token_embeddings = nn.Parameter(torch.zeros(vocab_size, dim))  # E
-        self.blocks = nn.ModuleList(SaffuNeuralBlock(window, dim, heads, dropout) for _ in range(layers - 1))
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, dim, bias=False)
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
         self.offset_bias = nn.Parameter(torch.zeros(heads, window))  # beta
 
-    @property
-    def span(self) -> int:
-        """The tokens a_t reads, the pivot included: L (w - 1) + 1."""
-        return attention_span(len(self.blocks) + 1, self.offset_bias.shape[1])
-
     def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """a_t (..., d) from `tokens` (..., span): x_t, x_{t-1}, ..., -1 where unknown; with L > 1, (batch, T, span)
-        whose rows are the windows of consecutive positions of each text (`previous_tokens`)."""
-        window = self.offset_bias.shape[1]
-        rows, index = self.contextual_rows(tokens) if self.blocks else self.token_rows(tokens[..., :window])
+        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown."""
+        distinct, index = torch.unique(tokens.clamp_min(0), return_inverse=True)
+        rows = self.norm(self.token_embeddings[distinct])
         split = (self.heads, rows.shape[-1] // self.heads)
         query = self.query(rows)[index[..., 0]].unflatten(-1, split)  # (..., H, d_h)
         key, value = (projection(rows)[index].unflatten(-1, split) for projection in (self.key, self.value))
         scores = torch.einsum("...hd,...jhd->...hj", query, key) / math.sqrt(split[1]) + self.offset_bias
-        unknown = (tokens[..., :window] < 0)[..., None, :]
-        weights = torch.softmax(scores.masked_fill(unknown, float("-inf")), dim=-1)
+        weights = torch.softmax(scores.masked_fill((tokens < 0)[..., None, :], float("-inf")), dim=-1)
         return self.dropout(torch.einsum("...hj,...jhd->...hd", weights, value).flatten(-2))
-
-    def token_rows(self, tokens: torch.LongTensor) -> tuple[torch.Tensor, torch.LongTensor]:
-        """LN(E) of the distinct tokens and each window entry's row among them."""
-        distinct, index = torch.unique(tokens.clamp_min(0), return_inverse=True)
-        return self.norm(self.token_embeddings[distinct]), index
-
-    def contextual_rows(self, tokens: torch.LongTensor) -> tuple[torch.Tensor, torch.LongTensor]:
-        """LN(s) of the text's positions (batch * S, d) after the blocks, and each window entry's row. The text
-        x_{-(span-1)}, ..., x_{T-1} is read from the windows: the first position's history, then each position's
-        token as the next window sees it (-1 at padding; the pivot itself is never -1), the last pivot last; less
-        its first positions where no row has a token (before a training block: their states would be 0, and the
-        window entries that point there are unknown, masked)."""
-        if tokens.dim() != 3 or tokens.shape[-1] < self.span:
-            raise ValueError(
-                f"a neural attention of {len(self.blocks) + 1} layers reads (batch, T, {self.span}) token windows "
-                f"(previous_tokens), got shape {tuple(tokens.shape)}"
-            )
-        tokens = tokens[..., : self.span]
-        text = torch.cat([tokens[:, 0, 1:].flip(-1), tokens[:, 1:, 1], tokens[:, -1:, 0]], dim=1)
-        first = min(int((text >= 0).any(0).long().argmax()), self.span - 1)
-        text = text[:, first:]  # (batch, S)
-        known = text >= 0
-        states = self.token_embeddings[text.clamp_min(0)] * known[..., None].to(self.token_embeddings.dtype)
-        for block in self.blocks:
-            states = block(states, known)
-        (batch, length), device = text.shape, tokens.device
-        positions = torch.arange(tokens.shape[1], device=device)[:, None] - torch.arange(self.offset_bias.shape[1])
-        positions = (self.span - 1 - first + positions.to(device)).clamp_min(0)
-        return self.norm(states.flatten(0, 1)), torch.arange(batch, device=device)[:, None, None] * length + positions
 
 
 class SaffuNeuralMixture(nn.Module):
@@ -1088,10 +1009,6 @@ class SaffuPreTrainedModel(PreTrainedModel):
         if isinstance(module, SaffuNeuralAttention):  # GPT-2's initialisation; beta = 0
             init.normal_(module.token_embeddings, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.offset_bias)
-        if isinstance(module, SaffuNeuralBlock):  # its residual branches start at 0: a block starts as the identity
-            init.zeros_(module.offset_bias)
-            init.zeros_(module.output.weight)
-            init.zeros_(module.down.weight)
         if isinstance(module, SaffuNeuralMixture):  # the neural part starts at b_W, weighted lambda_0
             weight = self.config.neural_mixture_weight
             init.normal_(module.feature_weight, mean=0.0, std=1.0 / math.sqrt(module.feature_weight.shape[0]))
@@ -1269,8 +1186,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         dropout, tied = config.neural_mixture_dropout, config.neural_mixture_tied_output
         if width and window:
             dim, heads = config.neural_mixture_attention_dim, config.neural_mixture_attention_heads
-            layers = config.neural_mixture_attention_layers
-            attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout, layers)
+            attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout)
             inputs += dim
         self.neural_mixture = (
             SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied)
@@ -1421,16 +1337,16 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture`, then a_t with its attention unless not
         `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions; `previous`:
-        `previous_tokens`, at least max(k, span) - 1 of them (`SaffuNeuralAttention.span`), or one in the pivots'
-        shape for k = 2 without attention; v = 0 where there is no token)."""
+        `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without attention;
+        v = 0 where there is no token)."""
         previous = previous[..., None] if previous.shape == pivots.shape else previous
         tokens = torch.cat([pivots[..., None], previous], dim=-1)
         read = tokens[..., : self.config.neural_mixture_context]
         vectors = self.model.input_vectors(read.clamp_min(0)) * (read >= 0)[..., None].to(hidden.dtype)
         inputs = [hidden, vectors.flatten(-2)]
         if attend and self.neural_mixture.attention is not None:
-            attention = self.neural_mixture.attention
-            inputs.append(attention(tokens[..., : attention.span]).to(hidden.dtype))
+            window = self.config.neural_mixture_attention_window
+            inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))
         return torch.cat(inputs, dim=-1)
 
     @property
@@ -1499,5 +1415,4 @@ __all__ = [
     "SaffuResidualHead",
     "SaffuNeuralMixture",
     "SaffuNeuralAttention",
-    "SaffuNeuralBlock",
 ]

@@ -11,7 +11,6 @@ from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.explicit import solve_softmax
 from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_out, table_leave_one_out
 from hf_saffu.model_card import describe_architecture
-from hf_saffu.modeling_saffu import previous_tokens
 from hf_saffu.trainer import DIRECT_PATH_COUNTS_NAME, ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
 
@@ -146,16 +145,12 @@ def test_warm_start_solves_the_direct_path_and_gives_it_its_initial_weight(class
         assert torch.allclose(model(sample).logits.double(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("classes", "window", "layers"), [(0, 0, 1), (6, 0, 1), (6, 4, 1), (0, 3, 2)])
-def test_backprop_trains_the_neural_part_and_its_weight(classes, window, layers):
+@pytest.mark.parametrize(("classes", "window"), [(0, 0), (6, 0), (6, 4)])
+def test_backprop_trains_the_neural_part_and_its_weight(classes, window):
     """W and w start at 0, so the first step reaches W, w, c and D; from the second A and a learn too (no saddle);
-    with classes, D^c, W^c and b^c too; with attention, every weight of it from the second step, its blocks' from the
-    third (their residual branches start at 0)."""
+    with classes, D^c, W^c and b^c too; with attention, every weight of it from the second step."""
     model = mixture_model(
-        neural_mixture_classes=classes,
-        neural_mixture_attention_window=window,
-        neural_mixture_attention_dim=8,
-        neural_mixture_attention_layers=layers,
+        neural_mixture_classes=classes, neural_mixture_attention_window=window, neural_mixture_attention_dim=8
     )
     explicit_warm_start(model, batches_of(packed_dataset(40), 16), show_progress=False)
     model.train()
@@ -163,7 +158,7 @@ def test_backprop_trains_the_neural_part_and_its_weight(classes, window, layers)
     before = {name: parameter.detach().clone() for name, parameter in mixture.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = packed_dataset(8, seed=2).with_format("torch")[:]
-    for _ in range(layers + 1):
+    for _ in range(2):
         optimizer.zero_grad()
         output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         assert math.isfinite(output.loss.item())
@@ -289,68 +284,6 @@ def test_the_attention_reads_the_last_w_tokens_of_the_text():
         SaffuConfig(neural_mixture_attention_dim=6, neural_mixture_attention_heads=4)
 
 
-def test_a_deeper_attention_reads_contextual_states_of_the_text():
-    """neural_mixture_attention_layers L = 2, w = 3: a_t recomputed by hand from the equations, the block's states
-    s_tau of every position from the known tokens x_tau, x_{tau-1}, x_{tau-2} (pre-LN attention with offset biases,
-    then the 4d GELU MLP, both residual), then the last layer's attention over s_t, s_{t-1}, s_{t-2}. The batch's
-    second text is left-padded: its padding is neither attended nor read. The same a_t comes from the windows of
-    the text's last positions alone (what a decoding step passes)."""
-    model = mixture_model(
-        neural_mixture_attention_window=3,
-        neural_mixture_attention_dim=4,
-        neural_mixture_attention_heads=2,
-        neural_mixture_attention_layers=2,
-    )
-    randomise_(model, scale=0.5)
-    model = model.double()
-    attention = model.neural_mixture.attention
-    block = attention.blocks[0]
-    ids = torch.randint(2, 40, (2, 8), generator=torch.Generator().manual_seed(6))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    span = model.config.previous_token_count + 1
-    assert span == attention.span == 5
-
-    def heads(query, keys, values, bias):  # one position's attention over its keys (offsets 0, 1, ...), per head
-        out = []
-        for h in range(2):
-            part = slice(2 * h, 2 * h + 2)
-            scores = torch.stack([query[part] @ key[part] / math.sqrt(2) for key in keys]) + bias[h, : len(keys)]
-            out.append(sum(w * v[part] for w, v in zip(torch.softmax(scores, 0), values, strict=True)))
-        return torch.cat(out)
-
-    def known_before(b, t, count):  # the known positions t, t - 1, ... within `count`
-        return [t - j for j in range(count) if t - j >= 0 and mask[b, t - j]]
-
-    with torch.no_grad():
-        states = torch.zeros(2, 8, 4, dtype=torch.float64)
-        for b in range(2):
-            embedded = attention.token_embeddings[ids[b]]
-            qkv = block.query_key_value(block.attention_norm(embedded))
-            for t in range(8):
-                if not mask[b, t]:
-                    continue
-                seen = known_before(b, t, 3)
-                mixed = heads(qkv[t, :4], qkv[seen, 4:8], qkv[seen, 8:], block.offset_bias)
-                s = embedded[t] + block.output(mixed)
-                states[b, t] = s + block.down(torch.nn.functional.gelu(block.up(block.mlp_norm(s))))
-        rows = attention.norm(states)
-        q, k, v = (rows @ projection.weight.T for projection in (attention.query, attention.key, attention.value))
-        hidden = model.model(ids, attention_mask=mask).last_hidden_state.exp()
-        previous = previous_tokens(ids, mask, None, span - 1)
-        inputs = model.neural_inputs(hidden, ids, previous)
-        for b in range(2):
-            for t in range(8):
-                if mask[b, t]:
-                    seen = known_before(b, t, 3)
-                    expected = heads(q[b, t], k[b, seen], v[b, seen], attention.offset_bias)
-                    assert torch.allclose(inputs[b, t, -4:], expected, atol=1e-12), (b, t)
-        windows = torch.cat([ids[:, -1:, None], previous[:, -1:]], dim=-1)  # (2, 1, 5): the last position's
-        assert torch.allclose(attention(windows)[:, 0], inputs[:, -1, -4:], atol=1e-12)
-        with pytest.raises(ValueError, match="reads \\(batch, T, 5\\) token windows"):
-            attention(windows[:, 0])
-
-
 def test_dropout_drops_the_features_in_training_only():
     """neural_mixture_dropout p: in training each entry of a_t and of g_t is 0 or its evaluation value / (1 - p),
     some of each 0; in evaluation the model equals the same weights without dropout."""
@@ -378,23 +311,13 @@ def test_dropout_drops_the_features_in_training_only():
 
 
 @pytest.mark.parametrize(
-    ("order", "context", "classes", "window", "layers"),
-    [
-        (2, 2, 0, 0, 1),
-        (3, 2, 0, 0, 1),
-        (2, 5, 0, 0, 1),
-        (4, 3, 0, 0, 1),
-        (3, 3, 6, 0, 1),
-        (2, 2, 0, 6, 1),
-        (3, 4, 6, 3, 1),
-        (2, 2, 0, 3, 3),
-    ],
+    ("order", "context", "classes", "window"),
+    [(2, 2, 0, 0), (3, 2, 0, 0), (2, 5, 0, 0), (4, 3, 0, 0), (3, 3, 6, 0), (2, 2, 0, 6), (3, 4, 6, 3)],
 )
-def test_cached_generation_equals_a_full_recompute(order, context, classes, window, layers):
-    """The mixture reads k - 1 (and its attention L (w - 1)) earlier tokens: from the decoding state when generating
+def test_cached_generation_equals_a_full_recompute(order, context, classes, window):
+    """The mixture reads k - 1 (and its attention w - 1) earlier tokens: from the decoding state when generating
     (kept for it even by a model whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
     model = mixture_model(
-        neural_mixture_attention_layers=layers,
         initializer_range=3.0,
         ngram_order=order,
         neural_mixture_context=context,
@@ -409,7 +332,6 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
     out = model.generate(
         prompt, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=PAD
     )
-    assert out.sequences.shape[1] > model.config.previous_token_count  # the state's window slides
     for step, cached in enumerate(out.logits):
         full = model(out.sequences[:, : prompt.shape[1] + step], use_cache=False).logits[:, -1]
         assert torch.allclose(cached, full.to(cached.dtype), atol=1e-5), step
@@ -428,8 +350,6 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
         (-1, "neural_mixture_attention_window"),
         (0, "neural_mixture_attention_dim"),
         (0, "neural_mixture_attention_heads"),
-        (0, "neural_mixture_attention_layers"),
-        (1.5, "neural_mixture_attention_layers"),
         (1, "neural_mixture_dropout"),
         (-0.1, "neural_mixture_dropout"),
         (float("nan"), "neural_mixture_dropout"),
@@ -439,17 +359,6 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
 def test_invalid_mixture_settings_name_the_field(value, field):
     with pytest.raises(ValueError, match=field):
         SaffuConfig(**{field: value})
-
-
-def test_a_deep_attention_must_fit_the_decoding_state():
-    """L (w - 1) + 1 tokens read: 3 layers over 22 positions read 64 (allowed), over 23 positions 67 (refused); more
-    than one layer over a window of one token is refused."""
-    deep = SaffuConfig(neural_mixture_dim=8, neural_mixture_attention_window=22, neural_mixture_attention_layers=3)
-    assert deep.previous_token_count == 63
-    with pytest.raises(ValueError, match="neural_mixture_attention_layers > 1 needs neural_mixture_attention_window"):
-        SaffuConfig(neural_mixture_attention_window=1, neural_mixture_attention_layers=2)
-    with pytest.raises(ValueError, match="neural_mixture_attention_layers=3 .* reads L \\(w - 1\\) \\+ 1 = 67 tokens"):
-        SaffuConfig(neural_mixture_attention_window=23, neural_mixture_attention_layers=3)
 
 
 def test_a_tied_output_needs_the_attention():
@@ -753,8 +662,5 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units, its output factored through 6 token classes)" in factored
     attending = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16))
     assert "neural word model (8 GELU units, a learned attention over the last 16 tokens)" in attending
-    deep = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_attention_layers=2)
-    expected = "a learned attention over the last 16 tokens (2 layers: contextual states, reading the last 31 tokens)"
-    assert expected in describe_architecture(deep)
     tied = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_tied_output=True)
     assert "last 16 tokens, its word weights tied to the attention's token embeddings)" in describe_architecture(tied)
