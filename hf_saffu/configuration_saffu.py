@@ -85,8 +85,8 @@ class ExplicitWarmStartConfig:
         warm_start_batch_size (`int`, *optional*, defaults to 32):
             Blocks per forward batch of the warm start's passes (memory and speed, not results: the counts are
             sums). 32 blocks of 128 tokens keep a pass's temporaries below glibc's mmap threshold, so they reuse
-            memory instead of faulting in fresh pages: configs/brown.yaml's warm start takes 13.3 CPU-s, 15.5 with
-            64 (docs/DESIGN.md, section 5).
+            memory instead of faulting in fresh pages: for configs/brown.yaml 32 was faster than 64 and 16 each time
+            it was measured (docs/DESIGN.md, section 5).
         warm_start_cache_mb (`float`, *optional*, defaults to 2048):
             Memory (MB, 2^20 bytes) the warm start may keep what its passes read and compute in: first the batches
             of tokens its first pass reads (9 bytes a token), which the later passes then read from memory, then

@@ -51,8 +51,10 @@ from .explicit import (
 )
 from .modeling_saffu import (
     SaffuContext,
+    SaffuDocumentContext,
     SaffuForCausalLM,
     SaffuLayer,
+    SaffuWindowContext,
     banded_dot,
     new_table,
     previous_tokens,
@@ -63,6 +65,12 @@ from .token_classes import accumulate_profiles, anchored_codes, cluster_tokens, 
 PROFILE_COLUMNS = 1024  # width of the pair profiles (the rarer tokens share the last column)
 
 Batch = dict[str, torch.Tensor]
+
+
+# The kinds of context whose z_t are convex mixtures of the layer's inputs (attention weights, document means): finite
+# and non-negative when the inputs are, so the warm start checks the inputs once, not every z_t (a registered kind's
+# z_t are checked)
+CONVEX = (SaffuWindowContext, SaffuDocumentContext)
 
 
 @dataclass
@@ -267,7 +275,7 @@ class ExplicitWarmStart:
         statistics = [Cooccurrence.zeros(layer.input_dim, width, self.device) for _ in contexts]
         count_features = self.recipe.explicit_hidden_priming == "features"
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
-        if layer_index == 0:  # z_t mixes the layer's inputs convexly (means, attention); above, they are softmaxes
+        if layer_index == 0:  # the windows' and the document's z_t mix the layer's inputs convexly; above, softmaxes
             check_statistics("explicit-solution inputs", self.model.model.embeddings.weight)
         room = self.room if keep else 0.0
         self.kept = [] if room > 0 else None
@@ -283,7 +291,7 @@ class ExplicitWarmStart:
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 output = computed.outputs[context]
-                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=True)
+                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=isinstance(context, CONVEX))
                 if count_features:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)

@@ -8,7 +8,7 @@ from factories import EOS, PAD, VOCAB, packed_dataset, saffu_config
 from torch import nn
 
 from hf_saffu import SaffuForCausalLM
-from hf_saffu.explicit import Cooccurrence
+from hf_saffu.explicit import Cooccurrence, ExplicitStatisticsError
 from hf_saffu.modeling_saffu import CONTEXT_KINDS, ContextVectors, SaffuContext, register_context_kind
 from hf_saffu.warm_start import ExplicitWarmStart
 
@@ -87,3 +87,24 @@ def test_cached_generation_with_an_offset_context_equals_a_full_recompute(offset
     cached = torch.stack(out.logits, dim=1)
     assert cached.shape == full.shape and full.std() > 1.0
     assert torch.allclose(cached, full.to(cached.dtype), atol=1e-5)
+
+
+class NegatedOffsetContext(OffsetContext):
+    """z_t = -v_{t-k}: a registered kind whose vectors the explicit solution cannot take."""
+
+    def context_vectors(self, computed, state) -> ContextVectors:
+        vectors = super().context_vectors(computed, state)
+        return ContextVectors(-vectors.vectors, vectors.inputs_behind)
+
+
+def test_a_registered_kinds_vectors_are_checked_in_the_warm_start():
+    """The warm start checks the layer's inputs once and trusts the windows' and the document's z_t (convex mixtures
+    of them); a registered kind's z_t are checked batch by batch: negative ones are a clear error."""
+    register_context_kind("offsets", NegatedOffsetContext.build)
+    try:
+        model = SaffuForCausalLM(saffu_config(context_offsets=[2]))
+        train = packed_dataset(40).with_format("torch")
+        with pytest.raises(ExplicitStatisticsError, match="explicit-solution inputs holds negative values"):
+            ExplicitWarmStart(model, [train[i : i + 16] for i in range(0, len(train), 16)], show_progress=False).run()
+    finally:
+        CONTEXT_KINDS.pop("offsets")
