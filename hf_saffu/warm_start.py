@@ -70,7 +70,7 @@ Batch = dict[str, torch.Tensor]
 # The kinds of context whose z_t are convex mixtures of the layer's inputs (attention weights, document means): finite
 # and non-negative when the inputs are, so the warm start checks the inputs once, not every z_t (a registered kind's
 # z_t are checked)
-CONVEX = (SaffuWindowContext, SaffuDocumentContext)
+CONVEX_CONTEXTS = (SaffuWindowContext, SaffuDocumentContext)
 
 
 @dataclass
@@ -291,7 +291,8 @@ class ExplicitWarmStart:
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 output = computed.outputs[context]
-                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=isinstance(context, CONVEX))
+                convex = isinstance(context, CONVEX_CONTEXTS)
+                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=convex)
                 if count_features:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
