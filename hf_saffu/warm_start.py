@@ -150,7 +150,7 @@ class ExplicitWarmStart:
                 input_ids = batch["input_ids"].to(self.device)
                 mask = batch.get("attention_mask")
                 valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(self.device).bool()
-                room -= input_ids.numel() * (input_ids.element_size() + valid.element_size())
+                room -= tensor_bytes(input_ids, valid)
                 if room < 0:
                     read = None  # past the budget: every pass reads the data
                 elif read is not None:
@@ -277,6 +277,7 @@ class ExplicitWarmStart:
         features = torch.zeros(len(contexts), dtype=torch.float64, device=self.device)
         if layer_index == 0:  # the windows' and the document's z_t mix the layer's inputs convexly; above, softmaxes
             check_statistics("explicit-solution inputs", self.model.model.embeddings.weight)
+        trusted = [isinstance(context, CONVEX_CONTEXTS) for context in contexts]
         room = self.room if keep else 0.0
         self.kept = [] if room > 0 else None
         start = time.perf_counter()
@@ -284,15 +285,14 @@ class ExplicitWarmStart:
             vectors = {context: output.vectors for context, output in computed.outputs.items()}
             if self.kept is not None:
                 self.kept.append((input_ids, computed.valid, weight, vectors))
-                room -= sum(tensor.numel() * tensor.element_size() for tensor in (input_ids, *vectors.values()))
+                room -= tensor_bytes(input_ids, *vectors.values())
                 if room < 0:
                     self.kept = None  # past the budget: the passes that read H_t compute them again
             labels = input_ids[:, 1:]
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
                 output = computed.outputs[context]
-                convex = isinstance(context, CONVEX_CONTEXTS)
-                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=convex)
+                statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=trusted[index])
                 if count_features:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
         self.reduce(*statistics, features)
@@ -664,12 +664,17 @@ def set_table_capacity(model: SaffuForCausalLM, order: int, capacity: int) -> to
     return table
 
 
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """The bytes the tensors' elements take."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
 def entry_bytes(order: int, dtype: torch.dtype) -> int:
     """Bytes one more entry takes in a pivot table of `order` (its per-entry parameters and buffers)."""
 
     def size(capacity: int) -> int:
         table = new_table(order, 1, capacity).to(dtype)
-        return sum(t.numel() * t.element_size() for t in (*table.parameters(), *table.buffers()))
+        return tensor_bytes(*table.parameters(), *table.buffers())
 
     return size(2) - size(1)
 
