@@ -277,6 +277,12 @@ class SaffuConfig(PreTrainedConfig):
             learned P (neural_mixture_dim x neural_mixture_attention_dim) instead of a free W (neural_mixture_dim x
             vocab_size), as GPT-2 ties its output to its input embeddings (Press and Wolf 2017). Needs
             neural_mixture_attention_window > 0. P starts at 0, so the warm start is unchanged.
+        neural_mixture_aux_loss_coef (`float`, *optional*, defaults to 0.0):
+            alpha >= 0: in training, the loss adds alpha times the neural word model's own cross-entropy,
+            -alpha mean_t ln p_N(y_t) [ours] (as Mixtral's `router_aux_loss_coef` adds its router's loss). The
+            mixture's likelihood alone trains p_N through the posterior r_t = lambda_t p_N(y_t) / p(y_t), so only
+            where the counts fail; with alpha > 0 every token trains p_N as a language model of its own, as a GPT-2
+            interpolated with Kneser-Ney is trained. Evaluation reads the mixture alone. 0: none.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -357,6 +363,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_attention_heads: int = 4,
         neural_mixture_dropout: float = 0.0,
         neural_mixture_tied_output: bool = False,
+        neural_mixture_aux_loss_coef: float = 0.0,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -388,6 +395,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_attention_heads = neural_mixture_attention_heads
         self.neural_mixture_dropout = neural_mixture_dropout
         self.neural_mixture_tied_output = neural_mixture_tied_output
+        self.neural_mixture_aux_loss_coef = neural_mixture_aux_loss_coef
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -502,6 +510,7 @@ class SaffuConfig(PreTrainedConfig):
         bounded_number("neural_mixture_dropout", self.neural_mixture_dropout, 0, 1, closed=True)
         if self.neural_mixture_dropout == 1:
             raise ValueError("SaffuConfig.neural_mixture_dropout must be < 1 (1 drops every feature), got 1")
+        bounded_number("neural_mixture_aux_loss_coef", self.neural_mixture_aux_loss_coef, 0, math.inf, closed=True)
         if self.neural_mixture_tied_output and self.neural_mixture_dim and not window:
             raise ValueError(
                 "SaffuConfig.neural_mixture_tied_output ties W to the attention's token embeddings: it needs "

@@ -761,9 +761,10 @@ class SaffuNeuralMixture(nn.Module):
     def forward(
         self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor | None = None, changes=None
     ) -> torch.Tensor:
-        """ln p over the vocabulary from the counted `logits` and the inputs o_t. `changes`: (word, class) changes
-        (..., each None or a tensor) added to the neural part's logits at each position's target (and target
-        class) before its softmax (training only: the direct path's leave-one-out values, `targets` then given)."""
+        """ln p and the neural part's own ln p_N, both over the vocabulary, from the counted `logits` and the inputs
+        o_t. `changes`: (word, class) changes (..., each None or a tensor) added to the neural part's logits at each
+        position's target (and target class) before its softmax (training only: the direct path's leave-one-out
+        values, `targets` then given)."""
         gate, direct, hidden = self.features(inputs)
         words, classes = self.neural_logits(direct, hidden, targets, changes)
         if classes is None:
@@ -772,13 +773,13 @@ class SaffuNeuralMixture(nn.Module):
             class_log_probs = torch.log_softmax(classes, dim=-1)
             neural = words + (class_log_probs - self.class_log_normalisers(words))[..., self.token_classes]
         counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
-        return torch.logaddexp(counted, nn.functional.logsigmoid(gate) + neural)
+        return torch.logaddexp(counted, nn.functional.logsigmoid(gate) + neural), neural
 
     def target_log_probs(
         self, counted: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
     ) -> torch.Tensor:
-        """ln p(y_t) of `forward`'s equation at the targets y_t only (..., -100: none, read as 0), from the counted
-        part's ln softmax(logits_t)_{y_t} (`counted`, `target_log_softmax`) and the neural part's,
+        """ln p(y_t) of `forward`'s equation and ln p_N(y_t) at the targets y_t only (..., -100: none, read as 0),
+        from the counted part's ln softmax(logits_t)_{y_t} (`counted`, `target_log_softmax`) and the neural part's,
 
             ln p(y) = logaddexp(ln(1 - lambda_t) + l_y - logsumexp(l), ln lambda_t + ln p_N(y)),
 
@@ -791,7 +792,8 @@ class SaffuNeuralMixture(nn.Module):
             neural = target_log_softmax(words, targets)
         gate = gate.squeeze(-1)
         mixed = torch.logaddexp(nn.functional.logsigmoid(-gate) + counted, nn.functional.logsigmoid(gate) + neural)
-        return mixed.masked_fill(targets == -100, 0.0)
+        unknown = targets == -100
+        return mixed.masked_fill(unknown, 0.0), neural.masked_fill(unknown, 0.0)
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gate's logit g_t w + c, the direct inputs u_t and the hidden features g_t."""
@@ -1286,7 +1288,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 logits = self.table_leave_one_out(logits, input_ids, previous, labels)
             return logits
 
-        logits, loss = None, None
+        logits, loss, aux_loss = None, None, None
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
             inputs = self.neural_inputs(probabilities, input_ids, previous)
@@ -1299,13 +1301,21 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 changes = self.neural_leave_one_out(mixture.direct_inputs(inputs), targets, classes)
             if skip_logits:
                 counted = self.counted_target_log_probs(counted_logits, input_ids, attention_mask, labels, targets)
-                loss = -self.neural_mixture.target_log_probs(counted, inputs, targets, changes).sum() / count
+                mixed, own = self.neural_mixture.target_log_probs(counted, inputs, targets, changes)
+                loss = -mixed.sum() / count
             else:
-                logits = self.neural_mixture(counted_logits(), inputs, targets, changes)
+                logits, own = self.neural_mixture(counted_logits(), inputs, targets, changes)
+                if labels is not None:
+                    own = own.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1).masked_fill(targets == -100, 0)
+            coef = self.config.neural_mixture_aux_loss_coef
+            if self.training and labels is not None and coef:
+                aux_loss = -coef * own.sum() / count  # the neural part's own cross-entropy, alpha-weighted
         else:
             logits = counted_logits()
         if labels is not None and loss is None:
             loss = self.causal_lm_loss(logits, labels, **kwargs)
+        if aux_loss is not None:
+            loss = loss + aux_loss
         return CausalLMOutputWithPast(
             loss=loss,
             logits=None if skip_logits else logits,

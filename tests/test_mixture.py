@@ -168,12 +168,15 @@ def test_backprop_trains_the_neural_part_and_its_weight(classes, window):
         assert not torch.equal(parameter, before[name]) or parameter.grad.abs().max() > 0, name
 
 
-@pytest.mark.parametrize("mixture", ["words", "classes", None])
+@pytest.mark.parametrize("mixture", ["words", "classes", "classes-aux", None])
 def test_the_loss_alone_equals_the_loss_from_the_logits(mixture):
     """skip_logits (ExplicitTrainer's training steps): the loss read at the targets (with classes: each target's
     class alone) equals the cross-entropy of the full ln p, in value and gradient, with ignored labels, shift_labels
-    and num_items_in_batch, and with the direct path's leave-one-out changes; no logits return."""
-    if mixture == "classes":
+    and num_items_in_batch, and with the direct path's leave-one-out changes, the auxiliary loss included; no logits
+    return."""
+    if mixture == "classes-aux":
+        model, mixture = class_model(ngram_order=3, neural_mixture_aux_loss_coef=0.7), "classes"
+    elif mixture == "classes":
         model = class_model(ngram_order=3)
     else:
         model = mixture_model(ngram_order=3) if mixture else SaffuForCausalLM(saffu_config(ngram_order=3))
@@ -202,6 +205,37 @@ def test_the_loss_alone_equals_the_loss_from_the_logits(mixture):
             assert expected is None or torch.allclose(expected, got, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="skip_logits=True returns only the loss: pass labels"):
         model(ids, skip_logits=True)
+
+
+def test_the_aux_loss_adds_the_neural_parts_own_cross_entropy():
+    """neural_mixture_aux_loss_coef alpha: in training the loss is the mixture's cross-entropy plus alpha times p_N's
+    own, -mean_t ln softmax(u_t D + g_t W + b_W)_{y_t} recomputed by hand; in evaluation the mixture's alone."""
+    model = mixture_model(neural_mixture_aux_loss_coef=0.5)
+    randomise_(model, scale=0.5)
+    model = model.double()
+    plain = mixture_model().double()
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(2, 40, (2, 11), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[1, :3] = -100
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state.exp()
+        previous = torch.cat([torch.full((2, 1), -1), ids[:, :-1]], dim=1)
+        vectors = model.model.embeddings.weight
+        inputs = torch.cat([hidden, vectors[ids], vectors[previous.clamp_min(0)] * (previous >= 0)[..., None]], -1)
+        mixture = model.neural_mixture
+        g = torch.nn.functional.gelu(inputs @ mixture.feature_weight + mixture.feature_bias)
+        neural = torch.log_softmax(inputs @ mixture.direct_weight + g @ mixture.word_weight + mixture.word_bias, -1)
+        targets = labels[:, 1:]
+        own = -neural[:, :-1].gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)[targets != -100].mean()
+        mixed = plain.train()(ids, labels=labels).loss
+        for skip_logits in (False, True):
+            loss = model.train()(ids, labels=labels, skip_logits=skip_logits).loss
+            assert loss.item() == pytest.approx(mixed.item() + 0.5 * own.item(), rel=1e-6)  # float32 loss casts
+        evaluated = plain.eval()(ids, labels=labels).loss.item()
+        assert model.eval()(ids, labels=labels).loss.item() == pytest.approx(evaluated, rel=1e-12)
+    with pytest.raises(ValueError, match="neural_mixture_aux_loss_coef"):
+        saffu_config(neural_mixture_dim=8, neural_mixture_aux_loss_coef=-1.0)
 
 
 def test_the_trainer_trains_on_the_loss_alone(tmp_path):
