@@ -337,6 +337,13 @@ class ExplicitTrainer(Trainer):
                 "freeze_counted_parts=True trains the neural word model alone, but the model has none "
                 "(SaffuConfig.neural_mixture_dim=0): nothing would train"
             )
+        if self.saffu_model.config.neural_mixture_aux_loss_coef and (
+            self.label_smoother is not None or self.compute_loss_func is not None
+        ):
+            raise ValueError(
+                "SaffuConfig.neural_mixture_aux_loss_coef is part of the model's own loss, which "
+                "label_smoothing_factor and compute_loss_func replace: set one or the other"
+            )
         if steps is not None:
             self.add_callback(FrozenEmbeddingPhase(self.saffu_model.model, steps))
 

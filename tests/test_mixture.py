@@ -253,6 +253,9 @@ def test_the_trainer_trains_on_the_loss_alone(tmp_path):
     smoothed = training_arguments(tmp_path, max_steps=1, save_strategy="no", label_smoothing_factor=0.1)
     ExplicitTrainer(model=model, args=smoothed, train_dataset=train).train()
     assert seen and not any(logits_skipped for _, logits_skipped in seen)
+    model.config.neural_mixture_aux_loss_coef = 1.0  # part of the model's loss, which label smoothing replaces
+    with pytest.raises(ValueError, match="neural_mixture_aux_loss_coef is part of the model's own loss"):
+        ExplicitTrainer(model=model, args=smoothed, train_dataset=train)
 
 
 def test_the_hidden_path_reads_earlier_codes_in_order():
