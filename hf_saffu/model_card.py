@@ -141,6 +141,8 @@ def describe_architecture(config: SaffuConfig) -> str:
         reads += ", its word weights tied to the attention's token embeddings" if tied else ""
         classes = getattr(config, "neural_mixture_classes", 0)
         reads += f", its output factored through {classes} token classes" if classes else ""
+        aux = getattr(config, "neural_mixture_aux_loss_coef", 0)
+        reads += f", trained on its own cross-entropy too (weight {aux:g})" if aux else ""
         pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "

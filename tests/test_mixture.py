@@ -234,8 +234,6 @@ def test_the_aux_loss_adds_the_neural_parts_own_cross_entropy():
             assert loss.item() == pytest.approx(mixed.item() + 0.5 * own.item(), rel=1e-6)  # float32 loss casts
         evaluated = plain.eval()(ids, labels=labels).loss.item()
         assert model.eval()(ids, labels=labels).loss.item() == pytest.approx(evaluated, rel=1e-12)
-    with pytest.raises(ValueError, match="neural_mixture_aux_loss_coef"):
-        saffu_config(neural_mixture_dim=8, neural_mixture_aux_loss_coef=-1.0)
 
 
 def test_the_trainer_trains_on_the_loss_alone(tmp_path):
@@ -391,6 +389,8 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
         (-0.1, "neural_mixture_dropout"),
         (float("nan"), "neural_mixture_dropout"),
         ("yes", "neural_mixture_tied_output"),
+        (-0.5, "neural_mixture_aux_loss_coef"),
+        (float("inf"), "neural_mixture_aux_loss_coef"),
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
@@ -701,3 +701,5 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units, a learned attention over the last 16 tokens)" in attending
     tied = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_tied_output=True)
     assert "last 16 tokens, its word weights tied to the attention's token embeddings)" in describe_architecture(tied)
+    aux = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_aux_loss_coef=0.5))
+    assert "neural word model (8 GELU units, trained on its own cross-entropy too (weight 0.5))" in aux
