@@ -724,7 +724,8 @@ class SaffuNeuralMixture(nn.Module):
         p_N(y) = softmax(u_t D^c + g_t W^c + b^c)_{k(y)} exp(z_ty) / sum_{y': k(y') = k(y)} exp(z_ty'),
 
     D^c, b^c the explicit solution on class targets; a training step's loss then reads z_t on the target's class
-    only (`target_log_probs`)."""
+    only (`target_log_probs`). Both return ln p_N beside ln p: with `config.neural_mixture_aux_loss_coef` alpha the
+    training loss adds -alpha mean_t ln p_N(y_t), p_N's own cross-entropy."""
 
     def __init__(
         self,
@@ -760,7 +761,7 @@ class SaffuNeuralMixture(nn.Module):
 
     def forward(
         self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor | None = None, changes=None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ln p and the neural part's own ln p_N, both over the vocabulary, from the counted `logits` and the inputs
         o_t. `changes`: (word, class) changes (..., each None or a tensor) added to the neural part's logits at each
         position's target (and target class) before its softmax (training only: the direct path's leave-one-out
@@ -777,7 +778,7 @@ class SaffuNeuralMixture(nn.Module):
 
     def target_log_probs(
         self, counted: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ln p(y_t) of `forward`'s equation and ln p_N(y_t) at the targets y_t only (..., -100: none, read as 0),
         from the counted part's ln softmax(logits_t)_{y_t} (`counted`, `target_log_softmax`) and the neural part's,
 
