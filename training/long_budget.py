@@ -370,8 +370,9 @@ def mixture_targets(saffu: dict, mixture: dict) -> list[dict]:
     return rows
 
 
-def mixture_lines(mixture: dict) -> list[str]:
-    """The mixture at every budget point: lam, and the GPT-2 alone and the mixture on every split."""
+def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
+    """The mixture at every budget point: lam, and the GPT-2 alone and the mixture on every split (`tag`: a tagged
+    run's, shown in the heading)."""
     kn = mixture["kneser_ney"]
     splits = ("curve", *SCORED)
     rows = []
@@ -403,7 +404,7 @@ def mixture_lines(mixture: dict) -> list[str]:
     ]
     return [
         "",
-        "## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated",
+        f"## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated{f' [{tag}]' if tag else ''}",
         "",
         "- p = lam p_GPT-2 + (1 - lam) p_KN3 per token; lam on a grid of 0.05 steps, chosen on the curve subset at "
         "each budget point (the first curve point at or after it; evaluation not counted), then scored at that lam; "
@@ -538,6 +539,12 @@ def report(out: Path) -> dict:
         "",
         *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
         *(mixture_lines(mixture) if mixture is not None else []),
+        *(
+            line
+            for key in sorted(variants)
+            if key.startswith(f"{MIXTURE}-")
+            for line in mixture_lines(variants[key], key.removeprefix(f"{MIXTURE}-"))
+        ),
         *ablation_lines(variants, arms),
         "",
         "![curves](long_budget.png)",
