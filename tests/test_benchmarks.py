@@ -563,3 +563,9 @@ def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
     assert isinstance(mixed[0], bool) and mixed[1:] == [None, None, None]
     assert "(not reached)" in (tmp_path / "LONG_BUDGET.md").read_text()
     assert (tmp_path / "long_budget.png").stat().st_size > 0
+    # a tagged run of the mixture arm (another session's) gets its own table, its lam and numbers as recorded
+    (tmp_path / "long_budget" / "gpt2-kn3-again.json").write_text(json.dumps(arm))
+    long_budget.main(["--output-dir", str(tmp_path), "--report"])
+    text = (tmp_path / "LONG_BUDGET.md").read_text()
+    tagged = text.split("## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated [again]")[1]
+    assert f"| {final['lambda']:.2f} |" in tagged and f"| {final['ood_perplexity']:.1f} |" in tagged
