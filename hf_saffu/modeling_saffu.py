@@ -1290,6 +1290,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             return logits
 
         logits, loss, aux_loss = None, None, None
+        coef = self.config.neural_mixture_aux_loss_coef if self.training and labels is not None else 0
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
             inputs = self.neural_inputs(probabilities, input_ids, previous)
@@ -1306,10 +1307,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 loss = -mixed.sum() / count
             else:
                 logits, own = self.neural_mixture(counted_logits(), inputs, targets, changes)
-                if labels is not None:
+                if coef:
                     own = own.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1).masked_fill(targets == -100, 0)
-            coef = self.config.neural_mixture_aux_loss_coef
-            if self.training and labels is not None and coef:
+            if coef:
                 aux_loss = -coef * own.sum() / count  # the neural part's own cross-entropy, alpha-weighted
         else:
             logits = counted_logits()

@@ -465,7 +465,8 @@ def report(out: Path) -> dict:
     counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
     mixture = files.pop(MIXTURE, None)
     arms = {key: files[key] for key in ARMS if key in files}
-    variants = {key: result for key, result in files.items() if key not in arms}
+    tagged_mixtures = {key.removeprefix(f"{MIXTURE}-"): r for key, r in files.items() if key.startswith(f"{MIXTURE}-")}
+    variants = {key: r for key, r in files.items() if key not in arms and not key.startswith(f"{MIXTURE}-")}
     rows = [arm_row(r) for r in arms.values()]
     if mixture is not None:
         alone = {**mixture, "arm": "GPT-2 2x128 (alone, the mixture's run)"}
@@ -539,12 +540,7 @@ def report(out: Path) -> dict:
         "",
         *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
         *(mixture_lines(mixture) if mixture is not None else []),
-        *(
-            line
-            for key in sorted(variants)
-            if key.startswith(f"{MIXTURE}-")
-            for line in mixture_lines(variants[key], key.removeprefix(f"{MIXTURE}-"))
-        ),
+        *(line for tag in sorted(tagged_mixtures) for line in mixture_lines(tagged_mixtures[tag], tag)),
         *ablation_lines(variants, arms),
         "",
         "![curves](long_budget.png)",
