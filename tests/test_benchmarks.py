@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from factories import benchmark_recipe
 
-from hf_saffu import SaffuConfig
+from hf_saffu import SaffuConfig, SaffuForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -399,8 +399,12 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     assert "| GPT-2 of equal size |" in (tmp_path / "LONG_BUDGET.md").read_text()
     # --set repeated: every setting applies (argparse's default kept only the last --set's)
     variant = ["--set", "hidden_bits=10", "learning_rate=0.002", "--set", "frozen_fraction=0.5", "--tag", "narrow"]
-    long_budget.main([*argv, *small, "--arms", "saffu-warm", *variant])
+    long_budget.main([*argv, *small, "--arms", "saffu-warm", *variant, "--save-models", str(tmp_path / "models")])
     narrow = json.loads((tmp_path / "long_budget" / "saffu-warm-narrow.json").read_text())
+    saved = SaffuForCausalLM.from_pretrained(tmp_path / "models" / "saffu-warm-narrow")  # the weights it scored
+    recipe = harness.read_config(config)
+    _, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
+    assert harness.perplexity(saved, data["validation"]) == pytest.approx(narrow["validation_perplexity"], rel=1e-6)
     assert narrow["recipe"]["model"]["hidden_bits"] == 10 and narrow["parameters"] < warm["parameters"]
     assert narrow["recipe"]["learning_rate"] == 0.002 and "learning_rate" not in narrow["recipe"]["model"]
     assert narrow["frozen_steps"] == round(0.5 * narrow["planned_steps"]) and narrow["steps_per_cpu_second"]["frozen"]

@@ -183,9 +183,18 @@ class KneserNeyMixture:
 
 
 def run_arm(
-    arm: str, settings: Settings, recipe: harness.SaffuRecipe, tokenizer, data, extra_eval, out: Path, tag: str = ""
+    arm: str,
+    settings: Settings,
+    recipe: harness.SaffuRecipe,
+    tokenizer,
+    data,
+    extra_eval,
+    out: Path,
+    tag: str = "",
+    save_models: Path | None = None,
 ):
-    """One arm; `tag` names a variant (an ablation: its results file is ARM-TAG.json)."""
+    """One arm; `tag` names a variant (an ablation: its results file is ARM-TAG.json). With `save_models` a
+    backprop arm's model as scored (its best weights) and the tokenizer are saved to SAVE_MODELS/ARM-TAG."""
     key = f"{arm}-{tag}" if tag else arm
     name = ARM_NAMES.get(arm, arm) + (f" [{tag}]" if tag else "")
     head = {"arm": name, "key": key, "base": arm, "settings": asdict(settings), "recipe": asdict(recipe)}
@@ -235,6 +244,10 @@ def run_arm(
         result = harness.train_with_budget(gpt2, data, budget, settings.gpt2_learning_rate, **scoring)
         if arm == MIXTURE:  # the best weights, restored by early stopping
             result["mixture_final"] = mixture.evaluate(gpt2)
+    if save_models is not None:
+        trained = saffu if arm.startswith("saffu") else gpt2
+        trained.save_pretrained(save_models / key)
+        tokenizer.save_pretrained(save_models / key)
     writer.write(result, complete=True)
 
 
@@ -590,6 +603,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ood-file", type=Path, default=DEFAULT_OOD_FILE, help="out-of-domain text, one document a line"
     )
+    parser.add_argument(
+        "--save-models", type=Path, help="save each backprop arm's scored model and the tokenizer to DIR/ARM-TAG"
+    )
     defaults = Settings()
     for name, value in asdict(defaults).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
@@ -607,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, data = harness.load_data(harness.data_dir_or_exit(args.data_dir), recipe.vocab_size, recipe.block_size)
     extra_eval = {"ood": ood_blocks(args.ood_file, tokenizer, recipe.block_size)}
     for arm in args.arms:
-        run_arm(arm, settings, recipe, tokenizer, data, extra_eval, args.output_dir, args.tag)
+        run_arm(arm, settings, recipe, tokenizer, data, extra_eval, args.output_dir, args.tag, args.save_models)
 
 
 if __name__ == "__main__":
