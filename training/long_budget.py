@@ -244,11 +244,11 @@ def run_arm(
         result = harness.train_with_budget(gpt2, data, budget, settings.gpt2_learning_rate, **scoring)
         if arm == MIXTURE:  # the best weights, restored by early stopping
             result["mixture_final"] = mixture.evaluate(gpt2)
+    writer.write(result, complete=True)
     if save_models is not None:
         trained = saffu if arm.startswith("saffu") else gpt2
         trained.save_pretrained(save_models / key)
         tokenizer.save_pretrained(save_models / key)
-    writer.write(result, complete=True)
 
 
 # -- the report ---------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Is the neural mixture's gate well placed on unseen text? (issue 24, BEYOND_COUNTING.md, eleventh session)
+
+usage: python benchmarks/beyond/gate_probe.py MODEL_DIR --text FILE [--blocks 256]
+
+MODEL_DIR: a saved SaffuForCausalLM with a neural mixture (`long_budget --save-models`, `mixture_run.sh`). The first
+--blocks blocks of FILE (one document a line, packed as `hf-saffu train` packs them, 128-token blocks) are scored
+once; at every target the gate's logit s_t = g_t w + c, the counted parts' ln p_C(y_t) and the neural part's
+ln p_N(y_t) are kept, and the mixture is re-scored offline,
+
+    p(y_t) = (1 - sigmoid(a s_t + delta)) p_C(y_t) + sigmoid(a s_t + delta) p_N(y_t),
+
+for a shift delta (a = 1), a scale and a shift, and a fixed lambda in place of the gate, each chosen on these very
+blocks (an upper bound on what fitting the gate on held-out text could gain). Prints the perplexities of the mixture,
+the counted parts alone, p_N alone, and of each re-fitted gate.
+"""
+
+import argparse
+import math
+
+import torch
+from datasets import DatasetDict, load_dataset
+from transformers import AutoTokenizer
+
+from hf_saffu import SaffuForCausalLM
+from hf_saffu.data import DataArguments, tokenize_and_pack
+
+
+def target_terms(model: SaffuForCausalLM, data, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+    """(s_t, ln p_C(y_t), ln p_N(y_t)) at every target of `data`, float64, from the model's own loss path
+    (`skip_logits`: `SaffuNeuralMixture.target_log_probs`, wrapped on this instance to keep its inputs)."""
+    mixture, kept = model.neural_mixture, []
+    scores = mixture.target_log_probs
+
+    def keep(counted, inputs, targets, changes=None):
+        mixed, neural = scores(counted, inputs, targets, changes)
+        gate = mixture.features(inputs)[0].squeeze(-1)
+        known = targets != -100
+        kept.append(torch.stack([gate[known], counted[known], neural[known]]).double())
+        return mixed, neural
+
+    mixture.target_log_probs = keep
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = {key: torch.tensor(value) for key, value in data[start : start + batch_size].items()}
+            model(**batch, skip_logits=True)
+    return tuple(torch.cat(kept, dim=1))
+
+
+def perplexity(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> float:
+    logsigmoid = torch.nn.functional.logsigmoid
+    return math.exp(-float(torch.logaddexp(logsigmoid(-gate) + counted, logsigmoid(gate) + neural).mean()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir")
+    parser.add_argument("--text", required=True)
+    parser.add_argument("--blocks", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = SaffuForCausalLM.from_pretrained(args.model_dir).eval()
+    if model.neural_mixture is None:
+        raise SystemExit(f"error: {args.model_dir} has no neural mixture (neural_mixture_dim 0)")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    texts = load_dataset("text", data_files=args.text)["train"].filter(lambda row: bool(row["text"].strip()))
+    packed = tokenize_and_pack(DatasetDict(split=texts), tokenizer, DataArguments(train_files=[args.text]))["split"]
+    gate, counted, neural = target_terms(model, packed.select(range(min(args.blocks, len(packed)))))
+    alone = {"counted parts": counted, "p_N": neural}
+    print(
+        f"{gate.numel()} targets: mixture {perplexity(gate, counted, neural):.2f}, mean lambda_t "
+        f"{float(torch.sigmoid(gate).mean()):.3f}"
+    )
+    print(", ".join(f"{name} alone {math.exp(-float(values.mean())):.2f}" for name, values in alone.items()))
+    shift = min((perplexity(gate + d / 10, counted, neural), d / 10) for d in range(-30, 31))
+    print(f"gate shifted by {shift[1]:+.1f}: {shift[0]:.2f}")
+    scaled = min(
+        (perplexity(a * gate + d / 5, counted, neural), a, d / 5)
+        for a in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+        for d in range(-15, 16)
+    )
+    print(f"gate scaled by {scaled[1]} and shifted by {scaled[2]:+.1f}: {scaled[0]:.2f}")
+    fixed = min(
+        (perplexity(torch.full_like(gate, math.log(k / (100 - k))), counted, neural), k / 100) for k in range(1, 100)
+    )
+    print(f"fixed lambda {fixed[1]:.2f}: {fixed[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
