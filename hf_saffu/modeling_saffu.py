@@ -773,8 +773,7 @@ class SaffuNeuralMixture(nn.Module):
         else:
             class_log_probs = torch.log_softmax(classes, dim=-1)
             neural = words + (class_log_probs - self.class_log_normalisers(words))[..., self.token_classes]
-        counted = nn.functional.logsigmoid(-gate) + torch.log_softmax(logits, dim=-1)
-        return torch.logaddexp(counted, nn.functional.logsigmoid(gate) + neural), neural
+        return self.mix(gate, torch.log_softmax(logits, dim=-1), neural), neural
 
     def target_log_probs(
         self, counted: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
@@ -792,9 +791,14 @@ class SaffuNeuralMixture(nn.Module):
             words, _ = self.neural_logits(direct, hidden, targets, changes)
             neural = target_log_softmax(words, targets)
         gate = gate.squeeze(-1)
-        mixed = torch.logaddexp(nn.functional.logsigmoid(-gate) + counted, nn.functional.logsigmoid(gate) + neural)
+        mixed = self.mix(gate, counted, neural)
         unknown = targets == -100
         return mixed.masked_fill(unknown, 0.0), neural.masked_fill(unknown, 0.0)
+
+    @staticmethod
+    def mix(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> torch.Tensor:
+        """ln p = ln((1 - lambda) p_C + lambda p_N), lambda = sigmoid(`gate`), from ln p_C (`counted`) and ln p_N."""
+        return torch.logaddexp(nn.functional.logsigmoid(-gate) + counted, nn.functional.logsigmoid(gate) + neural)
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gate's logit g_t w + c, the direct inputs u_t and the hidden features g_t."""

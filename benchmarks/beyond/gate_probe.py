@@ -23,22 +23,28 @@ from transformers import AutoTokenizer
 
 from hf_saffu import SaffuForCausalLM
 from hf_saffu.data import DataArguments, tokenize_and_pack
+from hf_saffu.modeling_saffu import SaffuNeuralMixture
 
 
 def target_terms(model: SaffuForCausalLM, data, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
     """(s_t, ln p_C(y_t), ln p_N(y_t)) at every target of `data`, float64, from the model's own loss path
-    (`skip_logits`: `SaffuNeuralMixture.target_log_probs`, wrapped on this instance to keep its inputs)."""
-    mixture, kept = model.neural_mixture, []
-    scores = mixture.target_log_probs
+    (`skip_logits`): `SaffuNeuralMixture.features` and `target_log_probs`, wrapped on this instance to keep the gate's
+    logits and their inputs."""
+    mixture, gates, kept = model.neural_mixture, [], []
+    features, scores = mixture.features, mixture.target_log_probs
+
+    def keep_gate(inputs):
+        gate, direct, hidden = features(inputs)
+        gates.append(gate.squeeze(-1))
+        return gate, direct, hidden
 
     def keep(counted, inputs, targets, changes=None):
         mixed, neural = scores(counted, inputs, targets, changes)
-        gate = mixture.features(inputs)[0].squeeze(-1)
         known = targets != -100
-        kept.append(torch.stack([gate[known], counted[known], neural[known]]).double())
+        kept.append(torch.stack([gates.pop()[known], counted[known], neural[known]]).double())
         return mixed, neural
 
-    mixture.target_log_probs = keep
+    mixture.features, mixture.target_log_probs = keep_gate, keep
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = {key: torch.tensor(value) for key, value in data[start : start + batch_size].items()}
@@ -47,8 +53,7 @@ def target_terms(model: SaffuForCausalLM, data, batch_size: int = 32) -> tuple[t
 
 
 def perplexity(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> float:
-    logsigmoid = torch.nn.functional.logsigmoid
-    return math.exp(-float(torch.logaddexp(logsigmoid(-gate) + counted, logsigmoid(gate) + neural).mean()))
+    return math.exp(-float(SaffuNeuralMixture.mix(gate, counted, neural).mean()))
 
 
 def main() -> None:
