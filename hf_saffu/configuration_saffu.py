@@ -283,6 +283,12 @@ class SaffuConfig(PreTrainedConfig):
             mixture's likelihood alone trains p_N through the posterior r_t = lambda_t p_N(y_t) / p(y_t), so only
             where the counts fail; with alpha > 0 every token trains p_N as a language model of its own, as a GPT-2
             interpolated with Kneser-Ney is trained. Evaluation reads the mixture alone. 0: none.
+        neural_mixture_token_context (`int`, *optional*, defaults to 0):
+            n <= neural_mixture_attention_window: the neural word model's hidden path also reads the learned
+            embeddings of the last n tokens in order, the pivot included [ours]: g_t = GELU([o_t, a_t, LN(E)[x_t],
+            ..., LN(E)[x_{t-n+1}]] A + a) with the attention's token embeddings E (0 where there is no token). A
+            Bengio-style concatenation of free embeddings: the codes of `neural_mixture_context` are fixed, so their
+            block of A is an embedding of rank <= embed_bits, and the attention mixes positions. 0: none.
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -364,6 +370,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_dropout: float = 0.0,
         neural_mixture_tied_output: bool = False,
         neural_mixture_aux_loss_coef: float = 0.0,
+        neural_mixture_token_context: int = 0,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -396,6 +403,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_dropout = neural_mixture_dropout
         self.neural_mixture_tied_output = neural_mixture_tied_output
         self.neural_mixture_aux_loss_coef = neural_mixture_aux_loss_coef
+        self.neural_mixture_token_context = neural_mixture_token_context
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -515,6 +523,12 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 "SaffuConfig.neural_mixture_tied_output ties W to the attention's token embeddings: it needs "
                 "neural_mixture_attention_window > 0, got 0"
+            )
+        ordered = self.neural_mixture_token_context
+        if isinstance(ordered, bool) or not isinstance(ordered, int) or not 0 <= ordered <= max(window, 0):
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_token_context must be an integer in [0, neural_mixture_attention_window="
+                f"{window}] (the tokens whose learned embeddings the neural word model reads in order), got {ordered!r}"
             )
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:

@@ -137,6 +137,8 @@ def describe_architecture(config: SaffuConfig) -> str:
         reads = f", its hidden path reading {context} tokens in order" if context > 2 else ""
         window = getattr(config, "neural_mixture_attention_window", 0)
         reads += f", a learned attention over the last {window} tokens" if window else ""
+        ordered = getattr(config, "neural_mixture_token_context", 0)
+        reads += f", the learned embeddings of the last {ordered} tokens in order" if ordered else ""
         tied = window and getattr(config, "neural_mixture_tied_output", False)
         reads += ", its word weights tied to the attention's token embeddings" if tied else ""
         classes = getattr(config, "neural_mixture_classes", 0)

@@ -690,10 +690,19 @@ class SaffuNeuralAttention(nn.Module):
         self.value = nn.Linear(dim, dim, bias=False)
         self.offset_bias = nn.Parameter(torch.zeros(heads, window))  # beta
 
-    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown."""
+    def forward(self, tokens: torch.LongTensor, ordered: int = 0) -> torch.Tensor:
+        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown; then, for `ordered`
+        n > 0, the rows LN(E)[x_t], ..., LN(E)[x_{t-n+1}] (0 where unknown, dropout p in training): (..., d (1 + n))."""
         distinct, index = torch.unique(tokens.clamp_min(0), return_inverse=True)
         rows = self.norm(self.token_embeddings[distinct])
+        if ordered:
+            known = (tokens[..., :ordered] >= 0)[..., None].to(rows.dtype)
+            ordered_rows = self.dropout((rows[index[..., :ordered]] * known).flatten(-2))
+            return torch.cat([self.attend(rows, index, tokens), ordered_rows], dim=-1)
+        return self.attend(rows, index, tokens)
+
+    def attend(self, rows: torch.Tensor, index: torch.LongTensor, tokens: torch.LongTensor) -> torch.Tensor:
+        """a_t from the distinct tokens' rows LN(E)[u] and each window's `index` into them."""
         split = (self.heads, rows.shape[-1] // self.heads)
         query = self.query(rows)[index[..., 0]].unflatten(-1, split)  # (..., H, d_h)
         key, value = (projection(rows)[index].unflatten(-1, split) for projection in (self.key, self.value))
@@ -716,8 +725,9 @@ class SaffuNeuralMixture(nn.Module):
     start (`hf_saffu.warm_start`); the hidden path starts at W = 0 (P = 0), and the weight at w = 0, c =
     logit(`config.neural_mixture_weight`). The hidden path also reads the codes of k - 2 earlier tokens in order (k =
     `config.neural_mixture_context`; o_t = u_t for k = 2), and with `attention` (`SaffuNeuralAttention`) a learned
-    attention a_t over the last w tokens, o_t's last entries. The module takes o_t; D reads its first `direct_dim`
-    entries, u_t.
+    attention a_t over the last w tokens, then the learned embeddings LN(E)[x_t], ..., LN(E)[x_{t-n+1}] of the last n
+    tokens in order (`config.neural_mixture_token_context`), o_t's last entries. The module takes o_t; D reads its
+    first `direct_dim` entries, u_t.
 
     With C token classes k(y) (`config.neural_mixture_classes`; the buffer `token_classes`), p_N is factored,
 
@@ -1194,7 +1204,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if width and window:
             dim, heads = config.neural_mixture_attention_dim, config.neural_mixture_attention_heads
             attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout)
-            inputs += dim
+            inputs += dim * (1 + config.neural_mixture_token_context)
         self.neural_mixture = (
             SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied)
             if width
@@ -1350,10 +1360,10 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
     def neural_inputs(
         self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor, attend: bool = True
     ) -> torch.Tensor:
-        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture`, then a_t with its attention unless not
-        `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions; `previous`:
-        `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without attention;
-        v = 0 where there is no token)."""
+        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture`, then a_t and the ordered embeddings with
+        its attention unless not `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions;
+        `previous`: `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without
+        attention; v = 0 where there is no token)."""
         previous = previous[..., None] if previous.shape == pivots.shape else previous
         tokens = torch.cat([pivots[..., None], previous], dim=-1)
         read = tokens[..., : self.config.neural_mixture_context]
@@ -1361,7 +1371,8 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         inputs = [hidden, vectors.flatten(-2)]
         if attend and self.neural_mixture.attention is not None:
             window = self.config.neural_mixture_attention_window
-            inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))
+            ordered = self.config.neural_mixture_token_context
+            inputs.append(self.neural_mixture.attention(tokens[..., :window], ordered).to(hidden.dtype))
         return torch.cat(inputs, dim=-1)
 
     @property

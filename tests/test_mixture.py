@@ -346,18 +346,29 @@ def test_dropout_drops_the_features_in_training_only():
 
 
 @pytest.mark.parametrize(
-    ("order", "context", "classes", "window"),
-    [(2, 2, 0, 0), (3, 2, 0, 0), (2, 5, 0, 0), (4, 3, 0, 0), (3, 3, 6, 0), (2, 2, 0, 6), (3, 4, 6, 3)],
+    ("order", "context", "classes", "window", "ordered"),
+    [
+        (2, 2, 0, 0, 0),
+        (3, 2, 0, 0, 0),
+        (2, 5, 0, 0, 0),
+        (4, 3, 0, 0, 0),
+        (3, 3, 6, 0, 0),
+        (2, 2, 0, 6, 0),
+        (3, 4, 6, 3, 0),
+        (3, 2, 6, 6, 4),
+    ],
 )
-def test_cached_generation_equals_a_full_recompute(order, context, classes, window):
-    """The mixture reads k - 1 (and its attention w - 1) earlier tokens: from the decoding state when generating
-    (kept for it even by a model whose tables read fewer, e.g. ngram_order 2), from the text otherwise."""
+def test_cached_generation_equals_a_full_recompute(order, context, classes, window, ordered):
+    """The mixture reads k - 1 (and its attention w - 1, its ordered embeddings n - 1) earlier tokens: from the
+    decoding state when generating (kept for it even by a model whose tables read fewer, e.g. ngram_order 2), from
+    the text otherwise."""
     model = mixture_model(
         initializer_range=3.0,
         ngram_order=order,
         neural_mixture_context=context,
         neural_mixture_classes=classes,
         neural_mixture_attention_window=window,
+        neural_mixture_token_context=ordered,
         neural_mixture_attention_dim=8,
         neural_mixture_attention_heads=2,
     )
@@ -370,6 +381,38 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
     for step, cached in enumerate(out.logits):
         full = model(out.sequences[:, : prompt.shape[1] + step], use_cache=False).logits[:, -1]
         assert torch.allclose(cached, full.to(cached.dtype), atol=1e-5), step
+
+
+def test_the_ordered_embeddings_are_the_last_n_tokens_rows_in_order():
+    """neural_mixture_token_context n = 3: o_t ends with LN(E)[x_t], LN(E)[x_{t-1}], LN(E)[x_{t-2}] after a_t, 0
+    before the text; the hidden path's A reads them (its rows for them get a gradient), and n > w is refused."""
+    settings = dict(neural_mixture_attention_window=4, neural_mixture_attention_dim=6, neural_mixture_attention_heads=2)
+    model = mixture_model(neural_mixture_token_context=3, **settings)
+    plain = mixture_model(**settings)
+    randomise_(model, scale=0.5)
+    model, plain = model.double(), plain.double()
+    attention = model.neural_mixture.attention
+    ids = torch.randint(2, 40, (2, 7), generator=torch.Generator().manual_seed(2))
+    previous = torch.cat([torch.full((2, 3), -1), ids], dim=1)
+    previous = torch.stack([previous[:, 2 - j : 9 - j] for j in range(3)], -1)
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state.exp()
+        inputs = model.neural_inputs(hidden, ids, previous)
+        rows = attention.norm(attention.token_embeddings)
+        plain.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if k != "neural_mixture.feature_weight"}, strict=False
+        )
+        assert torch.equal(inputs[..., :-18], plain.neural_inputs(hidden, ids, previous))  # ..., a_t unchanged
+        for b in range(2):
+            for t in range(7):
+                expected = [rows[ids[b, t - j]] if t - j >= 0 else torch.zeros(6, dtype=rows.dtype) for j in range(3)]
+                assert torch.equal(inputs[b, t, -18:], torch.cat(expected)), (b, t)
+    assert inputs.shape[-1] == model.neural_mixture.feature_weight.shape[0]
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert model.neural_mixture.feature_weight.grad[-18:].abs().sum(-1).min() > 0
+    with pytest.raises(ValueError, match=r"neural_mixture_token_context must be an integer in \[0, .*window=4\]"):
+        SaffuConfig(neural_mixture_token_context=5, **settings)
 
 
 @pytest.mark.parametrize(
@@ -391,6 +434,9 @@ def test_cached_generation_equals_a_full_recompute(order, context, classes, wind
         ("yes", "neural_mixture_tied_output"),
         (-0.5, "neural_mixture_aux_loss_coef"),
         (float("inf"), "neural_mixture_aux_loss_coef"),
+        (-1, "neural_mixture_token_context"),
+        (1.5, "neural_mixture_token_context"),
+        (1, "neural_mixture_token_context"),  # more than the attention window (0)
     ],
 )
 def test_invalid_mixture_settings_name_the_field(value, field):
@@ -701,5 +747,7 @@ def test_the_model_card_names_the_mixture():
     assert "neural word model (8 GELU units, a learned attention over the last 16 tokens)" in attending
     tied = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_tied_output=True)
     assert "last 16 tokens, its word weights tied to the attention's token embeddings)" in describe_architecture(tied)
+    ordered = saffu_config(neural_mixture_dim=8, neural_mixture_attention_window=16, neural_mixture_token_context=4)
+    assert "last 16 tokens, the learned embeddings of the last 4 tokens in order)" in describe_architecture(ordered)
     aux = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_aux_loss_coef=0.5))
     assert "neural word model (8 GELU units, trained on its own cross-entropy too (weight 0.5))" in aux
