@@ -227,6 +227,24 @@ def test_cpu_budget_stops_training_and_records_the_curve(corpus):
     assert 1 < result["validation_perplexity"] < float("inf")
 
 
+def test_a_frozen_arm_plans_its_later_epochs_at_the_cached_cost(monkeypatch):
+    """With the counted parts frozen the first epoch's steps are planned at a full pass and later ones at the pass
+    that reads the cached counted ln p (timed with the model's cache set, and the cache dropped after)."""
+    timed = []
+
+    def seconds_per_step(model, train, batch_size):
+        timed.append(model.frozen_counted is not None)
+        return 1.0 if model.frozen_counted is not None else 2.0
+
+    monkeypatch.setattr(harness, "seconds_per_step", seconds_per_step)
+    model, train = SaffuForCausalLM(SaffuConfig(vocab_size=40)), range(40)  # 10 batches of 4
+    # the first epoch 10 x 1.1 x 2.0 = 22 CPU-s, then 1.1 CPU-s a step
+    assert harness.planned_steps(model, train, 4, 22 + 5.5, counted_frozen=True) == 15
+    assert timed == [False, True] and model.frozen_counted is None
+    assert harness.planned_steps(model, train, 4, 22 + 5.5) == 12  # every step at the full pass: 27.5 / 2.2
+    assert harness.planned_steps(model, train, 4, 11.0, counted_frozen=True) == 5  # within the first epoch
+
+
 def test_early_stopping_restores_the_best_weights(corpus):
     data_dir, config = corpus
     recipe = harness.read_config(config)
