@@ -525,7 +525,7 @@ class SaffuConfig(PreTrainedConfig):
                 "neural_mixture_attention_window > 0, got 0"
             )
         ordered = self.neural_mixture_token_context
-        if isinstance(ordered, bool) or not isinstance(ordered, int) or not 0 <= ordered <= max(window, 0):
+        if isinstance(ordered, bool) or not isinstance(ordered, int) or not 0 <= ordered <= window:
             raise ValueError(
                 f"SaffuConfig.neural_mixture_token_context must be an integer in [0, neural_mixture_attention_window="
                 f"{window}] (the tokens whose learned embeddings the neural word model reads in order), got {ordered!r}"

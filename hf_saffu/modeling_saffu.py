@@ -677,7 +677,8 @@ class SaffuNeuralAttention(nn.Module):
 
     over the known tokens among x_t, ..., x_{t-w+1} (the pivot is always one), with beta a learned bias per head
     and offset (the order of the tokens), and dropout p on a_t in training. Its rows are functions of the token
-    alone, so each forward projects the distinct tokens it reads once."""
+    alone, so each forward projects the distinct tokens it reads once. It also gives the hidden path the rows
+    LN(E)[x_t], ..., LN(E)[x_{t-n+1}] themselves, in order (`config.neural_mixture_token_context` = n <= w)."""
 
     def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
