@@ -680,9 +680,11 @@ class SaffuNeuralAttention(nn.Module):
     alone, so each forward projects the distinct tokens it reads once. It also gives the hidden path the rows
     LN(E)[x_t], ..., LN(E)[x_{t-n+1}] themselves, in order (`config.neural_mixture_token_context` = n <= w)."""
 
-    def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, window: int, dim: int, heads: int, dropout: float = 0.0, ordered: int = 0):
         super().__init__()
         self.heads = heads
+        self.ordered = ordered  # n
+        self.output_dim = dim * (1 + ordered)  # a_t, then the n ordered rows
         self.dropout = nn.Dropout(dropout)
         self.token_embeddings = nn.Parameter(torch.zeros(vocab_size, dim))  # E
         self.norm = nn.LayerNorm(dim)
@@ -691,16 +693,16 @@ class SaffuNeuralAttention(nn.Module):
         self.value = nn.Linear(dim, dim, bias=False)
         self.offset_bias = nn.Parameter(torch.zeros(heads, window))  # beta
 
-    def forward(self, tokens: torch.LongTensor, ordered: int = 0) -> torch.Tensor:
-        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown; then, for `ordered`
-        n > 0, the rows LN(E)[x_t], ..., LN(E)[x_{t-n+1}] (0 where unknown, dropout p in training): (..., d (1 + n))."""
+    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """a_t (..., d) from `tokens` (..., w): x_t, x_{t-1}, ..., x_{t-w+1}, -1 where unknown; then, for n > 0, the
+        rows LN(E)[x_t], ..., LN(E)[x_{t-n+1}] (0 where unknown, dropout p in training): (..., `output_dim`)."""
         distinct, index = torch.unique(tokens.clamp_min(0), return_inverse=True)
         rows = self.norm(self.token_embeddings[distinct])
-        if ordered:
-            known = (tokens[..., :ordered] >= 0)[..., None].to(rows.dtype)
-            ordered_rows = self.dropout((rows[index[..., :ordered]] * known).flatten(-2))
-            return torch.cat([self.attend(rows, index, tokens), ordered_rows], dim=-1)
-        return self.attend(rows, index, tokens)
+        attended = self.attend(rows, index, tokens)
+        if not self.ordered:
+            return attended
+        known = (tokens[..., : self.ordered] >= 0)[..., None].to(rows.dtype)
+        return torch.cat([attended, self.dropout((rows[index[..., : self.ordered]] * known).flatten(-2))], dim=-1)
 
     def attend(self, rows: torch.Tensor, index: torch.LongTensor, tokens: torch.LongTensor) -> torch.Tensor:
         """a_t from the distinct tokens' rows LN(E)[u] and each window's `index` into them."""
@@ -1204,8 +1206,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         dropout, tied = config.neural_mixture_dropout, config.neural_mixture_tied_output
         if width and window:
             dim, heads = config.neural_mixture_attention_dim, config.neural_mixture_attention_heads
-            attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout)
-            inputs += dim * (1 + config.neural_mixture_token_context)
+            ordered = config.neural_mixture_token_context
+            attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout, ordered)
+            inputs += attention.output_dim
         self.neural_mixture = (
             SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied)
             if width
@@ -1372,8 +1375,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         inputs = [hidden, vectors.flatten(-2)]
         if attend and self.neural_mixture.attention is not None:
             window = self.config.neural_mixture_attention_window
-            ordered = self.config.neural_mixture_token_context
-            inputs.append(self.neural_mixture.attention(tokens[..., :window], ordered).to(hidden.dtype))
+            inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))
         return torch.cat(inputs, dim=-1)
 
     @property
