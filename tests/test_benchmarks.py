@@ -428,6 +428,16 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     assert narrow["frozen_steps"] == round(0.5 * narrow["planned_steps"]) and narrow["steps_per_cpu_second"]["frozen"]
     long_budget.main(["--output-dir", str(tmp_path), "--report"])
     assert "| SAFFU warm start + backprop (staged) [narrow] |" in (tmp_path / "LONG_BUDGET.md").read_text()
+    # the targets of a tagged run (e.g. the shipped config's), named by --targets-arm
+    assert f"{warm['validation_perplexity']:.1f}" != f"{narrow['validation_perplexity']:.1f}"
+    for key, run in (("saffu-warm", warm), ("saffu-warm-narrow", narrow)):
+        long_budget.main(["--output-dir", str(tmp_path), "--report", "--targets-arm", key])
+        payload = json.loads((tmp_path / "long_budget.json").read_text())
+        trigram = next(t for t in payload["targets"] if "Kneser-Ney trigram" in t["target"])
+        assert trigram["numbers"].startswith(f"{run['validation_perplexity']:.1f} vs ")
+        assert f"--targets-arm {key} " in (tmp_path / "LONG_BUDGET.md").read_text()
+    with pytest.raises(SystemExit, match="no results file .*saffu-warm-wide.json"):
+        long_budget.main(["--output-dir", str(tmp_path), "--report", "--targets-arm", "saffu-warm-wide"])
     assert (tmp_path / "long_budget.png").stat().st_size > 0
 
 

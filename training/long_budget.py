@@ -19,6 +19,9 @@ measured; two processes can run arms side by side, one per core (torch threads 1
     python -m training.long_budget --arms saffu-warm saffu-backprop &
     python -m training.long_budget --report      # LONG_BUDGET.md, long_budget.json, long_budget.png
 
+The report's targets compare the SAFFU arm `--targets-arm` (default saffu-warm; a tagged run such as
+saffu-warm-TAG, e.g. the run of the shipped config) with the mixture arm `--targets-mixture` (default gpt2-kn3).
+
 Time = process CPU seconds (the warm start counts; evaluation does not).
 """
 
@@ -282,8 +285,8 @@ def target(name: str, met: bool | None, numbers: str) -> dict:
     return {"target": name, "met": met, "numbers": numbers}
 
 
-def check_targets(arms: dict, counts: dict, variants: dict) -> list[dict]:
-    saffu = arms["saffu-warm"]
+def check_targets(saffu: dict, arms: dict, counts: dict, variants: dict) -> list[dict]:
+    """The first session's targets for the SAFFU arm `saffu` against the GPT-2 arms and the counts."""
     gpt2 = [arms[k] for k in ("gpt2-small", "gpt2-equal") if k in arms]
     rows = []
     for seconds in BUDGET_POINTS:
@@ -472,10 +475,18 @@ def arm_row(r: dict) -> list[str]:
     ]
 
 
-def report(out: Path) -> dict:
-    """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget."""
+def report(out: Path, targets_arm: str = "saffu-warm", targets_mixture: str = MIXTURE) -> dict:
+    """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget; the targets
+    are those of the SAFFU file `targets_arm` (ARM or ARM-TAG) against the mixture file `targets_mixture`."""
     files = {path.stem: json.loads(path.read_text()) for path in sorted((out / "long_budget").glob("*.json"))}
+    for key, default in ((targets_arm, "saffu-warm"), (targets_mixture, MIXTURE)):
+        if key != default and key not in files:  # a default may not have run yet
+            raise SystemExit(f"error: no results file {out / 'long_budget' / key}.json (--targets-arm / -mixture)")
+    saffu = files.get(targets_arm)
+    if saffu is not None and (saffu.get("base") != "saffu-warm" or not saffu.get("complete")):
+        raise SystemExit(f"error: --targets-arm {targets_arm} is not a complete saffu-warm run")
     counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
+    target_mixture = files.get(targets_mixture)
     mixture = files.pop(MIXTURE, None)
     arms = {key: files[key] for key in ARMS if key in files}
     tagged_mixtures = {key.removeprefix(f"{MIXTURE}-"): r for key, r in files.items() if key.startswith(f"{MIXTURE}-")}
@@ -529,13 +540,13 @@ def report(out: Path) -> dict:
             for p in mixture["mixture"]
         ]
     complete = "saffu-warm" in arms and any(k in arms for k in ("gpt2-small", "gpt2-equal")) and counts
-    targets = check_targets(arms, counts, variants) if complete else []
-    if mixture is not None and "saffu-warm" in arms:
-        targets += mixture_targets(arms["saffu-warm"], mixture)
+    targets = check_targets(saffu, arms, counts, variants) if complete and saffu is not None else []
+    if target_mixture is not None and saffu is not None:
+        targets += mixture_targets(saffu, target_mixture)
     any_arm = next(iter(files.values()), {})
     lines = [
         "- every arm's own command and commit are in its file under long_budget/; this report: "
-        "`python -m training.long_budget --report`",
+        f"`python -m training.long_budget --report --targets-arm {targets_arm} --targets-mixture {targets_mixture}`",
         f"- settings: `{any_arm.get('settings')}`",
         "- time = process CPU seconds (warm start included, evaluation excluded); arms run as separate processes, "
         "torch threads 1 each, often more processes than cores (each arm's clock counts its own CPU time, but "
@@ -550,6 +561,8 @@ def report(out: Path) -> dict:
         *harness.markdown_table(["arm", *(f"{p:.0f} CPU-s" for p in points)], curve_rows),
         "",
         "## Targets",
+        "",
+        f"Of {saffu['arm'] if saffu else targets_arm} against the other arms and {targets_mixture}.",
         "",
         *(harness.targets_table(targets) if targets else ["(not all arms have run yet)"]),
         *(mixture_lines(mixture) if mixture is not None else []),
@@ -599,6 +612,8 @@ def main(argv: list[str] | None = None) -> None:
         help="override a SAFFU model config key or a recipe field such as learning_rate (ablations); repeatable: "
         "--set a=1 b=2 and --set a=1 --set b=2 are the same",
     )
+    parser.add_argument("--targets-arm", default="saffu-warm", help="the report's SAFFU file for the targets (ARM-TAG)")
+    parser.add_argument("--targets-mixture", default=MIXTURE, help="the report's mixture file for the targets")
     parser.add_argument("--tag", default="", help="name of a variant: its results go to ARM-TAG.json")
     parser.add_argument(
         "--ood-file", type=Path, default=DEFAULT_OOD_FILE, help="out-of-domain text, one document a line"
@@ -612,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     harness.start_run(args, argv, __name__)
     if args.report:
-        report(args.output_dir)
+        report(args.output_dir, args.targets_arm, args.targets_mixture)
         return
     settings = Settings(**{name: getattr(args, name) for name in asdict(defaults)})
     if not args.ood_file.is_file():
