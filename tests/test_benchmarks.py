@@ -396,8 +396,17 @@ def test_explicit_digits_script_quick(tmp_path):
     assert "(--quick)" in (tmp_path / "DIGITS.md").read_text() and (tmp_path / "digits.png").stat().st_size > 0
 
 
-def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
+def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path, monkeypatch):
     data_dir, config = corpus
+    partial = []  # the SAFFU's files as written during training
+    write = long_budget.ArmWriter.write
+
+    def keep(writer, result, complete):
+        write(writer, result, complete)
+        if not complete and writer.head["base"] == "saffu-warm":
+            partial.append(json.loads(writer.path.read_text()))
+
+    monkeypatch.setattr(long_budget.ArmWriter, "write", keep)
     ood = tmp_path / "ood.txt"
     ood.write_text("\n".join(sentences(20, 9)[::-1]) + "\n\n")
     argv = ["--data-dir", str(data_dir), "--config", str(config), "--output-dir", str(tmp_path), "--ood-file", str(ood)]
@@ -407,6 +416,7 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path):
     assert arms.keys() == {"counts", "saffu-warm", "gpt2-equal"} and all(a["complete"] for a in arms.values())
     warm = arms["saffu-warm"]
     assert warm["warm_start"]["validation_perplexity"] > 1 and warm["curve"][0]["step"] == 0
+    assert partial and all(p["parameters"] == warm["warm_start"]["parameters"] for p in partial)  # tables as sized
     assert warm["frozen_steps"] == 0 == warm["recipe"]["frozen_fraction"]  # the config's schedule: no frozen phase
     assert 1 < warm["ood_perplexity"] < float("inf") and warm["run"]["command"].startswith("python -m training")
     payload = long_budget.main(["--output-dir", str(tmp_path), "--report"]) or json.loads(

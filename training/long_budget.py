@@ -216,6 +216,7 @@ def run_arm(
     scoring = {"extra_eval": extra_eval, "on_point": writer.on_point}
     if arm == "saffu-warm":
         head["warm_start"] = harness.warm_start_arm(saffu, data, recipe, budget)
+        head["parameters"] = head["warm_start"]["parameters"]  # the tables as the warm start sized them
         result = harness.train_warm_saffu(
             saffu,
             data,
