@@ -1,6 +1,6 @@
 """Is the neural mixture's gate well placed on unseen text? (issue 24, BEYOND_COUNTING.md, eleventh session)
 
-usage: python benchmarks/beyond/gate_probe.py MODEL_DIR --text FILE [--blocks 256]
+usage: python benchmarks/beyond/gate_probe.py MODEL_DIR --text FILE [--blocks 256] [--fit-text FILE2]
 
 MODEL_DIR: a saved SaffuForCausalLM with a neural mixture (`long_budget --save-models`, `mixture_run.sh`). The first
 --blocks blocks of FILE (one document a line, packed as `hf-saffu train` packs them, 128-token blocks) are scored
@@ -11,7 +11,9 @@ ln p_N(y_t) are kept, and the mixture is re-scored offline,
 
 for a shift delta (a = 1), a scale and a shift, and a fixed lambda in place of the gate, each chosen on these very
 blocks (an upper bound on what fitting the gate on held-out text could gain). Prints the perplexities of the mixture,
-the counted parts alone, p_N alone, and of each re-fitted gate.
+the counted parts alone, p_N alone, and of each re-fitted gate. With --fit-text, the scale and shift are also chosen
+on FILE2's first --blocks blocks and applied to FILE's (held-out calibration, as deleted interpolation fits its
+weights: e.g. fitted on the validation split, scored on the test split and on out-of-domain text).
 """
 
 import argparse
@@ -56,20 +58,35 @@ def perplexity(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) 
     return math.exp(-float(SaffuNeuralMixture.mix(gate, counted, neural).mean()))
 
 
+def file_terms(model: SaffuForCausalLM, tokenizer, path: str, blocks: int) -> tuple[torch.Tensor, ...]:
+    """`target_terms` of the first `blocks` blocks of the text file `path`."""
+    texts = load_dataset("text", data_files=path)["train"].filter(lambda row: bool(row["text"].strip()))
+    packed = tokenize_and_pack(DatasetDict(split=texts), tokenizer, DataArguments(train_files=[path]))["split"]
+    return target_terms(model, packed.select(range(min(blocks, len(packed)))))
+
+
+def scale_and_shift(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> tuple[float, float, float]:
+    """The perplexity, scale a and shift d of the best gate a s_t + d on a grid."""
+    return min(
+        (perplexity(a * gate + d / 5, counted, neural), a, d / 5)
+        for a in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+        for d in range(-15, 16)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")
     parser.add_argument("--text", required=True)
     parser.add_argument("--blocks", type=int, default=256)
+    parser.add_argument("--fit-text", help="choose the gate's scale and shift on this file, score them on --text")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = SaffuForCausalLM.from_pretrained(args.model_dir).eval()
     if model.neural_mixture is None:
         raise SystemExit(f"error: {args.model_dir} has no neural mixture (neural_mixture_dim 0)")
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    texts = load_dataset("text", data_files=args.text)["train"].filter(lambda row: bool(row["text"].strip()))
-    packed = tokenize_and_pack(DatasetDict(split=texts), tokenizer, DataArguments(train_files=[args.text]))["split"]
-    gate, counted, neural = target_terms(model, packed.select(range(min(args.blocks, len(packed)))))
+    gate, counted, neural = file_terms(model, tokenizer, args.text, args.blocks)
     alone = {"counted parts": counted, "p_N": neural}
     print(
         f"{gate.numel()} targets: mixture {perplexity(gate, counted, neural):.2f}, mean lambda_t "
@@ -78,16 +95,16 @@ def main() -> None:
     print(", ".join(f"{name} alone {math.exp(-float(values.mean())):.2f}" for name, values in alone.items()))
     shift = min((perplexity(gate + d / 10, counted, neural), d / 10) for d in range(-30, 31))
     print(f"gate shifted by {shift[1]:+.1f}: {shift[0]:.2f}")
-    scaled = min(
-        (perplexity(a * gate + d / 5, counted, neural), a, d / 5)
-        for a in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-        for d in range(-15, 16)
-    )
+    scaled = scale_and_shift(gate, counted, neural)
     print(f"gate scaled by {scaled[1]} and shifted by {scaled[2]:+.1f}: {scaled[0]:.2f}")
     fixed = min(
         (perplexity(torch.full_like(gate, math.log(k / (100 - k))), counted, neural), k / 100) for k in range(1, 100)
     )
     print(f"fixed lambda {fixed[1]:.2f}: {fixed[0]:.2f}")
+    if args.fit_text:
+        _, a, d = scale_and_shift(*file_terms(model, tokenizer, args.fit_text, args.blocks))
+        fitted = perplexity(a * gate + d, counted, neural)
+        print(f"gate scaled by {a} and shifted by {d:+.1f} on {args.fit_text}: {fitted:.2f}")
 
 
 if __name__ == "__main__":
