@@ -446,8 +446,10 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path, mo
         trigram = next(t for t in payload["targets"] if "Kneser-Ney trigram" in t["target"])
         assert trigram["numbers"].startswith(f"{run['validation_perplexity']:.1f} vs ")
         assert f"--targets-arm {key} " in (tmp_path / "LONG_BUDGET.md").read_text()
-    with pytest.raises(SystemExit, match="no results file .*saffu-warm-wide.json"):
+    with pytest.raises(SystemExit, match="--targets-arm saffu-warm-wide: no results file .*saffu-warm-wide.json"):
         long_budget.main(["--output-dir", str(tmp_path), "--report", "--targets-arm", "saffu-warm-wide"])
+    with pytest.raises(SystemExit, match="--targets-arm gpt2-equal: a gpt2-equal run, not a saffu-warm run"):
+        long_budget.main(["--output-dir", str(tmp_path), "--report", "--targets-arm", "gpt2-equal"])
     assert (tmp_path / "long_budget.png").stat().st_size > 0
 
 

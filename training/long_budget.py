@@ -480,12 +480,13 @@ def report(out: Path, targets_arm: str = "saffu-warm", targets_mixture: str = MI
     """LONG_BUDGET.md, long_budget.json and long_budget.png from the arms' files in out/long_budget; the targets
     are those of the SAFFU file `targets_arm` (ARM or ARM-TAG) against the mixture file `targets_mixture`."""
     files = {path.stem: json.loads(path.read_text()) for path in sorted((out / "long_budget").glob("*.json"))}
-    for key, default in ((targets_arm, "saffu-warm"), (targets_mixture, MIXTURE)):
-        if key != default and key not in files:  # a default may not have run yet
-            raise SystemExit(f"error: no results file {out / 'long_budget' / key}.json (--targets-arm / -mixture)")
+    chosen = (("--targets-arm", targets_arm, "saffu-warm"), ("--targets-mixture", targets_mixture, MIXTURE))
+    for flag, key, base in chosen:
+        if key != base and key not in files:  # a default may not have run yet
+            raise SystemExit(f"error: {flag} {key}: no results file {out / 'long_budget' / key}.json")
+        if key in files and files[key].get("base") != base:
+            raise SystemExit(f"error: {flag} {key}: a {files[key].get('base')} run, not a {base} run")
     saffu = files.get(targets_arm)
-    if saffu is not None and (saffu.get("base") != "saffu-warm" or not saffu.get("complete")):
-        raise SystemExit(f"error: --targets-arm {targets_arm} is not a complete saffu-warm run")
     counts = {r["arm"]: r for r in files.pop("counts", {}).get("results", [])}
     target_mixture = files.get(targets_mixture)
     mixture = files.pop(MIXTURE, None)
