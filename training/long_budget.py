@@ -541,8 +541,8 @@ def report(out: Path, targets_arm: str = "saffu-warm", targets_mixture: str = MI
             {"cpu_seconds": p["cpu_seconds"], "validation_perplexity": p["curve_perplexity"]}
             for p in mixture["mixture"]
         ]
-    complete = "saffu-warm" in arms and any(k in arms for k in ("gpt2-small", "gpt2-equal")) and counts
-    targets = check_targets(saffu, arms, counts, variants) if complete and saffu is not None else []
+    complete = saffu is not None and any(k in arms for k in ("gpt2-small", "gpt2-equal")) and counts
+    targets = check_targets(saffu, arms, counts, variants) if complete else []
     if target_mixture is not None and saffu is not None:
         targets += mixture_targets(saffu, target_mixture)
     any_arm = next(iter(files.values()), {})

@@ -18,14 +18,18 @@ weights: e.g. fitted on the validation split, scored on the test split and on ou
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import torch
-from datasets import DatasetDict, load_dataset
 from transformers import AutoTokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: training/
 from hf_saffu import SaffuForCausalLM
-from hf_saffu.data import DataArguments, tokenize_and_pack
 from hf_saffu.modeling_saffu import SaffuNeuralMixture
+from training.long_budget import ood_blocks
+
+BLOCK_SIZE = 128  # DataArguments' default: the blocks `hf-saffu train` packs
 
 
 def target_terms(model: SaffuForCausalLM, data, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
@@ -49,8 +53,7 @@ def target_terms(model: SaffuForCausalLM, data, batch_size: int = 32) -> tuple[t
     mixture.features, mixture.target_log_probs = keep_gate, keep
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
-            batch = {key: torch.tensor(value) for key, value in data[start : start + batch_size].items()}
-            model(**batch, skip_logits=True)
+            model(**data[start : start + batch_size], skip_logits=True)
     return tuple(torch.cat(kept, dim=1))
 
 
@@ -59,9 +62,9 @@ def perplexity(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) 
 
 
 def file_terms(model: SaffuForCausalLM, tokenizer, path: str, blocks: int) -> tuple[torch.Tensor, ...]:
-    """`target_terms` of the first `blocks` blocks of the text file `path`."""
-    texts = load_dataset("text", data_files=path)["train"].filter(lambda row: bool(row["text"].strip()))
-    packed = tokenize_and_pack(DatasetDict(split=texts), tokenizer, DataArguments(train_files=[path]))["split"]
+    """`target_terms` of the first `blocks` blocks of the text file `path` (packed as the long-budget benchmark packs
+    its out-of-domain text, `ood_blocks`)."""
+    packed = ood_blocks(Path(path), tokenizer, BLOCK_SIZE)
     return target_terms(model, packed.select(range(min(blocks, len(packed)))))
 
 
