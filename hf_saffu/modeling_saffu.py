@@ -766,6 +766,9 @@ class SaffuNeuralMixture(nn.Module):
         self.gate_weight = nn.Parameter(torch.zeros(width, 1))  # w
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
         self.num_classes = num_classes
+        # Set to a list by `hf_saffu.calibration` while it scores held-out text: each `target_log_probs` call appends
+        # the terms (s_t, ln p_C(y_t), ln p_N(y_t)) of its positions, (..., 3), NaN where there is no target.
+        self.recorded_terms = None
         if num_classes:
             self.class_direct_weight = nn.Parameter(torch.zeros(direct_dim, num_classes))  # D^c
             self.class_word_weight = nn.Parameter(torch.zeros(width, num_classes))  # W^c
@@ -806,7 +809,17 @@ class SaffuNeuralMixture(nn.Module):
         gate = gate.squeeze(-1)
         mixed = self.mix(gate, counted, neural)
         unknown = targets == -100
+        if self.recorded_terms is not None:
+            terms = torch.stack([gate, counted, neural], dim=-1).detach().double()
+            self.recorded_terms.append(terms.masked_fill(unknown[..., None], float("nan")))
         return mixed.masked_fill(unknown, 0.0), neural.masked_fill(unknown, 0.0)
+
+    @torch.no_grad()
+    def calibrate_gate(self, scale: float, shift: float) -> None:
+        """Fold a held-out calibration of the gate, lambda_t = sigmoid(a s_t + d) with s_t = g_t w + c, into its
+        weights: w <- a w, c <- a c + d (`hf_saffu.calibration.fit_gate` chooses a and d)."""
+        self.gate_weight.mul_(scale)
+        self.gate_bias.mul_(scale).add_(shift)
 
     @staticmethod
     def mix(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> torch.Tensor:

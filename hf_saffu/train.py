@@ -402,6 +402,8 @@ def run_training(
         "backprop_steps": train_output.global_step,
         "block_size": data_args.block_size,  # of the validation/test perplexities (hf-saffu evaluate reads it)
     }
+    if trainer.gate_calibration is not None:
+        results["gate_calibration"] = trainer.gate_calibration.metrics()
     if "warm_start_eval_perplexity" in trainer.warm_start_metrics:
         results["warm_start_validation_perplexity"] = trainer.warm_start_metrics["warm_start_eval_perplexity"]
     for split in ("validation", "test"):

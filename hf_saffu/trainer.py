@@ -48,6 +48,7 @@ from transformers.trainer_utils import (
 )
 from transformers.utils import CONFIG_NAME, logging
 
+from . import calibration
 from .callbacks import DivergenceGuard
 from .configuration_saffu import ExplicitWarmStartConfig, SaffuConfig
 from .errors import check_saved_files, load_json
@@ -158,6 +159,17 @@ class ExplicitTrainingArguments(TrainingArguments):
             "help": "train on leave-one-out table values: each training position reads the bigram and trigram "
             "tables as if its own occurrence had not been counted (hf_saffu.leave_one_out); evaluation reads the "
             "plain tables. Needs the tables counted from the whole training split (warm_start_max_tokens=None)"
+        },
+    )
+
+    calibrate_gate: bool = field(
+        default=False,
+        metadata={
+            "help": "after training, fit the neural word model's gate on the validation split (eval_dataset): "
+            "lambda_t = sigmoid(a s_t + d), with the scale a and shift d chosen by the held-out likelihood, as "
+            "deleted interpolation fits its weights, and folded into the gate's weights (hf_saffu.calibration). The "
+            "trained gate is too sharp on unseen text. The reported validation perplexity then includes these two "
+            "fitted numbers"
         },
     )
 
@@ -346,6 +358,8 @@ class ExplicitTrainer(Trainer):
             )
         if steps is not None:
             self.add_callback(FrozenEmbeddingPhase(self.saffu_model.model, steps))
+        self.check_gate_calibration()
+        self.gate_calibration: calibration.GateCalibration | None = None
 
     @property
     def saffu_model(self) -> SaffuForCausalLM:
@@ -400,6 +414,22 @@ class ExplicitTrainer(Trainer):
                 f"must be None, got {max_tokens}"
             )
 
+    def check_gate_calibration(self) -> None:
+        """calibrate_gate needs a gate and one held-out split to fit it on."""
+        if not self.args.calibrate_gate:
+            return
+        if self.saffu_model.neural_mixture is None:
+            raise ValueError(
+                "calibrate_gate=True fits the neural word model's gate, but the model has none "
+                "(SaffuConfig.neural_mixture_dim=0)"
+            )
+        if self.eval_dataset is None or isinstance(self.eval_dataset, dict):
+            given = "none" if self.eval_dataset is None else f"a dict of {len(self.eval_dataset)} datasets"
+            raise ValueError(
+                f"calibrate_gate=True fits the gate on one validation split (eval_dataset, --validation_files), got "
+                f"{given}"
+            )
+
     def check_vocabulary(self) -> None:
         """The tokenizer must not produce ids the model has no row for."""
         tokenizer = self.processing_class
@@ -415,7 +445,24 @@ class ExplicitTrainer(Trainer):
         no backprop. `resume_from_checkpoint`: a path, or True / "true" for the last checkpoint in output_dir.
         The output_dir is locked for the whole call (`output_dir_lock`)."""
         with output_dir_lock(self.args.output_dir, self.args.should_save):
-            return self.train_locked(resume_from_checkpoint, **kwargs)
+            output = self.train_locked(resume_from_checkpoint, **kwargs)
+            if self.args.calibrate_gate:
+                self.calibrate_gate()
+            return output
+
+    def calibrate_gate(self) -> calibration.GateCalibration:
+        """Fit the gate on the validation split (`hf_saffu.calibration`) and fold it into the model. Every process
+        reads its shard of the split and fits on the terms gathered from all of them, so the processes keep equal
+        weights and the fit equals a single process's."""
+        accelerator = self.accelerator
+
+        def gather(terms: torch.Tensor) -> torch.Tensor:  # blocks may differ in length between processes
+            return accelerator.gather_for_metrics(accelerator.pad_across_processes(terms, dim=1, pad_index=math.nan))
+
+        batches = (self._prepare_inputs(batch) for batch in self.get_eval_dataloader())
+        self.gate_calibration = calibration.calibrate_gate(self.saffu_model, batches, gather)
+        self.log(self.gate_calibration.metrics())
+        return self.gate_calibration
 
     def train_locked(self, resume_from_checkpoint=None, **kwargs):
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)

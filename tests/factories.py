@@ -99,6 +99,17 @@ def fill_pivot_trigrams(
         table.set_entries(keys, scale * torch.randn(len(keys), generator=generator, dtype=torch.float64))
 
 
+def randomised_mixture(seed: int = 3, **overrides) -> SaffuForCausalLM:
+    """A mixture model whose every weight is normal(0, 0.5), so the gate varies from position to position."""
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(saffu_config(neural_mixture_dim=8, ngram_order=3, **overrides)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
 def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:
     values = dict(
         output_dir=str(tmp_path / "run"),

@@ -446,6 +446,22 @@ def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path, mo
         trigram = next(t for t in payload["targets"] if "Kneser-Ney trigram" in t["target"])
         assert trigram["numbers"].startswith(f"{run['validation_perplexity']:.1f} vs ")
         assert f"--targets-arm {key} " in (tmp_path / "LONG_BUDGET.md").read_text()
+    # the shipped config's calibrate_gate: the best weights' gate fitted on the validation split before the scores
+    gated = ["--set", "neural_mixture_dim=8", "calibrate_gate=true", "--tag", "gated"]
+    long_budget.main([*argv, *small, "--arms", "saffu-warm", *gated, "--save-models", str(tmp_path / "models")])
+    gated = json.loads((tmp_path / "long_budget" / "saffu-warm-gated.json").read_text())
+    saved = SaffuForCausalLM.from_pretrained(tmp_path / "models" / "saffu-warm-gated")
+    assert harness.perplexity(saved, data["validation"]) == pytest.approx(gated["validation_perplexity"], rel=1e-6)
+    fit = gated["gate_calibration"]
+    assert fit["gate_calibration_perplexity_after"] == pytest.approx(gated["validation_perplexity"], rel=1e-6)
+    assert fit["gate_calibration_perplexity_before"] == pytest.approx(
+        gated["uncalibrated"]["validation_perplexity"], rel=1e-6
+    )
+    assert gated["validation_perplexity"] <= gated["uncalibrated"]["validation_perplexity"]
+    assert "gate_calibration" not in narrow
+    long_budget.main(["--output-dir", str(tmp_path), "--report"])
+    calibrated = (tmp_path / "LONG_BUDGET.md").read_text().split("## Gate calibration")[1]
+    assert "| SAFFU warm start + backprop (staged) [gated] |" in calibrated and "[narrow]" not in calibrated
     with pytest.raises(SystemExit, match="--targets-arm saffu-warm-wide: no results file .*saffu-warm-wide.json"):
         long_budget.main(["--output-dir", str(tmp_path), "--report", "--targets-arm", "saffu-warm-wide"])
     with pytest.raises(SystemExit, match="--targets-arm gpt2-equal: a gpt2-equal run, not a saffu-warm run"):

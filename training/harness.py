@@ -31,6 +31,7 @@ from datasets import DatasetDict
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from hf_saffu import SaffuForCausalLM
+from hf_saffu.calibration import calibrate_gate
 from hf_saffu.configuration_saffu import recipe_from
 from hf_saffu.data import (
     DataArguments,
@@ -172,6 +173,7 @@ class SaffuRecipe:
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
     freeze_counted_parts: bool = False  # backprop trains the neural word model alone
     neural_mixture_weight_decay: float | None = None  # of the neural word model's learned weights
+    calibrate_gate: bool = False  # after backprop, the gate fitted on the validation split (hf_saffu.calibration)
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
@@ -208,6 +210,7 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
         table_leave_one_out=training_args.table_leave_one_out,
         freeze_counted_parts=training_args.freeze_counted_parts,
         neural_mixture_weight_decay=training_args.neural_mixture_weight_decay,
+        calibrate_gate=training_args.calibrate_gate,
         frozen_fraction=min(1.0, (training_args.freeze_embeddings_steps or 0) / max(training_args.max_steps, 1)),
     )
 
@@ -521,13 +524,16 @@ def train_with_budget(
     extra_eval: dict | None = None,
     on_point=None,
     group_rates: dict | None = None,
+    calibrate: bool = False,
 ) -> dict:
     """`Trainer` (AdamW, cosine, 5% warm-up) until the CPU budget is spent (or, with `budget.patience`, until
     validation stops improving: the best weights are then restored); curve, throughput and final validation /
     test perplexity on the full splits, and on each `extra_eval` dataset (e.g. out-of-domain text). A SAFFU
     trains with `ExplicitTrainer`, its embeddings frozen (and the frozen inputs cached) for the first
     `frozen_fraction` of the planned steps, its heads at `group_rates` (`SaffuRecipe.group_learning_rates`).
-    `on_point(callback, model)` runs after every curve point (its CPU time is not counted)."""
+    `on_point(callback, model)` runs after every curve point (its CPU time is not counted). With `calibrate`, the
+    best weights' gate is then fitted on the full validation split (`hf_saffu.calibration`, as `calibrate_gate`
+    does after training; not counted either) before the final scores, and the scores before it are kept too."""
     torch.manual_seed(budget.seed)
     train = data["train"]
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
@@ -550,6 +556,12 @@ def train_with_budget(
         model.load_state_dict(callback.best_state)
     block_size = check_block_lengths(train)
     evaluated = {"validation": data["validation"], "test": data["test"], **(extra_eval or {})}
+    calibrated = {}
+    if calibrate:
+        calibrated["uncalibrated"] = {f"{split}_perplexity": perplexity(model, d) for split, d in evaluated.items()}
+        validation = data["validation"].with_format("torch")
+        batches = (validation[start : start + 64] for start in range(0, len(validation), 64))
+        calibrated["gate_calibration"] = calibrate_gate(model, batches).metrics()
     return {
         "parameters": count_parameters(model),
         "steps": state.global_step,
@@ -563,6 +575,7 @@ def train_with_budget(
         "curve": callback.curve,
         "best_point": callback.best if budget.patience is not None else None,
         **{f"{split}_perplexity": perplexity(model, dataset) for split, dataset in evaluated.items()},
+        **calibrated,
     }
 
 
@@ -570,6 +583,7 @@ def train_warm_saffu(model, data, budget: Budget, recipe: SaffuRecipe, offset: f
     """Backprop after the warm start as the training config does it: its learning rates per part and its frozen
     phase (the same fraction of the steps); `train_with_budget`."""
     kwargs.setdefault("frozen_fraction", recipe.frozen_fraction)
+    kwargs.setdefault("calibrate", recipe.calibrate_gate)
     return train_with_budget(
         model, data, budget, recipe.learning_rate, offset=offset, group_rates=recipe.trainer_arguments(), **kwargs
     )

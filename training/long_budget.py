@@ -463,6 +463,36 @@ def ablation_lines(variants: dict, arms: dict) -> list[str]:
     ]
 
 
+def calibration_lines(files: dict) -> list[str]:
+    """The arms whose gate was fitted on the validation split after training (`calibrate_gate`): the fit, and
+    their best weights' scores before it beside the main table's (after it)."""
+    rows = [
+        [
+            r["arm"],
+            f"{r['gate_calibration']['gate_scale']:.3f}",
+            f"{r['gate_calibration']['gate_shift']:+.3f}",
+            *(
+                f"{r['uncalibrated'][f'{split}_perplexity']:.2f} -> {r[f'{split}_perplexity']:.2f}"
+                for split in SCORED
+                if f"{split}_perplexity" in r
+            ),
+        ]
+        for r in files.values()
+        if "gate_calibration" in r
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "## Gate calibration",
+        "",
+        "- the best weights' gate lambda_t = sigmoid(a s_t + d), a and d fitted on the full validation split "
+        "(`calibrate_gate`, hf_saffu.calibration; not counted in the CPU budget); the curve is the gate as trained",
+        "",
+        *harness.markdown_table(["arm", "a", "d", *(f"{split}: before -> after" for split in SCORED)], rows),
+    ]
+
+
 def arm_row(r: dict) -> list[str]:
     """A backprop arm's row of the report's main table."""
     speed = r.get("steps_per_cpu_second", {})
@@ -570,6 +600,7 @@ def report(out: Path, targets_arm: str = "saffu-warm", targets_mixture: str = MI
         *(mixture_lines(mixture) if mixture is not None else []),
         *(line for tag in sorted(tagged_mixtures) for line in mixture_lines(tagged_mixtures[tag], tag)),
         *ablation_lines(variants, arms),
+        *calibration_lines({**arms, **variants}),
         "",
         "![curves](long_budget.png)",
     ]
