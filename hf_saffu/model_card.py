@@ -67,6 +67,8 @@ class TrainingRunInfo:
         warm_start_seconds / backprop_seconds: wall-clock time of each stage.
         warm_started: the weights were set by the explicit warm start (``config.warm_started``).
         backprop_steps: optimizer steps of backpropagation (0: none; ``None``: not recorded).
+        gate_calibration: the fit of ``calibrate_gate`` (``GateCalibration.metrics``: the gate's scale and shift
+            fitted on the validation split after backpropagation, and that split's perplexity before and after).
         license: SPDX-like license id for the metadata (default ``"mit"``).
         tags: extra tags added to the standard SAFFU tags.
         intended_use / limitations: text of those sections.
@@ -87,6 +89,7 @@ class TrainingRunInfo:
     backprop_seconds: float | None = None
     warm_started: bool | None = None
     backprop_steps: int | None = None
+    gate_calibration: dict[str, float] | None = None
     license: str = "mit"
     tags: list[str] = field(default_factory=list)
     intended_use: str = DEFAULT_INTENDED_USE
@@ -182,9 +185,24 @@ def build_model_card(info: TrainingRunInfo) -> ModelCard:
         warm_start_perplexity=_perplexity(info.warm_start_perplexity),
         final_perplexity=_perplexity(info.final_perplexity),
         test_perplexity=_perplexity(info.test_perplexity),
+        calibration_note=calibration_note(info.gate_calibration),
         repo_id=info.repo_id or "<namespace>/" + re.sub(r"[^\w.-]+", "-", info.model_name),  # before publishing
         intended_use=info.intended_use,
         limitations=info.limitations,
+    )
+
+
+def calibration_note(fit: dict[str, float] | None) -> str:
+    """The sentence under the evaluation table of a model whose gate was calibrated (`calibrate_gate`), else ""."""
+    if not fit:
+        return ""
+    shift = fit["gate_shift"]
+    gate = f"{fit['gate_scale']:.3f} s {'-' if shift < 0 else '+'} {abs(shift):.3f}"
+    return (
+        "The final row's model has its neural word model's gate fitted on the validation split after "
+        f"backpropagation (lambda = sigmoid({gate}), s its trained logit; "
+        f"`calibrate_gate`), so its validation perplexity includes these two fitted numbers; before the fit it was "
+        f"{_perplexity(fit['gate_calibration_perplexity_before'])}."
     )
 
 
@@ -243,6 +261,7 @@ def results_run_info(results: dict[str, Any]) -> dict[str, Any]:
         "warm_start_seconds": results.get("warm_start_seconds"),
         "backprop_seconds": results.get("backprop_seconds"),
         "backprop_steps": results.get("backprop_steps"),
+        "gate_calibration": results.get("gate_calibration"),
         "dataset_name": results.get("dataset_name") or UNSPECIFIED_DATASET,
         "dataset_id": results.get("dataset_id"),
         "dataset_config": results.get("dataset_config"),

@@ -135,6 +135,12 @@ def test_the_job_reports_the_calibration_and_its_validation_perplexity(tmp_path)
     fit = results["gate_calibration"]
     assert results["validation_perplexity"] == pytest.approx(fit["gate_calibration_perplexity_after"], rel=1e-5)
     assert fit["gate_calibration_perplexity_after"] <= fit["gate_calibration_perplexity_before"]
+    card = (Path(training_args.output_dir) / "README.md").read_text()
+    before = f"{fit['gate_calibration_perplexity_before']:,.2f}"
+    shift = fit["gate_shift"]
+    assert f"lambda = sigmoid({fit['gate_scale']:.3f} s {'-' if shift < 0 else '+'} {abs(shift):.3f})" in card
+    assert f"before the fit it was {before}." in card
+    assert "| Final (after backpropagation) |" in card.split("before the fit it was")[0]
 
 
 def test_calibrate_gate_needs_a_gate_and_one_validation_split(tmp_path):
