@@ -123,6 +123,32 @@ def test_the_trainer_calibrates_the_gate_on_the_validation_split(tmp_path):
     assert any(entry.get("gate_scale") == fit.scale for entry in trainers[True].state.log_history)
 
 
+@pytest.mark.parametrize("checkpoint", [3, 6])
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_calibrated_gate(tmp_path, checkpoint):
+    """The checkpoints hold the trained gate and the fit comes after training: a run resumed from checkpoint-3, or
+    from checkpoint-6 (a run killed after its last checkpoint: no step to train), ends with the weights of the run
+    that was not interrupted, calibrated gate included."""
+    train, validation = packed_dataset(40), packed_dataset(8, seed=1)
+    settings = dict(calibrate_gate=True, learning_rate=0.05, table_leave_one_out=True)
+    config = saffu_config(neural_mixture_dim=8, ngram_order=3)
+    models = []
+    for name in ("whole", "resumed"):
+        torch.manual_seed(0)
+        models.append(SaffuForCausalLM(config))
+        args = training_arguments(tmp_path / name, **settings)
+        ExplicitTrainer(model=models[-1], args=args, train_dataset=train, eval_dataset=validation).train()
+    torch.manual_seed(0)
+    resumed = SaffuForCausalLM(config)
+    args = training_arguments(tmp_path / "resumed", **settings)
+    trainer = ExplicitTrainer(model=resumed, args=args, train_dataset=train, eval_dataset=validation)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "run" / f"checkpoint-{checkpoint}"))
+    assert trainer.state.global_step == 6 and trainer.gate_calibration is not None
+    whole = models[0]
+    assert abs(trainer.gate_calibration.scale - 1) > 0.01 or abs(trainer.gate_calibration.shift) > 0.01
+    for name, parameter in whole.named_parameters():
+        torch.testing.assert_close(resumed.get_parameter(name), parameter, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_the_job_reports_the_calibration_and_its_validation_perplexity(tmp_path):
     """hf-saffu train with calibrate_gate: results.json holds the fit, and the validation perplexity it reports
     is the calibrated one (evaluated after the fold)."""
