@@ -1,6 +1,8 @@
 """Tiny configs, models, datasets and tokenizers shared by several test files."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -108,6 +110,16 @@ def randomised_mixture(seed: int = 3, **overrides) -> SaffuForCausalLM:
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     return model
+
+
+def one_and_two_processes(script: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """Run `script OUT` in one process, then under torchrun in 2 (CPU, gloo), and load what each saved in OUT."""
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run([*command, str(script), str(tmp_path / "double.pt")], capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-3000:]
+    return torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
 
 
 def training_arguments(tmp_path: Path, **overrides) -> ExplicitTrainingArguments:

@@ -2,14 +2,13 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from factories import (
     job_arguments,
+    one_and_two_processes,
     packed_dataset,
     randomised_mixture,
     saffu_config,
@@ -187,12 +186,7 @@ def test_two_process_calibration_equals_one_process(tmp_path):
     """Under data parallelism (2 processes, gloo) each process scores its shard of the validation split (an odd
     number of blocks) and fits on the terms gathered from both: the same fit and gate as one process."""
     script = HERE / "distributed_calibration.py"
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-3000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = subprocess.run([*command, str(script), str(tmp_path / "double.pt")], capture_output=True, text=True)
-    assert double.returncode == 0, double.stderr[-3000:]
-    one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
+    one, two = one_and_two_processes(script, tmp_path)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["targets"] == two["targets"] > 100  # every target once: no shard's padding counted
     assert two["scale"] == pytest.approx(one["scale"], rel=1e-6) and two["shift"] == pytest.approx(

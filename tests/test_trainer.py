@@ -15,6 +15,7 @@ from factories import (
     assert_same_state,
     batches_of,
     markov_documents,
+    one_and_two_processes,
     packed_dataset,
     saffu_config,
     state_of,
@@ -170,12 +171,7 @@ def test_tokenizer_and_config_vocabulary_mismatch_is_a_clear_error(tmp_path):
 
 def test_two_process_warm_start_equals_one_process(tmp_path):
     script = HERE / "distributed_warm_start.py"
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-3000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = subprocess.run([*command, str(script), str(tmp_path / "double.pt")], capture_output=True, text=True)
-    assert double.returncode == 0, double.stderr[-3000:]
-    one, two = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "double.pt")
+    one, two = one_and_two_processes(script, tmp_path)
     assert two["world_size"] == 2 and one["world_size"] == 1
     rows = one["rows"]
     # contiguous disjoint shards covering every block once: no padding by repeated samples
