@@ -10,7 +10,8 @@ interpolation). This fits the gate's scale a and shift d the same way, on the ta
 
 then folds them into the gate (w <- a w, c <- a c + d, `SaffuNeuralMixture.calibrate_gate`). The saved model has no
 new parameter, and generation reads it like any other. a = 1, d = 0 is the trained gate, and the fit keeps it when
-nothing better is found, so calibration never makes the held-out text worse.
+nothing better is found, so calibration never makes the held-out text worse. A gate not trained yet (w = 0, after the
+warm start alone) is a constant, and only a c + d matters: the fit is then deleted interpolation's single weight.
 """
 
 import math
