@@ -101,14 +101,24 @@ def fill_pivot_trigrams(
         table.set_entries(keys, scale * torch.randn(len(keys), generator=generator, dtype=torch.float64))
 
 
-def randomised_mixture(seed: int = 3, **overrides) -> SaffuForCausalLM:
-    """A mixture model whose every weight is normal(0, 0.5), so the gate varies from position to position."""
+def mixture_model(**overrides) -> SaffuForCausalLM:
+    """A tiny model with a neural mixture of 8 hidden units (its W and gate weights start at 0)."""
     torch.manual_seed(0)
-    model = SaffuForCausalLM(saffu_config(neural_mixture_dim=8, ngram_order=3, **overrides)).eval()
-    generator = torch.Generator().manual_seed(seed)
+    return SaffuForCausalLM(saffu_config(neural_mixture_dim=8, **overrides)).eval()
+
+
+def randomise_(model: SaffuForCausalLM, scale: float = 1.0) -> None:
+    """Every weight of the model normal(0, scale), tables included (a fresh model's tables and W are 0)."""
+    generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def randomised_mixture(**overrides) -> SaffuForCausalLM:
+    """A trigram-table mixture model with every weight normal(0, 0.5), so the gate varies from position to position."""
+    model = mixture_model(ngram_order=3, **overrides)
+    randomise_(model, scale=0.5)
     return model
 
 

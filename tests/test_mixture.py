@@ -4,7 +4,16 @@ import math
 
 import pytest
 import torch
-from factories import PAD, VOCAB, batches_of, packed_dataset, saffu_config, training_arguments
+from factories import (
+    PAD,
+    VOCAB,
+    batches_of,
+    mixture_model,
+    packed_dataset,
+    randomise_,
+    saffu_config,
+    training_arguments,
+)
 from safetensors.torch import load_file
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
@@ -13,19 +22,6 @@ from hf_saffu.leave_one_out import DirectPathLeaveOneOut, direct_path_leave_one_
 from hf_saffu.model_card import describe_architecture
 from hf_saffu.trainer import DIRECT_PATH_COUNTS_NAME, ExplicitTrainer
 from hf_saffu.warm_start import explicit_warm_start
-
-
-def mixture_model(**overrides) -> SaffuForCausalLM:
-    torch.manual_seed(0)
-    return SaffuForCausalLM(saffu_config(neural_mixture_dim=8, **overrides)).eval()
-
-
-def randomise_(model: SaffuForCausalLM, scale: float = 1.0) -> None:
-    """Every weight of the model normal(0, scale), tables included (a fresh model's tables and W are 0)."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def test_logits_are_the_log_of_the_linear_mixture():

@@ -557,11 +557,13 @@ def train_with_budget(
     block_size = check_block_lengths(train)
     evaluated = {"validation": data["validation"], "test": data["test"], **(extra_eval or {})}
     calibrated = {}
-    if calibrate:
-        calibrated["uncalibrated"] = {f"{split}_perplexity": perplexity(model, d) for split, d in evaluated.items()}
-        validation = data["validation"].with_format("torch")
-        batches = (validation[start : start + 64] for start in range(0, len(validation), 64))
-        calibrated["gate_calibration"] = calibrate_gate(model, batches).metrics()
+    if calibrate:  # the validation split's score before the fit is the fit's own
+        others = {split: dataset for split, dataset in evaluated.items() if split != "validation"}
+        before = {f"{split}_perplexity": perplexity(model, dataset) for split, dataset in others.items()}
+        validation = data["validation"]
+        fit = calibrate_gate(model, (validation[start : start + 64] for start in range(0, len(validation), 64)))
+        calibrated["uncalibrated"] = {"validation_perplexity": fit.perplexity_before, **before}
+        calibrated["gate_calibration"] = fit.metrics()
     return {
         "parameters": count_parameters(model),
         "steps": state.global_step,

@@ -27,9 +27,8 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: training/
 from hf_saffu import SaffuForCausalLM
 from hf_saffu.calibration import fit_gate, gate_terms, mean_nll
+from hf_saffu.data import DataArguments
 from training.long_budget import ood_blocks
-
-BLOCK_SIZE = 128  # DataArguments' default: the blocks `hf-saffu train` packs
 
 
 def perplexity(terms: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> float:
@@ -39,7 +38,7 @@ def perplexity(terms: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> f
 def file_terms(model: SaffuForCausalLM, tokenizer, path: str, blocks: int, batch_size: int = 32) -> torch.Tensor:
     """`gate_terms` of the first `blocks` blocks of the text file `path` (packed as the long-budget benchmark packs
     its out-of-domain text, `ood_blocks`)."""
-    packed = ood_blocks(Path(path), tokenizer, BLOCK_SIZE)
+    packed = ood_blocks(Path(path), tokenizer, DataArguments.block_size)  # `hf-saffu train`'s default
     packed = packed.select(range(min(blocks, len(packed))))
     return gate_terms(model, (packed[start : start + batch_size] for start in range(0, len(packed), batch_size)))
 
