@@ -27,6 +27,7 @@ MAX_NGRAM_KEY = 2**63
 MAX_TENSOR_ELEMENTS = 2**32
 MAX_BITS = 2**16
 MAX_MIXTURE_CONTEXT = 64  # tokens the neural word model reads in order (its decoding state keeps them)
+MAX_CACHE_WINDOW = 4096  # tokens the mixture's cache reads (its decoding state keeps them)
 MAX_NUM_LAYERS = 256
 BOOLEAN_FIELDS = (
     "log_hidden_head",
@@ -289,6 +290,15 @@ class SaffuConfig(PreTrainedConfig):
             ..., LN(E)[x_{t-n+1}]] A + a) with the attention's token embeddings E (0 where there is no token). A
             Bengio-style concatenation of free embeddings: the codes of `neural_mixture_context` are fixed, so their
             block of A is an embedding of rank <= embed_bits, and the attention mixes positions. 0: none.
+        neural_mixture_cache_window (`int`, *optional*, defaults to 0):
+            W > 0: a cache of the last W tokens, the pivot included, mixed in as a third component (`SaffuTokenCache`)
+            [ours] (Kuhn and De Mori 1990; Grave et al. 2017): p_K(y) = sum_j softmax_j(beta_j) [x_{t-j} = y] over
+            the known tokens x_t, ..., x_{t-W+1}, beta a learned bias per offset (0: the window's unigram counts),
+            and p = (1 - kappa_t) p_mixture + kappa_t p_K, kappa_t = sigmoid(g_t w_K + c_K) from the neural word
+            model's hidden features. Word-level evidence about the text being read, which neither the training
+            counts nor the class-level contexts hold; the decoding state keeps W - 1 tokens. 0: none.
+        neural_mixture_cache_weight (`float`, *optional*, defaults to 0.05):
+            kappa before training (c_K = logit of it, w_K = 0).
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -371,6 +381,8 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_tied_output: bool = False,
         neural_mixture_aux_loss_coef: float = 0.0,
         neural_mixture_token_context: int = 0,
+        neural_mixture_cache_window: int = 0,
+        neural_mixture_cache_weight: float = 0.05,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
         warm_started: bool = False,
@@ -404,6 +416,8 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_tied_output = neural_mixture_tied_output
         self.neural_mixture_aux_loss_coef = neural_mixture_aux_loss_coef
         self.neural_mixture_token_context = neural_mixture_token_context
+        self.neural_mixture_cache_window = neural_mixture_cache_window
+        self.neural_mixture_cache_weight = neural_mixture_cache_weight
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
         self.warm_started = warm_started
@@ -437,8 +451,10 @@ class SaffuConfig(PreTrainedConfig):
     def previous_token_count(self) -> int:
         """How many tokens before each position the model reads: the n-gram tables' histories (ngram_order - 2)
         and the neural mixture's v_{t-1}, ..., v_{t-k+1} (neural_mixture_context - 1) and attention window
-        (neural_mixture_attention_window - 1); the decoding state keeps as many."""
-        mixture = max(self.neural_mixture_context, self.neural_mixture_attention_window) - 1
+        (neural_mixture_attention_window - 1) and cache (neural_mixture_cache_window - 1); the decoding state keeps
+        as many."""
+        windows = (self.neural_mixture_context, self.neural_mixture_attention_window, self.neural_mixture_cache_window)
+        mixture = max(windows) - 1
         return max(self.ngram_order - 2, mixture if self.neural_mixture_dim else 0)
 
     def table_capacity(self, order: int) -> int:
@@ -530,6 +546,20 @@ class SaffuConfig(PreTrainedConfig):
                 f"SaffuConfig.neural_mixture_token_context must be an integer in [0, neural_mixture_attention_window="
                 f"{window}] (the tokens whose learned embeddings the neural word model reads in order), got {ordered!r}"
             )
+        cache = self.neural_mixture_cache_window
+        if isinstance(cache, bool) or not isinstance(cache, int) or not 0 <= cache <= MAX_CACHE_WINDOW:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_cache_window must be an integer in [0, {MAX_CACHE_WINDOW}] (0: none; "
+                f"tokens the cache reads, the pivot included), got {cache!r}"
+            )
+        if cache and not dim:
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_cache_window={cache} needs a neural mixture (its gate reads the neural "
+                "word model's features): set neural_mixture_dim > 0"
+            )
+        bounded_number("neural_mixture_cache_weight", self.neural_mixture_cache_weight, 0, 1)
+        if self.neural_mixture_cache_weight == 1:
+            raise ValueError("SaffuConfig.neural_mixture_cache_weight must be < 1 (the mixture keeps a share), got 1")
         check_ngram_fields(self)
         if self.pivot_table_mb is not None:
             bounded_number("pivot_table_mb", self.pivot_table_mb, 0, math.inf, "or None: fixed table sizes")

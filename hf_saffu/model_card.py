@@ -149,6 +149,8 @@ def describe_architecture(config: SaffuConfig) -> str:
         aux = getattr(config, "neural_mixture_aux_loss_coef", 0)
         reads += f", trained on its own cross-entropy too (weight {aux:g})" if aux else ""
         pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"
+        cache = getattr(config, "neural_mixture_cache_window", 0)
+        pivot += f" and with a cache of the last {cache} tokens" if cache else ""
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "
@@ -196,13 +198,18 @@ def calibration_note(fit: dict[str, float] | None) -> str:
     """The sentence under the evaluation table of a model whose gate was calibrated (`calibrate_gate`), else ""."""
     if not fit:
         return ""
-    shift = fit["gate_shift"]
-    gate = f"{fit['gate_scale']:.3f} s {'-' if shift < 0 else '+'} {abs(shift):.3f}"
+
+    def fitted(scale: str, shift: str, logit: str) -> str:
+        return f"{fit[scale]:.3f} {logit} {'-' if fit[shift] < 0 else '+'} {abs(fit[shift]):.3f}"
+
+    gates, numbers = f"lambda = sigmoid({fitted('gate_scale', 'gate_shift', 's')}), s its trained logit", "two"
+    if "cache_gate_scale" in fit:
+        gates += f"; its cache's kappa = sigmoid({fitted('cache_gate_scale', 'cache_gate_shift', 'r')})"
+        numbers = "four"
     return (
         "The final row's model has its neural word model's gate fitted on the validation split after "
-        f"backpropagation (lambda = sigmoid({gate}), s its trained logit; "
-        f"`calibrate_gate`), so its validation perplexity includes these two fitted numbers; before the fit it was "
-        f"{_perplexity(fit['gate_calibration_perplexity_before'])}."
+        f"backpropagation ({gates}; `calibrate_gate`), so its validation perplexity includes these {numbers} fitted "
+        f"numbers; before the fit it was {_perplexity(fit['gate_calibration_perplexity_before'])}."
     )
 
 

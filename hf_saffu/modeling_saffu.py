@@ -714,6 +714,41 @@ class SaffuNeuralAttention(nn.Module):
         return self.dropout(torch.einsum("...hj,...jhd->...hd", weights, value).flatten(-2))
 
 
+class SaffuTokenCache(nn.Module):
+    """A cache of the last W tokens (`config.neural_mixture_cache_window` = W), the pivot included:
+
+        p_K(y) = sum_{j < W} alpha_tj [x_{t-j} = y],   alpha_tj = softmax_j(beta_j) over the known x_{t-j},
+
+    beta a learned bias per offset, 0 at first: the window's unigram frequencies, the closed-form (count) estimate of
+    the text being read (Kuhn and De Mori 1990's cache; Grave et al. 2017's neural cache with a learned recency)."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.offset_bias = nn.Parameter(torch.zeros(window))  # beta
+
+    def weights(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """alpha_t (..., W) from `tokens` (..., W): x_t, ..., x_{t-W+1}, -1 where unknown (weight 0)."""
+        scores = self.offset_bias.masked_fill(tokens < 0, float("-inf"))
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no known token: no cache mass
+
+    def target_log_probs(self, tokens: torch.LongTensor, targets: torch.LongTensor) -> torch.Tensor:
+        """ln p_K(y_t) at the targets (..., -100: none): -inf where y_t is not in the window."""
+        mass = (self.weights(tokens) * (tokens == targets[..., None])).sum(-1)
+        return safe_log(mass)
+
+    def forward(self, tokens: torch.LongTensor, vocab_size: int) -> torch.Tensor:
+        """ln p_K over the vocabulary (..., V), -inf for the tokens not in the window."""
+        weights = self.weights(tokens)
+        mass = weights.new_zeros(*tokens.shape[:-1], vocab_size).scatter_add(-1, tokens.clamp_min(0), weights)
+        return safe_log(mass)
+
+
+def safe_log(mass: torch.Tensor) -> torch.Tensor:
+    """ln of a probability, -inf at 0 with no gradient there (the log's own gradient at 0 would be a NaN)."""
+    positive = mass > 0
+    return torch.where(positive, torch.log(torch.where(positive, mass, 1.0)), float("-inf"))
+
+
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
@@ -738,7 +773,14 @@ class SaffuNeuralMixture(nn.Module):
 
     D^c, b^c the explicit solution on class targets; a training step's loss then reads z_t on the target's class
     only (`target_log_probs`). Both return ln p_N beside ln p: with `config.neural_mixture_aux_loss_coef` alpha the
-    training loss adds -alpha mean_t ln p_N(y_t), p_N's own cross-entropy."""
+    training loss adds -alpha mean_t ln p_N(y_t), p_N's own cross-entropy.
+
+    With a `cache` (`SaffuTokenCache`, p_K over the last W tokens), the mixture above, p_M, is mixed with it in turn,
+
+        p(y) = (1 - kappa_t) p_M(y) + kappa_t p_K(y),   kappa_t = sigmoid(g_t w_K + c_K),
+
+    w_K = 0 and c_K = logit(`config.neural_mixture_cache_weight`) at first; the methods then take the window's tokens
+    (`cache_tokens`, (..., W))."""
 
     def __init__(
         self,
@@ -750,9 +792,14 @@ class SaffuNeuralMixture(nn.Module):
         attention: SaffuNeuralAttention | None = None,
         dropout: float = 0.0,
         tied: bool = False,
+        cache: SaffuTokenCache | None = None,
     ):
         super().__init__()
         self.attention = attention  # a_t, the last entries of o_t
+        self.cache = cache  # p_K
+        if cache is not None:
+            self.cache_gate_weight = nn.Parameter(torch.zeros(width, 1))  # w_K
+            self.cache_gate_bias = nn.Parameter(torch.zeros(1))  # c_K
         self.dropout = nn.Dropout(dropout)  # on g_t, in training
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
@@ -767,7 +814,8 @@ class SaffuNeuralMixture(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
         self.num_classes = num_classes
         # Set to a list by `hf_saffu.calibration` while it scores held-out text: each `target_log_probs` call appends
-        # the terms (s_t, ln p_C(y_t), ln p_N(y_t)) of its positions, (..., 3), NaN where there is no target.
+        # the terms (s_t, ln p_C(y_t), ln p_N(y_t)) of its positions, and with a cache (r_t, ln p_K(y_t)) after them,
+        # (..., 3 or 5), NaN where there is no target.
         self.recorded_terms = None
         if num_classes:
             self.class_direct_weight = nn.Parameter(torch.zeros(direct_dim, num_classes))  # D^c
@@ -776,12 +824,17 @@ class SaffuNeuralMixture(nn.Module):
             self.register_buffer("token_classes", torch.arange(vocab_size) % num_classes)  # k(y); set by the warm start
 
     def forward(
-        self, logits: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor | None = None, changes=None
+        self,
+        logits: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.LongTensor | None = None,
+        changes=None,
+        tokens: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ln p and the neural part's own ln p_N, both over the vocabulary, from the counted `logits` and the inputs
         o_t. `changes`: (word, class) changes (..., each None or a tensor) added to the neural part's logits at each
         position's target (and target class) before its softmax (training only: the direct path's leave-one-out
-        values, `targets` then given)."""
+        values, `targets` then given). `tokens`: the cache's window, with a cache."""
         gate, direct, hidden = self.features(inputs)
         words, classes = self.neural_logits(direct, hidden, targets, changes)
         if classes is None:
@@ -789,10 +842,22 @@ class SaffuNeuralMixture(nn.Module):
         else:
             class_log_probs = torch.log_softmax(classes, dim=-1)
             neural = words + (class_log_probs - self.class_log_normalisers(words))[..., self.token_classes]
-        return self.mix(gate, torch.log_softmax(logits, dim=-1), neural), neural
+        mixed = self.mix(gate, torch.log_softmax(logits, dim=-1), neural)
+        if self.cache is not None:
+            mixed = self.mix(self.cache_gate(hidden), mixed, self.cache(tokens, mixed.shape[-1]))
+        return mixed, neural
+
+    def cache_gate(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The cache's logit r_t = g_t w_K + c_K."""
+        return hidden @ self.cache_gate_weight + self.cache_gate_bias
 
     def target_log_probs(
-        self, counted: torch.Tensor, inputs: torch.Tensor, targets: torch.LongTensor, changes=None
+        self,
+        counted: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.LongTensor,
+        changes=None,
+        tokens: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ln p(y_t) of `forward`'s equation and ln p_N(y_t) at the targets y_t only (..., -100: none, read as 0),
         from the counted part's ln softmax(logits_t)_{y_t} (`counted`, `target_log_softmax`) and the neural part's,
@@ -808,18 +873,27 @@ class SaffuNeuralMixture(nn.Module):
             neural = target_log_softmax(words, targets)
         gate = gate.squeeze(-1)
         mixed = self.mix(gate, counted, neural)
+        terms = [gate, counted, neural]
+        if self.cache is not None:
+            cache_gate, cached = self.cache_gate(hidden).squeeze(-1), self.cache.target_log_probs(tokens, targets)
+            mixed = self.mix(cache_gate, mixed, cached)
+            terms += [cache_gate, cached]
         unknown = targets == -100
         if self.recorded_terms is not None:
-            terms = torch.stack([gate, counted, neural], dim=-1).detach().double()
+            terms = torch.stack(terms, dim=-1).detach().double()
             self.recorded_terms.append(terms.masked_fill(unknown[..., None], float("nan")))
         return mixed.masked_fill(unknown, 0.0), neural.masked_fill(unknown, 0.0)
 
     @torch.no_grad()
-    def calibrate_gate(self, scale: float, shift: float) -> None:
-        """Fold a held-out calibration of the gate, lambda_t = sigmoid(a s_t + d) with s_t = g_t w + c, into its
-        weights: w <- a w, c <- a c + d (`hf_saffu.calibration.fit_gate` chooses a and d)."""
+    def calibrate_gate(self, scale: float, shift: float, cache_scale: float = 1.0, cache_shift: float = 0.0) -> None:
+        """Fold a held-out calibration of the gates, lambda_t = sigmoid(a s_t + d) with s_t = g_t w + c (and with a
+        cache kappa_t = sigmoid(a_K r_t + d_K)), into their weights: w <- a w, c <- a c + d (w_K, c_K likewise)
+        (`hf_saffu.calibration.fit_gate` chooses them)."""
         self.gate_weight.mul_(scale)
         self.gate_bias.mul_(scale).add_(shift)
+        if self.cache is not None:
+            self.cache_gate_weight.mul_(cache_scale)
+            self.cache_gate_bias.mul_(cache_scale).add_(cache_shift)
 
     @staticmethod
     def mix(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> torch.Tensor:
@@ -1050,6 +1124,12 @@ class SaffuPreTrainedModel(PreTrainedModel):
                 init.zeros_(tensor)
             init.zeros_(module.gate_weight)
             init.constant_(module.gate_bias, math.log(weight / (1 - weight)))
+            if module.cache is not None:  # kappa_0
+                weight = self.config.neural_mixture_cache_weight
+                init.zeros_(module.cache_gate_weight)
+                init.constant_(module.cache_gate_bias, math.log(weight / (1 - weight)))
+        if isinstance(module, SaffuTokenCache):  # beta = 0: the window's unigram frequencies
+            init.zeros_(module.offset_bias)
 
 
 class SaffuModel(SaffuPreTrainedModel):
@@ -1222,8 +1302,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             ordered = config.neural_mixture_token_context
             attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout, ordered)
             inputs += attention.output_dim
+        cache = SaffuTokenCache(config.neural_mixture_cache_window) if config.neural_mixture_cache_window else None
         self.neural_mixture = (
-            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied)
+            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied, cache)
             if width
             else None
         )
@@ -1332,12 +1413,13 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
                 mixture = self.neural_mixture
                 classes = mixture.class_targets(targets) if mixture.num_classes else None
                 changes = self.neural_leave_one_out(mixture.direct_inputs(inputs), targets, classes)
+            window = self.cache_tokens(input_ids, previous)
             if skip_logits:
                 counted = self.counted_target_log_probs(counted_logits, input_ids, attention_mask, labels, targets)
-                mixed, own = self.neural_mixture.target_log_probs(counted, inputs, targets, changes)
+                mixed, own = self.neural_mixture.target_log_probs(counted, inputs, targets, changes, window)
                 loss = -mixed.sum() / count
             else:
-                logits, own = self.neural_mixture(counted_logits(), inputs, targets, changes)
+                logits, own = self.neural_mixture(counted_logits(), inputs, targets, changes, window)
                 if coef:
                     own = own.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1).masked_fill(targets == -100, 0)
             if coef:
@@ -1390,6 +1472,14 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             window = self.config.neural_mixture_attention_window
             inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))
         return torch.cat(inputs, dim=-1)
+
+    def cache_tokens(self, pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.LongTensor | None:
+        """x_t, x_{t-1}, ..., x_{t-W+1} (-1 where unknown) for the neural mixture's cache; None without one."""
+        window = self.config.neural_mixture_cache_window
+        if not window:
+            return None
+        previous = previous[..., None] if previous.shape == pivots.shape else previous
+        return torch.cat([pivots[..., None], previous], dim=-1)[..., :window]
 
     @property
     def ngram_tables(self) -> list["SaffuPivotBigrams | SaffuNgramTable"]:
@@ -1457,4 +1547,5 @@ __all__ = [
     "SaffuResidualHead",
     "SaffuNeuralMixture",
     "SaffuNeuralAttention",
+    "SaffuTokenCache",
 ]

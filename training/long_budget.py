@@ -37,6 +37,7 @@ import yaml
 from datasets import DatasetDict, load_dataset
 
 from hf_saffu.data import DataArguments, tokenize_and_pack
+from hf_saffu.modeling_saffu import SaffuTokenCache, previous_tokens
 
 from . import harness
 from .benchmark import KNESER_NEY_ORDERS
@@ -105,6 +106,8 @@ class ArmWriter:
 
 LAMBDAS = tuple(i / 20 for i in range(21))  # the weight of the neural model, chosen on the curve subset
 MIXTURE_ORDER = 3
+CACHE_WINDOW = 128  # the mixture's cache variant: configs/brown.yaml's neural_mixture_cache_window
+CACHE_WEIGHTS = tuple(i / 100 for i in range(0, 21))  # its weight kappa, chosen with lam on the curve subset
 
 
 def token_log_probs(model, dataset, batch_size: int = 64) -> torch.Tensor:
@@ -124,13 +127,34 @@ def token_log_probs(model, dataset, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def cache_log_probs(dataset, window: int) -> torch.Tensor:
+    """ln p_K(x_t) of every predicted token of the packed blocks (`token_log_probs`'s tokens, in its order): the
+    frequencies of the last `window` tokens of the block before it (the SAFFU's `SaffuTokenCache` with uniform
+    recency, beta = 0), -inf where it is not among them."""
+    cache, chunks = SaffuTokenCache(window), []
+    with torch.no_grad():
+        for start in range(0, len(dataset), 64):
+            batch = dataset[start : start + 64]
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            pivots = torch.where(mask.bool(), ids, -1)[..., None]
+            windows = torch.cat([pivots, previous_tokens(ids, mask, None, window - 1)], dim=-1)  # x_t, ..., x_{t-W+1}
+            targets = batch["labels"][:, 1:]
+            picked = cache.target_log_probs(windows[:, :-1], targets)
+            chunks.append(picked[targets != -100].double())
+    return torch.cat(chunks)
+
+
 def mixture_perplexity(neural: torch.Tensor, counts: torch.Tensor, weight: float) -> float:
     """exp(-mean_t ln(weight p_neural(t) + (1 - weight) p_counts(t))) from the two models' per-token log-probs."""
     if neural.shape != counts.shape:
         raise ValueError(f"the mixture needs the same tokens from both models, got {neural.shape} and {counts.shape}")
+    return math.exp(-mixture_log_probs(neural, counts, weight).mean().item())
+
+
+def mixture_log_probs(neural: torch.Tensor, counts: torch.Tensor, weight: float) -> torch.Tensor:
+    """ln(weight p_neural(t) + (1 - weight) p_counts(t)) per token."""
     weight = torch.tensor(weight, dtype=torch.float64)
-    mixed = torch.logaddexp(neural + weight.log(), counts + torch.log1p(-weight))
-    return math.exp(-mixed.mean().item())
+    return torch.logaddexp(neural + weight.log(), counts + torch.log1p(-weight))
 
 
 class KneserNeyMixture:
@@ -139,7 +163,9 @@ class KneserNeyMixture:
     blocks. At the first curve point at or after each budget point (as `value_at` reads curves), lam is chosen
     on the curve subset (LAMBDAS; 0 and 1 included, so the mixture is never worse there than either model) and
     the mixture is scored at that lam on the curve subset, the full validation and test splits and each
-    extra evaluation set (out of domain)."""
+    extra evaluation set (out of domain). Beside it (`with_cache`), the same mixture mixed in turn with a cache of
+    the block's last CACHE_WINDOW tokens, p' = (1 - kappa) p + kappa p_K (`cache_log_probs`), lam and kappa chosen
+    together on the curve subset: what the SAFFU's cache (`neural_mixture_cache_window`) would give this mixture."""
 
     def __init__(self, data, extra_eval: dict, vocab_size: int, curve_blocks: int, points: tuple[float, ...]):
         train = data["train"][:]
@@ -152,6 +178,7 @@ class KneserNeyMixture:
             name: model.token_log_probs(split[:]["input_ids"], split[:]["attention_mask"])
             for name, split in self.splits.items()
         }
+        self.cache = {name: cache_log_probs(split, CACHE_WINDOW) for name, split in self.splits.items()}
         self.pending = sorted(points)
         self.points: list[dict] = []
         self.kneser_ney = {
@@ -167,11 +194,25 @@ class KneserNeyMixture:
         neural = {name: token_log_probs(model, split) for name, split in self.splits.items()}
         scores = {lam: mixture_perplexity(neural["curve"], self.counts["curve"], lam) for lam in LAMBDAS}
         weight = min(scores, key=scores.get)
+        mixed = {lam: mixture_log_probs(neural["curve"], self.counts["curve"], lam) for lam in LAMBDAS}
+        cached = {
+            (lam, kappa): mixture_perplexity(self.cache["curve"], mixed[lam], kappa)
+            for lam in LAMBDAS
+            for kappa in CACHE_WEIGHTS
+        }
+        lam, kappa = min(cached, key=cached.get)
+        with_cache = {
+            f"{name}_perplexity": mixture_perplexity(
+                self.cache[name], mixture_log_probs(lp, self.counts[name], lam), kappa
+            )
+            for name, lp in neural.items()
+        }
         return {
             "lambda": weight,
             **{f"{name}_perplexity": mixture_perplexity(lp, self.counts[name], weight) for name, lp in neural.items()},
             "neural": {f"{name}_perplexity": math.exp(-lp.mean().item()) for name, lp in neural.items()},
             "curve_by_lambda": scores,
+            "with_cache": {"lambda": lam, "cache_weight": kappa, "window": CACHE_WINDOW, **with_cache},
         }
 
     def on_point(self, callback: harness.CpuBudget, model) -> None:
