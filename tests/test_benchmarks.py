@@ -569,6 +569,16 @@ def test_mixture_is_the_two_models_token_by_token(corpus):
         p_counts = trigram.token_log_probs(block[:]["input_ids"], block[:]["attention_mask"]).exp()
         nll, tokens = nll - torch.log(0.3 * p_neural + 0.7 * p_counts).sum().item(), tokens + len(p_neural)
     assert long_budget.mixture_perplexity(neural, counts, 0.3) == pytest.approx(math.exp(nll / tokens), rel=1e-9)
+    # the cache variant's p_K: the frequency of each target among the block's tokens before it, counted by hand
+    cached, expected = long_budget.cache_log_probs(split, 4).exp(), []
+    for row in split:
+        ids, known = row["input_ids"], row["attention_mask"].bool()
+        for t in range(1, len(ids)):
+            if row["labels"][t] != -100:
+                window = [int(ids[j]) for j in range(max(t - 4, 0), t) if known[j]]
+                expected.append(window.count(int(ids[t])) / len(window))
+    assert max(expected) > 0 and min(expected) == 0
+    torch.testing.assert_close(cached, torch.tensor(expected, dtype=torch.float64))
     with pytest.raises(ValueError, match="same tokens"):
         long_budget.mixture_perplexity(neural, counts[1:], 0.5)
 
@@ -593,6 +603,9 @@ def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
     for point in [*arm["mixture"], arm["mixture_final"]]:
         assert point["lambda"] in long_budget.LAMBDAS
         assert point["curve_perplexity"] == min(point["curve_by_lambda"].values())
+        cache = point["with_cache"]  # kappa = 0 is the mixture: chosen on the curve subset, never worse there
+        assert cache["lambda"] in long_budget.LAMBDAS and cache["cache_weight"] in long_budget.CACHE_WEIGHTS
+        assert cache["curve_perplexity"] <= point["curve_perplexity"] * (1 + 1e-12)
         assert point["curve_perplexity"] <= min(
             point["neural"]["curve_perplexity"], arm["kneser_ney"]["curve_perplexity"]
         )
@@ -613,6 +626,8 @@ def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
         in text
     )
     assert "## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated" in text
+    cache = final["with_cache"]
+    assert f"| {cache['lambda']:.2f} / {cache['cache_weight']:.2f} |" in text
     # a partial file (the run still going): the points it has not reached are not measured
     partial = {**arm, "complete": False, "mixture": arm["mixture"][:1]}
     del partial["mixture_final"]

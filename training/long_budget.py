@@ -437,12 +437,16 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
     labelled = [(f"{s:.0f}", *mixture_at(mixture, s)) for s in BUDGET_POINTS] + [
         ("best checkpoint", *mixture_final(mixture))
     ]
+    cached_runs = any(point is not None and "with_cache" in point for _, point, _ in labelled)
     for label, point, note in labelled:
         if point is None:
             rows.append([label + note, *[""] * (2 + 2 * len(splits))])
             continue
         seconds = point.get("cpu_seconds", (mixture.get("best_point") or {}).get("cpu_seconds"))  # final: the best's
         when = f"{seconds:.0f}" if seconds is not None else ""
+        cache = point.get("with_cache")
+        cached = [f"{cache['lambda']:.2f} / {cache['cache_weight']:.2f}"] if cache else [""] * bool(cached_runs)
+        cached += [f"{cache[f'{split}_perplexity']:.1f}" if cache else "" for split in splits if cached_runs]
         rows.append(
             [
                 label + note,
@@ -450,6 +454,7 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
                 f"{point['lambda']:.2f}",
                 *(f"{point['neural'][f'{split}_perplexity']:.1f}" for split in splits),
                 *(f"{point[f'{split}_perplexity']:.1f}" for split in splits),
+                *cached,
             ]
         )
     names = {"curve": "curve subset", "validation": "validation", "test": "test", "ood": "out-of-domain"}
@@ -460,6 +465,8 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
         *(f"GPT-2: {names[s]}" for s in splits),
         *(f"mixture: {names[s]}" for s in splits),
     ]
+    if cached_runs:
+        header += ["with cache: lam / kappa", *(f"with cache: {names[s]}" for s in splits)]
     return [
         "",
         f"## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated{f' [{tag}]' if tag else ''}",
@@ -467,6 +474,15 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
         "- p = lam p_GPT-2 + (1 - lam) p_KN3 per token; lam on a grid of 0.05 steps, chosen on the curve subset at "
         "each budget point (the first curve point at or after it; evaluation not counted), then scored at that lam; "
         "the GPT-2 2x128 trained again for this arm (the same recipe and seed as the GPT-2 2x128 arm)",
+        *(
+            [
+                f"- with cache: p' = (1 - kappa) p + kappa p_K, p_K the frequencies of the block's last {CACHE_WINDOW} "
+                "tokens (the SAFFU's `neural_mixture_cache_window` with uniform recency), lam and kappa (0-0.2 by "
+                "0.01) chosen together on the curve subset"
+            ]
+            if cached_runs
+            else []
+        ),
         f"- KN3: {kn['discounting']}, fitted on the same train blocks ({kn['parameters']:,} n-grams, "
         f"{kn['cpu_seconds']:.1f} CPU-s); alone: curve subset {kn['curve_perplexity']:.1f}, validation "
         f"{kn['validation_perplexity']:.1f}, test {kn['test_perplexity']:.1f}, "
