@@ -291,14 +291,19 @@ class SaffuConfig(PreTrainedConfig):
             Bengio-style concatenation of free embeddings: the codes of `neural_mixture_context` are fixed, so their
             block of A is an embedding of rank <= embed_bits, and the attention mixes positions. 0: none.
         neural_mixture_cache_window (`int`, *optional*, defaults to 0):
-            W > 0: a cache of the last W tokens, the pivot included, mixed in as a third component (`SaffuTokenCache`)
-            [ours] (Kuhn and De Mori 1990; Grave et al. 2017): p_K(y) = sum_j softmax_j(beta_j) [x_{t-j} = y] over
-            the known tokens x_t, ..., x_{t-W+1}, beta a learned bias per offset (0: the window's unigram counts),
-            and p = (1 - kappa_t) p_mixture + kappa_t p_K, kappa_t = sigmoid(g_t w_K + c_K) from the neural word
-            model's hidden features. Word-level evidence about the text being read, which neither the training
-            counts nor the class-level contexts hold; the decoding state keeps W - 1 tokens. 0: none.
+            W > 0: a cache of the last W tokens, the pivot included, mixed in after the neural mixture
+            (`SaffuTokenCache`) [ours] (Kuhn and De Mori 1990; Grave et al. 2017): p_K(y) = sum_j softmax_j(beta_j)
+            [x_{t-j} = y] over the known tokens x_t, ..., x_{t-W+1}, beta a learned bias per offset (0: the window's
+            unigram counts), and p = (1 - kappa_t) p_mixture + kappa_t p_K, kappa_t = sigmoid(g_t w_K + c_K) from the
+            neural word model's hidden features. Word-level evidence about the text being read, which neither the
+            training counts nor the class-level contexts hold; the decoding state keeps W - 1 tokens. 0: none.
+        neural_mixture_cache_order (`int`, *optional*, defaults to 1):
+            N in [1, neural_mixture_cache_window]: caches of orders 1 ... N over the window, each mixed in turn with its
+            own gate [ours]: order n >= 2 predicts the tokens that followed the earlier occurrences of the last n - 1
+            tokens in the window (order 2: what followed the pivot before; the bigram cache of Jelinek et al. 1991),
+            the way a transformer's induction heads copy.
         neural_mixture_cache_weight (`float`, *optional*, defaults to 0.05):
-            kappa before training (c_K = logit of it, w_K = 0).
+            Each cache's kappa before training (c_K = logit of it, w_K = 0).
         freeze_embeddings (`bool`, *optional*, defaults to `True`):
             Keep the bit-cipher embeddings fixed during backprop.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -382,6 +387,7 @@ class SaffuConfig(PreTrainedConfig):
         neural_mixture_aux_loss_coef: float = 0.0,
         neural_mixture_token_context: int = 0,
         neural_mixture_cache_window: int = 0,
+        neural_mixture_cache_order: int = 1,
         neural_mixture_cache_weight: float = 0.05,
         freeze_embeddings: bool = True,
         initializer_range: float = 0.02,
@@ -417,6 +423,7 @@ class SaffuConfig(PreTrainedConfig):
         self.neural_mixture_aux_loss_coef = neural_mixture_aux_loss_coef
         self.neural_mixture_token_context = neural_mixture_token_context
         self.neural_mixture_cache_window = neural_mixture_cache_window
+        self.neural_mixture_cache_order = neural_mixture_cache_order
         self.neural_mixture_cache_weight = neural_mixture_cache_weight
         self.freeze_embeddings = freeze_embeddings
         self.initializer_range = initializer_range
@@ -556,6 +563,12 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.neural_mixture_cache_window={cache} needs a neural mixture (its gate reads the neural "
                 "word model's features): set neural_mixture_dim > 0"
+            )
+        order = self.neural_mixture_cache_order
+        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= max(cache, 1):
+            raise ValueError(
+                f"SaffuConfig.neural_mixture_cache_order must be an integer in [1, neural_mixture_cache_window="
+                f"{cache}] (caches of orders 1 ... N), got {order!r}"
             )
         bounded_number("neural_mixture_cache_weight", self.neural_mixture_cache_weight, 0, 1)
         if self.neural_mixture_cache_weight == 1:

@@ -150,7 +150,9 @@ def describe_architecture(config: SaffuConfig) -> str:
         reads += f", trained on its own cross-entropy too (weight {aux:g})" if aux else ""
         pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"
         cache = getattr(config, "neural_mixture_cache_window", 0)
-        pivot += f" and with a cache of the last {cache} tokens" if cache else ""
+        orders = getattr(config, "neural_mixture_cache_order", 1)
+        caches = "a cache" if orders == 1 else f"caches of orders 1-{orders}"
+        pivot += f" and with {caches} of the last {cache} tokens" if cache else ""
     return (
         f"SAFFU, {config.num_layers} {layers}, contexts: {', '.join(contexts)}; "
         f"{config.embed_bits}-bit {codes}bit-cipher embeddings, {config.hidden_bits}-dim hidden distributions "
@@ -202,10 +204,12 @@ def calibration_note(fit: dict[str, float] | None) -> str:
     def fitted(scale: str, shift: str, logit: str) -> str:
         return f"{fit[scale]:.3f} {logit} {'-' if fit[shift] < 0 else '+'} {abs(fit[shift]):.3f}"
 
-    gates, numbers = f"lambda = sigmoid({fitted('gate_scale', 'gate_shift', 's')}), s its trained logit", "two"
-    if "cache_gate_scale" in fit:
-        gates += f"; its cache's kappa = sigmoid({fitted('cache_gate_scale', 'cache_gate_shift', 'r')})"
-        numbers = "four"
+    gates = f"lambda = sigmoid({fitted('gate_scale', 'gate_shift', 's')}), s its trained logit"
+    caches = sum(key.startswith("cache_gate_scale_") for key in fit)
+    for n in range(1, caches + 1):
+        kappa = fitted(f"cache_gate_scale_{n}", f"cache_gate_shift_{n}", "r")
+        gates += f"; its order-{n} cache's kappa = sigmoid({kappa})"
+    numbers = 2 + 2 * caches
     return (
         "The final row's model has its neural word model's gate fitted on the validation split after "
         f"backpropagation ({gates}; `calibrate_gate`), so its validation perplexity includes these {numbers} fitted "

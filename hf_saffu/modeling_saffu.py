@@ -715,32 +715,51 @@ class SaffuNeuralAttention(nn.Module):
 
 
 class SaffuTokenCache(nn.Module):
-    """A cache of the last W tokens (`config.neural_mixture_cache_window` = W), the pivot included:
+    """A cache of order n over the last W tokens (`config.neural_mixture_cache_window` = W), the pivot included: the
+    tokens that followed the earlier occurrences of the last n - 1 tokens in the window, by recency,
 
-        p_K(y) = sum_{j < W} alpha_tj [x_{t-j} = y],   alpha_tj = softmax_j(beta_j) over the known x_{t-j},
+        p_Kn(y) = sum_j alpha_tj [c_tj = y],   alpha_tj = softmax_j(beta_j) over the offsets j that match,
 
-    beta a learned bias per offset, 0 at first: the window's unigram frequencies, the closed-form (count) estimate of
-    the text being read (Kuhn and De Mori 1990's cache; Grave et al. 2017's neural cache with a learned recency)."""
+    for n = 1 the window's tokens c_tj = x_{t-j} (j = 0 ... W - 1, every known one matches); for n >= 2 the token
+    c_tj = x_{t-j+1} after an earlier occurrence, matching where x_{t-j-k} = x_{t-k} for k = 0 ... n - 2 (j = 1 ...
+    W - n + 1). beta is a learned bias per offset, 0 at first: the frequencies of the window's unigrams (n = 1) and of
+    what followed the pivot before (n = 2), the closed-form (count) estimates of the text being read (Kuhn and De
+    Mori 1990's cache, the bigram cache of Jelinek et al. 1991; Grave et al. 2017's neural cache, with a learned
+    recency). Where nothing matches, the cache has no evidence (`forward`'s `matched` False)."""
 
-    def __init__(self, window: int):
+    def __init__(self, window: int, order: int = 1):
         super().__init__()
-        self.offset_bias = nn.Parameter(torch.zeros(window))  # beta
+        self.order = order  # n
+        self.offset_bias = nn.Parameter(torch.zeros(window if order == 1 else window - order + 1))  # beta
 
-    def weights(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """alpha_t (..., W) from `tokens` (..., W): x_t, ..., x_{t-W+1}, -1 where unknown (weight 0)."""
-        scores = self.offset_bias.masked_fill(tokens < 0, float("-inf"))
-        return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no known token: no cache mass
+    def candidates(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.Tensor]:
+        """(c_t, valid) (..., offsets) from `tokens` (..., W): x_t, ..., x_{t-W+1}, -1 where unknown."""
+        if self.order == 1:
+            return tokens, tokens >= 0
+        offsets = self.offset_bias.shape[0]
+        candidates = tokens[..., :offsets]  # x_{t-j+1}, j = 1 ... W - n + 1
+        valid = candidates >= 0
+        for k in range(self.order - 1):
+            earlier = tokens[..., 1 + k : 1 + k + offsets]  # x_{t-j-k}
+            valid = valid & (earlier >= 0) & (earlier == tokens[..., k : k + 1])
+        return candidates, valid
 
-    def target_log_probs(self, tokens: torch.LongTensor, targets: torch.LongTensor) -> torch.Tensor:
-        """ln p_K(y_t) at the targets (..., -100: none): -inf where y_t is not in the window."""
-        mass = (self.weights(tokens) * (tokens == targets[..., None])).sum(-1)
-        return safe_log(mass)
+    def weights(self, valid: torch.Tensor) -> torch.Tensor:
+        """alpha_t (..., offsets): softmax(beta) over the valid offsets, 0 elsewhere (all 0 where none is)."""
+        return torch.softmax(self.offset_bias.masked_fill(~valid, float("-inf")), dim=-1).nan_to_num(0.0)
 
-    def forward(self, tokens: torch.LongTensor, vocab_size: int) -> torch.Tensor:
-        """ln p_K over the vocabulary (..., V), -inf for the tokens not in the window."""
-        weights = self.weights(tokens)
-        mass = weights.new_zeros(*tokens.shape[:-1], vocab_size).scatter_add(-1, tokens.clamp_min(0), weights)
-        return safe_log(mass)
+    def target_log_probs(self, tokens: torch.LongTensor, targets: torch.LongTensor):
+        """(ln p_Kn(y_t), matched) at the targets y_t: ln p -inf where y_t is not a candidate."""
+        candidates, valid = self.candidates(tokens)
+        mass = (self.weights(valid) * (candidates == targets[..., None])).sum(-1)
+        return safe_log(mass), valid.any(-1)
+
+    def forward(self, tokens: torch.LongTensor, vocab_size: int):
+        """(ln p_Kn over the vocabulary (..., V), -inf for the tokens that are not candidates; matched (...))."""
+        candidates, valid = self.candidates(tokens)
+        weights = self.weights(valid)
+        mass = weights.new_zeros(*tokens.shape[:-1], vocab_size).scatter_add(-1, candidates.clamp_min(0), weights)
+        return safe_log(mass), valid.any(-1)
 
 
 def safe_log(mass: torch.Tensor) -> torch.Tensor:
@@ -775,12 +794,14 @@ class SaffuNeuralMixture(nn.Module):
     only (`target_log_probs`). Both return ln p_N beside ln p: with `config.neural_mixture_aux_loss_coef` alpha the
     training loss adds -alpha mean_t ln p_N(y_t), p_N's own cross-entropy.
 
-    With a `cache` (`SaffuTokenCache`, p_K over the last W tokens), the mixture above, p_M, is mixed with it in turn,
+    With caches (`SaffuTokenCache`, p_K1 ... p_KN of orders 1 ... N over the last W tokens), the mixture above is mixed
+    with each in turn, from p^0 = the mixture,
 
-        p(y) = (1 - kappa_t) p_M(y) + kappa_t p_K(y),   kappa_t = sigmoid(g_t w_K + c_K),
+        p^n(y) = (1 - kappa_tn) p^{n-1}(y) + kappa_tn p_Kn(y),   kappa_tn = sigmoid(r_tn),   r_tn = g_t w_Kn + c_Kn,
 
-    w_K = 0 and c_K = logit(`config.neural_mixture_cache_weight`) at first; the methods then take the window's tokens
-    (`cache_tokens`, (..., W))."""
+    p = p^N, where p_Kn is p^{n-1} itself when it has no evidence (nothing in the window matches); w_K = 0 and c_K =
+    logit(`config.neural_mixture_cache_weight`) at first. The methods then take the window's tokens (`cache_tokens`,
+    (..., W))."""
 
     def __init__(
         self,
@@ -792,14 +813,14 @@ class SaffuNeuralMixture(nn.Module):
         attention: SaffuNeuralAttention | None = None,
         dropout: float = 0.0,
         tied: bool = False,
-        cache: SaffuTokenCache | None = None,
+        caches: list[SaffuTokenCache] | None = None,
     ):
         super().__init__()
         self.attention = attention  # a_t, the last entries of o_t
-        self.cache = cache  # p_K
-        if cache is not None:
-            self.cache_gate_weight = nn.Parameter(torch.zeros(width, 1))  # w_K
-            self.cache_gate_bias = nn.Parameter(torch.zeros(1))  # c_K
+        self.caches = nn.ModuleList(caches or [])  # p_K1 ... p_KN
+        if caches:
+            self.cache_gate_weight = nn.Parameter(torch.zeros(width, len(caches)))  # w_K1 ... w_KN
+            self.cache_gate_bias = nn.Parameter(torch.zeros(len(caches)))  # c_K1 ... c_KN
         self.dropout = nn.Dropout(dropout)  # on g_t, in training
         self.direct_weight = nn.Parameter(torch.zeros(direct_dim, vocab_size))  # D
         self.feature_weight = nn.Parameter(torch.zeros(input_dim, width))  # A
@@ -814,8 +835,8 @@ class SaffuNeuralMixture(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(1))  # c
         self.num_classes = num_classes
         # Set to a list by `hf_saffu.calibration` while it scores held-out text: each `target_log_probs` call appends
-        # the terms (s_t, ln p_C(y_t), ln p_N(y_t)) of its positions, and with a cache (r_t, ln p_K(y_t)) after them,
-        # (..., 3 or 5), NaN where there is no target.
+        # the terms (s_t, ln p_C(y_t), ln p_N(y_t)) of its positions, and with caches (r_tn, ln p_Kn(y_t)) after them
+        # (ln p_Kn NaN where the cache has no evidence), (..., 3 + 2 N), NaN where there is no target.
         self.recorded_terms = None
         if num_classes:
             self.class_direct_weight = nn.Parameter(torch.zeros(direct_dim, num_classes))  # D^c
@@ -834,7 +855,7 @@ class SaffuNeuralMixture(nn.Module):
         """ln p and the neural part's own ln p_N, both over the vocabulary, from the counted `logits` and the inputs
         o_t. `changes`: (word, class) changes (..., each None or a tensor) added to the neural part's logits at each
         position's target (and target class) before its softmax (training only: the direct path's leave-one-out
-        values, `targets` then given). `tokens`: the cache's window, with a cache."""
+        values, `targets` then given). `tokens`: the caches' window, with caches."""
         gate, direct, hidden = self.features(inputs)
         words, classes = self.neural_logits(direct, hidden, targets, changes)
         if classes is None:
@@ -843,12 +864,15 @@ class SaffuNeuralMixture(nn.Module):
             class_log_probs = torch.log_softmax(classes, dim=-1)
             neural = words + (class_log_probs - self.class_log_normalisers(words))[..., self.token_classes]
         mixed = self.mix(gate, torch.log_softmax(logits, dim=-1), neural)
-        if self.cache is not None:
-            mixed = self.mix(self.cache_gate(hidden), mixed, self.cache(tokens, mixed.shape[-1]))
+        if self.caches:
+            gates = self.cache_gates(hidden)
+            for n, cache in enumerate(self.caches):
+                cached, matched = cache(tokens, mixed.shape[-1])
+                mixed = self.mix(gates[..., n : n + 1], mixed, torch.where(matched[..., None], cached, mixed))
         return mixed, neural
 
-    def cache_gate(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The cache's logit r_t = g_t w_K + c_K."""
+    def cache_gates(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The caches' logits r_tn = g_t w_Kn + c_Kn, (..., N)."""
         return hidden @ self.cache_gate_weight + self.cache_gate_bias
 
     def target_log_probs(
@@ -874,10 +898,12 @@ class SaffuNeuralMixture(nn.Module):
         gate = gate.squeeze(-1)
         mixed = self.mix(gate, counted, neural)
         terms = [gate, counted, neural]
-        if self.cache is not None:
-            cache_gate, cached = self.cache_gate(hidden).squeeze(-1), self.cache.target_log_probs(tokens, targets)
-            mixed = self.mix(cache_gate, mixed, cached)
-            terms += [cache_gate, cached]
+        if self.caches:
+            gates = self.cache_gates(hidden)
+            for n, cache in enumerate(self.caches):
+                cached, matched = cache.target_log_probs(tokens, targets)
+                mixed = self.mix(gates[..., n], mixed, torch.where(matched, cached, mixed))
+                terms += [gates[..., n], cached.masked_fill(~matched, float("nan"))]
         unknown = targets == -100
         if self.recorded_terms is not None:
             terms = torch.stack(terms, dim=-1).detach().double()
@@ -885,15 +911,18 @@ class SaffuNeuralMixture(nn.Module):
         return mixed.masked_fill(unknown, 0.0), neural.masked_fill(unknown, 0.0)
 
     @torch.no_grad()
-    def calibrate_gate(self, scale: float, shift: float, cache_scale: float = 1.0, cache_shift: float = 0.0) -> None:
-        """Fold a held-out calibration of the gates, lambda_t = sigmoid(a s_t + d) with s_t = g_t w + c (and with a
-        cache kappa_t = sigmoid(a_K r_t + d_K)), into their weights: w <- a w, c <- a c + d (w_K, c_K likewise)
-        (`hf_saffu.calibration.fit_gate` chooses them)."""
+    def calibrate_gate(self, scale: float, shift: float, *caches: float) -> None:
+        """Fold a held-out calibration of the gates, lambda_t = sigmoid(a s_t + d) with s_t = g_t w + c (and with
+        caches kappa_tn = sigmoid(a_n r_tn + d_n), `caches` = a_1, d_1, ..., a_N, d_N), into their weights: w <- a w,
+        c <- a c + d, and the same for each w_Kn, c_Kn (`hf_saffu.calibration.fit_gate` chooses them)."""
+        if len(caches) != 2 * len(self.caches):
+            raise ValueError(f"calibrate_gate: a scale and a shift for each of {len(self.caches)} caches, got {caches}")
         self.gate_weight.mul_(scale)
         self.gate_bias.mul_(scale).add_(shift)
-        if self.cache is not None:
-            self.cache_gate_weight.mul_(cache_scale)
-            self.cache_gate_bias.mul_(cache_scale).add_(cache_shift)
+        if self.caches:
+            scales, shifts = torch.tensor(caches[0::2]), torch.tensor(caches[1::2])
+            self.cache_gate_weight.mul_(scales.to(self.cache_gate_weight))
+            self.cache_gate_bias.mul_(scales.to(self.cache_gate_bias)).add_(shifts.to(self.cache_gate_bias))
 
     @staticmethod
     def mix(gate: torch.Tensor, counted: torch.Tensor, neural: torch.Tensor) -> torch.Tensor:
@@ -1124,11 +1153,11 @@ class SaffuPreTrainedModel(PreTrainedModel):
                 init.zeros_(tensor)
             init.zeros_(module.gate_weight)
             init.constant_(module.gate_bias, math.log(weight / (1 - weight)))
-            if module.cache is not None:  # kappa_0
+            if module.caches:  # kappa_0
                 weight = self.config.neural_mixture_cache_weight
                 init.zeros_(module.cache_gate_weight)
                 init.constant_(module.cache_gate_bias, math.log(weight / (1 - weight)))
-        if isinstance(module, SaffuTokenCache):  # beta = 0: the window's unigram frequencies
+        if isinstance(module, SaffuTokenCache):  # beta = 0: the window's frequencies
             init.zeros_(module.offset_bias)
 
 
@@ -1302,9 +1331,10 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
             ordered = config.neural_mixture_token_context
             attention = SaffuNeuralAttention(config.vocab_size, window, dim, heads, dropout, ordered)
             inputs += attention.output_dim
-        cache = SaffuTokenCache(config.neural_mixture_cache_window) if config.neural_mixture_cache_window else None
+        cache_window, orders = config.neural_mixture_cache_window, config.neural_mixture_cache_order
+        caches = [SaffuTokenCache(cache_window, order) for order in range(1, orders + 1)] if cache_window else None
         self.neural_mixture = (
-            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied, cache)
+            SaffuNeuralMixture(direct, inputs, width, config.vocab_size, classes, attention, dropout, tied, caches)
             if width
             else None
         )
@@ -1474,7 +1504,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return torch.cat(inputs, dim=-1)
 
     def cache_tokens(self, pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.LongTensor | None:
-        """x_t, x_{t-1}, ..., x_{t-W+1} (-1 where unknown) for the neural mixture's cache; None without one."""
+        """x_t, x_{t-1}, ..., x_{t-W+1} (-1 where unknown) for the neural mixture's caches; None without them."""
         window = self.config.neural_mixture_cache_window
         if not window:
             return None

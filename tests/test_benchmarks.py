@@ -569,16 +569,27 @@ def test_mixture_is_the_two_models_token_by_token(corpus):
         p_counts = trigram.token_log_probs(block[:]["input_ids"], block[:]["attention_mask"]).exp()
         nll, tokens = nll - torch.log(0.3 * p_neural + 0.7 * p_counts).sum().item(), tokens + len(p_neural)
     assert long_budget.mixture_perplexity(neural, counts, 0.3) == pytest.approx(math.exp(nll / tokens), rel=1e-9)
-    # the cache variant's p_K: the frequency of each target among the block's tokens before it, counted by hand
-    cached, expected = long_budget.cache_log_probs(split, 4).exp(), []
+    # the caches' p_K1 and p_K2, counted by hand: each target's frequency among the block's last 12 tokens before it,
+    # and among the tokens that followed the earlier occurrences of its pivot there (NaN: the pivot not seen before)
+    unigram, bigram = (long_budget.cache_log_probs(split, 12, order).exp() for order in (1, 2))
+    by_hand = ([], [])
     for row in split:
-        ids, known = row["input_ids"], row["attention_mask"].bool()
+        ids, known = row["input_ids"].tolist(), row["attention_mask"].bool().tolist()
         for t in range(1, len(ids)):
             if row["labels"][t] != -100:
-                window = [int(ids[j]) for j in range(max(t - 4, 0), t) if known[j]]
-                expected.append(window.count(int(ids[t])) / len(window))
-    assert max(expected) > 0 and min(expected) == 0
-    torch.testing.assert_close(cached, torch.tensor(expected, dtype=torch.float64))
+                window = [j for j in range(max(t - 12, 0), t) if known[j]]
+                by_hand[0].append([ids[j] for j in window].count(ids[t]) / len(window))
+                after = [ids[j + 1] for j in window[:-1] if ids[j] == ids[t - 1] and known[j + 1]]
+                by_hand[1].append(after.count(ids[t]) / len(after) if after else math.nan)
+    assert max(by_hand[0]) > 0 and min(by_hand[0]) == 0 and 0 < sum(map(math.isnan, by_hand[1])) < len(by_hand[1])
+    assert max(value for value in by_hand[1] if value == value) > 0
+    torch.testing.assert_close(unigram, torch.tensor(by_hand[0], dtype=torch.float64))
+    torch.testing.assert_close(bigram, torch.tensor(by_hand[1], dtype=torch.float64), equal_nan=True)
+    # with constant weights, the nested mixture (the SAFFU's rule) is the mixture of the three, position by position
+    nested = long_budget.cached_mixture_nll(neural, counts, [unigram.log(), bigram.log()], 0.3, (0.1, 0.2))
+    first = 0.9 * (0.3 * neural.exp() + 0.7 * counts.exp()) + 0.1 * unigram
+    second = torch.where(bigram.isnan(), first, 0.8 * first + 0.2 * bigram)
+    assert float(nested) == pytest.approx(-float(second.log().mean()), rel=1e-12)
     with pytest.raises(ValueError, match="same tokens"):
         long_budget.mixture_perplexity(neural, counts[1:], 0.5)
 
@@ -603,9 +614,12 @@ def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
     for point in [*arm["mixture"], arm["mixture_final"]]:
         assert point["lambda"] in long_budget.LAMBDAS
         assert point["curve_perplexity"] == min(point["curve_by_lambda"].values())
-        cache = point["with_cache"]  # kappa = 0 is the mixture: chosen on the curve subset, never worse there
-        assert cache["lambda"] in long_budget.LAMBDAS and cache["cache_weight"] in long_budget.CACHE_WEIGHTS
-        assert cache["curve_perplexity"] <= point["curve_perplexity"] * (1 + 1e-12)
+        unigram, both = point["with_cache"]  # kappa = 0 is the mixture: chosen on the curve subset, never worse there
+        assert (unigram["orders"], both["orders"]) == (1, 2) and both["lambda"] in long_budget.LAMBDAS
+        assert [
+            kappa in grid for kappa, grid in zip(both["cache_weights"], long_budget.CACHE_WEIGHTS, strict=True)
+        ] == [True] * 2
+        assert both["curve_perplexity"] <= unigram["curve_perplexity"] <= point["curve_perplexity"] * (1 + 1e-12)
         assert point["curve_perplexity"] <= min(
             point["neural"]["curve_perplexity"], arm["kneser_ney"]["curve_perplexity"]
         )
@@ -626,8 +640,9 @@ def test_long_budget_mixture_arm_and_its_targets(corpus, tmp_path, monkeypatch):
         in text
     )
     assert "## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated" in text
-    cache = final["with_cache"]
-    assert f"| {cache['lambda']:.2f} / {cache['cache_weight']:.2f} |" in text
+    both = final["with_cache"][1]
+    kappas = " / ".join(f"{kappa:.2f}" for kappa in both["cache_weights"])
+    assert f"| best checkpoint | 1-2 | {both['lambda']:.2f} / {kappas} | {both['curve_perplexity']:.1f} |" in text
     # a partial file (the run still going): the points it has not reached are not measured
     partial = {**arm, "complete": False, "mixture": arm["mixture"][:1]}
     del partial["mixture_final"]

@@ -26,6 +26,7 @@ Time = process CPU seconds (the warm start counts; evaluation does not).
 """
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -36,6 +37,7 @@ import torch
 import yaml
 from datasets import DatasetDict, load_dataset
 
+from hf_saffu.calibration import mean_nll
 from hf_saffu.data import DataArguments, tokenize_and_pack
 from hf_saffu.modeling_saffu import SaffuTokenCache, previous_tokens
 
@@ -106,8 +108,9 @@ class ArmWriter:
 
 LAMBDAS = tuple(i / 20 for i in range(21))  # the weight of the neural model, chosen on the curve subset
 MIXTURE_ORDER = 3
-CACHE_WINDOW = 128  # the mixture's cache variant: configs/brown.yaml's neural_mixture_cache_window
-CACHE_WEIGHTS = tuple(i / 100 for i in range(0, 21))  # its weight kappa, chosen with lam on the curve subset
+CACHE_WINDOW = 128  # the mixture's cache variants: configs/brown.yaml's neural_mixture_cache_window
+CACHE_ORDERS = (1, 2)  # a variant with the cache of order 1, and one with those of orders 1 and 2
+CACHE_WEIGHTS = (tuple(i / 100 for i in range(21)), tuple(i / 50 for i in range(16)))  # kappa_1, kappa_2 grids
 
 
 def token_log_probs(model, dataset, batch_size: int = 64) -> torch.Tensor:
@@ -127,11 +130,11 @@ def token_log_probs(model, dataset, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def cache_log_probs(dataset, window: int) -> torch.Tensor:
-    """ln p_K(x_t) of every predicted token of the packed blocks (`token_log_probs`'s tokens, in its order): the
-    frequencies of the last `window` tokens of the block before it (the SAFFU's `SaffuTokenCache` with uniform
-    recency, beta = 0), -inf where it is not among them."""
-    cache, chunks = SaffuTokenCache(window), []
+def cache_log_probs(dataset, window: int, order: int = 1) -> torch.Tensor:
+    """ln p_Kn(x_t) of every predicted token of the packed blocks (`token_log_probs`'s tokens, in its order) from the
+    SAFFU's cache of `order` n over the block's last `window` tokens before it (`SaffuTokenCache` with uniform
+    recency, beta = 0): -inf where x_t is not a candidate, NaN where the cache has no evidence (as `gate_terms`)."""
+    cache, chunks = SaffuTokenCache(window, order), []
     with torch.no_grad():
         for start in range(0, len(dataset), 64):
             batch = dataset[start : start + 64]
@@ -139,9 +142,25 @@ def cache_log_probs(dataset, window: int) -> torch.Tensor:
             pivots = torch.where(mask.bool(), ids, -1)[..., None]
             windows = torch.cat([pivots, previous_tokens(ids, mask, None, window - 1)], dim=-1)  # x_t, ..., x_{t-W+1}
             targets = batch["labels"][:, 1:]
-            picked = cache.target_log_probs(windows[:, :-1], targets)
-            chunks.append(picked[targets != -100].double())
+            picked, matched = cache.target_log_probs(windows[:, :-1], targets)
+            chunks.append(picked.masked_fill(~matched, float("nan"))[targets != -100].double())
     return torch.cat(chunks)
+
+
+def cached_mixture_nll(neural, counts, caches, weight: float, cache_weights) -> torch.Tensor:
+    """-mean ln p of the mixture lam p_neural + (1 - lam) p_counts mixed in turn with each cache, p^n = (1 - kappa_n)
+    p^{n-1} + kappa_n p_Kn (`caches`: `cache_log_probs` of orders 1 ... N; constant weights): the SAFFU's nested
+    mixture (`hf_saffu.calibration.mean_nll`) with constant gates."""
+    zeros = torch.zeros_like(neural)
+    terms = torch.stack([zeros, counts, neural, *(column for cache in caches for column in (zeros, cache))], -1)
+    gates = [0.0, logit(weight)]
+    for kappa in cache_weights:
+        gates += [0.0, logit(kappa)]
+    return mean_nll(terms, *gates)
+
+
+def logit(p: float) -> float:
+    return math.inf if p == 1 else -math.inf if p == 0 else math.log(p / (1 - p))
 
 
 def mixture_perplexity(neural: torch.Tensor, counts: torch.Tensor, weight: float) -> float:
@@ -163,9 +182,10 @@ class KneserNeyMixture:
     blocks. At the first curve point at or after each budget point (as `value_at` reads curves), lam is chosen
     on the curve subset (LAMBDAS; 0 and 1 included, so the mixture is never worse there than either model) and
     the mixture is scored at that lam on the curve subset, the full validation and test splits and each
-    extra evaluation set (out of domain). Beside it (`with_cache`), the same mixture mixed in turn with a cache of
-    the block's last CACHE_WINDOW tokens, p' = (1 - kappa) p + kappa p_K (`cache_log_probs`), lam and kappa chosen
-    together on the curve subset: what the SAFFU's cache (`neural_mixture_cache_window`) would give this mixture."""
+    extra evaluation set (out of domain). Beside it (`with_cache`), the same mixture mixed in turn with the caches of
+    orders 1 ... N (N in CACHE_ORDERS) of the block's last CACHE_WINDOW tokens, as the SAFFU mixes its caches
+    (`neural_mixture_cache_window`, `neural_mixture_cache_order`; `cached_mixture_nll`), lam and the kappas chosen
+    together on the curve subset (grids): what the SAFFU's caches would give this mixture."""
 
     def __init__(self, data, extra_eval: dict, vocab_size: int, curve_blocks: int, points: tuple[float, ...]):
         train = data["train"][:]
@@ -178,7 +198,10 @@ class KneserNeyMixture:
             name: model.token_log_probs(split[:]["input_ids"], split[:]["attention_mask"])
             for name, split in self.splits.items()
         }
-        self.cache = {name: cache_log_probs(split, CACHE_WINDOW) for name, split in self.splits.items()}
+        self.caches = {
+            name: [cache_log_probs(split, CACHE_WINDOW, order) for order in range(1, max(CACHE_ORDERS) + 1)]
+            for name, split in self.splits.items()
+        }
         self.pending = sorted(points)
         self.points: list[dict] = []
         self.kneser_ney = {
@@ -194,25 +217,35 @@ class KneserNeyMixture:
         neural = {name: token_log_probs(model, split) for name, split in self.splits.items()}
         scores = {lam: mixture_perplexity(neural["curve"], self.counts["curve"], lam) for lam in LAMBDAS}
         weight = min(scores, key=scores.get)
-        mixed = {lam: mixture_log_probs(neural["curve"], self.counts["curve"], lam) for lam in LAMBDAS}
-        cached = {
-            (lam, kappa): mixture_perplexity(self.cache["curve"], mixed[lam], kappa)
-            for lam in LAMBDAS
-            for kappa in CACHE_WEIGHTS
-        }
-        lam, kappa = min(cached, key=cached.get)
-        with_cache = {
-            f"{name}_perplexity": mixture_perplexity(
-                self.cache[name], mixture_log_probs(lp, self.counts[name], lam), kappa
-            )
-            for name, lp in neural.items()
-        }
         return {
             "lambda": weight,
             **{f"{name}_perplexity": mixture_perplexity(lp, self.counts[name], weight) for name, lp in neural.items()},
             "neural": {f"{name}_perplexity": math.exp(-lp.mean().item()) for name, lp in neural.items()},
             "curve_by_lambda": scores,
-            "with_cache": {"lambda": lam, "cache_weight": kappa, "window": CACHE_WINDOW, **with_cache},
+            "with_cache": [self.with_caches(neural, orders) for orders in CACHE_ORDERS],
+        }
+
+    def with_caches(self, neural: dict, orders: int) -> dict:
+        """lam and kappa_1 ... kappa_N chosen together on the curve subset, and the perplexities at them."""
+        grids = itertools.product(LAMBDAS, *CACHE_WEIGHTS[:orders])
+        nll = {
+            (lam, *kappas): float(
+                cached_mixture_nll(neural["curve"], self.counts["curve"], self.caches["curve"][:orders], lam, kappas)
+            )
+            for lam, *kappas in grids
+        }
+        lam, *kappas = min(nll, key=nll.get)
+        return {
+            "orders": orders,
+            "window": CACHE_WINDOW,
+            "lambda": lam,
+            "cache_weights": kappas,
+            **{
+                f"{name}_perplexity": math.exp(
+                    float(cached_mixture_nll(lp, self.counts[name], self.caches[name][:orders], lam, kappas))
+                )
+                for name, lp in neural.items()
+            },
         }
 
     def on_point(self, callback: harness.CpuBudget, model) -> None:
@@ -437,16 +470,13 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
     labelled = [(f"{s:.0f}", *mixture_at(mixture, s)) for s in BUDGET_POINTS] + [
         ("best checkpoint", *mixture_final(mixture))
     ]
-    cached_runs = any(point is not None and "with_cache" in point for _, point, _ in labelled)
+    cache_rows = []
     for label, point, note in labelled:
         if point is None:
             rows.append([label + note, *[""] * (2 + 2 * len(splits))])
             continue
         seconds = point.get("cpu_seconds", (mixture.get("best_point") or {}).get("cpu_seconds"))  # final: the best's
         when = f"{seconds:.0f}" if seconds is not None else ""
-        cache = point.get("with_cache")
-        cached = [f"{cache['lambda']:.2f} / {cache['cache_weight']:.2f}"] if cache else [""] * bool(cached_runs)
-        cached += [f"{cache[f'{split}_perplexity']:.1f}" if cache else "" for split in splits if cached_runs]
         rows.append(
             [
                 label + note,
@@ -454,9 +484,14 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
                 f"{point['lambda']:.2f}",
                 *(f"{point['neural'][f'{split}_perplexity']:.1f}" for split in splits),
                 *(f"{point[f'{split}_perplexity']:.1f}" for split in splits),
-                *cached,
             ]
         )
+        for cache in point.get("with_cache", []):
+            kappas = " / ".join(f"{kappa:.2f}" for kappa in cache["cache_weights"])
+            cache_rows.append(
+                [label + note, f"1-{cache['orders']}", f"{cache['lambda']:.2f} / {kappas}"]
+                + [f"{cache[f'{split}_perplexity']:.1f}" for split in splits]
+            )
     names = {"curve": "curve subset", "validation": "validation", "test": "test", "ood": "out-of-domain"}
     header = [
         "budget (CPU-s)",
@@ -465,8 +500,6 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
         *(f"GPT-2: {names[s]}" for s in splits),
         *(f"mixture: {names[s]}" for s in splits),
     ]
-    if cached_runs:
-        header += ["with cache: lam / kappa", *(f"with cache: {names[s]}" for s in splits)]
     return [
         "",
         f"## GPT-2 2x128 + Kneser-Ney 3-gram, interpolated{f' [{tag}]' if tag else ''}",
@@ -474,21 +507,33 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
         "- p = lam p_GPT-2 + (1 - lam) p_KN3 per token; lam on a grid of 0.05 steps, chosen on the curve subset at "
         "each budget point (the first curve point at or after it; evaluation not counted), then scored at that lam; "
         "the GPT-2 2x128 trained again for this arm (the same recipe and seed as the GPT-2 2x128 arm)",
-        *(
-            [
-                f"- with cache: p' = (1 - kappa) p + kappa p_K, p_K the frequencies of the block's last {CACHE_WINDOW} "
-                "tokens (the SAFFU's `neural_mixture_cache_window` with uniform recency), lam and kappa (0-0.2 by "
-                "0.01) chosen together on the curve subset"
-            ]
-            if cached_runs
-            else []
-        ),
         f"- KN3: {kn['discounting']}, fitted on the same train blocks ({kn['parameters']:,} n-grams, "
         f"{kn['cpu_seconds']:.1f} CPU-s); alone: curve subset {kn['curve_perplexity']:.1f}, validation "
         f"{kn['validation_perplexity']:.1f}, test {kn['test_perplexity']:.1f}, "
         f"out-of-domain {kn['ood_perplexity']:.1f}",
         "",
         *harness.markdown_table(header, rows),
+        *(
+            [
+                "",
+                "With caches: p^n = (1 - kappa_n) p^(n-1) + kappa_n p_Kn, the caches of orders 1 ... N over the "
+                f"block's last {CACHE_WINDOW} tokens (the SAFFU's `neural_mixture_cache_window` and "
+                "`neural_mixture_cache_order`, uniform recency), lam and the kappas chosen together on the curve "
+                "subset:",
+                "",
+                *harness.markdown_table(
+                    [
+                        "budget (CPU-s)",
+                        "cache orders",
+                        "lam / kappas",
+                        *(f"mixture + caches: {names[s]}" for s in splits),
+                    ],
+                    cache_rows,
+                ),
+            ]
+            if cache_rows
+            else []
+        ),
     ]
 
 
