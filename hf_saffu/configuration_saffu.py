@@ -296,7 +296,8 @@ class SaffuConfig(PreTrainedConfig):
             [x_{t-j} = y] over the known tokens x_t, ..., x_{t-W+1}, beta a learned bias per offset (0: the window's
             unigram counts), and p = (1 - kappa_t) p_mixture + kappa_t p_K, kappa_t = sigmoid(g_t w_K + c_K) from the
             neural word model's hidden features. Word-level evidence about the text being read, which neither the
-            training counts nor the class-level contexts hold; the decoding state keeps W - 1 tokens. 0: none.
+            training counts nor the class-level contexts hold; the decoding state keeps W - 1 tokens. 0: none. Like the
+            other neural_mixture_* fields, it acts only with neural_mixture_dim > 0 (the gates read its features).
         neural_mixture_cache_order (`int`, *optional*, defaults to 1):
             N in [1, neural_mixture_cache_window]: caches of orders 1 ... N over the window, each mixed in turn with its
             own gate [ours]: order n >= 2 predicts the tokens that followed the earlier occurrences of the last n - 1
@@ -558,11 +559,6 @@ class SaffuConfig(PreTrainedConfig):
             raise ValueError(
                 f"SaffuConfig.neural_mixture_cache_window must be an integer in [0, {MAX_CACHE_WINDOW}] (0: none; "
                 f"tokens the cache reads, the pivot included), got {cache!r}"
-            )
-        if cache and not dim:
-            raise ValueError(
-                f"SaffuConfig.neural_mixture_cache_window={cache} needs a neural mixture (its gate reads the neural "
-                "word model's features): set neural_mixture_dim > 0"
             )
         order = self.neural_mixture_cache_order
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= max(cache, 1):

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from factories import PAD, mixture_model, packed_dataset, randomise_
+from factories import PAD, mixture_model, packed_dataset, randomise_, saffu_config
 from test_calibration import labelled_batches, target_log_probs
 
-from hf_saffu import SaffuConfig
+from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.calibration import calibrate_gate, fit_gate, gate_terms, mean_nll
 from hf_saffu.model_card import calibration_note, describe_architecture
 
@@ -140,7 +140,6 @@ def test_calibration_fits_every_gate_and_folds_them():
         ({"neural_mixture_cache_window": -1}, "neural_mixture_cache_window must be an integer in"),
         ({"neural_mixture_cache_window": 4097}, "neural_mixture_cache_window must be an integer in"),
         ({"neural_mixture_cache_window": 2.5}, "neural_mixture_cache_window must be an integer in"),
-        ({"neural_mixture_cache_window": 4}, "neural_mixture_cache_window=4 needs a neural mixture"),
         ({"neural_mixture_dim": 8, "neural_mixture_cache_weight": 1.0}, "neural_mixture_cache_weight must be < 1"),
         ({"neural_mixture_dim": 8, "neural_mixture_cache_window": 3, "neural_mixture_cache_order": 4}, "cache_order"),
         ({"neural_mixture_dim": 8, "neural_mixture_cache_window": 3, "neural_mixture_cache_order": 0}, "cache_order"),
@@ -150,3 +149,12 @@ def test_calibration_fits_every_gate_and_folds_them():
 def test_invalid_cache_settings_name_the_field(settings, message):
     with pytest.raises(ValueError, match=message):
         SaffuConfig(**settings)
+
+
+def test_without_the_neural_mixture_the_cache_settings_build_nothing():
+    """As the other neural_mixture_* fields, the caches act only with neural_mixture_dim > 0 (their gates read its
+    features): without it the model and its decoding state are those of a config without them."""
+    config = saffu_config(neural_mixture_cache_window=16, neural_mixture_cache_order=2)
+    assert config.previous_token_count == saffu_config().previous_token_count
+    model = SaffuForCausalLM(config)
+    assert model.neural_mixture is None and not any("cache" in name for name, _ in model.named_parameters())
