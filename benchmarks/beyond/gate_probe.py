@@ -31,8 +31,8 @@ from hf_saffu.data import DataArguments
 from training.long_budget import ood_blocks
 
 
-def perplexity(terms: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> float:
-    return math.exp(float(mean_nll(terms, scale, shift)))
+def perplexity(terms: torch.Tensor, scale: float = 1.0, shift: float = 0.0, *caches: float) -> float:
+    return math.exp(float(mean_nll(terms, scale, shift, *caches)))
 
 
 def file_terms(model: SaffuForCausalLM, tokenizer, path: str, blocks: int, batch_size: int = 32) -> torch.Tensor:
@@ -56,18 +56,24 @@ def main() -> None:
         raise SystemExit(f"error: {args.model_dir} has no neural mixture (neural_mixture_dim 0)")
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     terms = file_terms(model, tokenizer, args.text, args.blocks)
-    gate, counted, neural = terms.unbind(dim=-1)
+    gate, counted, neural = terms[:, :3].unbind(dim=-1)
     mean_weight = float(torch.sigmoid(gate).mean())
     print(f"{len(terms)} targets: mixture {perplexity(terms):.2f}, mean lambda_t {mean_weight:.3f}")
+    if terms.shape[1] > 3:  # caches: the mixture without them, and each one's mean kappa_tn
+        kappas = ", ".join(
+            f"{float(torch.sigmoid(terms[:, 3 + 2 * n]).mean()):.3f}" for n in range(terms.shape[1] // 2 - 1)
+        )
+        print(f"without its caches {perplexity(terms[:, :3]):.2f}; mean kappa_tn of the caches {kappas}")
     alone = {"counted parts": counted, "p_N": neural}
     print(", ".join(f"{name} alone {math.exp(-float(values.mean())):.2f}" for name, values in alone.items()))
-    scale, shift = fit_gate(terms)
-    print(f"gate scaled by {scale:.3f} and shifted by {shift:+.3f}: {perplexity(terms, scale, shift):.2f}")
+    scale, shift, *caches = fit_gate(terms)
+    print(f"gate scaled by {scale:.3f} and shifted by {shift:+.3f} (caches' gates {caches}): ", end="")
+    print(f"{perplexity(terms, scale, shift, *caches):.2f}")
     fixed = min((perplexity(terms, 0.0, math.log(k / (100 - k))), k / 100) for k in range(1, 100))  # a = 0
     print(f"fixed lambda {fixed[1]:.2f}: {fixed[0]:.2f}")
     if args.fit_text:
-        scale, shift = fit_gate(file_terms(model, tokenizer, args.fit_text, args.blocks))
-        fitted = perplexity(terms, scale, shift)
+        scale, shift, *caches = fit_gate(file_terms(model, tokenizer, args.fit_text, args.blocks))
+        fitted = perplexity(terms, scale, shift, *caches)
         print(f"gate scaled by {scale:.3f} and shifted by {shift:+.3f} on {args.fit_text}: {fitted:.2f}")
 
 
