@@ -180,6 +180,13 @@ def previous_tokens(
     return torch.stack([history[:, count - 1 - j : count - 1 - j + length] for j in range(count)], dim=-1)
 
 
+def recent_tokens(pivots: torch.LongTensor, previous: torch.LongTensor) -> torch.LongTensor:
+    """(..., 1 + count): x_t, x_{t-1}, ..., from the pivots and their `previous_tokens` (one token before each may come
+    in the pivots' shape)."""
+    previous = previous[..., None] if previous.shape == pivots.shape else previous
+    return torch.cat([pivots[..., None], previous], dim=-1)
+
+
 def checked_previous(pivots: torch.LongTensor, previous: torch.LongTensor | None, count: int) -> torch.LongTensor:
     """`previous` as (*pivots.shape, >= count) tokens (a tensor of the pivots' shape is one token before each); a
     ValueError when the n-gram tables' histories cannot be read from it."""
@@ -1493,8 +1500,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         its attention unless not `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions;
         `previous`: `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without
         attention; v = 0 where there is no token)."""
-        previous = previous[..., None] if previous.shape == pivots.shape else previous
-        tokens = torch.cat([pivots[..., None], previous], dim=-1)
+        tokens = recent_tokens(pivots, previous)
         read = tokens[..., : self.config.neural_mixture_context]
         vectors = self.model.input_vectors(read.clamp_min(0)) * (read >= 0)[..., None].to(hidden.dtype)
         inputs = [hidden, vectors.flatten(-2)]
@@ -1508,8 +1514,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         window = self.config.neural_mixture_cache_window
         if not window:
             return None
-        previous = previous[..., None] if previous.shape == pivots.shape else previous
-        return torch.cat([pivots[..., None], previous], dim=-1)[..., :window]
+        return recent_tokens(pivots, previous)[..., :window]
 
     @property
     def ngram_tables(self) -> list["SaffuPivotBigrams | SaffuNgramTable"]:
