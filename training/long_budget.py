@@ -489,7 +489,11 @@ def mixture_lines(mixture: dict, tag: str = "") -> list[str]:
         for cache in point.get("with_cache", []):
             kappas = " / ".join(f"{kappa:.2f}" for kappa in cache["cache_weights"])
             cache_rows.append(
-                [label + note, f"1-{cache['orders']}", f"{cache['lambda']:.2f} / {kappas}"]
+                [
+                    label + note,
+                    "1" if cache["orders"] == 1 else f"1-{cache['orders']}",
+                    f"{cache['lambda']:.2f} / {kappas}",
+                ]
                 + [f"{cache[f'{split}_perplexity']:.1f}" for split in splits]
             )
     names = {"curve": "curve subset", "validation": "validation", "test": "test", "ood": "out-of-domain"}
