@@ -168,8 +168,9 @@ class ExplicitTrainingArguments(TrainingArguments):
             "help": "after training, fit the neural word model's gate on the validation split (eval_dataset): "
             "lambda_t = sigmoid(a s_t + d), with the scale a and shift d chosen by the held-out likelihood, as "
             "deleted interpolation fits its weights, and folded into the gate's weights (hf_saffu.calibration). The "
-            "trained gate is too sharp on unseen text. The reported validation perplexity then includes these two "
-            "fitted numbers"
+            "trained gate is too sharp on unseen text. With caches (neural_mixture_cache_window) each cache's gate is "
+            "fitted with it the same way. The reported validation perplexity then includes these fitted numbers (two, "
+            "and two more per cache)"
         },
     )
 
