@@ -39,7 +39,7 @@ from datasets import DatasetDict, load_dataset
 
 from hf_saffu.calibration import mean_nll
 from hf_saffu.data import DataArguments, tokenize_and_pack
-from hf_saffu.modeling_saffu import SaffuTokenCache, previous_tokens
+from hf_saffu.modeling_saffu import SaffuTokenCache, previous_tokens, recent_tokens
 
 from . import harness
 from .benchmark import KNESER_NEY_ORDERS
@@ -139,8 +139,8 @@ def cache_log_probs(dataset, window: int, order: int = 1) -> torch.Tensor:
         for start in range(0, len(dataset), 64):
             batch = dataset[start : start + 64]
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            pivots = torch.where(mask.bool(), ids, -1)[..., None]
-            windows = torch.cat([pivots, previous_tokens(ids, mask, None, window - 1)], dim=-1)  # x_t, ..., x_{t-W+1}
+            pivots = torch.where(mask.bool(), ids, -1)
+            windows = recent_tokens(pivots, previous_tokens(ids, mask, None, window - 1))  # x_t, ..., x_{t-W+1}
             targets = batch["labels"][:, 1:]
             picked, matched = cache.target_log_probs(windows[:, :-1], targets)
             chunks.append(picked.masked_fill(~matched, float("nan"))[targets != -100].double())
