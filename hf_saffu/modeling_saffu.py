@@ -762,11 +762,13 @@ class SaffuTokenCache(nn.Module):
         return safe_log(mass), valid.any(-1)
 
     def forward(self, tokens: torch.LongTensor, vocab_size: int):
-        """(ln p_Kn over the vocabulary (..., V), -inf for the tokens that are not candidates; matched (...))."""
+        """(index, ln p_Kn(index), matched): each offset's candidate c_tj (..., offsets; 0 where unknown) with the
+        cache's ln p of that token (the mass of every valid offset holding it; -inf where none does), so that p_Kn is
+        known everywhere (0 off the candidates) without a V-wide log."""
         candidates, valid = self.candidates(tokens)
-        weights = self.weights(valid)
-        mass = weights.new_zeros(*tokens.shape[:-1], vocab_size).scatter_add(-1, candidates.clamp_min(0), weights)
-        return safe_log(mass), valid.any(-1)
+        weights, index = self.weights(valid), candidates.clamp_min(0)
+        mass = weights.new_zeros(*tokens.shape[:-1], vocab_size).scatter_add(-1, index, weights)
+        return index, safe_log(mass.gather(-1, index)), valid.any(-1)
 
 
 def safe_log(mass: torch.Tensor) -> torch.Tensor:
@@ -874,9 +876,21 @@ class SaffuNeuralMixture(nn.Module):
         if self.caches:
             gates = self.cache_gates(hidden)
             for n, cache in enumerate(self.caches):
-                cached, matched = cache(tokens, mixed.shape[-1])
-                mixed = self.mix(gates[..., n : n + 1], mixed, torch.where(matched[..., None], cached, mixed))
+                mixed = self.mix_cache(gates[..., n], mixed, *cache(tokens, mixed.shape[-1]))
         return mixed, neural
+
+    def mix_cache(self, gate, mixed, index, cached, matched) -> torch.Tensor:
+        """ln p^n = ln((1 - kappa) p^{n-1} + kappa p_Kn) over the vocabulary from ln p^{n-1} (`mixed`, (..., V)) and
+        p_Kn's values at its candidates (`index`, `cached`: `SaffuTokenCache.forward`), kappa = sigmoid(`gate`); p^{n-1}
+        kept where the cache has no evidence (not `matched`). Off the candidates p_Kn = 0, so ln p^n = ln(1 - kappa) +
+        ln p^{n-1} there and only the candidates take a mix: no V-wide ln p_Kn. A token at several offsets gets the same
+        value from each (amax over them: that value, its gradient shared; the candidates' old entries are set to -inf
+        first so that none ties with them)."""
+        kept = torch.where(matched, nn.functional.logsigmoid(-gate), 0.0)
+        before = mixed.gather(-1, index)
+        at = torch.where(matched[..., None], self.mix(gate[..., None], before, cached), before)
+        rest = (mixed + kept[..., None]).scatter_(-1, index, float("-inf"))
+        return rest.scatter_reduce(-1, index, at, "amax")
 
     def cache_gates(self, hidden: torch.Tensor) -> torch.Tensor:
         """The caches' logits r_tn = g_t w_Kn + c_Kn, (..., N)."""
