@@ -100,6 +100,31 @@ def test_cached_generation_equals_a_full_recompute(window, orders, ngram_order):
         torch.testing.assert_close(cached, full.to(cached.dtype), msg=f"step {step}")
 
 
+def test_left_padding_and_beam_search_with_caches_equal_a_full_recompute():
+    """Padding is no token of the caches' window (left-padded logits = the text alone), and beam search reorders the
+    window with the beams (each returned beam's score = its log-probability recomputed without the state)."""
+    model = cache_model(window=9, neural_mixture_cache_order=2, initializer_range=3.0, **ATTENTION).eval()
+    ids = torch.randint(2, 6, (1, 9), generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([torch.full((1, 4), PAD), ids], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 4:], model(ids).logits)
+    out = model.generate(
+        ids[:, :5],
+        max_new_tokens=6,
+        num_beams=3,
+        num_return_sequences=3,
+        do_sample=False,
+        pad_token_id=PAD,
+        output_scores=True,
+        return_dict_in_generate=True,
+        length_penalty=0.0,
+    )
+    log_probs = torch.log_softmax(model(out.sequences, use_cache=False).logits, -1)[:, 4:-1]
+    recomputed = log_probs.gather(-1, out.sequences[:, 5:, None]).squeeze(-1).sum(-1)
+    assert len({tuple(row) for row in out.sequences.tolist()}) == 3
+    torch.testing.assert_close(out.sequences_scores, recomputed.to(out.sequences_scores.dtype))
+
+
 def test_a_fresh_cache_holds_its_initial_weight_and_recency_is_uniform():
     model = mixture_model(neural_mixture_cache_window=5, neural_mixture_cache_order=2, neural_mixture_cache_weight=0.2)
     mixture = model.neural_mixture
