@@ -6,6 +6,7 @@ import pytest
 import torch
 from factories import PAD, mixture_model, packed_dataset, randomise_, saffu_config
 from test_calibration import labelled_batches, target_log_probs
+from test_modeling import BEAM_SEARCH, recomputed_beam_scores
 
 from hf_saffu import SaffuConfig, SaffuForCausalLM
 from hf_saffu.calibration import calibrate_gate, fit_gate, gate_terms, mean_nll
@@ -108,19 +109,8 @@ def test_left_padding_and_beam_search_with_caches_equal_a_full_recompute():
     padded = torch.cat([torch.full((1, 4), PAD), ids], 1)
     mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
     torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 4:], model(ids).logits)
-    out = model.generate(
-        ids[:, :5],
-        max_new_tokens=6,
-        num_beams=3,
-        num_return_sequences=3,
-        do_sample=False,
-        pad_token_id=PAD,
-        output_scores=True,
-        return_dict_in_generate=True,
-        length_penalty=0.0,
-    )
-    log_probs = torch.log_softmax(model(out.sequences, use_cache=False).logits, -1)[:, 4:-1]
-    recomputed = log_probs.gather(-1, out.sequences[:, 5:, None]).squeeze(-1).sum(-1)
+    out = model.generate(ids[:, :5], **{**BEAM_SEARCH, "max_new_tokens": 6})
+    recomputed = recomputed_beam_scores(model, out.sequences, 5)
     assert len({tuple(row) for row in out.sequences.tolist()}) == 3
     torch.testing.assert_close(out.sequences_scores, recomputed.to(out.sequences_scores.dtype))
 

@@ -226,27 +226,34 @@ def test_left_padded_batch_logits_equal_a_full_recompute():
         assert torch.equal(out.sequences[row, -10:], alone[0, -10:])
 
 
+# three beams, each returned, scored by the sum of its tokens' log-probabilities (length_penalty 0)
+BEAM_SEARCH = dict(
+    max_new_tokens=8,
+    num_beams=3,
+    num_return_sequences=3,
+    do_sample=False,
+    pad_token_id=PAD,
+    output_scores=True,
+    return_dict_in_generate=True,
+    length_penalty=0.0,
+)
+
+
+def recomputed_beam_scores(model, sequences: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """Each beam's sum of its generated tokens' log-probabilities from a full forward, no state."""
+    log_probs = torch.log_softmax(model(sequences, use_cache=False).logits[:, :-1], dim=-1)
+    return log_probs.gather(-1, sequences[:, 1:, None])[:, prompt_length - 1 :, 0].sum(-1)
+
+
 def test_beam_search_scores_equal_a_full_recompute():
     model = sharp_model()
     prompt = random_ids(1, 5)
-    kwargs = dict(
-        max_new_tokens=8,
-        num_beams=3,
-        num_return_sequences=3,
-        do_sample=False,
-        pad_token_id=PAD,
-        output_scores=True,
-        return_dict_in_generate=True,
-        length_penalty=0.0,
-    )
-    cached = model.generate(prompt, use_cache=True, **kwargs)
-    full = model.generate(prompt, use_cache=False, **kwargs)
+    cached = model.generate(prompt, use_cache=True, **BEAM_SEARCH)
+    full = model.generate(prompt, use_cache=False, **BEAM_SEARCH)
     assert torch.equal(cached.sequences, full.sequences)
     assert torch.allclose(cached.sequences_scores, full.sequences_scores, atol=1e-5)
-    # with length_penalty 0 a beam's score is the sum of its tokens' log-probabilities
-    log_probs = torch.log_softmax(model(cached.sequences, use_cache=False).logits[:, :-1], dim=-1)
-    token_log_probs = log_probs.gather(-1, cached.sequences[:, 1:, None])[:, prompt.shape[1] - 1 :, 0]
-    assert torch.allclose(token_log_probs.sum(-1).to(cached.sequences_scores.dtype), cached.sequences_scores, atol=1e-4)
+    recomputed = recomputed_beam_scores(model, cached.sequences, prompt.shape[1])
+    assert torch.allclose(recomputed.to(cached.sequences_scores.dtype), cached.sequences_scores, atol=1e-4)
 
 
 def test_decoding_state_is_accepted_under_both_names():
