@@ -21,6 +21,7 @@ from factories import (
 )
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from test_cache import ATTENTION, cache_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_saffu import ExplicitTrainer, SaffuForCausalLM
@@ -319,6 +320,33 @@ def test_onnx_export_with_the_bigram_table_runs_in_onnxruntime_with_the_eager_lo
     (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model(ids).logits, rtol=0, atol=1e-5)
+
+
+def mixture_with_caches(ngram_order: int) -> SaffuForCausalLM:
+    """The shipped configs' kind of model: the neural mixture with its attention and the caches of orders 1-2, whose
+    candidates are scattered into ln p."""
+    return cache_model(window=6, neural_mixture_cache_order=2, ngram_order=ngram_order, **ATTENTION).float().eval()
+
+
+@pytest.mark.parametrize("ngram_order", [3, 2])
+def test_torch_export_of_a_neural_mixture_with_caches_gives_the_eager_logits(ngram_order):
+    model = mixture_with_caches(ngram_order)
+    ids, other = (torch.randint(2, 6, (2, 12), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1))
+    program = torch.export.export(model, (ids,), kwargs={"use_cache": False})
+    with torch.no_grad():
+        exported, eager = program.module()(other, use_cache=False).logits, model(other, use_cache=False).logits
+    torch.testing.assert_close(exported, eager, rtol=0, atol=1e-6)
+
+
+def test_onnx_export_of_a_neural_mixture_with_caches_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = mixture_with_caches(ngram_order=2)
+    ids, other = (torch.randint(2, 6, (2, 12), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1))
+    session = onnxruntime.InferenceSession(str(export_onnx(model, ids, tmp_path / "saffu.onnx")))
+    (logits,) = session.run(["logits"], {"input_ids": other.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(other).logits, rtol=1e-5, atol=1e-4)
 
 
 def test_onnx_export_of_a_model_with_the_trigram_table_is_refused_in_one_line(tmp_path):
