@@ -299,16 +299,6 @@ def eos_rich_ids(seed: int) -> torch.Tensor:
     return ids
 
 
-def test_torch_export_of_the_causal_lm_with_its_tables_gives_the_eager_logits():
-    model = table_model()
-    program = torch.export.export(model, (eos_rich_ids(0),), kwargs={"use_cache": False})
-    for seed in (1, 2):  # other token ids of the traced shape
-        ids = eos_rich_ids(seed)
-        with torch.no_grad():
-            exported, eager = program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits
-        torch.testing.assert_close(exported, eager, rtol=0, atol=1e-6)
-
-
 def test_onnx_export_with_the_bigram_table_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -328,21 +318,36 @@ def mixture_with_caches(ngram_order: int) -> SaffuForCausalLM:
     return cache_model(window=6, neural_mixture_cache_order=2, ngram_order=ngram_order, **ATTENTION).float().eval()
 
 
-@pytest.mark.parametrize("ngram_order", [3, 2])
-def test_torch_export_of_a_neural_mixture_with_caches_gives_the_eager_logits(ngram_order):
-    model = mixture_with_caches(ngram_order)
-    ids, other = (torch.randint(2, 6, (2, 12), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1))
-    program = torch.export.export(model, (ids,), kwargs={"use_cache": False})
-    with torch.no_grad():
-        exported, eager = program.module()(other, use_cache=False).logits, model(other, use_cache=False).logits
-    torch.testing.assert_close(exported, eager, rtol=0, atol=1e-6)
+def repeating_ids(seed: int) -> torch.Tensor:
+    """(2, 12) token ids from 4 tokens, so that the caches find earlier occurrences."""
+    return torch.randint(2, 6, (2, 12), generator=torch.Generator().manual_seed(seed))
+
+
+# what torch.export traces: the tables' lookups, and the neural mixture's caches with either table
+EXPORTED = {
+    "tables": (table_model, eos_rich_ids),
+    "mixture with caches, trigram table": (lambda: mixture_with_caches(3), repeating_ids),
+    "mixture with caches, bigram table": (lambda: mixture_with_caches(2), repeating_ids),
+}
+
+
+@pytest.mark.parametrize("kind", EXPORTED)
+def test_torch_export_of_the_causal_lm_gives_the_eager_logits(kind):
+    build, token_ids = EXPORTED[kind]
+    model = build()
+    program = torch.export.export(model, (token_ids(0),), kwargs={"use_cache": False})
+    for seed in (1, 2):  # other token ids of the traced shape
+        ids = token_ids(seed)
+        with torch.no_grad():
+            exported, eager = program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits
+        torch.testing.assert_close(exported, eager, rtol=0, atol=1e-6)
 
 
 def test_onnx_export_of_a_neural_mixture_with_caches_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = mixture_with_caches(ngram_order=2)
-    ids, other = (torch.randint(2, 6, (2, 12), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1))
+    ids, other = repeating_ids(0), repeating_ids(1)
     session = onnxruntime.InferenceSession(str(export_onnx(model, ids, tmp_path / "saffu.onnx")))
     (logits,) = session.run(["logits"], {"input_ids": other.numpy()})
     with torch.no_grad():
