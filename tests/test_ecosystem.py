@@ -299,17 +299,21 @@ def eos_rich_ids(seed: int) -> torch.Tensor:
     return ids
 
 
-def test_onnx_export_with_the_bigram_table_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
+def onnx_and_eager_logits(model, traced: torch.Tensor, ids: torch.Tensor, folder: Path):
+    """The logits of `ids` from `export_onnx`'s program (traced on `traced`) run in onnxruntime, and the model's own."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    model = table_model(pivot_trigrams=0)
-    assert model.pivot_bigrams is not None and int(model.pivot_bigrams.rows[-1]) > 0
-    path = export_onnx(model, eos_rich_ids(0), tmp_path / "saffu.onnx")
-    session = onnxruntime.InferenceSession(str(path))
-    ids = eos_rich_ids(1)
+    session = onnxruntime.InferenceSession(str(export_onnx(model, traced, folder / "saffu.onnx")))
     (logits,) = session.run(["logits"], {"input_ids": ids.numpy()})
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(logits), model(ids).logits, rtol=0, atol=1e-5)
+        return torch.from_numpy(logits), model(ids).logits
+
+
+def test_onnx_export_with_the_bigram_table_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
+    model = table_model(pivot_trigrams=0)
+    assert model.pivot_bigrams is not None and int(model.pivot_bigrams.rows[-1]) > 0
+    exported, eager = onnx_and_eager_logits(model, eos_rich_ids(0), eos_rich_ids(1), tmp_path)
+    torch.testing.assert_close(exported, eager, rtol=0, atol=1e-5)
 
 
 def mixture_with_caches(ngram_order: int) -> SaffuForCausalLM:
@@ -344,14 +348,9 @@ def test_torch_export_of_the_causal_lm_gives_the_eager_logits(kind):
 
 
 def test_onnx_export_of_a_neural_mixture_with_caches_runs_in_onnxruntime_with_the_eager_logits(tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = mixture_with_caches(ngram_order=2)
-    ids, other = repeating_ids(0), repeating_ids(1)
-    session = onnxruntime.InferenceSession(str(export_onnx(model, ids, tmp_path / "saffu.onnx")))
-    (logits,) = session.run(["logits"], {"input_ids": other.numpy()})
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(logits), model(other).logits, rtol=1e-5, atol=1e-4)
+    exported, eager = onnx_and_eager_logits(model, repeating_ids(0), repeating_ids(1), tmp_path)
+    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-4)
 
 
 def test_onnx_export_of_a_model_with_the_trigram_table_is_refused_in_one_line(tmp_path):
