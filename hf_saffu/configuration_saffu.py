@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 
 EMBEDDING_CODES = ("frequency_rank", "anchored")
 HIDDEN_TARGETS = ("bit_cipher", "clusters")
+UPPER_LAYERS = ("head", "neural")
 # explicit_smoothing alpha and 1 / alpha stay far inside float32 (ln alpha in [-69, 69]); the priming number K
 # multiplies logs of counts (K ln(F + alpha), K ln phi), which must stay finite when cast to float32 weights.
 SMOOTHING_RANGE = (1e-30, 1e30)
@@ -210,6 +211,12 @@ class SaffuConfig(PreTrainedConfig):
             Add the running mean of the document's inputs as a context.
         num_layers (`int`, *optional*, defaults to 1):
             Number of stacked SAFFU layers.
+        upper_layers (`str`, *optional*, defaults to `"head"`):
+            What reads the layers above the first. `"head"` (the papers' form): the head reads the last layer's H_t.
+            `"neural"` [ours]: the head and the neural word model's direct path read the first layer's H_t (what a
+            one-layer model reads), the neural word model's hidden path reads every layer's H_t, and the layers
+            above the first train with the neural word model (also with `freeze_counted_parts`). Needs
+            `neural_mixture_dim` > 0 when `num_layers` > 1.
         log_hidden_head (`bool`, *optional*, defaults to `True`):
             The head reads ln H_t instead of H_t: a product of the contexts' hidden distributions. With class
             targets the warm start sets O and b_O to the class-based factorisation
@@ -370,6 +377,7 @@ class SaffuConfig(PreTrainedConfig):
         windows: list[int] | tuple[int, ...] = (4, 16),
         use_document_context: bool = True,
         num_layers: int = 1,
+        upper_layers: str = "head",
         log_hidden_head: bool = True,
         pivot_head: bool = False,
         ngram_order: int | None = None,
@@ -406,6 +414,7 @@ class SaffuConfig(PreTrainedConfig):
         self.windows = list(windows) if isinstance(windows, (list, tuple)) else windows
         self.use_document_context = use_document_context
         self.num_layers = num_layers
+        self.upper_layers = upper_layers
         self.log_hidden_head = log_hidden_head
         self.pivot_head = pivot_head
         legacy = (kwargs.pop("pivot_bigrams", None), kwargs.pop("pivot_trigrams", None))
@@ -451,6 +460,12 @@ class SaffuConfig(PreTrainedConfig):
         return len(self.windows) + int(self.use_document_context)
 
     @property
+    def head_layer(self) -> int:
+        """The index of the layer whose H_t the head (and the neural word model's direct path) reads: the last one, or
+        the first with `upper_layers="neural"`."""
+        return 0 if self.upper_layers == "neural" else self.num_layers - 1
+
+    @property
     def table_orders(self) -> range:
         """The orders of the pivot's n-gram tables: 2 ... ngram_order (none below 2)."""
         return range(2, self.ngram_order + 1)
@@ -487,6 +502,8 @@ class SaffuConfig(PreTrainedConfig):
         positive_int("vocab_size", self.vocab_size)
         positive_int("num_layers", self.num_layers)
         at_most("num_layers", self.num_layers, MAX_NUM_LAYERS, "every layer reads all contexts of every token")
+        if self.upper_layers not in UPPER_LAYERS:
+            raise ValueError(f"SaffuConfig.upper_layers must be one of {UPPER_LAYERS}, got {self.upper_layers!r}")
         for name in ("embed_bits", "hidden_bits"):
             bits = getattr(self, name)
             positive_int(name, bits)
@@ -514,6 +531,11 @@ class SaffuConfig(PreTrainedConfig):
         dim = self.neural_mixture_dim
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise ValueError(f"SaffuConfig.neural_mixture_dim must be an integer >= 0 (0: none), got {dim!r}")
+        if self.upper_layers == "neural" and self.num_layers > 1 and not dim:
+            raise ValueError(
+                'SaffuConfig.upper_layers="neural" feeds the layers above the first to the neural word model: it needs '
+                "neural_mixture_dim > 0, got 0"
+            )
         bounded_number("neural_mixture_weight", self.neural_mixture_weight, 0, 1)
         if self.neural_mixture_weight == 1:
             raise ValueError("SaffuConfig.neural_mixture_weight must be < 1 (the counts keep a share), got 1")

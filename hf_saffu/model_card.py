@@ -146,6 +146,8 @@ def describe_architecture(config: SaffuConfig) -> str:
         reads += ", its word weights tied to the attention's token embeddings" if tied else ""
         classes = getattr(config, "neural_mixture_classes", 0)
         reads += f", its output factored through {classes} token classes" if classes else ""
+        upper = config.num_layers > 1 and getattr(config, "upper_layers", "head") == "neural"
+        reads += ", its hidden path reading the layers above the first (the head reads the first)" if upper else ""
         aux = getattr(config, "neural_mixture_aux_loss_coef", 0)
         reads += f", trained on its own cross-entropy too (weight {aux:g})" if aux else ""
         pivot += f", mixed linearly with a neural word model ({width} GELU units{reads})"

@@ -780,7 +780,8 @@ def safe_log(mass: torch.Tensor) -> torch.Tensor:
 class SaffuNeuralMixture(nn.Module):
     """A neural word model mixed linearly with the count-based logits (`config.neural_mixture_dim` = d):
 
-        u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}],   g_t = dropout_p(GELU(o_t A + a)),
+        u_t = [H_t, v_t, v_{t-1}],   o_t = [u_t, v_{t-2}, ..., v_{t-k+1}, H_t^2, ..., H_t^L],
+        g_t = dropout_p(GELU(o_t A + a)),
         lambda_t = sigmoid(g_t w + c),   z_t = u_t D + g_t W + b_W,
         p(y) = (1 - lambda_t) softmax(logits_t)_y + lambda_t p_N(y),   p_N(y) = softmax(z_t)_y,
 
@@ -790,10 +791,11 @@ class SaffuNeuralMixture(nn.Module):
     text they did not see. The direct path D, b_W is a softmax layer on non-negative inputs and has the explicit warm
     start (`hf_saffu.warm_start`); the hidden path starts at W = 0 (P = 0), and the weight at w = 0, c =
     logit(`config.neural_mixture_weight`). The hidden path also reads the codes of k - 2 earlier tokens in order (k =
-    `config.neural_mixture_context`; o_t = u_t for k = 2), and with `attention` (`SaffuNeuralAttention`) a learned
-    attention a_t over the last w tokens, then the learned embeddings LN(E)[x_t], ..., LN(E)[x_{t-n+1}] of the last n
-    tokens in order (`config.neural_mixture_token_context`), o_t's last entries. The module takes o_t; D reads its
-    first `direct_dim` entries, u_t.
+    `config.neural_mixture_context`; o_t = u_t for k = 2), the H_t of the layers above the first with
+    `config.upper_layers="neural"` (H_t, in u_t, is then the first layer's), and with `attention`
+    (`SaffuNeuralAttention`) a learned attention a_t over the last w tokens, then the learned embeddings LN(E)[x_t],
+    ..., LN(E)[x_{t-n+1}] of the last n tokens in order (`config.neural_mixture_token_context`), o_t's last entries.
+    The module takes o_t; D reads its first `direct_dim` entries, u_t.
 
     With C token classes k(y) (`config.neural_mixture_classes`; the buffer `token_classes`), p_N is factored,
 
@@ -1218,9 +1220,17 @@ class SaffuModel(SaffuPreTrainedModel):
         eos = self.config.eos_token_id
         return input_ids == eos if eos is not None else torch.zeros_like(valid)
 
-    def layer_input(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """What layer `index` reads: v_t for the first, H_t / C of the layer below for the others (unit L1 norm)."""
-        return hidden if index == 0 else hidden / self.num_contexts
+    def returns_log(self, index: int) -> bool:
+        """Whether layer `index` gives ln H_t instead of H_t: the head's layer (`config.head_layer`) with
+        `log_hidden_head`."""
+        return self.config.log_hidden_head and index == self.config.head_layer
+
+    def layer_input(self, index: int, below: torch.Tensor) -> torch.Tensor:
+        """What layer `index` reads from `below` (the input vectors, or the layer below's output): v_t for the first,
+        H_t / C of the layer below for the others (unit L1 norm)."""
+        if index == 0:
+            return below
+        return (below.exp() if self.returns_log(index - 1) else below) / self.num_contexts
 
     def layer_outputs(
         self,
@@ -1230,14 +1240,14 @@ class SaffuModel(SaffuPreTrainedModel):
         states: list[SaffuLayerState | None],
         similarities: torch.Tensor | None = None,
     ):
-        """Per layer, bottom-up from the input vectors: (H_t, the layer's state after these positions); the last layer
-        gives ln H_t with `log_hidden_head`. `similarities`: the first layer's s_t, when already computed."""
-        hidden, last = vectors, len(self.layers) - 1
+        """Per layer, bottom-up from the input vectors: (H_t, the layer's state after these positions); the head's
+        layer gives ln H_t with `log_hidden_head` (`returns_log`). `similarities`: the first layer's s_t, when already
+        computed."""
+        hidden = vectors
         for index, (layer, state) in enumerate(zip(self.layers, states, strict=True)):
-            log_probabilities = index == last and self.config.log_hidden_head
             cached = similarities if index == 0 else None
             inputs = self.layer_input(index, hidden)
-            hidden, new_state = layer(inputs, valid, ends_document, state, log_probabilities, cached)
+            hidden, new_state = layer(inputs, valid, ends_document, state, self.returns_log(index), cached)
             yield hidden, new_state
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -1344,7 +1354,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         hidden_dim, rank = config.num_contexts * config.hidden_bits, config.residual_rank
         self.residual_head = SaffuResidualHead(hidden_dim, rank, config.vocab_size) if rank else None
         width, direct = config.neural_mixture_dim, hidden_dim + 2 * config.embed_bits
-        inputs = hidden_dim + config.neural_mixture_context * config.embed_bits
+        inputs = hidden_dim * (1 + len(self.upper_layers)) + config.neural_mixture_context * config.embed_bits
         classes, window, attention = config.neural_mixture_classes, config.neural_mixture_attention_window, None
         dropout, tied = config.neural_mixture_dropout, config.neural_mixture_tied_output
         if width and window:
@@ -1368,6 +1378,19 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         # FrozenInputCache` of their ln p at each training block's targets (`counted_target_log_probs`).
         self.frozen_counted = None
         self.post_init()
+
+    @property
+    def upper_layers(self) -> list[SaffuLayer]:
+        """The layers whose H_t only the neural word model's hidden path reads (`config.upper_layers="neural"`): the
+        layers above the first; none otherwise."""
+        return list(self.model.layers[1:]) if self.config.upper_layers == "neural" else []
+
+    def backprop_parameters(self) -> list[nn.Parameter]:
+        """The parameters `freeze_counted_parts` trains: the neural word model's learned ones
+        (`SaffuNeuralMixture.learned_parameters`) and the `upper_layers` (solved by the warm start, then trained with
+        the neural word model that alone reads them)."""
+        upper = [parameter for layer in self.upper_layers for parameter in layer.parameters()]
+        return self.neural_mixture.learned_parameters() + upper
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -1432,18 +1455,21 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         if skip_logits and labels is None:
             raise ValueError("skip_logits=True returns only the loss: pass labels too")
         state = decoding_state(cache, past_key_values)
+        upper = len(self.upper_layers)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             cache=state,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states or upper > 0,
         )
-        hidden = outputs.last_hidden_state
+        # the head's layer's output and the upper layers' H_t (`upper_layers`)
+        hidden, *above = outputs.hidden_states[1:] if upper else (outputs.last_hidden_state,)
         count = self.config.previous_token_count  # the tokens before the pivot: tables' histories, v_{t-1}
         previous = previous_tokens(input_ids, attention_mask, state, count) if count > 0 else None
         if logits_to_keep:
             hidden, input_ids = hidden[:, -logits_to_keep:], input_ids[:, -logits_to_keep:]
+            above = [layer[:, -logits_to_keep:] for layer in above]
             previous = previous[:, -logits_to_keep:] if previous is not None else None
 
         def counted_logits() -> torch.Tensor:
@@ -1456,7 +1482,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         coef = self.config.neural_mixture_aux_loss_coef if self.training and labels is not None else 0
         if self.neural_mixture is not None:
             probabilities = hidden.exp() if self.config.log_hidden_head else hidden
-            inputs = self.neural_inputs(probabilities, input_ids, previous)
+            inputs = self.neural_inputs(probabilities, input_ids, previous, above=above)
             targets, changes = None, None
             if labels is not None:
                 targets, count = self.loss_targets(labels, dict(kwargs))
@@ -1484,7 +1510,7 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=None if skip_logits else logits,
-            hidden_states=outputs.hidden_states,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
@@ -1508,16 +1534,22 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
         return self.pivot_logits(pivots, previous, logits)
 
     def neural_inputs(
-        self, hidden: torch.Tensor, pivots: torch.LongTensor, previous: torch.LongTensor, attend: bool = True
+        self,
+        hidden: torch.Tensor,
+        pivots: torch.LongTensor,
+        previous: torch.LongTensor,
+        attend: bool = True,
+        above: list[torch.Tensor] | tuple = (),
     ) -> torch.Tensor:
-        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}] for `neural_mixture`, then a_t and the ordered embeddings with
-        its attention unless not `attend` (the warm start reads only u_t) (`hidden`: H_t, the hidden distributions;
-        `previous`: `previous_tokens`, at least max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without
-        attention; v = 0 where there is no token)."""
+        """o_t = [H_t, v_t, v_{t-1}, ..., v_{t-k+1}, H_t^2, ..., H_t^L] for `neural_mixture`, then a_t and the ordered
+        embeddings with its attention unless not `attend` (the warm start reads only u_t) (`hidden`: H_t, the head's
+        layer's hidden distributions; `above`: H_t^2 ... of the `upper_layers`; `previous`: `previous_tokens`, at least
+        max(k, w) - 1 of them, or one in the pivots' shape for k = 2 without attention; v = 0 where there is no
+        token)."""
         tokens = recent_tokens(pivots, previous)
         read = tokens[..., : self.config.neural_mixture_context]
         vectors = self.model.input_vectors(read.clamp_min(0)) * (read >= 0)[..., None].to(hidden.dtype)
-        inputs = [hidden, vectors.flatten(-2)]
+        inputs = [hidden, vectors.flatten(-2), *above]
         if attend and self.neural_mixture.attention is not None:
             window = self.config.neural_mixture_attention_window
             inputs.append(self.neural_mixture.attention(tokens[..., :window]).to(hidden.dtype))

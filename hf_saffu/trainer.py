@@ -80,9 +80,9 @@ PART_LEARNING_RATES = ("head_learning_rate", "table_learning_rate", "neural_mixt
 
 def freeze_counted_parts(model: SaffuForCausalLM) -> None:
     """Every parameter the warm start counts or solves stops taking gradients (`freeze_counted_parts`): all but the
-    neural word model's learned ones (`SaffuNeuralMixture.learned_parameters`)."""
+    neural part's (`SaffuForCausalLM.backprop_parameters`)."""
     model.requires_grad_(False)
-    for parameter in model.neural_mixture.learned_parameters():
+    for parameter in model.backprop_parameters():
         parameter.requires_grad_(True)
 
 

@@ -20,7 +20,8 @@ across processes before every process solves:
    each level over the one below (`solve_tables`; `hf_saffu.explicit.solve_bigram_channel`, `solve_ngram_channel`);
    optionally the pivot head instead (`pivot_head`): F_Q = sum_t v_t^T e_{y_t}, Q = ln F_Q (K = 1);
 4. the head: with `log_hidden_head`, O and b_O in closed form from the class codes (`set_class_head`, no
-   data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C.
+   data pass); otherwise F_O = sum_t H_t^T e_{y_t}, solved with K = mean ||H_t||_1 = C. H_t is the last layer's, or
+   the first's with `upper_layers="neural"` (`config.head_layer`), as for the neural word model's direct path.
 
 No autograd: every pass is forward computation only. Memory is that of one batch plus the
 fixed-size statistics, whatever the corpus size.
@@ -131,7 +132,7 @@ class ExplicitWarmStart:
         self.target_classes: torch.Tensor | None = None  # class(y) when the targets are one-hot classes
         self.table_bytes_left = 0.0  # of config.pivot_table_mb, while the tables are sized (`sized_table`)
         # What the passes keep in memory, within recipe.warm_start_cache_mb (`room`, bytes): the batches read by the
-        # first pass (`iterate`), then the last layer's z_t per batch from its hidden pass (`solve_hidden`)
+        # first pass (`iterate`), then the head layer's z_t per batch from its hidden pass (`solve_hidden`)
         self.room = self.recipe.warm_start_cache_mb * 2**20
         self.read: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.kept: list | None = None
@@ -268,7 +269,7 @@ class ExplicitWarmStart:
         """U (and b) of the given contexts of a layer: F_U = sum_t z_t^T l(y_t), accumulated per next token
         and mapped through the label embeddings once (`Cooccurrence.map_targets`), or, for one-hot token
         classes, accumulated per class directly. `keep`: keep each batch's tokens and z_t (`self.kept`) within what is
-        left of `warm_start_cache_mb`, for the passes that read H_t (`last_hidden`)."""
+        left of `warm_start_cache_mb`, for the passes that read H_t (`head_hidden`)."""
         layer: SaffuLayer = self.model.model.layers[layer_index]
         classes = self.target_classes
         width = self.config.vocab_size if classes is None else self.config.hidden_bits
@@ -279,15 +280,15 @@ class ExplicitWarmStart:
             check_statistics("explicit-solution inputs", self.model.model.embeddings.weight)
         trusted = [isinstance(context, CONVEX_CONTEXTS) for context in contexts]
         room = self.room if keep else 0.0
-        self.kept = [] if room > 0 else None
+        kept = [] if room > 0 else None
         start = time.perf_counter()
         for input_ids, computed, weight in self.layer_batches(layer_index, description, contexts):
             vectors = {context: output.vectors for context, output in computed.outputs.items()}
-            if self.kept is not None:
-                self.kept.append((input_ids, computed.valid, weight, vectors))
+            if kept is not None:
+                kept.append((input_ids, computed.valid, weight, vectors))
                 room -= tensor_bytes(input_ids, *vectors.values())
                 if room < 0:
-                    self.kept = None  # past the budget: the passes that read H_t compute them again
+                    kept = None  # past the budget: the passes that read H_t compute them again
             labels = input_ids[:, 1:]
             targets = labels if classes is None else classes[labels]
             for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
@@ -295,6 +296,8 @@ class ExplicitWarmStart:
                 statistic.add(output.vectors[:, :-1], targets, weight, trusted_inputs=trusted[index])
                 if count_features:
                     features[index] += (output.inputs_behind[:, :-1] * weight).sum()
+        if keep:
+            self.kept = kept
         self.reduce(*statistics, features)
         for index, (context, statistic) in enumerate(zip(contexts, statistics, strict=True)):
             priming = self.recipe.explicit_hidden_priming
@@ -371,7 +374,7 @@ class ExplicitWarmStart:
         hidden_dim = model.neural_mixture.direct_weight.shape[0] - 2 * codes.shape[1]
         statistic = Cooccurrence.zeros(hidden_dim, vocab_size, self.device)
         pairs = [NgramCounts(vocab_size) for _ in range(2)]
-        for input_ids, valid, weight, hidden in self.last_hidden("neural word model"):
+        for input_ids, valid, weight, hidden in self.head_hidden("neural word model"):
             statistic.add(hidden[:, :-1], input_ids[:, 1:], weight, trusted_inputs=True)  # softmaxes
             previous = previous_tokens(input_ids, valid.long(), None)[..., 0]
             for counts, tokens in zip(pairs, (input_ids, previous), strict=True):
@@ -390,10 +393,11 @@ class ExplicitWarmStart:
         transposed = torch.cat([statistic.transposed_counts, *blocks], dim=1)
         return Cooccurrence(transposed, statistic.input_mass, statistic.num_rows)
 
-    def last_hidden(self, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(input_ids, valid, target_weight, H_t of the last layer) per batch: from the z_t the last layer's hidden
-        pass kept (`solve_hidden`), else from the data."""
-        layer = self.model.model.layers[-1]
+    def head_hidden(self, description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(input_ids, valid, target_weight, H_t of the head's layer `config.head_layer`) per batch: from the z_t that
+        layer's hidden pass kept (`solve_hidden`), else from the data."""
+        head = self.config.head_layer
+        layer = self.model.model.layers[head]
         if self.kept is not None:
             for input_ids, valid, weight, vectors in tqdm(
                 self.kept, desc=f"warm start: {description} (kept z_t)", disable=not self.show_progress
@@ -402,7 +406,7 @@ class ExplicitWarmStart:
             return
         for input_ids, valid, weight in self.iterate(description):
             ends = self.model.model.document_ends(input_ids, valid)
-            inputs = self.layer_inputs(len(self.model.model.layers) - 1, input_ids, valid, ends)
+            inputs = self.layer_inputs(head, input_ids, valid, ends)
             yield input_ids, valid, weight, layer(inputs, valid, ends, None)[0]
 
     def solve_neural_mixture(self) -> None:
@@ -527,7 +531,7 @@ class ExplicitWarmStart:
         """O and b_O: F_O = sum_t H_t^T e_{y_t}, K = C."""
         statistic = Cooccurrence.zeros(self.model.lm_head.in_features, self.config.vocab_size, self.device)
         start = time.perf_counter()
-        for input_ids, _, weight, hidden in self.last_hidden("output layer"):
+        for input_ids, _, weight, hidden in self.head_hidden("output layer"):
             statistic.add(hidden[:, :-1], input_ids[:, 1:], weight, trusted_inputs=True)  # softmaxes
         self.reduce(statistic)
         self.set_linear(self.model.lm_head, statistic, "output O")
@@ -558,7 +562,7 @@ class ExplicitWarmStart:
             for window in layer.windows:
                 window.attention.weight.zero_()
                 window.attention.bias.zero_()
-            final = index == len(layers) - 1 and not (self.attention_iters and layer.windows)  # z_t as they stay
+            final = index == self.config.head_layer and not (self.attention_iters and layer.windows)  # z_t as they stay
             self.solve_hidden(index, layer.contexts, f"layer {index} hidden (uniform attention)", keep=final)
             for _ in range(self.attention_iters if layer.windows else 0):
                 self.solve_attention(index)

@@ -118,6 +118,8 @@ def test_smoothing_and_priming_are_bounded_where_float32_weights_stay_finite():
             "SaffuConfig.vocab_size x embed_bits",
         ),
         (dict(hidden_bits=60_000, num_layers=2), "SaffuConfig.hidden_bits x C x hidden_bits"),
+        (dict(upper_layers="mixture"), "SaffuConfig.upper_layers must be one of ('head', 'neural'), got 'mixture'"),
+        (dict(upper_layers="neural", num_layers=2), 'SaffuConfig.upper_layers="neural" feeds the layers above'),
     ],
 )
 def test_config_values_of_the_wrong_type_or_size_are_refused(overrides, message):

@@ -342,24 +342,27 @@ def test_dropout_drops_the_features_in_training_only():
 
 
 @pytest.mark.parametrize(
-    ("order", "context", "classes", "window", "ordered"),
+    ("order", "context", "classes", "window", "ordered", "layers"),
     [
-        (2, 2, 0, 0, 0),
-        (3, 2, 0, 0, 0),
-        (2, 5, 0, 0, 0),
-        (4, 3, 0, 0, 0),
-        (3, 3, 6, 0, 0),
-        (2, 2, 0, 6, 0),
-        (3, 4, 6, 3, 0),
-        (3, 2, 6, 6, 4),
+        (2, 2, 0, 0, 0, 1),
+        (3, 2, 0, 0, 0, 1),
+        (2, 5, 0, 0, 0, 1),
+        (4, 3, 0, 0, 0, 1),
+        (3, 3, 6, 0, 0, 1),
+        (2, 2, 0, 6, 0, 1),
+        (3, 4, 6, 3, 0, 1),
+        (3, 2, 6, 6, 4, 1),
+        (3, 2, 6, 6, 4, 3),
     ],
 )
-def test_cached_generation_equals_a_full_recompute(order, context, classes, window, ordered):
+def test_cached_generation_equals_a_full_recompute(order, context, classes, window, ordered, layers):
     """The mixture reads k - 1 (and its attention w - 1, its ordered embeddings n - 1) earlier tokens: from the
     decoding state when generating (kept for it even by a model whose tables read fewer, e.g. ngram_order 2), from
-    the text otherwise."""
+    the text otherwise. With 3 layers, the layers above the first feed the mixture (upper_layers="neural")."""
     model = mixture_model(
         initializer_range=3.0,
+        num_layers=layers,
+        upper_layers="neural",
         ngram_order=order,
         neural_mixture_context=context,
         neural_mixture_classes=classes,
@@ -627,6 +630,55 @@ def test_freeze_counted_parts_trains_the_neural_word_model_alone(tmp_path):
         )
 
 
+def test_the_upper_layers_read_the_same_distributions_in_both_forms():
+    """With the same weights, upper_layers="neural" computes the hidden distributions of upper_layers="head": the first
+    layer gives ln H_t^1 (the head reads it) where the papers' form gives the last layer's ln H_t^3, and each layer
+    above reads H_t / C of the layer below either way."""
+    ids = torch.randint(2, 40, (2, 11), generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for form in ("head", "neural"):
+        torch.manual_seed(0)
+        model = SaffuForCausalLM(saffu_config(neural_mixture_dim=8, num_layers=3, upper_layers=form)).eval()
+        randomise_(model, scale=0.5)
+        with torch.no_grad():
+            outputs[form] = model.model(ids, output_hidden_states=True).hidden_states[1:]
+    head, neural = outputs["head"], outputs["neural"]
+    blocks = neural[0].unflatten(-1, (3, -1))  # C = 3 contexts of 10 classes
+    assert torch.allclose(blocks.logsumexp(-1), torch.zeros(2, 11, 3), atol=1e-6)
+    torch.testing.assert_close(neural[0].exp(), head[0])
+    torch.testing.assert_close(neural[1], head[1])
+    torch.testing.assert_close(neural[2], head[2].exp())
+
+
+def test_the_upper_layers_start_unread_and_train_with_the_neural_word_model(tmp_path):
+    """upper_layers="neural": after the warm start, three layers predict exactly what one does (the head and the direct
+    path read the first layer, the hidden path starts at W = 0); with freeze_counted_parts the layers above the first
+    train with the neural word model, and every other part keeps its warm-start values."""
+    train = packed_dataset(40)
+    blocks = train.with_format("torch")[:]
+    warm = {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        warm[layers] = SaffuForCausalLM(trained_mixture_config(num_layers=layers, upper_layers="neural")).eval()
+        explicit_warm_start(warm[layers], batches_of(train, 16), show_progress=False)
+    with torch.no_grad():
+        one, three = (warm[n](blocks["input_ids"], attention_mask=blocks["attention_mask"]).logits for n in (1, 3))
+    assert torch.equal(one, three)
+    torch.manual_seed(0)
+    model = SaffuForCausalLM(trained_mixture_config(num_layers=3, upper_layers="neural"))
+    common = dict(freeze_counted_parts=True, table_leave_one_out=True, max_steps=4, save_strategy="no")
+    ExplicitTrainer(model=model, args=training_arguments(tmp_path, **common), train_dataset=train).train()
+    trained = {id(parameter) for parameter in model.backprop_parameters()}
+    for name, parameter in model.named_parameters():
+        if name.startswith(("model.layers.1.", "model.layers.2.")):
+            assert id(parameter) in trained, name
+        if id(parameter) not in trained:
+            assert torch.equal(parameter, warm[3].get_parameter(name)), name
+    for layer in (1, 2):
+        solved = warm[3].model.layers[layer].windows[0].hidden.weight
+        assert not torch.equal(model.model.layers[layer].windows[0].hidden.weight, solved), layer
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_a_resumed_run_with_leave_one_out_ends_where_the_uninterrupted_run_does(tmp_path, frozen):
     """Leave-one-out values and dropout, the counted parts frozen or trained: 6 steps without a break and 3 + 3
@@ -747,3 +799,5 @@ def test_the_model_card_names_the_mixture():
     assert "last 16 tokens, the learned embeddings of the last 4 tokens in order)" in describe_architecture(ordered)
     aux = describe_architecture(saffu_config(neural_mixture_dim=8, neural_mixture_aux_loss_coef=0.5))
     assert "neural word model (8 GELU units, trained on its own cross-entropy too (weight 0.5))" in aux
+    upper = describe_architecture(saffu_config(neural_mixture_dim=8, num_layers=2, upper_layers="neural"))
+    assert "SAFFU, 2 layers" in upper and "its hidden path reading the layers above the first" in upper
