@@ -252,7 +252,7 @@ def document_means(
     sum and count carried to the next chunk (zero after a final EOS).
     """
     batch, length, _ = inputs.shape
-    sums = torch.cumsum(inputs.to(torch.float64), dim=1)
+    sums = torch.cumsum(inputs, dim=1, dtype=torch.float64)
     counts = torch.cumsum(valid.to(torch.float64), dim=1)
     last_end = last_document_end(ends_document)
     previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
@@ -261,7 +261,9 @@ def document_means(
     base_sum = sums.gather(1, gather_at[..., None].expand_as(sums))
     base_sum = torch.where(first_segment[..., None], -prior_sum[:, None], base_sum)
     base_count = torch.where(first_segment, -prior_count[:, None], counts.gather(1, gather_at))
-    document_sum = sums - base_sum
+    # in place of the running sums unless autograd keeps them (the gather's backward reads them): the (batch, T,
+    # input_dim) float64 temporaries are the warm start's costliest
+    document_sum = sums - base_sum if sums.requires_grad else sums.sub_(base_sum)
     document_count = counts - base_count
     ended = ends_document[:, -1]
     carried_sum = torch.where(ended[:, None], 0.0, document_sum[:, -1])
