@@ -662,8 +662,9 @@ def test_the_upper_layers_start_unread_and_train_with_the_neural_word_model(tmp_
         warm[layers] = SaffuForCausalLM(trained_mixture_config(num_layers=layers, upper_layers="neural")).eval()
         explicit_warm_start(warm[layers], batches_of(train, 16), show_progress=False)
     with torch.no_grad():
-        one, three = (warm[n](blocks["input_ids"], attention_mask=blocks["attention_mask"]).logits for n in (1, 3))
-    assert torch.equal(one, three)
+        one, three = (warm[n](blocks["input_ids"], attention_mask=blocks["attention_mask"]) for n in (1, 3))
+    assert torch.equal(one.logits, three.logits)
+    assert three.hidden_states is None  # read inside, returned only when asked for
     torch.manual_seed(0)
     model = SaffuForCausalLM(trained_mixture_config(num_layers=3, upper_layers="neural"))
     common = dict(freeze_counted_parts=True, table_leave_one_out=True, max_steps=4, save_strategy="no")
