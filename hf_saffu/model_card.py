@@ -146,7 +146,7 @@ def describe_architecture(config: SaffuConfig) -> str:
         reads += ", its word weights tied to the attention's token embeddings" if tied else ""
         classes = getattr(config, "neural_mixture_classes", 0)
         reads += f", its output factored through {classes} token classes" if classes else ""
-        upper = config.num_layers > 1 and getattr(config, "upper_layers", "head") == "neural"
+        upper = config.head_layer < config.num_layers - 1  # layers above the head's feed the neural word model
         reads += ", its hidden path reading the layers above the first (the head reads the first)" if upper else ""
         aux = getattr(config, "neural_mixture_aux_loss_coef", 0)
         reads += f", trained on its own cross-entropy too (weight {aux:g})" if aux else ""

@@ -1383,9 +1383,9 @@ class SaffuForCausalLM(SaffuPreTrainedModel, GenerationMixin):
 
     @property
     def upper_layers(self) -> list[SaffuLayer]:
-        """The layers whose H_t only the neural word model's hidden path reads (`config.upper_layers="neural"`): the
-        layers above the first; none otherwise."""
-        return list(self.model.layers[1:]) if self.config.upper_layers == "neural" else []
+        """The layers whose H_t only the neural word model's hidden path reads: those above the head's layer
+        (`config.head_layer`; the layers above the first with `config.upper_layers="neural"`, none otherwise)."""
+        return list(self.model.layers[self.config.head_layer + 1 :])
 
     def backprop_parameters(self) -> list[nn.Parameter]:
         """The parameters `freeze_counted_parts` trains: the neural word model's learned ones
