@@ -37,6 +37,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -92,6 +93,26 @@ def banded_mix(extended: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         band = weights.new_zeros(batch, last - first, window.shape[1]).scatter(2, index, weights[:, first:last])
         chunks.append(torch.bmm(band, window))
     return torch.cat(chunks, dim=1)
+
+
+def running_sums(extended: torch.Tensor) -> torch.Tensor:
+    """R[b, :, i] = sum_{i' < i} extended[b, i'], i = 0 ... positions: float64, the time axis laid out last (cumsum
+    along the contiguous axis is several times faster than along the middle one); (batch, dim, positions + 1)."""
+    batch, positions, dim = extended.shape
+    running = extended.new_zeros(batch, dim, positions + 1, dtype=torch.float64)
+    running[..., 1:] = extended.transpose(1, 2)
+    return running.cumsum_(dim=2)
+
+
+def window_means(running: torch.Tensor, behind: torch.Tensor, num_offsets: int, dtype: torch.dtype) -> torch.Tensor:
+    """out[b, t] = sum_{j < num_offsets} extended[b, start + t - j] / behind[b, t], from the running sums R of
+    `extended` (`running_sums`): (R_{start+t+1} - R_{start+t+1-K}) / behind_t. With invalid positions zero, this is
+    `banded_mix` with the uniform weights 1 / behind."""
+    positions, length = running.shape[2] - 1, behind.shape[1]
+    start = positions - length
+    sums = running[..., start + 1 :] - running[..., start + 1 - num_offsets : positions + 1 - num_offsets]
+    means = sums.div_(behind.to(torch.float64)[:, None]).transpose(1, 2)
+    return means.to(dtype, memory_format=torch.contiguous_format)
 
 
 def banded_valid(extended_valid: torch.Tensor, length: int, num_offsets: int) -> torch.Tensor:
@@ -243,33 +264,37 @@ def document_means(
     ends_document: torch.Tensor,
     prior_sum: torch.Tensor,
     prior_count: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Running mean of the valid inputs since the document began; a document ends after an EOS.
 
         z_t = (sum_{tau in doc(t), tau <= t} v_tau) / |{tau in doc(t), tau <= t}|
 
-    Sums are kept in float64. Returns the means (dtype of `inputs`), the counts |doc(t)| (float64) and the
-    sum and count carried to the next chunk (zero after a final EOS).
+    Sums are kept in float64, as running sums along the time axis laid out last (contiguous: cumsum along it is
+    several times faster than along the middle axis). Returns the means (dtype and layout of `inputs`), the counts
+    |doc(t)| (float64) and the sum and count carried to the next chunk (zero after a final EOS).
     """
-    batch, length, _ = inputs.shape
-    sums = torch.cumsum(inputs, dim=1, dtype=torch.float64)
+    batch, length, dim = inputs.shape
+    # R[..., 0] = 0, R[..., 1] = the prior sum, R[..., t + 2] = the prior sum + sum_{tau <= t} v_tau
+    running = inputs.new_empty(batch, dim, length + 2, dtype=torch.float64)
+    running[..., 0] = 0.0
+    running[..., 1] = prior_sum
+    running[..., 2:] = inputs.transpose(1, 2)
+    running = running.cumsum_(dim=2)
     counts = torch.cumsum(valid.to(torch.float64), dim=1)
     last_end = last_document_end(ends_document)
     previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
     first_segment = previous_end < 0
-    gather_at = previous_end.clamp_min(0)
-    base_sum = sums.gather(1, gather_at[..., None].expand_as(sums))
-    base_sum = torch.where(first_segment[..., None], -prior_sum[:, None], base_sum)
-    base_count = torch.where(first_segment, -prior_count[:, None], counts.gather(1, gather_at))
-    # in place of the running sums unless autograd keeps them (the gather's backward reads them): the (batch, T,
-    # input_dim) float64 temporaries are the warm start's costliest
-    document_sum = sums - base_sum if sums.requires_grad else sums.sub_(base_sum)
+    # what the document excludes: R[previous end + 2], or R[0] = 0 where it began before these positions
+    base_at = torch.where(first_segment, 0, previous_end + 2)
+    document_sum = running[..., 2:] - running.gather(2, base_at[:, None].expand(batch, dim, length))
+    base_count = torch.where(first_segment, -prior_count[:, None], counts.gather(1, previous_end.clamp_min(0)))
     document_count = counts - base_count
     ended = ends_document[:, -1]
-    carried_sum = torch.where(ended[:, None], 0.0, document_sum[:, -1])
+    carried_sum = torch.where(ended[:, None], 0.0, document_sum[..., -1])
     carried_count = torch.where(ended, 0.0, document_count[:, -1])
     # divided in place, once the carried sum is taken: one float64 temporary fewer (the warm start's costliest pass)
-    means = document_sum.div_(document_count.clamp_min(1.0)[..., None]).to(inputs.dtype)
+    means = document_sum.div_(document_count.clamp_min(1.0)[:, None]).transpose(1, 2)
+    means = means.to(inputs.dtype, memory_format=torch.contiguous_format)
     return means, document_count, carried_sum, carried_count
 
 
@@ -296,8 +321,15 @@ class SaffuContextInputs:
     extended_valid: torch.Tensor  # (batch, history + T) bool
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
     similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
+    # every window's a_t is uniform over its valid offsets (W = 0, c = 0, no gradient asked of them): the caller knows
+    uniform_attention: bool = False
     outputs: dict[nn.Module, ContextVectors] = field(default_factory=dict)  # per computed context
     state: SaffuLayerState | None = None  # after these T positions (None when only some contexts were computed)
+
+    @cached_property
+    def running_sums(self) -> torch.Tensor:
+        """`running_sums` of the extended inputs, computed once for the windows that read them."""
+        return running_sums(self.extended)
 
 
 class SaffuContext(nn.Module):
@@ -337,8 +369,11 @@ class SaffuWindowContext(SaffuContext):
 
     def context_vectors(self, computed: SaffuContextInputs, state: tuple[torch.Tensor, ...]) -> ContextVectors:
         """z_t = sum_j a_{t,j} v_{t-j}, mixing the valid positions among t - K + 1 ... t."""
-        weights = self.attention_weights(computed.similarities, computed.offset_valid)
         behind = computed.offset_valid[..., : self.window].sum(-1)
+        if computed.uniform_attention:  # a_{t,j} = 1 / behind_t: the mean, from running sums
+            means = window_means(computed.running_sums, behind, self.window, computed.inputs.dtype)
+            return ContextVectors(means, behind)
+        weights = self.attention_weights(computed.similarities, computed.offset_valid)
         return ContextVectors(banded_mix(computed.extended, weights), behind)
 
     @classmethod
@@ -415,12 +450,16 @@ class SaffuLayer(nn.Module):
         state: SaffuLayerState | None,
         contexts: list[SaffuContext] | None = None,
         similarities: torch.Tensor | None = None,
+        uniform_attention: bool = False,
     ) -> SaffuContextInputs:
         """z_t of every context for the T new positions, continuing from `state` (None: a fresh start).
 
         `contexts`: compute z_t only for these contexts (`outputs` holds only them, and the returned state is
         None): a warm-start pass that needs some contexts, or only the similarities, skips the rest.
-        `similarities`: s_t already computed for these inputs and state (the frozen phase's cache)."""
+        `similarities`: s_t already computed for these inputs and state (the frozen phase's cache).
+        `uniform_attention`: the caller knows that every window's attention is uniform (W = 0 and c = 0, no gradient
+        asked of them; the warm start before attention is solved): the windows' z_t are then the means of their
+        valid inputs (`window_means`), and s_t, which nothing reads, are zeros unless given."""
         if state is None:
             state = self.empty_state(inputs.shape[0], inputs)
         inputs = inputs * valid[..., None].to(inputs.dtype)
@@ -428,10 +467,12 @@ class SaffuLayer(nn.Module):
         extended_valid = torch.cat([state.history_valid, valid], dim=1)
         length = inputs.shape[1]
         offset_valid = banded_valid(extended_valid, length, self.max_window)
-        if similarities is None:
+        if similarities is None and uniform_attention:
+            similarities = inputs.new_zeros(*valid.shape, self.max_window)
+        elif similarities is None:
             similarities = banded_dot(extended, inputs, self.max_window)
         computed = SaffuContextInputs(
-            inputs, valid, ends_document, extended, extended_valid, offset_valid, similarities
+            inputs, valid, ends_document, extended, extended_valid, offset_valid, similarities, uniform_attention
         )
         for context, part in zip(self.contexts, state.contexts, strict=True):
             if contexts is None or context in contexts:

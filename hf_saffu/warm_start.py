@@ -251,16 +251,15 @@ class ExplicitWarmStart:
         self, layer_index: int, description: str, contexts: list[SaffuContext], need_similarities: bool = False
     ):
         """Per batch: the tokens, the layer's computed contexts (z_t of `contexts` only) and the target weights.
-        Unless they are needed, the similarities s_t are not computed while every window's attention is uniform
-        (W = 0, c = 0: a_t = softmax(s_t W + c) whatever s_t, so zeros give the same a_t)."""
+        Unless the similarities s_t are needed, while every window's attention is uniform (W = 0, c = 0: a_t =
+        softmax(s_t W + c) whatever s_t) the windows' z_t are their inputs' means and s_t are not computed."""
         layer = self.model.model.layers[layer_index]
         attention = [parameter for window in layer.windows for parameter in window.attention.parameters()]
         uniform = not need_similarities and not any(parameter.any() for parameter in attention)
         for input_ids, valid, target_weight in self.iterate(description):
             ends = self.model.model.document_ends(input_ids, valid)
             inputs = self.layer_inputs(layer_index, input_ids, valid, ends)
-            similarities = inputs.new_zeros(*input_ids.shape, layer.max_window) if uniform else None
-            computed = layer.context_inputs(inputs, valid, ends, None, contexts, similarities)
+            computed = layer.context_inputs(inputs, valid, ends, None, contexts, uniform_attention=uniform)
             yield input_ids, computed, target_weight
 
     def solve_hidden(
@@ -404,10 +403,9 @@ class ExplicitWarmStart:
             ):
                 yield input_ids, valid, weight, layer.hidden_distributions(vectors)
             return
-        for input_ids, valid, weight in self.iterate(description):
-            ends = self.model.model.document_ends(input_ids, valid)
-            inputs = self.layer_inputs(head, input_ids, valid, ends)
-            yield input_ids, valid, weight, layer(inputs, valid, ends, None)[0]
+        for input_ids, computed, weight in self.layer_batches(head, description, layer.contexts):
+            vectors = {context: output.vectors for context, output in computed.outputs.items()}
+            yield input_ids, computed.valid, weight, layer.hidden_distributions(vectors)
 
     def solve_neural_mixture(self) -> None:
         """The neural word model's direct path D, b_W: the explicit solution of softmax(u_t D + b_W) from the

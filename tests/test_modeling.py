@@ -140,6 +140,31 @@ def test_document_mean_resets_after_eos():
     assert carried_sum.tolist() == [[4.0, 1.0]] and carried_count.tolist() == [2.0]
 
 
+def test_uniform_attention_window_means_equal_the_banded_mix():
+    """The warm start's path for uniform attention (`uniform_attention`: means from float64 running sums) gives the
+    z_t of softmax attention with W = 0, c = 0 (`banded_mix`), with padding and a decoding state's history; with any
+    other attention the two differ (the comparison can fail)."""
+    model = tiny_model(windows=[2, 5])
+    layer = model.model.layers[0]
+    torch.manual_seed(3)
+    inputs, valid = torch.rand(3, 11, layer.input_dim), torch.rand(3, 11) > 0.2
+    ends = torch.zeros(3, 11, dtype=torch.bool)
+    state = layer.context_inputs(torch.rand(3, 6, layer.input_dim), torch.rand(3, 6) > 0.3, ends[:, :6], None).state
+    with torch.no_grad():
+        for window in layer.windows:
+            window.attention.weight.zero_()
+            window.attention.bias.zero_()
+        banded = layer.context_inputs(inputs, valid, ends, state, list(layer.windows))
+        uniform = layer.context_inputs(inputs, valid, ends, state, list(layer.windows), uniform_attention=True)
+        for window in layer.windows:
+            assert torch.allclose(uniform.outputs[window].vectors, banded.outputs[window].vectors, atol=1e-6)
+            assert torch.equal(uniform.outputs[window].inputs_behind, banded.outputs[window].inputs_behind)
+        layer.windows[1].attention.bias[0] = 2.0  # attention that is not uniform: the banded mix moves
+        moved = layer.context_inputs(inputs, valid, ends, state, list(layer.windows))
+    window = layer.windows[1]
+    assert not torch.allclose(uniform.outputs[window].vectors, moved.outputs[window].vectors, atol=1e-3)
+
+
 def test_wrong_vocabulary_is_a_clear_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="vocab_size"):
