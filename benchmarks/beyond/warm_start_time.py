@@ -1,11 +1,13 @@
 """CPU time of a training config's explicit warm start at several `warm_start_batch_size`s (docs/DESIGN.md, section 5,
 "The passes' memory"): the same model warm-started in one process, one thread, once per batch size; prints the CPU
-seconds, the seconds of each step (wall clock, `WarmStartReport.seconds`) and the validation perplexity of the first
---curve-blocks blocks (the same for every batch size: the counts are sums). Then the CPU seconds of one epoch of GPT-2
-2x128 (issue 24's target 5: the warm start within 1/20 of it), from --gpt2-steps AdamW steps of 32 blocks (the
-long-budget benchmark's batch) after one untimed step, and the ratio: timed in a fresh process, as the warm start is
-(the first thing its process does) and as a GPT-2 trains, and also in this process after the warm starts, whose freed
-memory makes its steps cheaper (fewer page faults).
+seconds (with the system time and page faults among them: on a VM whose fresh memory is slow to fault in, they can
+double the warm start's CPU time, docs/DESIGN.md section 5), the seconds of each step (wall clock,
+`WarmStartReport.seconds`) and the validation perplexity of the first --curve-blocks blocks (the same for every batch
+size: the counts are sums). Then the CPU seconds of one epoch of GPT-2 2x128 (issue 24's target 5: the warm start
+within 1/20 of it), from --gpt2-steps AdamW steps of 32 blocks (the long-budget benchmark's batch) after one untimed
+step, and the ratio: timed in a fresh process, as the warm start is (the first thing its process does) and as a GPT-2
+trains, and also in this process after the warm starts, whose freed memory makes its steps cheaper (fewer page
+faults).
 
 usage: python benchmarks/beyond/warm_start_time.py [--config configs/brown.yaml] [--data-dir BROWN]
        [--batch-sizes 64 32 16] [--gpt2-steps 30]
@@ -15,6 +17,7 @@ import argparse
 import dataclasses
 import math
 import multiprocessing
+import resource
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -72,11 +75,14 @@ def main() -> None:
         sized = dataclasses.replace(recipe, warm_start_batch_size=batch_size)
         torch.manual_seed(sized.seed)
         model = harness.saffu_model(tokenizer, sized.model)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         seconds, report = harness.warm_start(model, data["train"], sized)
+        after = resource.getrusage(resource.RUSAGE_SELF)
         warm_starts.append(seconds)
         steps = ", ".join(f"{step} {value:.2f}" for step, value in report.seconds.items())
         print(
-            f"warm_start_batch_size {batch_size}: {seconds:.2f} CPU-s; validation ({len(curve)} blocks) "
+            f"warm_start_batch_size {batch_size}: {seconds:.2f} CPU-s ({after.ru_stime - before.ru_stime:.2f} of them "
+            f"system time, {after.ru_minflt - before.ru_minflt:,} page faults); validation ({len(curve)} blocks) "
             f"{harness.perplexity(model, curve):.2f}; wall seconds per step: {steps}",
             flush=True,
         )
