@@ -95,12 +95,16 @@ def banded_mix(extended: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.cat(chunks, dim=1)
 
 
-def running_sums(extended: torch.Tensor) -> torch.Tensor:
-    """R[b, :, i] = sum_{i' < i} extended[b, i'], i = 0 ... positions: float64, the time axis laid out last (cumsum
-    along the contiguous axis is several times faster than along the middle one); (batch, dim, positions + 1)."""
-    batch, positions, dim = extended.shape
-    running = extended.new_zeros(batch, dim, positions + 1, dtype=torch.float64)
-    running[..., 1:] = extended.transpose(1, 2)
+def running_sums(values: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    """R[b, :, i] = sum_{i' < i} w[b, i'] for w = values, or [first, values] with a float64 `first` (batch, dim) in
+    front: float64, the time axis laid out last (cumsum along the contiguous axis is several times faster than along
+    the middle one); (batch, dim, len(w) + 1), R[..., 0] = 0."""
+    batch, positions, dim = values.shape
+    offset = 1 if first is None else 2
+    running = values.new_zeros(batch, dim, positions + offset, dtype=torch.float64)
+    if first is not None:
+        running[..., 1] = first
+    running[..., offset:] = values.transpose(1, 2)
     return running.cumsum_(dim=2)
 
 
@@ -274,12 +278,7 @@ def document_means(
     |doc(t)| (float64) and the sum and count carried to the next chunk (zero after a final EOS).
     """
     batch, length, dim = inputs.shape
-    # R[..., 0] = 0, R[..., 1] = the prior sum, R[..., t + 2] = the prior sum + sum_{tau <= t} v_tau
-    running = inputs.new_empty(batch, dim, length + 2, dtype=torch.float64)
-    running[..., 0] = 0.0
-    running[..., 1] = prior_sum
-    running[..., 2:] = inputs.transpose(1, 2)
-    running = running.cumsum_(dim=2)
+    running = running_sums(inputs, first=prior_sum)  # R[..., t + 2] = the prior sum + sum_{tau <= t} v_tau
     counts = torch.cumsum(valid.to(torch.float64), dim=1)
     last_end = last_document_end(ends_document)
     previous_end = torch.cat([last_end.new_full((batch, 1), -1), last_end[:, :-1]], dim=1)
@@ -320,7 +319,7 @@ class SaffuContextInputs:
     extended: torch.Tensor  # (batch, history + T, input_dim): the state's history, then the inputs
     extended_valid: torch.Tensor  # (batch, history + T) bool
     offset_valid: torch.Tensor  # (batch, T, max_window) bool
-    similarities: torch.Tensor  # (batch, T, max_window): s_{t,j}
+    similarities: torch.Tensor | None  # (batch, T, max_window): s_{t,j}; None with uniform attention (unread)
     # every window's a_t is uniform over its valid offsets (W = 0, c = 0, no gradient asked of them): the caller knows
     uniform_attention: bool = False
     outputs: dict[nn.Module, ContextVectors] = field(default_factory=dict)  # per computed context
@@ -459,7 +458,7 @@ class SaffuLayer(nn.Module):
         `similarities`: s_t already computed for these inputs and state (the frozen phase's cache).
         `uniform_attention`: the caller knows that every window's attention is uniform (W = 0 and c = 0, no gradient
         asked of them; the warm start before attention is solved): the windows' z_t are then the means of their
-        valid inputs (`window_means`), and s_t, which nothing reads, are zeros unless given."""
+        valid inputs (`window_means`), and s_t, which nothing reads, are not computed."""
         if state is None:
             state = self.empty_state(inputs.shape[0], inputs)
         inputs = inputs * valid[..., None].to(inputs.dtype)
@@ -467,9 +466,7 @@ class SaffuLayer(nn.Module):
         extended_valid = torch.cat([state.history_valid, valid], dim=1)
         length = inputs.shape[1]
         offset_valid = banded_valid(extended_valid, length, self.max_window)
-        if similarities is None and uniform_attention:
-            similarities = inputs.new_zeros(*valid.shape, self.max_window)
-        elif similarities is None:
+        if similarities is None and not uniform_attention:
             similarities = banded_dot(extended, inputs, self.max_window)
         computed = SaffuContextInputs(
             inputs, valid, ends_document, extended, extended_valid, offset_valid, similarities, uniform_attention
