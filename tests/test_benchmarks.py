@@ -396,6 +396,27 @@ def test_explicit_digits_script_quick(tmp_path):
     assert "(--quick)" in (tmp_path / "DIGITS.md").read_text() and (tmp_path / "digits.png").stat().st_size > 0
 
 
+def test_long_budget_settings_reach_the_warm_start(corpus):
+    """`--set` of a warm-start field (explicit_attention_iters) changes the warm start the harness runs (the model's
+    own recipe, not a copy), beside a recipe field; an unknown key is an error naming it."""
+    data_dir, config = corpus
+    recipe = harness.read_config(config)
+    tokenizer, data = harness.load_data(data_dir, recipe.vocab_size, recipe.block_size)
+    assert recipe.warm_start_recipe.explicit_attention_iters == 1  # the config's
+    solved = {}
+    for rounds in (0, 1):
+        varied = long_budget.with_settings(recipe, {"explicit_attention_iters": rounds, "learning_rate": 0.002})
+        assert varied.learning_rate == 0.002 and varied.warm_start_recipe.explicit_attention_iters == rounds
+        torch.manual_seed(recipe.seed)
+        model = harness.saffu_model(tokenizer, varied.model)
+        _, report = harness.warm_start(model, data["train"])
+        attention = [window.attention.weight for window in model.model.layers[0].windows]
+        solved[rounds] = ("layer 0 attention" in report.seconds, any(bool(w.abs().sum() > 0) for w in attention))
+    assert solved == {0: (False, False), 1: (True, True)}
+    with pytest.raises(SystemExit, match="--set explicit_attention_iter: neither a SaffuConfig field"):
+        long_budget.with_settings(recipe, {"explicit_attention_iter": 1})
+
+
 def test_long_budget_script_writes_each_arm_then_the_report(corpus, tmp_path, monkeypatch):
     data_dir, config = corpus
     partial = []  # the SAFFU's files as written during training

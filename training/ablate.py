@@ -38,7 +38,7 @@ ONE_FACTOR = {
     "contextual_embeddings": [True],
     "explicit_smoothing": [1e-4, 1e-3, 0.1, 1.0],
     "explicit_hidden_priming": [2.0, 4.0, 8.0, 16.0],
-    "attention_iters": [0, 2],
+    "explicit_attention_iters": [0, 2],
 }
 FACTORIAL = {
     "windows": [[1], [1, 4, 16]],
@@ -51,7 +51,7 @@ FACTORIAL = {
 
 def default_config(recipe: harness.SaffuRecipe) -> dict:
     """The grid's centre: the recipe's model section and its attention iterations."""
-    return {**recipe.model, "attention_iters": recipe.attention_iters}
+    return {**recipe.model, "explicit_attention_iters": recipe.warm_start_recipe.explicit_attention_iters}
 
 
 def grid(base: dict) -> list[dict]:
@@ -100,10 +100,8 @@ def train_briefly(model, train, steps: int, learning_rate: float, batch_size: in
 def warm_started(config: dict, tokenizer, train, recipe: harness.SaffuRecipe, max_tokens: int):
     """The SAFFU of `config`, warm-started; (model, CPU seconds, WarmStartReport)."""
     torch.manual_seed(recipe.seed)
-    model = harness.saffu_model(tokenizer, {k: v for k, v in config.items() if k != "attention_iters"})
-    seconds, report = harness.warm_start(
-        model, train, replace(recipe, attention_iters=config["attention_iters"]), max_tokens
-    )
+    model = harness.saffu_model(tokenizer, config)
+    seconds, report = harness.warm_start(model, train, max_tokens)
     return model, seconds, report
 
 
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data_dir = harness.data_dir_or_exit(args.data_dir)
     recipe = harness.read_config(args.config)
     recipe = replace(recipe, vocab_size=args.vocab_size or recipe.vocab_size)
-    args.warm_start_max_tokens = args.warm_start_max_tokens or recipe.warm_start_max_tokens
+    args.warm_start_max_tokens = args.warm_start_max_tokens or recipe.warm_start_recipe.warm_start_max_tokens
     args.backprop_learning_rate = args.backprop_learning_rate or recipe.learning_rate
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"- data: {data_dir}, train {len(data['train'])} blocks, validation {len(data['validation'])}, test "
         f"{len(data['test'])} (blocks of {recipe.block_size} tokens, one {len(tokenizer)}-token BPE for every arm)",
         f"- SAFFU: `{args.config.name}` model `{recipe.model}`; warm start on "
-        f"{recipe.warm_start_max_tokens or 'all the'} training tokens; after it, backprop as the config trains: lr "
-        f"{recipe.learning_rate}, per part {recipe.group_learning_rates()}, embeddings frozen for the first "
-        f"{recipe.frozen_fraction:.0%} of the steps",
+        f"{recipe.warm_start_recipe.warm_start_max_tokens or 'all the'} training tokens; after it, backprop as the "
+        f"config trains: lr {recipe.learning_rate}, per part {recipe.group_learning_rates()}, embeddings frozen for "
+        f"the first {recipe.frozen_fraction:.0%} of the steps",
         f"- settings: `{asdict(settings)}`; time = process CPU seconds, evaluation excluded",
         "",
         "## Results",

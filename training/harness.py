@@ -32,7 +32,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 from hf_saffu import SaffuForCausalLM
 from hf_saffu.calibration import calibrate_gate
-from hf_saffu.configuration_saffu import recipe_from
+from hf_saffu.configuration_saffu import ExplicitWarmStartConfig, recipe_from
 from hf_saffu.data import (
     DataArguments,
     config_for_tokenizer,
@@ -165,9 +165,6 @@ class SaffuRecipe:
     vocab_size: int
     block_size: int
     learning_rate: float
-    warm_start_max_tokens: int | None
-    attention_iters: int
-    warm_start_batch_size: int
     seed: int
     part_learning_rates: dict = field(default_factory=dict)  # trainer.PART_LEARNING_RATES: value (None: learning_rate)
     table_leave_one_out: bool = False  # leave-one-out values of the counted parts at the training positions
@@ -177,6 +174,12 @@ class SaffuRecipe:
     frozen_fraction: float = (
         0.0  # of the backprop steps with the embeddings frozen (freeze_embeddings_steps / max_steps)
     )
+
+    @property
+    def warm_start_recipe(self) -> ExplicitWarmStartConfig:
+        """The warm start's fields of the model section (`SaffuConfig.warm_start_recipe`, its defaults where the
+        section leaves them out): their one home, so `--set explicit_attention_iters=1` reaches the warm start."""
+        return recipe_from(None, dict(self.model))
 
     def group_learning_rates(self) -> dict:
         return {name: self.part_learning_rates.get(name) for name in PART_LEARNING_RATES}
@@ -196,15 +199,11 @@ def read_config(path: Path = DEFAULT_CONFIG) -> SaffuRecipe:
     """The recipe of `path`, parsed by `hf-saffu train`'s parser. Experiments read their data from --data-dir,
     so a config without data files is completed with a placeholder that is never read."""
     model_args, data_args, training_args = parse_arguments([str(path), "--train_files", "unused.txt"])
-    warm_start = recipe_from(None, model_args.config_kwargs())  # SaffuConfig.warm_start_recipe of the config
     return SaffuRecipe(
         model=model_args.config_kwargs(),
         vocab_size=data_args.tokenizer_vocab_size,
         block_size=data_args.block_size,
         learning_rate=training_args.learning_rate,
-        warm_start_max_tokens=warm_start.warm_start_max_tokens,
-        attention_iters=warm_start.explicit_attention_iters,
-        warm_start_batch_size=warm_start.warm_start_batch_size,
         seed=training_args.seed,
         part_learning_rates={name: getattr(training_args, name) for name in PART_LEARNING_RATES},
         table_leave_one_out=training_args.table_leave_one_out,
@@ -231,12 +230,15 @@ def warm_start_batches(train, max_tokens: int | None, batch_size: int = 64) -> D
     return DatasetBatches(train.with_format("torch", columns=["input_ids", "attention_mask"]), batch_size)
 
 
-def warm_start(model, train, recipe: SaffuRecipe, max_tokens: int | None = None):
-    """The explicit warm start on the capped train blocks; (process CPU seconds, WarmStartReport)."""
+def warm_start(model: SaffuForCausalLM, train, max_tokens: int | None = None):
+    """The explicit warm start of the model's own recipe (`config.warm_start_recipe`: its token cap unless
+    `max_tokens` is given, its batch size, its attention rounds) on the train blocks; (process CPU seconds,
+    WarmStartReport)."""
     start = CLOCK.now()
+    recipe = model.config.warm_start_recipe
     cap = recipe.warm_start_max_tokens if max_tokens is None else max_tokens
     batches = warm_start_batches(train, cap, recipe.warm_start_batch_size)
-    report = explicit_warm_start(model, batches, attention_iters=recipe.attention_iters, show_progress=False)
+    report = explicit_warm_start(model, batches, show_progress=False)
     return CLOCK.now() - start, report
 
 
@@ -593,7 +595,7 @@ def train_warm_saffu(model, data, budget: Budget, recipe: SaffuRecipe, offset: f
 
 def warm_start_arm(model, data, recipe: SaffuRecipe, budget: Budget, name: str = "SAFFU warm start") -> dict:
     """The explicit warm start alone (no backprop): CPU time, throughput and perplexities."""
-    seconds, report = warm_start(model, data["train"], recipe)
+    seconds, report = warm_start(model, data["train"])
     curve_data = data["validation"].select(range(min(budget.curve_blocks, len(data["validation"]))))
     return {
         "arm": name,

@@ -40,6 +40,7 @@ from datasets import DatasetDict, load_dataset
 from hf_saffu.calibration import mean_nll
 from hf_saffu.data import DataArguments, tokenize_and_pack
 from hf_saffu.modeling_saffu import SaffuTokenCache, previous_tokens, recent_tokens
+from hf_saffu.train import config_parameters
 
 from . import harness
 from .benchmark import KNESER_NEY_ORDERS
@@ -732,8 +733,17 @@ def parse_setting(item: str) -> tuple[str, object]:
 
 
 def with_settings(recipe: harness.SaffuRecipe, settings: dict) -> harness.SaffuRecipe:
-    """The recipe with `settings` applied: a recipe field (a learning rate) or else a model config key."""
-    fields = {key: value for key, value in settings.items() if key in harness.SaffuRecipe.__dataclass_fields__}
+    """The recipe with `settings` applied: a recipe field (a learning rate) or else a model config key (the warm
+    start's fields among them, `SaffuRecipe.warm_start_recipe`); any other key is an error naming it."""
+    recipe_fields = set(harness.SaffuRecipe.__dataclass_fields__) - {"model"}
+    model_keys = {name for name, *_ in config_parameters()}
+    unknown = sorted(set(settings) - recipe_fields - model_keys)
+    if unknown:
+        raise SystemExit(
+            f"error: --set {unknown[0]}: neither a SaffuConfig field nor one of the recipe's "
+            f"({', '.join(sorted(recipe_fields))})"
+        )
+    fields = {key: value for key, value in settings.items() if key in recipe_fields}
     model = {key: value for key, value in settings.items() if key not in fields}
     return replace(recipe, **fields, model={**recipe.model, **model})
 

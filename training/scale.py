@@ -192,10 +192,10 @@ def run_worker(args, recipe: harness.SaffuRecipe) -> dict:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     torch.manual_seed(recipe.seed)
     model = harness.saffu_model(tokenizer, recipe.model)
-    batches = BlockFile(stem, recipe.block_size, recipe.warm_start_batch_size)
+    batches = BlockFile(stem, recipe.block_size, recipe.warm_start_recipe.warm_start_batch_size)
     rss_before = peak_rss_mb()
     cpu, wall = time.process_time(), time.perf_counter()
-    run = ExplicitWarmStart(model, batches, attention_iters=recipe.attention_iters, show_progress=False)
+    run = ExplicitWarmStart(model, batches, show_progress=False)
     report = run.run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     result = {

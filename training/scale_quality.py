@@ -219,7 +219,7 @@ def run_arm(arm: str, size: str, settings: Settings, recipe, tokenizer, data, so
     writer = Writer(path, head, data, sources)
     if arm == "saffu":
         model = harness.saffu_model(tokenizer, recipe.model)
-        seconds, report = harness.warm_start(model, data["train"], recipe)
+        seconds, report = harness.warm_start(model, data["train"])
         head["parameters"] = harness.count_parameters(model)  # the warm start sized the tables to the data
         head["warm_start"] = {"cpu_seconds": seconds, "tokens": report.tokens}
         result = harness.train_warm_saffu(model, data, budget, recipe, seconds, on_point=writer.on_point)

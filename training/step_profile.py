@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer, data = harness.load_data(harness.data_dir_or_exit(args.data_dir), recipe.vocab_size, recipe.block_size)
     torch.manual_seed(recipe.seed)
     model = harness.saffu_model(tokenizer, recipe.model)
-    harness.warm_start(model, data["train"], recipe)
+    harness.warm_start(model, data["train"])
     train = data["train"].shuffle(seed=recipe.seed)
     batches = [train[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
     distinct = sum(batch["input_ids"].unique().numel() for batch in batches) / len(batches)

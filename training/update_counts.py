@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         torch.manual_seed(recipe.seed)
         model = harness.saffu_model(tokenizer, recipe.model)
-        seconds, report = harness.warm_start(model, parts[blocks], recipe)
+        seconds, report = harness.warm_start(model, parts[blocks])
         if update:
-            batches = harness.warm_start_batches(parts["B"], None, recipe.warm_start_batch_size)
+            batches = harness.warm_start_batches(parts["B"], None, recipe.warm_start_recipe.warm_start_batch_size)
             added = count_batches(model, batches, int(report.statistics["order"]))
             solve_tables(model, combine(report.statistics, added, 1))
         models[name] = model

@@ -72,11 +72,11 @@ def main() -> None:
     warm_starts = []
     curve = data["validation"].select(range(min(args.curve_blocks, len(data["validation"]))))
     for batch_size in args.batch_sizes:
-        sized = dataclasses.replace(recipe, warm_start_batch_size=batch_size)
+        sized = dataclasses.replace(recipe, model={**recipe.model, "warm_start_batch_size": batch_size})
         torch.manual_seed(sized.seed)
         model = harness.saffu_model(tokenizer, sized.model)
         before = resource.getrusage(resource.RUSAGE_SELF)
-        seconds, report = harness.warm_start(model, data["train"], sized)
+        seconds, report = harness.warm_start(model, data["train"])
         after = resource.getrusage(resource.RUSAGE_SELF)
         warm_starts.append(seconds)
         steps = ", ".join(f"{step} {value:.2f}" for step, value in report.seconds.items())
